@@ -1,0 +1,19 @@
+"""ComfyUI nodes of Atelier: thin wiring between ComfyUI objects and the pure `core/` and `trainers/` code.
+
+This package is the only place that imports comfy, comfy_api, folder_paths, server or node_helpers.
+"""
+
+from comfy_api.latest import ComfyExtension, io
+
+from .info import AtelierVersion
+
+NODES: list[type[io.ComfyNode]] = [
+    AtelierVersion,
+]
+
+
+class AtelierExtension(ComfyExtension):
+    """Lists Atelier's nodes for ComfyUI's V3 loader."""
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

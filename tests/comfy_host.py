@@ -1,0 +1,256 @@
+"""Finds a ComfyUI checkout, starts a real server on loopback with this pack loaded, and talks to it over HTTP.
+
+Used by the host tier only. Nothing here imports ComfyUI: the server is a subprocess driven exactly as an API
+client drives it (POST /prompt, GET /history, POST /interrupt, GET /object_info).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_SCRIPT = Path(__file__).parent / "host" / "make_fixture_checkpoint.py"
+FIXTURE_CHECKPOINT_NAME = "atelier_tiny_sd15.safetensors"
+PACK_NAME = "atelier"
+
+
+def candidate_checkouts() -> list[tuple[str, Path]]:
+    """Where the host tier looks for ComfyUI, in order: $COMFYUI_PATH, the ComfyUI this pack sits in, ~/comfy/ComfyUI."""
+    places = []
+    if os.environ.get("COMFYUI_PATH"):
+        places.append(("$COMFYUI_PATH", Path(os.environ["COMFYUI_PATH"]).expanduser()))
+    if ROOT.parent.name == "custom_nodes":
+        places.append(("the ComfyUI this pack is installed in", ROOT.parent.parent))
+    places.append(("comfy-cli's default workspace", Path.home() / "comfy" / "ComfyUI"))
+    return places
+
+
+def find_checkout() -> tuple[Path | None, str]:
+    """The first candidate holding ComfyUI's main.py, and a sentence naming every place looked at."""
+    looked = []
+    for label, path in candidate_checkouts():
+        if (path / "main.py").is_file() and (path / "comfy").is_dir():
+            return path.resolve(), ""
+        looked.append(f"{label} ({path})")
+    return None, "no ComfyUI checkout found; looked in: " + "; ".join(looked) + ". Set COMFYUI_PATH to run it."
+
+
+def find_python(checkout: Path) -> str:
+    """$COMFYUI_PYTHON, else a venv inside or beside the checkout, else the interpreter running the tests."""
+    if os.environ.get("COMFYUI_PYTHON"):
+        return os.environ["COMFYUI_PYTHON"]
+    for venv in (checkout / "venv", checkout / ".venv", checkout.parent / "venv", checkout.parent / ".venv"):
+        for exe in (venv / "bin" / "python", venv / "Scripts" / "python.exe"):
+            if exe.is_file():
+                return str(exe)
+    return sys.executable
+
+
+def cache_dir() -> Path:
+    path = Path(os.environ.get("ATELIER_CACHE", Path.home() / ".cache" / "atelier")).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fixture_checkpoint(checkout: Path, python: str, seed: int = 0) -> Path:
+    """The tiny SD1.5-detected checkpoint, generated once per (generator source, seed, ComfyUI version) and cached.
+
+    The cache key hashes what determines the bytes; a `.sha256` sidecar records the file's own hash, checked on
+    reuse so a truncated or altered cache file is regenerated rather than trusted.
+    """
+    version_file = checkout / "comfyui_version.py"
+    key_src = FIXTURE_SCRIPT.read_bytes() + str(seed).encode() + (version_file.read_bytes() if version_file.exists() else b"")
+    key = hashlib.sha256(key_src).hexdigest()[:16]
+    path = cache_dir() / f"tiny-sd15-{key}.safetensors"
+    sidecar = path.with_suffix(".sha256")
+    if path.exists() and sidecar.exists() and sidecar.read_text().strip() == _sha256(path):
+        return path
+    proc = subprocess.run(
+        [python, str(FIXTURE_SCRIPT), str(path), "--seed", str(seed)],
+        cwd=checkout, capture_output=True, text=True, timeout=600,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"fixture checkpoint generation failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    sidecar.write_text(_sha256(path) + "\n")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyError(RuntimeError):
+    """An HTTP error answer from the server, with its decoded JSON body."""
+
+    def __init__(self, status: int, body):
+        super().__init__(f"HTTP {status}: {json.dumps(body)[:2000]}")
+        self.status = status
+        self.body = body
+
+
+@dataclass
+class ComfyClient:
+    """A minimal ComfyUI API client over urllib (what users' scripts do)."""
+
+    base_url: str
+    client_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def request(self, method: str, path: str, payload=None, timeout: float = 60):
+        data = None if payload is None else json.dumps(payload).encode()
+        req = urllib.request.Request(self.base_url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                body = resp.read()
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = raw.decode(errors="replace")
+            raise ComfyError(e.code, parsed) from None
+        return json.loads(body) if body else None
+
+    def object_info(self) -> dict:
+        return self.request("GET", "/object_info")
+
+    def queue(self, prompt: dict) -> str:
+        """POST /prompt; returns the prompt id. Validation errors raise ComfyError(400, {...})."""
+        return self.request("POST", "/prompt", {"prompt": prompt, "client_id": self.client_id})["prompt_id"]
+
+    def history(self, prompt_id: str) -> dict | None:
+        return self.request("GET", f"/history/{prompt_id}").get(prompt_id)
+
+    def wait(self, prompt_id: str, timeout: float = 300) -> dict:
+        """Polls /history until the prompt finished (success or error); returns its history entry."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entry = self.history(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None and (
+                entry["status"].get("completed") or entry["status"].get("status_str") == "error"
+            ):
+                return entry
+            time.sleep(0.2)
+        raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout} s")
+
+    def run(self, prompt: dict, timeout: float = 300) -> dict:
+        """Queues a prompt, waits, and returns its outputs; raises with the server's message if execution failed."""
+        entry = self.wait(self.queue(prompt), timeout)
+        if entry["status"].get("status_str") != "success":
+            raise AssertionError(f"prompt failed: {json.dumps(entry['status'].get('messages'))[:4000]}")
+        return entry["outputs"]
+
+    def interrupt(self) -> None:
+        self.request("POST", "/interrupt", {})
+
+
+@dataclass
+class ComfyServer:
+    """A ComfyUI subprocess on loopback with temp model/input/output folders and this checkout as a custom node."""
+
+    checkout: Path
+    python: str
+    workdir: Path
+    port: int = 0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def models(self) -> Path:
+        return self.workdir / "models"
+
+    @property
+    def input_dir(self) -> Path:
+        return self.workdir / "input"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.workdir / "output"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "server.log"
+
+    def prepare(self, checkpoint: Path) -> None:
+        for sub in ("models/checkpoints", "models/loras", "input", "output", "temp", "user", "custom_nodes", "datasets"):
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        link = self.workdir / "custom_nodes" / PACK_NAME
+        if not link.exists():
+            link.symlink_to(ROOT, target_is_directory=True)
+        ckpt = self.models / "checkpoints" / FIXTURE_CHECKPOINT_NAME
+        if not ckpt.exists():
+            try:
+                os.link(checkpoint, ckpt)
+            except OSError:
+                shutil.copyfile(checkpoint, ckpt)
+        (self.workdir / "extra_model_paths.yaml").write_text(
+            "atelier_host_tests:\n"
+            f"  base_path: {self.workdir}\n"
+            "  custom_nodes: custom_nodes\n"
+            "  checkpoints: models/checkpoints\n"
+            "  loras: models/loras\n"
+            "  datasets: datasets\n"
+        )
+
+    def start(self, timeout: float = 240) -> ComfyClient:
+        self.port = self.port or free_port()
+        cmd = [
+            self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            "--disable-auto-launch", "--extra-model-paths-config", str(self.workdir / "extra_model_paths.yaml"),
+            "--output-directory", str(self.output_dir), "--input-directory", str(self.input_dir),
+            "--temp-directory", str(self.workdir / "temp"), "--user-directory", str(self.workdir / "user"),
+            "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME,
+            "--preview-method", "none",
+        ]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=self.checkout, stdout=log, stderr=subprocess.STDOUT, env=env)
+        client = ComfyClient(f"http://127.0.0.1:{self.port}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
+            try:
+                client.request("GET", "/system_stats", timeout=5)
+                return client
+            except (urllib.error.URLError, ConnectionError, OSError, ComfyError):
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"ComfyUI did not answer within {timeout} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=20)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, n: int = 6000) -> str:
+        return self.log_text()[-n:]

@@ -1,0 +1,80 @@
+"""Package-level promises: layout, metadata, registration, and node conventions, checked without ComfyUI."""
+
+import asyncio
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+import atelier
+from atelier.core import __version__
+from atelier.core.report import describe_images
+from node_schemas import scan_nodes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_design_card_layout():
+    for name in ("__init__.py", "nodes", "trainers", "web", "tests", "pyproject.toml", "example_workflows", "core",
+                 "README.md", "LICENSE", ".ci/run", "benchmarks/README.md", "requirements.txt"):
+        assert (ROOT / name).exists(), name
+    assert "GNU GENERAL PUBLIC LICENSE" in (ROOT / "LICENSE").read_text() and "Version 3" in (ROOT / "LICENSE").read_text()
+
+
+def test_root_package_is_cheap_and_registers_v3():
+    assert atelier.WEB_DIRECTORY == "./web" and (ROOT / "web").is_dir()
+    assert asyncio.iscoroutinefunction(atelier.comfy_entrypoint)
+    assert not any(m == "comfy" or m.startswith("comfy.") or m == "comfy_api" for m in sys.modules), \
+        "importing the package pulled in ComfyUI"
+
+
+def test_pyproject_metadata():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = meta["project"]
+    assert project["version"] == __version__
+    assert "GNU General Public License v3 (GPLv3)" in " ".join(project["classifiers"])
+    deps = " ".join(project["dependencies"]).lower()
+    for dep in ("numpy", "pillow", "safetensors", "kornia", "einops"):
+        assert dep in deps
+    assert "onnxruntime" in " ".join(project["optional-dependencies"]["tagger"])
+    assert "pytest" in " ".join(project["optional-dependencies"]["test"])
+    comfy = meta["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"] == "Atelier" and "Icon" in comfy
+
+
+@pytest.mark.parametrize("path", ["requirements.txt", "pyproject.toml"])
+def test_torch_is_never_a_requirement(path):
+    text = (ROOT / path).read_text()
+    lines = [l.split("#")[0].strip().strip('",') for l in text.splitlines()]
+    assert not [l for l in lines if re.match(r"^(torch|torchvision|torchaudio)\b", l)], f"{path} must not list torch"
+
+
+def test_package_uses_relative_imports_only():
+    own = {"core", "trainers", "nodes", "atelier"}
+    for path in list(ROOT.glob("*.py")) + [p for d in own - {"atelier"} for p in (ROOT / d).rglob("*.py")]:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            m = re.match(r"^\s*(?:from|import)\s+([A-Za-z_][\w]*)", line)
+            assert not (m and m.group(1) in own), f"{path.relative_to(ROOT)}:{n} imports {m.group(1)} absolutely"
+
+
+def test_node_conventions():
+    schemas = scan_nodes()
+    assert schemas
+    ids = [s.node_id for s in schemas]
+    assert len(ids) == len(set(ids)), "duplicate node ids"
+    for s in schemas:
+        assert re.fullmatch(r"Atelier[A-Z][A-Za-z0-9]+", s.node_id or ""), s
+        assert (s.display_name or "").endswith(" (Atelier)"), s
+        assert (s.category or "").startswith("atelier/"), s
+        assert s.inputs_without_tooltip == [], f"{s.node_id}: inputs without tooltip {s.inputs_without_tooltip}"
+
+
+def test_describe_images():
+    images = torch.zeros(2, 48, 64, 3)
+    images[1, 0, 0, 0] = 1.0
+    assert describe_images(images) == "images: 2 × 64×48, 3 channels, values 0.000..1.000"
+    with pytest.raises(ValueError, match=r"\(B, H, W, C\).*\(3, 4\)"):
+        describe_images(torch.zeros(3, 4))
