@@ -5,10 +5,15 @@ This package is the only place that imports comfy, comfy_api, folder_paths, serv
 
 from comfy_api.latest import ComfyExtension, io
 
+from . import dataset
+from .host import register_folder_types
 from .info import AtelierVersion
+
+register_folder_types()
 
 NODES: list[type[io.ComfyNode]] = [
     AtelierVersion,
+    *dataset.NODES,
 ]
 
 

@@ -16,6 +16,18 @@ class NodeSchema:
     inputs_without_tooltip: list[str] = field(default_factory=list)
 
 
+def inputs_without_tooltip(folder: Path = ROOT / "nodes") -> list[str]:
+    """Every `X.Input(...)` call anywhere in nodes/*.py (helpers included) that passes no tooltip."""
+    missing = []
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for call in ast.walk(tree):
+            if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "Input"
+                    and not any(kw.arg == "tooltip" for kw in call.keywords)):
+                missing.append(f"{path.name}:{call.lineno}")
+    return missing
+
+
 def _const(call: ast.Call, name: str):
     for kw in call.keywords:
         if kw.arg == name and isinstance(kw.value, ast.Constant):

@@ -12,7 +12,7 @@ import torch
 import atelier
 from atelier.core import __version__
 from atelier.core.report import describe_images
-from node_schemas import scan_nodes
+from node_schemas import inputs_without_tooltip, scan_nodes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,6 +70,7 @@ def test_node_conventions():
         assert (s.display_name or "").endswith(" (Atelier)"), s
         assert (s.category or "").startswith("atelier/"), s
         assert s.inputs_without_tooltip == [], f"{s.node_id}: inputs without tooltip {s.inputs_without_tooltip}"
+    assert inputs_without_tooltip() == []
 
 
 def test_describe_images():

@@ -1,0 +1,436 @@
+"""Image files in, training-ready RGB pixels out: safe decoding, mode conversion, crop / letterbox / buckets.
+
+Nothing here knows ComfyUI. This module decodes one image file by its content (never its extension), refuses what it
+will not use with an `ImageRejected` that names the file, turns any Pillow mode into RGB (compositing transparency
+onto a background), and does the geometry of dataset preparation: centre crops, letterboxing, aspect-ratio buckets.
+It does not scan folders, read captions or batch images (see core.dataset and core.prepare).
+
+Geometry functions expect RGB images, as `to_rgb` returns them. Pillow's global settings (`Image.MAX_IMAGE_PIXELS`,
+`ImageFile.LOAD_TRUNCATED_IMAGES`) are read, never changed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+import threading
+import warnings
+import zlib
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # what a folder scan picks up (lowercase compare)
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # Pillow format names we decode; anything else is refused
+DEFAULT_MAX_PIXELS = 80_000_000  # decompression-bomb guard, checked from the header before decoding
+FILTERS = ("lanczos", "area", "bicubic", "bilinear", "nearest")
+PREP_MODES = ("crop", "letterbox", "buckets", "none")
+
+_RESAMPLE = {
+    "lanczos": Image.Resampling.LANCZOS,
+    "area": Image.Resampling.BOX,  # BOX averages whole source pixels: area-correct when downscaling
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+# Errors Pillow raises for unreadable headers or pixel data (struct.error and zlib.error come from damaged chunks).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
+
+# warnings.catch_warnings swaps the process-wide filter list and is not thread-safe (Python 3.11); core.prepare opens
+# images on a thread pool, so our own openings take turns. Only the header is read under the lock, not the pixels.
+_OPEN_LOCK = threading.Lock()
+
+
+class ImageRejected(ValueError):
+    """An image file we will not use; `path` and `reason` are kept so a scan can skip-and-report."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self):
+        # The default pickling would call ImageRejected(message) and fail; process pools pickle exceptions.
+        return (ImageRejected, (self.path, self.reason))
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _pillow_error_limit() -> int | None:
+    """The pixel count above which Pillow itself refuses to open a file (None when disabled)."""
+    if Image.MAX_IMAGE_PIXELS is None:
+        return None
+    return 2 * Image.MAX_IMAGE_PIXELS  # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that
+
+
+def _too_large(path, size_text: str, max_pixels: int) -> ImageRejected:
+    pil_limit = _pillow_error_limit()
+    limit = max_pixels if pil_limit is None else min(max_pixels, pil_limit)
+    return ImageRejected(path, f"image is {size_text}, over the limit of {limit:,} pixels (decompression-bomb "
+                               "guard); downscale it before adding it to the dataset")
+
+
+def _open_header(path, max_pixels: int) -> Image.Image:
+    """Opens `path` with Pillow, reading only the header; refuses missing, unidentifiable and huge files."""
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            # Pillow warns for 89-179 MP images; our own limit below decides, so its warning must not escape.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except Image.DecompressionBombError as e:
+        # Pillow refused before telling us the size; its message carries the pixel count.
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size_text = f"{int(found.group(1)):,} pixels" if found else f"too large for Pillow ({e})"
+        raise _too_large(path, size_text, max_pixels) from None
+    except FileNotFoundError:
+        raise ImageRejected(path, "file not found; check the path, or rescan the folder if it was moved") from None
+    except IsADirectoryError:
+        raise ImageRejected(path, "is a folder, not an image file") from None
+    except PermissionError as e:
+        raise ImageRejected(path, f"cannot be read ({e.strerror}); fix the file's permissions") from None
+    except Image.UnidentifiedImageError:
+        raise ImageRejected(path, f"content is not an image format Pillow recognises; expected one of "
+                                  f"{', '.join(ALLOWED_FORMATS)}. Re-save it as PNG or JPEG, or remove it") from None
+    except _DECODE_ERRORS as e:
+        raise ImageRejected(path, f"truncated or corrupt image header ({type(e).__name__}: {e}); re-export the "
+                                  "file or remove it") from None
+
+
+def open_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decodes an image file by content into memory, upright (EXIF orientation applied), or raises ImageRejected."""
+    img = _open_header(path, max_pixels)
+    with img:  # closes the file whatever happens below
+        if img.format not in ALLOWED_FORMATS:
+            raise ImageRejected(path, f"file content is {img.format}, not one of {', '.join(ALLOWED_FORMATS)} "
+                                      "(the extension does not matter); convert it to PNG or JPEG, or remove it")
+        width, height = img.size
+        if width < 1 or height < 1:
+            raise ImageRejected(path, f"image has no pixels ({width}×{height})")
+        if width * height > max_pixels:
+            raise _too_large(path, f"{width}×{height} = {width * height:,} pixels", max_pixels)
+        try:
+            img.load()
+        except _DECODE_ERRORS as e:
+            raise ImageRejected(path, f"truncated or corrupt image data ({type(e).__name__}: {e}); re-export the "
+                                      "file or remove it") from None
+        try:
+            return ImageOps.exif_transpose(img)  # a new image, so closing the file above is safe
+        except _DECODE_ERRORS as e:
+            raise ImageRejected(path, f"unreadable EXIF orientation ({type(e).__name__}: {e}); re-save the image "
+                                      "without metadata or remove it") from None
+
+
+# ---------------------------------------------------------------- colour
+
+
+def _composite(rgb: np.ndarray, alpha: np.ndarray, background) -> np.ndarray:
+    """Straight-alpha composite, rounded: rgb (H, W, 3) uint8 over `background`, alpha (H, W) uint8 -> (H, W, 3)."""
+    a = alpha.astype(np.int32)[:, :, None]  # (H, W, 1)
+    bg = np.asarray(background, dtype=np.int32).reshape(1, 1, 3)
+    total = rgb.astype(np.int32) * a + bg * (255 - a)  # (H, W, 3), in units of 1/255
+    return ((total + 127) // 255).astype(np.uint8)  # +127 rounds to nearest; total/255 is never exactly x.5
+
+
+def _composite_premultiplied(color: np.ndarray, alpha: np.ndarray, background) -> np.ndarray:
+    """Composite of premultiplied colour (H, W, 3) uint8: out = color + bg*(1-a), rounded -> (H, W, 3) uint8."""
+    a = alpha.astype(np.int32)[:, :, None]  # (H, W, 1)
+    bg = np.asarray(background, dtype=np.int32).reshape(1, 1, 3)
+    total = color.astype(np.int32) * 255 + bg * (255 - a)  # (H, W, 3), in units of 1/255
+    return np.clip((total + 127) // 255, 0, 255).astype(np.uint8)
+
+
+def _grey_to_rgb(grey: np.ndarray) -> Image.Image:
+    """RGB image from a (H, W) uint8 grey array."""
+    return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), "RGB")  # (H, W, 3)
+
+
+def _check_background(background) -> tuple[int, int, int]:
+    try:
+        bg = tuple(int(c) for c in background)
+    except (TypeError, ValueError):
+        raise ValueError(f"background must be an (r, g, b) tuple of 0-255 integers, got {background!r}; "
+                         "use parse_color('white') or similar") from None
+    if len(bg) != 3 or not all(0 <= c <= 255 for c in bg):
+        raise ValueError(f"background must be an (r, g, b) tuple of 0-255 integers, got {background!r}; "
+                         "use parse_color('white') or similar")
+    return bg
+
+
+def to_rgb(img: Image.Image, background=(255, 255, 255)) -> tuple[Image.Image, np.ndarray | None]:
+    """Any Pillow mode as RGB with transparency composited on `background`, plus the alpha (H, W) uint8 or None.
+
+    The alpha is returned whenever the image carries transparency information (an alpha channel or a transparent
+    palette / colour key), even if every pixel happens to be opaque. 16-bit and 32-bit integer grey ('I;16*', 'I')
+    is scaled from 0..65535 to 0..255; float grey ('F') follows Pillow's convention of a 0..255 scale (clipped).
+    The input image is never modified.
+    """
+    bg = _check_background(background)
+    mode = img.mode
+    # A tRNS chunk (palette index or colour key) or a palette with alpha entries makes these modes transparent.
+    keyed = mode in ("P", "L", "RGB", "1") and "transparency" in img.info
+    palette_alpha = mode == "P" and img.palette is not None and img.palette.mode == "RGBA"
+    if mode in ("RGB", "L", "1", "P", "CMYK", "YCbCr", "HSV", "RGBX") and not (keyed or palette_alpha):
+        return img.convert("RGB"), None  # convert always returns a new image, even RGB -> RGB
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.clip(np.asarray(img).astype(np.int64), 0, 65535)  # (H, W); I;16B arrives as big-endian uint16
+        return _grey_to_rgb(((values * 255 + 32767) // 65535).astype(np.uint8)), None  # scale, do not clip to 255
+    if mode == "F":
+        values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)  # (H, W)
+        return _grey_to_rgb(np.clip(np.rint(values), 0, 255).astype(np.uint8)), None
+    if mode in ("RGBa", "La"):
+        arr = np.asarray(img)  # (H, W, 4) or (H, W, 2), colour already multiplied by alpha
+        color = arr[:, :, :3] if mode == "RGBa" else np.repeat(arr[:, :, :1], 3, axis=2)  # (H, W, 3)
+        alpha = arr[:, :, -1].copy()  # (H, W)
+        return Image.fromarray(_composite_premultiplied(color, alpha, bg), "RGB"), alpha
+    if mode == "LAB":
+        raise ValueError("to_rgb cannot convert a LAB image faithfully (Pillow would copy channels as if they were "
+                         "RGB); convert it to RGB in an image editor first")
+    if mode not in ("RGBA", "LA", "P", "PA", "RGB", "L", "1"):
+        raise ValueError(f"to_rgb does not handle Pillow mode '{mode}'; expected one of RGB, RGBA, LA, L, 1, P, PA, "
+                         "CMYK, YCbCr, I;16, I, F, RGBa. Re-save the image as PNG or JPEG")
+    # Everything left carries straight alpha or a transparent colour: Pillow's RGBA conversion applies palettes,
+    # tRNS chunks (palette index or colour key) and grey alpha, then we composite ourselves with exact rounding.
+    rgba = np.asarray(img.convert("RGBA"))  # (H, W, 4)
+    alpha = rgba[:, :, 3].copy()  # (H, W)
+    return Image.fromarray(_composite(rgba[:, :, :3], alpha, bg), "RGB"), alpha
+
+
+_NAMED_COLORS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128), "grey": (128, 128, 128)}
+_COLOR_FORMS = "'white', 'black', 'gray'/'grey', '#rrggbb', '#rgb' or 'r,g,b' with each value 0-255"
+
+
+def parse_color(text: str) -> tuple[int, int, int]:
+    """An (r, g, b) tuple from a colour name, '#rrggbb', '#rgb' or 'r,g,b' text."""
+    if not isinstance(text, str):
+        raise ValueError(f"Expected a colour as text ({_COLOR_FORMS}), got {type(text).__name__}.")
+    s = text.strip().lower()
+    if s in _NAMED_COLORS:
+        return _NAMED_COLORS[s]
+    if re.fullmatch(r"#[0-9a-f]{6}", s):
+        return int(s[1:3], 16), int(s[3:5], 16), int(s[5:7], 16)
+    if re.fullmatch(r"#[0-9a-f]{3}", s):
+        return tuple(int(c, 16) * 17 for c in s[1:])  # '#f80' means '#ff8800'
+    parts = [p.strip() for p in s.split(",")]
+    if len(parts) == 3 and all(p.isdigit() for p in parts) and all(int(p) <= 255 for p in parts):
+        return int(parts[0]), int(parts[1]), int(parts[2])
+    raise ValueError(f"Cannot read '{text}' as a colour; use {_COLOR_FORMS}.")
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def _check_size(what: str, width, height) -> None:
+    if isinstance(width, bool) or isinstance(height, bool) or not isinstance(width, (int, np.integer)) \
+            or not isinstance(height, (int, np.integer)) or width < 1 or height < 1:
+        raise ValueError(f"{what} must be two positive integers (width, height), got {width!r} × {height!r}.")
+
+
+def _resample(filter: str) -> Image.Resampling:
+    if filter not in _RESAMPLE:
+        raise ValueError(f"Unknown resize filter '{filter}'; choose one of {', '.join(FILTERS)}.")
+    return _RESAMPLE[filter]
+
+
+def crop_box_for_aspect(width: int, height: int, target_width: int, target_height: int) -> tuple[int, int, int, int]:
+    """The largest centred (left, top, right, bottom) box of the target aspect ratio inside width × height."""
+    _check_size("image size", width, height)
+    _check_size("target size", target_width, target_height)
+    if width * target_height >= height * target_width:  # source is wider (or equal): keep the full height
+        box_h = height
+        box_w = min(width, max(1, (height * target_width + target_height // 2) // target_height))  # rounded
+    else:  # source is taller: keep the full width
+        box_w = width
+        box_h = min(height, max(1, (width * target_height + target_width // 2) // target_width))  # rounded
+    left, top = (width - box_w) // 2, (height - box_h) // 2
+    return left, top, left + box_w, top + box_h
+
+
+def resize(img: Image.Image, width: int, height: int, filter: str = "lanczos") -> Image.Image:
+    """`img` resized to exactly (width, height) with the named filter (a new image; the input is untouched)."""
+    _check_size("resize target", width, height)
+    resample = _resample(filter)
+    if img.size == (width, height):
+        return img.copy()
+    out = img
+    if filter == "lanczos":
+        # Box-average by the whole factor first (fast and area-correct), then LANCZOS for the remaining < 2x.
+        factor_x, factor_y = max(1, img.width // width), max(1, img.height // height)
+        if (factor_x > 1 or factor_y > 1) and img.mode not in ("1", "P"):  # reduce() has no palette mode
+            out = out.reduce((factor_x, factor_y))
+    if out.size != (width, height):
+        out = out.resize((width, height), resample)
+    return out
+
+
+def center_crop(img: Image.Image, width: int, height: int, filter: str = "lanczos") -> Image.Image:
+    """The largest centred crop of the target aspect ratio, resized to exactly (width, height)."""
+    _check_size("crop target", width, height)
+    _resample(filter)  # refuse a bad filter name before doing any work
+    box = crop_box_for_aspect(img.width, img.height, width, height)
+    return resize(img.crop(box), width, height, filter)
+
+
+def letterbox(img: Image.Image, width: int, height: int, color=(0, 0, 0), filter: str = "lanczos") -> Image.Image:
+    """`img` scaled to fit inside (width, height), aspect kept, centred on a `color` canvas of exactly that size."""
+    _check_size("letterbox target", width, height)
+    _resample(filter)
+    if img.mode != "RGB":
+        raise ValueError(f"letterbox expects an RGB image, got mode '{img.mode}'; pass it through to_rgb first.")
+    pad = _check_background(color)
+    scale = min(width / img.width, height / img.height)
+    fit_w = min(width, max(1, round(img.width * scale)))  # at least 1 px: a 20000×1 strip still shows
+    fit_h = min(height, max(1, round(img.height * scale)))
+    canvas = Image.new("RGB", (width, height), pad)
+    canvas.paste(resize(img, fit_w, fit_h, filter), ((width - fit_w) // 2, (height - fit_h) // 2))
+    return canvas
+
+
+def fit_bucket(img: Image.Image, bucket_width: int, bucket_height: int, filter: str = "lanczos") -> Image.Image:
+    """`img` scaled to cover the bucket (minimal crop) and centre-cropped to exactly (bucket_width, bucket_height).
+
+    Covering then cropping the overflow is the same as cropping the largest centred box of the bucket's aspect and
+    scaling it, which is what this does (one resample, no rounding of an intermediate size).
+    """
+    return center_crop(img, bucket_width, bucket_height, filter)
+
+
+def flip_horizontal(img: Image.Image) -> Image.Image:
+    """A left-right mirrored copy of `img`."""
+    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+# ---------------------------------------------------------------- buckets
+
+
+def make_buckets(resolution, step: int = 64, min_side: int = 256, max_side: int | None = None) -> list[tuple[int, int]]:
+    """kohya-style aspect-ratio buckets of area at most resolution² (or w*h), sides multiples of `step`, sorted.
+
+    For each width w (multiples of `step` in [min_side, max_side]) the height is the largest multiple of `step` with
+    w*h <= max area; both orientations are included. The largest square bucket is always included: (res, res) when
+    res is a multiple of step. When the target is smaller than `min_side`, `min_side` is lowered to the square's side
+    so a small resolution still gets buckets. max_side defaults to twice the resolution (the longer side for (w, h)).
+    """
+    if isinstance(resolution, (tuple, list)):
+        if len(resolution) != 2:
+            raise ValueError(f"resolution must be an int or a (width, height) pair, got {resolution!r}.")
+        _check_size("bucket resolution", resolution[0], resolution[1])
+        max_area, longest = resolution[0] * resolution[1], max(resolution)
+    else:
+        _check_size("bucket resolution", resolution, resolution)
+        max_area, longest = resolution * resolution, resolution
+    if not isinstance(step, int) or step < 1:
+        raise ValueError(f"bucket step must be a positive integer, got {step!r}; 64 is the usual value.")
+    square = math.isqrt(max_area) // step * step
+    if square < step:
+        raise ValueError(f"Resolution {resolution} is smaller than the bucket step {step}; lower the step or raise "
+                         "the resolution.")
+    max_side = 2 * longest if max_side is None else max_side
+    low = min(min_side, square)
+    low = -(-low // step) * step  # first multiple of step at or above min_side
+    high = max_side // step * step  # last multiple of step at or below max_side
+    buckets = {(square, square)}
+    for w in range(low, high + 1, step):
+        h = min(high, max_area // w // step * step)
+        if h >= low:
+            buckets.add((w, h))
+            buckets.add((h, w))
+    return sorted(buckets)
+
+
+def choose_bucket(width: int, height: int, buckets) -> tuple[int, int]:
+    """The bucket whose aspect ratio is closest to width/height in log space; ties go to the larger area."""
+    _check_size("image size", width, height)
+    if not buckets:
+        raise ValueError("choose_bucket got no buckets; build them with make_buckets(resolution).")
+    aspect = math.log(width / height)
+
+    def distance(bucket):
+        bw, bh = bucket
+        # Rounded so mirror-image ratios (log 2 vs -log 1/2) compare equal despite float error.
+        return round(abs(math.log(bw / bh) - aspect), 9), -bw * bh
+
+    return tuple(min(buckets, key=distance))
+
+
+def no_upscale_bucket(width: int, height: int, max_area: int, step: int = 64) -> tuple[int, int]:
+    """A bucket at the image's own scale (kohya's bucket_no_upscale): sides rounded down to multiples of `step`.
+
+    Images larger than `max_area` are first scaled down, aspect kept, to fit it. Each side is at least `step`.
+    """
+    _check_size("image size", width, height)
+    if not isinstance(step, int) or step < 1:
+        raise ValueError(f"bucket step must be a positive integer, got {step!r}; 64 is the usual value.")
+    if max_area < step * step:
+        raise ValueError(f"max_area {max_area} is smaller than one {step}×{step} bucket; raise the resolution.")
+    w, h = float(width), float(height)
+    if width * height > max_area:
+        scale = math.sqrt(max_area / (width * height))
+        w, h = width * scale, height * scale
+    bw, bh = max(step, int(w) // step * step), max(step, int(h) // step * step)
+    while bw * bh > max_area:  # float rounding or the `step` floor overshot: shrink the longer side
+        if bw >= bh and bw > step:
+            bw -= step
+        elif bh > step:
+            bh -= step
+        else:
+            break
+    return bw, bh
+
+
+def _bucket_step(buckets) -> int:
+    """The step the buckets were made with: the greatest common divisor of all their sides."""
+    return math.gcd(*(side for bucket in buckets for side in bucket))
+
+
+def _bucket_for(width: int, height: int, target_width: int, target_height: int, buckets, no_upscale: bool):
+    """The bucket an image of this size goes to (shared by prepare_image and target_size so they cannot differ)."""
+    if buckets is None:
+        buckets = make_buckets((target_width, target_height))
+    if not buckets:
+        raise ValueError("buckets mode got an empty bucket list; pass None to use make_buckets((width, height)).")
+    max_area = target_width * target_height
+    if no_upscale and width * height <= max_area:
+        return no_upscale_bucket(width, height, max_area, step=_bucket_step(buckets))
+    return choose_bucket(width, height, buckets)
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in PREP_MODES:
+        raise ValueError(f"Unknown preparation mode '{mode}'; choose one of {', '.join(PREP_MODES)}.")
+
+
+def prepare_image(img: Image.Image, mode: str, width: int, height: int, *, pad_color=(0, 0, 0),
+                  filter: str = "lanczos", buckets=None, no_upscale: bool = False) -> Image.Image:
+    """`img` prepared for training by `mode` (crop, letterbox, buckets or none); a new image, the input untouched.
+
+    "buckets" uses `buckets` (default make_buckets((width, height))); with no_upscale=True an image whose area is at
+    most width*height keeps its own scale via no_upscale_bucket (rounded to the buckets' step). no_upscale only
+    affects buckets: in "crop" and "letterbox" modes a smaller image is still upscaled to (width, height).
+    """
+    _check_mode(mode)
+    _resample(filter)
+    _check_size("target size", width, height)
+    if mode == "crop":
+        return center_crop(img, width, height, filter)
+    if mode == "letterbox":
+        return letterbox(img, width, height, pad_color, filter)
+    if mode == "buckets":
+        bucket_w, bucket_h = _bucket_for(img.width, img.height, width, height, buckets, no_upscale)
+        return fit_bucket(img, bucket_w, bucket_h, filter)
+    return img.copy()  # "none"
+
+
+def target_size(width: int, height: int, mode: str, target_width: int, target_height: int, *, buckets=None,
+                no_upscale: bool = False) -> tuple[int, int]:
+    """The (width, height) prepare_image would produce for a source of this size, without decoding it."""
+    _check_mode(mode)
+    _check_size("image size", width, height)
+    _check_size("target size", target_width, target_height)
+    if mode in ("crop", "letterbox"):
+        return target_width, target_height
+    if mode == "buckets":
+        return _bucket_for(width, height, target_width, target_height, buckets, no_upscale)
+    return width, height  # "none"

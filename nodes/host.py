@@ -1,0 +1,74 @@
+"""Adapters from ComfyUI's host services (folders, progress, interrupt) to the plain values core/ expects."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from ..core.paths import PathRefused, Root, check_relative, list_folders, resolve_folder, roots_from_env, safe_name
+
+DATASETS_FOLDER_TYPE = "datasets"
+SAVED_DATASETS_SUBDIR = ("atelier", "datasets")
+DATASET = io.Custom("ATELIER_DATASET")
+
+
+def register_folder_types() -> None:
+    """Registers the `datasets` folder type (models/datasets by default; more roots via extra_model_paths.yaml)."""
+    folder_paths.add_model_folder_path(DATASETS_FOLDER_TYPE, os.path.join(folder_paths.models_dir, "datasets"))
+
+
+def output_root() -> Path:
+    return Path(folder_paths.get_output_directory())
+
+
+def saved_datasets_dir() -> Path:
+    return output_root().joinpath(*SAVED_DATASETS_SUBDIR)
+
+
+def dataset_roots() -> list[Root]:
+    """Where datasets may be read: input/, every `datasets` folder, the administrator's roots, saved datasets."""
+    roots = [Root("input", Path(folder_paths.get_input_directory()))]
+    roots += [Root("datasets", Path(p)) for p in folder_paths.get_folder_paths(DATASETS_FOLDER_TYPE)]
+    roots += roots_from_env()
+    roots.append(Root("saved", saved_datasets_dir()))
+    return roots
+
+
+def dataset_folder_options() -> list[str]:
+    """The dropdown: each root itself, then its sub-folders two levels down."""
+    roots = dataset_roots()
+    return list(dict.fromkeys([r.label for r in roots] + list_folders(roots, depth=2)))
+
+
+def resolve_dataset_folder(folder: str, sub_path: str) -> tuple[Path, Root]:
+    """Resolves the dropdown value plus the typed sub-path. ComfyUI 0.3.64 does not check V3 combo values against
+    their options, so `folder` is as untrusted as `sub_path`: both are validated here."""
+    rel = check_relative(sub_path or "")  # on its own, so '/etc' is refused as absolute rather than joined
+    return resolve_folder(f"{folder}/{rel}" if rel else folder, dataset_roots())
+
+
+def output_subdir(*parts: str) -> Path:
+    """A folder under ComfyUI's output/, each part a plain name (refused otherwise), created if missing."""
+    path = output_root().joinpath(*[safe_name(p, "output folder name") for p in parts])
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Progress:
+    """Progress bar + interrupt check for a loop of `total` steps (interrupt raises ComfyUI's own exception)."""
+
+    def __init__(self, total: int):
+        self.bar = comfy.utils.ProgressBar(max(total, 1))
+
+    def __call__(self, done: int) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        self.bar.update_absolute(done)
+
+
+__all__ = ["DATASET", "PathRefused", "Progress", "dataset_folder_options", "dataset_roots", "output_subdir",
+           "register_folder_types", "resolve_dataset_folder", "saved_datasets_dir"]

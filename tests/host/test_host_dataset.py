@@ -1,0 +1,121 @@
+"""Dataset nodes through a real ComfyUI server: load, dedupe, buckets, preview, stats, save, path refusals."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def korra_folder(comfy_server):
+    """input/korra_host/10_korra: 6 captioned images of mixed aspect, one mirrored duplicate, one truncated file."""
+    folder = comfy_server.input_dir / "korra_host" / "10_korra"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    sizes = [(96, 64), (64, 96), (80, 80), (128, 64), (64, 64)]
+    for i, (w, h) in enumerate(sizes):
+        base = Image.fromarray((rng.random((6, 6, 3)) * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)
+        base.save(folder / f"img_{i}.png")
+        (folder / f"img_{i}.txt").write_text(f"korra, pose {i}", encoding="utf-8")
+    Image.open(folder / "img_2.png").transpose(Image.FLIP_LEFT_RIGHT).save(folder / "img_2_mirror.png")
+    (folder / "img_2_mirror.txt").write_text("korra, pose 2, mirrored", encoding="utf-8")
+    good = (folder / "img_0.png").read_bytes()
+    (folder / "broken.png").write_bytes(good[: len(good) // 3])
+    (folder / "broken.txt").write_text("broken", encoding="utf-8")
+    return folder
+
+
+def load_node(folder="input/korra_host", **overrides):
+    inputs = dict(folder=folder, sub_path="", role="train", repeats=0, caption_source="sidecar",
+                  caption_extension=".txt", fixed_caption="", caption_encoding="utf-8", on_missing_caption="error",
+                  recursive=True, prior_loss_weight=1.0, subset_name="korra", verify_images=True)
+    inputs.update(overrides)
+    return {"class_type": "AtelierLoadDataset", "inputs": inputs}
+
+
+def with_stats(load: dict) -> dict:
+    """A prompt that loads and then shows statistics (an output node, so ComfyUI runs the graph)."""
+    return {"1": load, "2": {"class_type": "AtelierDatasetStats", "inputs": {
+        "dataset": ["1", 0], "batch_size": 1, "epochs": 1, "grad_accum": 1, "kimg": 0.0}}}
+
+
+def test_dataset_workflow_loads_dedupes_buckets_previews_and_counts(comfy, comfy_server, korra_folder):
+    prompt = {
+        "1": load_node(),
+        "2": {"class_type": "AtelierPrepareDataset", "inputs": {
+            "dataset": ["1", 0], "mode": "buckets", "width": 64, "height": 64, "pad_color": "black",
+            "background": "white", "filter": "lanczos", "bucket_step": 32, "no_upscale": False, "subsets": ""}},
+        "3": {"class_type": "AtelierDedupeDataset", "inputs": {
+            "dataset": ["2", 0], "threshold": 8, "keep": "largest", "flip_aware": True, "border_aware": True,
+            "report_name": "host_dedupe"}},
+        "4": {"class_type": "AtelierDatasetStats", "inputs": {
+            "dataset": ["3", 0], "batch_size": 2, "epochs": 3, "grad_accum": 1, "kimg": 0.0}},
+        "5": {"class_type": "AtelierPreviewDataset", "inputs": {
+            "dataset": ["3", 0], "count": 8, "columns": 3, "cell": 96, "seed": 0}},
+        "6": {"class_type": "AtelierVersion", "inputs": {"images": ["5", 0]}},
+        "7": {"class_type": "AtelierVersion", "inputs": {"images": ["4", 1]}},
+        "8": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
+        "9": {"class_type": "AtelierSaveDataset", "inputs": {"dataset": ["3", 0], "name": "korra_prepared",
+                                                              "image_format": "png"}},
+    }
+    out = comfy.run(prompt, timeout=300)
+    load_report = out["1"]["text"][0]
+    assert "6 images × 10 repeats" in load_report and "broken.png" in load_report  # truncated file skipped, listed
+    dedupe_text = out["3"]["text"][0]
+    assert "img_2_mirror.png" in dedupe_text and "1 dropped" in dedupe_text.replace("dropped: 1", "1 dropped")
+    report_path = re.search(r"report: (.+\.json)", dedupe_text).group(1)
+    report = json.loads(open(report_path, encoding="utf-8").read())
+    assert [os.path.basename(d["key"]) for d in report["dropped"]] == ["img_2_mirror.png"]
+    assert (korra_folder / "img_2_mirror.png").exists()  # never deletes sources
+    stats = out["4"]["text"][0]
+    assert re.search(r"\b50\b", stats)  # 5 images × 10 repeats
+    assert re.search(r"\b25\b", stats) and re.search(r"\b75\b", stats)  # steps/epoch at batch 2, total for 3 epochs
+    assert "64x64" in stats and "96x32" not in stats  # bucket histogram present; sizes are bucket multiples of 32
+    assert re.search(r"images: 1 × \d+×\d+, 3 channels", out["6"]["text"][0])
+    assert out["8"]["images"], "stock PreviewImage received no sheet"
+    saved = comfy_server.output_dir / "atelier" / "datasets" / "korra_prepared"
+    pngs = sorted(p.name for p in saved.rglob("*.png"))
+    assert len(pngs) == 5 and (saved / "atelier_dataset.json").exists()
+    sizes = {Image.open(p).size for p in saved.rglob("*.png")}
+    assert all(w % 32 == 0 and h % 32 == 0 and w * h <= 64 * 64 for w, h in sizes), sizes
+
+
+def test_saved_dataset_reloads_from_saved_root(comfy, korra_folder):
+    test_dataset_ready = comfy.object_info()["AtelierLoadDataset"]["input"]["required"]["folder"]
+    options = test_dataset_ready[0] if isinstance(test_dataset_ready[0], list) else test_dataset_ready[1]["options"]
+    assert "input/korra_host" in options and "saved" in options
+    out = comfy.run(with_stats(load_node(folder="saved", sub_path="korra_prepared", subset_name="again")))
+    assert "5 images × 10 repeats" in out["1"]["text"][0]
+
+
+@pytest.mark.parametrize("sub_path", ["../../etc", "/etc", "\\\\server\\share", "C:\\Windows"])
+def test_paths_outside_roots_are_refused_with_roots_listed(comfy, korra_folder, sub_path):
+    entry = comfy.wait(comfy.queue(with_stats(load_node(sub_path=sub_path))))
+    assert entry["status"]["status_str"] == "error"
+    err = [m for m in entry["status"]["messages"] if m[0] == "execution_error"][0][1]
+    assert err["exception_type"].endswith("PathRefused")
+    assert re.search(r"'\.\.'|absolute|UNC|drive", err["exception_message"])
+
+
+@pytest.mark.parametrize("folder", ["/etc", "../..", "home"])
+def test_folder_outside_the_dropdown_is_refused_at_execution(comfy, folder):
+    """ComfyUI 0.3.64 does not check V3 combo values against their options; the node must refuse them itself."""
+    entry = comfy.wait(comfy.queue(with_stats(load_node(folder=folder))))
+    err = [m for m in entry["status"]["messages"] if m[0] == "execution_error"][0][1]
+    assert err["exception_type"].endswith("PathRefused")
+    assert re.search(r"absolute|'\.\.'|does not start with an allowed root", err["exception_message"])
+
+
+def test_symlink_escape_refused(comfy, comfy_server, tmp_path, korra_folder):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.new("RGB", (8, 8)).save(outside / "x.png")
+    link = comfy_server.input_dir / "korra_host" / "escape"
+    if not link.exists():
+        os.symlink(outside, link)
+    entry = comfy.wait(comfy.queue(with_stats(load_node(sub_path="escape"))))
+    err = [m for m in entry["status"]["messages"] if m[0] == "execution_error"][0][1]
+    assert "outside its root" in err["exception_message"]
