@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from .images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, PREP_MODES, ImageRejected
+from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, PREP_MODES, ImageRejected, probe_image
 from .paths import is_inside, natural_key
 
 CAPTION_SOURCES = ("sidecar", "filename", "folder", "fixed")
@@ -226,30 +224,6 @@ def repeats_from_folder(folder_name: str) -> int | None:
 
 
 # ---------------------------------------------------------------- scanning
-
-
-def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """(width, height) from the header; refuses formats outside the allow-list and oversized images, by content."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                fmt, (w, h) = img.format, img.size
-    except Image.DecompressionBombError as e:
-        raise ImageRejected(path, f"image is too large to decode safely ({e})") from None
-    except FileNotFoundError:
-        raise ImageRejected(path, "file not found") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageRejected(path, f"not a readable image ({e})") from None
-    if fmt not in ALLOWED_FORMATS:
-        raise ImageRejected(path, f"file content is {fmt}, not one of {', '.join(ALLOWED_FORMATS)}; convert it or "
-                                  "remove it from the folder")
-    if w < 1 or h < 1:
-        raise ImageRejected(path, f"image has no pixels ({w}×{h})")
-    if w * h > max_pixels:
-        raise ImageRejected(path, f"image is {w}×{h} = {w * h / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP "
-                                  "limit; downscale it first")
-    return w, h
 
 
 def _walk_images(folder: Path, root: Path, recursive: bool, skipped: list[Skipped]) -> list[Path]:

@@ -22,7 +22,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # what a folder scan picks up (lowercase compare)
-ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # Pillow format names we decode; anything else is refused
+# Pillow format names we decode; anything else is refused. MPO is what Pillow calls many phone/camera JPEGs (a JPEG
+# whose first frame is the photo); we read that first frame.
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "MPO")
 DEFAULT_MAX_PIXELS = 80_000_000  # decompression-bomb guard, checked from the header before decoding
 FILTERS = ("lanczos", "area", "bicubic", "bilinear", "nearest")
 PREP_MODES = ("crop", "letterbox", "buckets", "none")
@@ -99,18 +101,36 @@ def _open_header(path, max_pixels: int) -> Image.Image:
                                   "file or remove it") from None
 
 
+def _check_header(path, img: Image.Image, max_pixels: int) -> None:
+    """Refuses, from the header alone, formats outside the allow-list, empty images and oversized images."""
+    if img.format not in ALLOWED_FORMATS:
+        raise ImageRejected(path, f"file content is {img.format}, not one of {', '.join(ALLOWED_FORMATS)} "
+                                  "(the extension does not matter); convert it to PNG or JPEG, or remove it")
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ImageRejected(path, f"image has no pixels ({width}×{height})")
+    if width * height > max_pixels:
+        raise _too_large(path, f"{width}×{height} = {width * height:,} pixels", max_pixels)
+
+
+def probe_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """Upright (width, height) from the header alone (EXIF rotation counted), with open_image's header checks."""
+    img = _open_header(path, max_pixels)
+    with img:
+        _check_header(path, img, max_pixels)
+        width, height = img.size
+        try:
+            orientation = img.getexif().get(0x0112, 1)  # EXIF Orientation tag
+        except _DECODE_ERRORS:
+            orientation = 1  # unreadable EXIF: open_image reports it when the pixels are decoded
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # 5-8 turn the image by 90°
+
+
 def open_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decodes an image file by content into memory, upright (EXIF orientation applied), or raises ImageRejected."""
     img = _open_header(path, max_pixels)
     with img:  # closes the file whatever happens below
-        if img.format not in ALLOWED_FORMATS:
-            raise ImageRejected(path, f"file content is {img.format}, not one of {', '.join(ALLOWED_FORMATS)} "
-                                      "(the extension does not matter); convert it to PNG or JPEG, or remove it")
-        width, height = img.size
-        if width < 1 or height < 1:
-            raise ImageRejected(path, f"image has no pixels ({width}×{height})")
-        if width * height > max_pixels:
-            raise _too_large(path, f"{width}×{height} = {width * height:,} pixels", max_pixels)
+        _check_header(path, img, max_pixels)
         try:
             img.load()
         except _DECODE_ERRORS as e:
