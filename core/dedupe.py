@@ -119,7 +119,7 @@ def _hash_grey32(grey: np.ndarray) -> int:
 
 
 def phash(img: Image.Image) -> int:
-    """64-bit perceptual hash (pHash, Zauner 2010): DCT-II of a 32x32 grey image, bits = 8x8 low frequencies > median."""
+    """64-bit perceptual hash (pHash, Zauner 2010): DCT-II of a 32x32 grey image; bit = 8x8 low frequency > median."""
     _check_image(img, "phash")
     return _hash_grey32(_grey32(img))
 
@@ -180,7 +180,12 @@ def _popcount_table(x: np.ndarray) -> np.ndarray:
     return _BYTE_POPCOUNT[as_bytes].sum(axis=-1, dtype=np.uint8)
 
 
-_popcount = getattr(np, "bitwise_count", _popcount_table)
+def _popcount_into(x: np.ndarray, out: np.ndarray) -> None:
+    """Writes the set bits of each uint64 in `x` into the uint8 array `out` of the same shape."""
+    if hasattr(np, "bitwise_count"):
+        np.bitwise_count(x, out=out)
+    else:
+        out[...] = _popcount_table(x)
 
 
 def _check_threshold(threshold) -> None:
@@ -191,13 +196,13 @@ def _check_threshold(threshold) -> None:
 
 def _as_uint64(values: list[int], what: str) -> np.ndarray:
     for v in values:
-        if not 0 <= v < 2 ** HASH_BITS:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < 2 ** HASH_BITS:
             raise ValueError(f"{what} must be in 0..2**{HASH_BITS}-1; got {v}. Pass values from phash().")
     return np.array(values, dtype=np.uint64)  # (n,)
 
 
 def _roots(parent: np.ndarray) -> np.ndarray:
-    """Compresses every path of the union-find forest (pointer jumping) in place and returns it: parent[i] is i's root."""
+    """Compresses the union-find forest in place by pointer jumping and returns it: then parent[i] is i's root."""
     while True:
         grand = parent[parent]
         if np.array_equal(grand, parent):
@@ -222,7 +227,10 @@ def _union(parent: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
 def _union_block(parent: np.ndarray, match: np.ndarray, start: int) -> None:
     """Joins row start + r with column start + c wherever match[r, c] (r, n - start) is True."""
     rows = match.shape[0]
-    if np.count_nonzero(match) > rows:
+    count = np.count_nonzero(match)
+    if count == 0:
+        return  # the usual case; np.nonzero on an all-False block would cost as much as the comparisons
+    if count > rows:
         # Dense block (a run of near-identical frames has millions of pairs): first join each row with the smallest
         # root among its matches and each column with the smallest root among its rows, with whole-array reductions;
         # most pairs then already share a root and never become Python-visible edges.
@@ -236,6 +244,8 @@ def _union_block(parent: np.ndarray, match: np.ndarray, start: int) -> None:
                np.concatenate([row_min[has_row], col_min[has_col]]))
         roots = _roots(parent)
         match = match & (roots[start:][None, :] != roots[start:start + rows][:, None])  # pairs still apart
+        if not match.any():
+            return
     r, c = np.nonzero(match)
     _union(parent, start + r, start + c)
 
@@ -256,25 +266,34 @@ def find_duplicate_groups(images: list[HashedImage], threshold: int = 6) -> list
     f = _as_uint64([im.hash if im.flip_hash is None else im.flip_hash for im in images], "flip_hash")  # (n,)
     parent = np.arange(n, dtype=np.int64)  # (n,) union-find forest
     rows = max(1, _BLOCK_ELEMENTS // n)
+    # Buffers reused by every block (about 45 MB): allocating them per block costs as much as the comparisons.
+    xor = np.empty((rows, n), dtype=np.uint64)
+    dist = np.empty((rows, n), dtype=np.uint8)
+    other = np.empty((rows, n), dtype=np.uint8)
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        hi, hj = h[start:stop, None], h[None, start:]  # (r, 1), (1, n - start): pairs with j >= i only
-        dist = _popcount(hi ^ hj)  # (r, n - start) uint8
+        r, m = stop - start, n - start  # the block compares rows start..stop-1 with columns start..n-1 (j >= i)
+        x, d, o = xor[:r, :m], dist[:r, :m], other[:r, :m]  # (r, m) views
+        hi, fi, hj, fj = h[start:stop, None], f[start:stop, None], h[None, start:], f[None, start:]
+        np.bitwise_xor(hi, hj, out=x)
+        _popcount_into(x, d)
         if has_flip:
-            fi, fj = f[start:stop, None], f[None, start:]
-            np.minimum(dist, _popcount(hi ^ fj), out=dist)
-            np.minimum(dist, _popcount(fi ^ hj), out=dist)
-        match = dist <= threshold  # (r, n - start)
+            for a, b in ((hi, fj), (fi, hj)):
+                np.bitwise_xor(a, b, out=x)
+                _popcount_into(x, o)
+                np.minimum(d, o, out=d)
+        match = d <= threshold  # (r, m)
         # Column start + c pairs with row start + r only when it comes later: each unordered pair once, no self-pairs.
-        match[:, :stop - start] &= np.triu(np.ones((stop - start, stop - start), dtype=bool), k=1)
+        match[:, :r] &= np.triu(np.ones((r, r), dtype=bool), k=1)
         _union_block(parent, match, start)
     roots = _roots(parent)
-    sizes = np.bincount(roots, minlength=n)  # (n,) members per root
+    order = np.argsort(roots, kind="stable")  # (n,) indices grouped by root, ascending within each group
+    bounds = np.flatnonzero(np.diff(roots[order])) + 1  # where one component ends and the next begins
     groups = []
-    for root in np.flatnonzero(sizes >= 2):  # ascending, and a root is its component's smallest index
-        members = np.flatnonzero(roots == root)
-        first = images[int(root)]
-        groups.append([(int(i), _pair_distance(first, images[int(i)])) for i in members])
+    for members in np.split(order, bounds):  # in root order, and a root is its component's smallest index
+        if members.size >= 2:
+            first = images[int(members[0])]
+            groups.append([(int(i), _pair_distance(first, images[int(i)])) for i in members])
     return groups
 
 
@@ -349,8 +368,8 @@ def dedupe(images: list[HashedImage], threshold: int = 6, keep: str = "largest")
         for i in indices:
             im = images[i]
             distance = 0 if i == winner else _pair_distance(kept_image, im)
-            rows.append({"key": im.key, "distance": distance, "width": im.width, "height": im.height,
-                         "sharpness": float(im.sharpness)})
+            rows.append({"key": im.key, "distance": distance, "width": int(im.width), "height": int(im.height),
+                         "sharpness": float(im.sharpness)})  # plain Python numbers, so the report is JSON
             if i != winner:
                 dropped.append({"key": im.key, "kept": kept_image.key, "distance": distance, "group": number})
                 dropped_index.add(i)

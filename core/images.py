@@ -113,6 +113,14 @@ def _check_header(path, img: Image.Image, max_pixels: int) -> None:
         raise _too_large(path, f"{width}×{height} = {width * height:,} pixels", max_pixels)
 
 
+def _header_orientation(img: Image.Image) -> int:
+    """EXIF Orientation from header data only. A PNG's eXIf chunk may follow the pixels, and Pillow's getexif()
+    then decodes the whole image to reach it; a probe must stay cheap, so such PNGs count as upright here."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1
+    return img.getexif().get(0x0112, 1)  # EXIF Orientation tag
+
+
 def probe_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """Upright (width, height) from the header alone (EXIF rotation counted), with open_image's header checks."""
     img = _open_header(path, max_pixels)
@@ -120,7 +128,7 @@ def probe_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
         _check_header(path, img, max_pixels)
         width, height = img.size
         try:
-            orientation = img.getexif().get(0x0112, 1)  # EXIF Orientation tag
+            orientation = _header_orientation(img)
         except _DECODE_ERRORS:
             orientation = 1  # unreadable EXIF: open_image reports it when the pixels are decoded
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # 5-8 turn the image by 90°
@@ -129,7 +137,7 @@ def probe_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
 def open_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decodes an image file by content into memory, upright (EXIF orientation applied), or raises ImageRejected."""
     img = _open_header(path, max_pixels)
-    with img:  # closes the file whatever happens below
+    try:
         _check_header(path, img, max_pixels)
         try:
             img.load()
@@ -137,21 +145,21 @@ def open_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
             raise ImageRejected(path, f"truncated or corrupt image data ({type(e).__name__}: {e}); re-export the "
                                       "file or remove it") from None
         try:
-            return ImageOps.exif_transpose(img)  # a new image, so closing the file above is safe
+            orientation = img.getexif().get(0x0112, 1)  # EXIF Orientation tag
+            if orientation == 1 and getattr(img, "n_frames", 1) == 1:
+                return img  # upright single frame: load() already released the file, no copy needed
+            upright = ImageOps.exif_transpose(img)  # a new image, so closing the file below is safe
         except _DECODE_ERRORS as e:
             raise ImageRejected(path, f"unreadable EXIF orientation ({type(e).__name__}: {e}); re-save the image "
                                       "without metadata or remove it") from None
+    except BaseException:
+        img.close()
+        raise
+    img.close()  # multi-frame files (MPO) keep their file open until closed
+    return upright
 
 
 # ---------------------------------------------------------------- colour
-
-
-def _composite(rgb: np.ndarray, alpha: np.ndarray, background) -> np.ndarray:
-    """Straight-alpha composite, rounded: rgb (H, W, 3) uint8 over `background`, alpha (H, W) uint8 -> (H, W, 3)."""
-    a = alpha.astype(np.int32)[:, :, None]  # (H, W, 1)
-    bg = np.asarray(background, dtype=np.int32).reshape(1, 1, 3)
-    total = rgb.astype(np.int32) * a + bg * (255 - a)  # (H, W, 3), in units of 1/255
-    return ((total + 127) // 255).astype(np.uint8)  # +127 rounds to nearest; total/255 is never exactly x.5
 
 
 def _composite_premultiplied(color: np.ndarray, alpha: np.ndarray, background) -> np.ndarray:
@@ -213,9 +221,13 @@ def to_rgb(img: Image.Image, background=(255, 255, 255)) -> tuple[Image.Image, n
                          "CMYK, YCbCr, I;16, I, F, RGBa. Re-save the image as PNG or JPEG")
     # Everything left carries straight alpha or a transparent colour: Pillow's RGBA conversion applies palettes,
     # tRNS chunks (palette index or colour key) and grey alpha, then we composite ourselves with exact rounding.
-    rgba = np.asarray(img.convert("RGBA"))  # (H, W, 4)
-    alpha = rgba[:, :, 3].copy()  # (H, W)
-    return Image.fromarray(_composite(rgba[:, :, :3], alpha, bg), "RGB"), alpha
+    rgba = img if mode == "RGBA" else img.convert("RGBA")
+    alpha = rgba.getchannel("A")
+    out = Image.new("RGB", rgba.size, bg)
+    # Pillow's masked paste is the straight-alpha blend fg*a + bg*(1-a) with exact rounding of the /255, done in C
+    # with the GIL released: the same numbers as round((fg*a + bg*(255-a)) / 255), several times faster, and parallel on a thread pool.
+    out.paste(rgba, (0, 0), alpha)
+    return out, np.asarray(alpha)  # alpha (H, W) uint8
 
 
 _NAMED_COLORS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128), "grey": (128, 128, 128)}
@@ -268,29 +280,31 @@ def crop_box_for_aspect(width: int, height: int, target_width: int, target_heigh
     return left, top, left + box_w, top + box_h
 
 
-def resize(img: Image.Image, width: int, height: int, filter: str = "lanczos") -> Image.Image:
-    """`img` resized to exactly (width, height) with the named filter (a new image; the input is untouched)."""
+def resize(img: Image.Image, width: int, height: int, filter: str = "lanczos",
+           box: tuple[int, int, int, int] | None = None) -> Image.Image:
+    """`img` (or its `box` region) resized to exactly (width, height) with the named filter; the input is untouched."""
     _check_size("resize target", width, height)
     resample = _resample(filter)
-    if img.size == (width, height):
-        return img.copy()
-    out = img
+    left, top, right, bottom = box or (0, 0, img.width, img.height)
+    src_w, src_h = right - left, bottom - top
+    if (src_w, src_h) == (width, height):
+        return img.crop((left, top, right, bottom)) if box else img.copy()
+    region = (left, top, right, bottom) if box else None
     if filter == "lanczos":
         # Box-average by the whole factor first (fast and area-correct), then LANCZOS for the remaining < 2x.
-        factor_x, factor_y = max(1, img.width // width), max(1, img.height // height)
+        factor_x, factor_y = max(1, src_w // width), max(1, src_h // height)
         if (factor_x > 1 or factor_y > 1) and img.mode not in ("1", "P"):  # reduce() has no palette mode
-            out = out.reduce((factor_x, factor_y))
-    if out.size != (width, height):
-        out = out.resize((width, height), resample)
-    return out
+            img, region = img.reduce((factor_x, factor_y), box=region), None
+            if img.size == (width, height):
+                return img
+    return img.resize((width, height), resample, box=region)  # resampling from the box: no intermediate crop
 
 
 def center_crop(img: Image.Image, width: int, height: int, filter: str = "lanczos") -> Image.Image:
     """The largest centred crop of the target aspect ratio, resized to exactly (width, height)."""
     _check_size("crop target", width, height)
     _resample(filter)  # refuse a bad filter name before doing any work
-    box = crop_box_for_aspect(img.width, img.height, width, height)
-    return resize(img.crop(box), width, height, filter)
+    return resize(img, width, height, filter, box=crop_box_for_aspect(img.width, img.height, width, height))
 
 
 def letterbox(img: Image.Image, width: int, height: int, color=(0, 0, 0), filter: str = "lanczos") -> Image.Image:

