@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .dataset import Dataset, DatasetError, drop_sources
-from .dedupe import DedupeReport, HashedImage, dedupe, image_hashes, sharpness
+from .dedupe import DedupeReport, HashedImage, dedupe, image_hashes, sharpness, trim_borders
 from .prepare import load_rgb, prepare_stream
 
 
@@ -45,8 +45,10 @@ def dedupe_dataset(dataset: Dataset, threshold: int = 6, keep: str = "largest", 
 
     def hash_one(sample, memory):
         rgb, _ = load_rgb(sample, memory)
-        h, fh = image_hashes(rgb, flip_aware=flip_aware, border_aware=border_aware)
-        return HashedImage(sample.item.source, h, fh, rgb.width, rgb.height, sharpness(rgb))
+        # Size and sharpness of the content, not the canvas: a letterboxed copy must not win "largest" by its bars.
+        content = trim_borders(rgb) if border_aware else rgb
+        h, fh = image_hashes(content, flip_aware=flip_aware, border_aware=False)
+        return HashedImage(sample.item.source, h, fh, content.width, content.height, sharpness(content))
 
     hashed, failed = [], {}
     for p in prepare_stream(samples, dataset.memory, transform=hash_one, workers=workers, on_progress=on_progress):

@@ -226,3 +226,16 @@ def test_dedupe_dataset_drops_mirrored_copy_but_never_deletes(tmp_path):
     assert kept == ["a.png", "other.png"]
     assert [os.path.basename(x["key"]) for x in report.dropped] == ["a_flipped_small.png"]
     assert (tmp_path / "a_flipped_small.png").exists()
+
+
+def test_dedupe_keeps_the_original_over_a_letterboxed_copy_on_a_bigger_canvas(tmp_path):
+    rng = np.random.default_rng(3)
+    img = Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).resize((128, 128), Image.BICUBIC)
+    img.save(tmp_path / "original.png")
+    canvas = Image.new("RGB", (176, 112), (0, 0, 0))  # 19,712 px of canvas (> 128²), only 96² of content
+    canvas.paste(img.resize((96, 96), Image.LANCZOS), (40, 8))
+    canvas.save(tmp_path / "letterboxed.png")
+    d = ds.scan_folder(tmp_path, on_missing_caption="empty")
+    out, report = dedupe_dataset(d, threshold=8, keep="largest")
+    assert [os.path.basename(i.source) for i in out.subsets[0].items] == ["original.png"]
+    assert os.path.basename(report.dropped[0]["key"]) == "letterboxed.png"
