@@ -339,13 +339,16 @@ def flip_horizontal(img: Image.Image) -> Image.Image:
 # ---------------------------------------------------------------- buckets
 
 
-def make_buckets(resolution, step: int = 64, min_side: int = 256, max_side: int | None = None) -> list[tuple[int, int]]:
+def make_buckets(resolution, step: int = 64, min_side: int | None = None, max_side: int | None = None
+                 ) -> list[tuple[int, int]]:
     """kohya-style aspect-ratio buckets of area at most resolution² (or w*h), sides multiples of `step`, sorted.
 
     For each width w (multiples of `step` in [min_side, max_side]) the height is the largest multiple of `step` with
     w*h <= max area; both orientations are included. The largest square bucket is always included: (res, res) when
     res is a multiple of step. When the target is smaller than `min_side`, `min_side` is lowered to the square's side
-    so a small resolution still gets buckets. max_side defaults to twice the resolution (the longer side for (w, h)).
+    so a small resolution still gets buckets. min_side defaults to half the square's side (kohya's 256 for 512
+    training), so every resolution gets the same range of aspect ratios; max_side defaults to twice the resolution
+    (the longer side for (w, h)).
     """
     if isinstance(resolution, (tuple, list)):
         if len(resolution) != 2:
@@ -362,6 +365,7 @@ def make_buckets(resolution, step: int = 64, min_side: int = 256, max_side: int 
         raise ValueError(f"Resolution {resolution} is smaller than the bucket step {step}; lower the step or raise "
                          "the resolution.")
     max_side = 2 * longest if max_side is None else max_side
+    min_side = max(step, square // 2) if min_side is None else min_side
     low = min(min_side, square)
     low = -(-low // step) * step  # first multiple of step at or above min_side
     high = max_side // step * step  # last multiple of step at or below max_side

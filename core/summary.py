@@ -56,7 +56,7 @@ def pick_samples(dataset: Dataset, count: int, seed: int = 0) -> list[Sample]:
 
 def sample_label(sample: Sample, image: Image.Image) -> str:
     flags = " · mirrored" if sample.mirrored else ""
-    return f"[{sample.subset}] {image.width}×{image.height}{flags}\n{sample.item.caption or '(no caption)'}"
+    return f"[{sample.subset}] {image.width}x{image.height}{flags}\n{sample.item.caption or '(no caption)'}"
 
 
 def preview_sheet(dataset: Dataset, count: int = 16, columns: int = 4, cell: int = 256, seed: int = 0,

@@ -459,11 +459,22 @@ def test_make_buckets_known_members():
 
 
 def test_make_buckets_small_resolution_and_errors():
-    assert make_buckets(128) == [(128, 128)]
+    # min_side defaults to half the square side, so small targets keep landscape and portrait buckets too
+    assert make_buckets(128) == [(64, 192), (64, 256), (128, 128), (192, 64), (256, 64)]
+    assert min(min(b) for b in make_buckets(512)) == 256  # kohya's min_bucket_reso for 512 training
+    assert make_buckets(128, min_side=128) == [(128, 128)]
     with pytest.raises(ValueError, match="smaller than the bucket step"):
         make_buckets(32)
     with pytest.raises(ValueError, match="step"):
         make_buckets(512, step=0)
+
+
+@pytest.mark.parametrize("resolution, step", [(128, 32), (256, 32), (512, 64), (1024, 64)])
+def test_small_targets_still_bucket_by_aspect(resolution, step):
+    w, h = choose_bucket(300, 200, make_buckets(resolution, step=step))
+    assert w > h and 1.2 <= w / h <= 1.8
+    w, h = choose_bucket(200, 300, make_buckets(resolution, step=step))
+    assert h > w
 
 
 def test_choose_bucket():

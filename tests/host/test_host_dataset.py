@@ -46,7 +46,7 @@ def test_dataset_workflow_loads_dedupes_buckets_previews_and_counts(comfy, comfy
     prompt = {
         "1": load_node(),
         "2": {"class_type": "AtelierPrepareDataset", "inputs": {
-            "dataset": ["1", 0], "mode": "buckets", "width": 64, "height": 64, "pad_color": "black",
+            "dataset": ["1", 0], "mode": "buckets", "width": 128, "height": 128, "pad_color": "black",
             "background": "white", "filter": "lanczos", "bucket_step": 32, "no_upscale": False, "subsets": ""}},
         "3": {"class_type": "AtelierDedupeDataset", "inputs": {
             "dataset": ["2", 0], "threshold": 8, "keep": "largest", "flip_aware": True, "border_aware": True,
@@ -73,14 +73,16 @@ def test_dataset_workflow_loads_dedupes_buckets_previews_and_counts(comfy, comfy
     stats = out["4"]["text"][0]
     assert re.search(r"\b50\b", stats)  # 5 images × 10 repeats
     assert re.search(r"\b25\b", stats) and re.search(r"\b75\b", stats)  # steps/epoch at batch 2, total for 3 epochs
-    assert "64x64" in stats and "96x32" not in stats  # bucket histogram present; sizes are bucket multiples of 32
+    # aspect buckets of at most 128² in steps of 32: landscape, portrait and square sources land apart
+    assert re.search(r"160x96\s+2\b", stats) and re.search(r"96x160\s+1\b", stats), stats
+    assert re.search(r"128x128\s+2\b", stats), stats
     assert re.search(r"images: 1 × \d+×\d+, 3 channels", out["6"]["text"][0])
     assert out["8"]["images"], "stock PreviewImage received no sheet"
     saved = comfy_server.output_dir / "atelier" / "datasets" / "korra_prepared"
     pngs = sorted(p.name for p in saved.rglob("*.png"))
     assert len(pngs) == 5 and (saved / "atelier_dataset.json").exists()
-    sizes = {Image.open(p).size for p in saved.rglob("*.png")}
-    assert all(w % 32 == 0 and h % 32 == 0 and w * h <= 64 * 64 for w, h in sizes), sizes
+    sizes = sorted(Image.open(p).size for p in saved.rglob("*.png"))
+    assert sizes == [(96, 160), (128, 128), (128, 128), (160, 96), (160, 96)], sizes
 
 
 def test_saved_dataset_reloads_from_saved_root(comfy, korra_folder):
