@@ -383,7 +383,9 @@ def from_arrays(images: list[np.ndarray], captions: list[str], *, name: str = "g
         key = f"memory:{key_prefix}/{i:05d}"
         memory[key] = arr
         items.append(Item(key, cap.strip(), max(repeats, 1), int(arr.shape[1]), int(arr.shape[0])))
-    return Dataset((Subset(name, role, tuple(items)),), memory=memory)
+    # Graph images already have the size the graph made them; keep it unless a Prepare node says otherwise.
+    keep = Preparation(mode="none", width=max(8, items[0].width), height=max(8, items[0].height))
+    return Dataset((Subset(name, role, tuple(items), preparation=keep),), memory=memory)
 
 
 def describe(dataset: Dataset, max_skipped: int = 30) -> str:

@@ -196,6 +196,8 @@ def test_from_arrays_bridge():
     prep = ds.with_preparation(d, ds.Preparation(mode="crop", width=8, height=8))
     ok, skipped = prepare_all(prep)
     assert not skipped and np.asarray(ok[1].image)[0, 0, 0] == 128
+    assert d.subsets[0].preparation.mode == "none"  # graph images keep their size by default
+    assert prepare_sample(d.samples()[0], d.memory).size == (8, 8)
     with pytest.raises(ds.DatasetError, match="empty"):
         ds.from_arrays([], [])
     with pytest.raises(ds.DatasetError, match="3 captions for 2 images"):

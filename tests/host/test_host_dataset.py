@@ -121,3 +121,37 @@ def test_symlink_escape_refused(comfy, comfy_server, tmp_path, korra_folder):
     entry = comfy.wait(comfy.queue(with_stats(load_node(sub_path="escape"))))
     err = [m for m in entry["status"]["messages"] if m[0] == "execution_error"][0][1]
     assert "outside its root" in err["exception_message"]
+
+
+def test_guide_recipe_subsets_mirror_downscale_and_bridges(comfy, comfy_server, korra_folder):
+    reg = comfy_server.input_dir / "korra_reg"
+    reg.mkdir(exist_ok=True)
+    for i in range(3):
+        Image.new("RGB", (64, 64), (40 * i, 90, 200)).save(reg / f"woman_{i}.png")
+    prompt = {
+        "1": load_node(verify_images=True),  # korra: 6 images × 10 (broken.png skipped)
+        "2": load_node(folder="input/korra_reg", role="regularization", caption_source="fixed",
+                       fixed_caption="woman", subset_name="reg", prior_loss_weight=0.5),
+        "3": {"class_type": "AtelierCombineDatasets", "inputs": {"dataset_a": ["1", 0], "dataset_b": ["2", 0]}},
+        "4": {"class_type": "AtelierMirrorDataset", "inputs": {"dataset": ["3", 0], "mode": "copies",
+                                                                "subsets": "", "exclude_subsets": "reg"}},
+        "5": {"class_type": "AtelierAddDownscaledCopy", "inputs": {"dataset": ["4", 0], "size": 96, "repeats": 2,
+                                                                    "subsets": "korra"}},
+        "6": {"class_type": "AtelierDatasetStats", "inputs": {"dataset": ["5", 0], "batch_size": 4, "epochs": 2,
+                                                              "grad_accum": 1, "kimg": 0.0}},
+        # IMAGE bridge: stock EmptyImage batch → dataset → prepared IMAGE batch → described
+        "7": {"class_type": "EmptyImage", "inputs": {"width": 48, "height": 32, "batch_size": 3, "color": 0xFF0000}},
+        "8": {"class_type": "AtelierImagesToDataset", "inputs": {"images": ["7", 0], "captions": "red frame",
+                                                                 "subset_name": "graph", "role": "train",
+                                                                 "repeats": 1}},
+        "9": {"class_type": "AtelierDatasetToImages", "inputs": {"dataset": ["8", 0], "max_images": 8}},
+        "10": {"class_type": "AtelierVersion", "inputs": {"images": ["9", 0]}},
+    }
+    out = comfy.run(prompt, timeout=300)
+    stats = out["6"]["text"][0]
+    # korra 6 images × 10 × 2 (mirrored) = 120; 96px copy 6 × 2 × 2 = 24; train = 144; reg capped to train = 144
+    assert re.search(r"samples per epoch: 288\b", stats), stats
+    assert re.search(r"steps per epoch: 72\b", stats) and re.search(r"total steps: 144\b", stats), stats
+    assert re.search(r"korra_96px\s+train", stats) and re.search(r"reg\s+regularization\s+3\b", stats), stats
+    # graph images keep their size (no preparation by default); red frames: channel values span 0 (G, B) to 1 (R)
+    assert re.search(r"images: 3 × 48×32, 3 channels, values 0\.000\.\.1\.000", out["10"]["text"][0])
