@@ -7,6 +7,7 @@ Datasets are immutable: every transform returns a new Dataset and leaves its inp
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -307,6 +308,25 @@ def scan_folder(folder: str | Path, root: str | Path | None = None, *, name: str
     return Dataset((subset,), tuple(skipped), tuple(notes))
 
 
+def folder_fingerprint(folder: str | Path, recursive: bool = True) -> str:
+    """Hash of every non-hidden file's relative path, size and mtime under `folder`: changes when an image or a
+    caption is added, removed or edited (one stat per file, no reads), so a host can tell a reload is needed."""
+    h = hashlib.sha1()
+    folder = Path(folder)
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            try:
+                st = os.stat(os.path.join(dirpath, name))
+            except OSError:
+                continue  # vanished or a dangling link: the scan will report it
+            h.update(f"{os.path.relpath(os.path.join(dirpath, name), folder)}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                     .encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
 def _folder_repeats(path: Path, top: Path) -> int:
     for parent in [path.parent, *path.parent.parents]:
         r = repeats_from_folder(parent.name)
@@ -406,3 +426,21 @@ def describe(dataset: Dataset, max_skipped: int = 30) -> str:
             lines.append(f"  … and {len(dataset.skipped) - max_skipped} more")
     lines += [f"note: {n}" for n in dataset.notes]
     return "\n".join(lines)
+
+
+def attach_captions(dataset: Dataset, captions: list[str]) -> Dataset:
+    """Captions from any other captioner, in dataset order: one per distinct image file (shared by its copies),
+    or one per item across subsets."""
+    sources = list(dict.fromkeys(it.source for s in dataset.subsets for it in s.items))
+    items = [it for s in dataset.subsets for it in s.items]
+    texts = [c.strip() for c in captions]
+    if len(texts) == len(sources):
+        by_source = dict(zip(sources, texts))
+        pick = iter([by_source[it.source] for it in items])
+    elif len(texts) == len(items):
+        pick = iter(texts)
+    else:
+        raise DatasetError(f"Got {len(texts)} captions; this dataset has {len(sources)} distinct images and "
+                           f"{len(items)} items across subsets. Give one caption per image, in dataset order.")
+    subsets = tuple(replace(s, items=tuple(replace(it, caption=next(pick)) for it in s.items)) for s in dataset.subsets)
+    return replace(dataset, subsets=subsets)

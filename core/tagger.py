@@ -9,15 +9,16 @@ dependency: without it, loading a model raises TaggerUnavailable saying how to i
 from __future__ import annotations
 
 import csv
-import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .images import to_rgb
+from .captions import dedupe_tags, join_tags, split_tags
+from .dataset import map_subsets
+from .images import open_image, to_rgb
 
 MODEL_FILE = "model.onnx"
 TAGS_FILE = "selected_tags.csv"
@@ -120,19 +121,40 @@ def _input_geometry(session, model_path: Path) -> tuple[str, int, int | None]:
     return inputs[0].name, shape[1], max_batch
 
 
+def model_files(path: str | Path) -> tuple[Path, Path]:
+    """(model.onnx, selected_tags.csv) of a model folder, or of a flat '<name>.onnx' with its '<name>.csv' beside it."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return path, path.with_suffix(".csv")
+    return path / MODEL_FILE, path / TAGS_FILE
+
+
+def list_models(roots: list[Path]) -> list[str]:
+    """Names of the models under the roots: folders holding model.onnx, and flat .onnx files with a .csv beside them."""
+    found = set()
+    for root in roots:
+        if not Path(root).is_dir():
+            continue
+        for entry in sorted(Path(root).iterdir()):
+            if entry.is_dir() and (entry / MODEL_FILE).is_file():
+                found.add(entry.name)
+            elif entry.suffix.lower() == ".onnx" and entry.with_suffix(".csv").is_file():
+                found.add(entry.name)
+    return sorted(found)
+
+
 def load_tagger(model_dir: str | Path, device: str = "auto") -> Tagger:
     """The cached tagger for a model folder (one session per model file and device; reloaded if the file changes)."""
-    model_dir = Path(model_dir)
-    model_path = model_dir / MODEL_FILE
+    model_path, tags_path = model_files(model_dir)
     if not model_path.is_file():
         raise TaggerError(f"Model folder '{model_dir}' has no {MODEL_FILE}; a WD14 model folder holds {MODEL_FILE} "
-                          f"and {TAGS_FILE}.")
+                          f"and {TAGS_FILE} (or use '<name>.onnx' with '<name>.csv' beside it).")
     stat = model_path.stat()
     key = (str(model_path.resolve()), stat.st_mtime_ns, stat.st_size, device)
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
-    table = load_tag_table(model_dir / TAGS_FILE)
+    table = load_tag_table(tags_path)
     ort = _onnxruntime()
     providers = choose_providers(ort.get_available_providers(), device)
     try:
@@ -256,3 +278,71 @@ def caption_from_result(result: TagResult, *, include_characters: bool = True, e
         names = [n for n, _ in group if n.lower() not in excluded]
         tags += sorted(names, key=str.lower) if sort == "alphabetical" else names
     return ", ".join(format_tag(t, escape, underscores_to_spaces) for t in tags)
+
+
+@dataclass(frozen=True)
+class TagOptions:
+    """Everything that turns scores into a caption; one value per widget of the tagger nodes."""
+
+    general_threshold: float = 0.35
+    character_threshold: float = 0.85
+    general_mcut: bool = False
+    character_mcut: bool = False
+    include_characters: bool = True
+    escape_brackets: bool = True
+    underscores_to_spaces: bool = True
+    exclude: tuple[str, ...] = ()
+    sort: str = "confidence"
+
+    def caption(self, probs: np.ndarray, table: TagTable) -> tuple[str, TagResult]:
+        result = select_tags(probs, table, self.general_threshold, self.character_threshold, self.general_mcut,
+                             self.character_mcut)
+        text = caption_from_result(result, include_characters=self.include_characters, escape=self.escape_brackets,
+                                   underscores_to_spaces=self.underscores_to_spaces, exclude=list(self.exclude),
+                                   sort=self.sort)
+        return text, result
+
+
+def tag_images(tagger: Tagger, images: list[Image.Image], options: TagOptions, batch_size: int = 8
+               ) -> list[tuple[str, TagResult]]:
+    """Caption and selection for each image, in order."""
+    probs = predict(tagger, images, batch_size)
+    return [options.caption(row, tagger.table) for row in probs]
+
+
+MERGE_MODES = ("replace", "append", "prepend", "only_missing")
+
+
+def merge_caption(old: str, new: str, mode: str) -> str:
+    """Combines an existing caption with the tagger's: replace, append / prepend (no repeated tags), or only_missing."""
+    if mode not in MERGE_MODES:
+        raise ValueError(f"Unknown caption mode '{mode}'; expected one of {', '.join(MERGE_MODES)}.")
+    if mode == "replace" or not old.strip():
+        return new
+    if mode == "only_missing":
+        return old
+    first, second = (split_tags(old), split_tags(new)) if mode == "append" else (split_tags(new), split_tags(old))
+    return join_tags(dedupe_tags(first + second))
+
+
+def tag_dataset(dataset, tagger: Tagger, options: TagOptions, mode: str = "replace", batch_size: int = 8,
+                on_progress=None):
+    """A new dataset whose captions come from the tagger (per distinct source), plus {source: probabilities}."""
+    sources = list(dict.fromkeys(it.source for s in dataset.subsets for it in s.items))
+    captions, details, done = {}, {}, 0
+    for start in range(0, len(sources), batch_size):
+        chunk = sources[start:start + batch_size]
+        images = [Image.fromarray(dataset.memory[src]) if src.startswith("memory:") else open_image(src)
+                  for src in chunk]  # raw pixels: WD14 puts transparency on white itself
+        for src, (text, result) in zip(chunk, tag_images(tagger, images, options, batch_size)):
+            captions[src] = text
+            details[src] = result.probabilities()
+        done += len(chunk)
+        if on_progress:
+            on_progress(done)
+
+    def edit(subset):
+        return replace(subset, items=tuple(replace(it, caption=merge_caption(it.caption, captions[it.source],
+                                                                                    mode)) for it in subset.items))
+
+    return map_subsets(dataset, None, edit), details

@@ -5,15 +5,17 @@ This package is the only place that imports comfy, comfy_api, folder_paths, serv
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import dataset
-from .host import register_folder_types
+from . import captioning, dataset
+from .host import register_folder_types, register_tagger_folder
 from .info import AtelierVersion
 
 register_folder_types()
+register_tagger_folder()
 
 NODES: list[type[io.ComfyNode]] = [
     AtelierVersion,
     *dataset.NODES,
+    *captioning.NODES,
 ]
 
 

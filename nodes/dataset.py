@@ -15,7 +15,7 @@ from ..core.draw import image_tensor_to_pil, pil_to_image_tensor
 from ..core.images import FILTERS, PREP_MODES, parse_color
 from ..core.paths import safe_name
 from ..core.summary import dataset_statistics, prepared_batch, preview_sheet
-from .host import DATASET, Progress, dataset_folder_options, output_subdir, resolve_dataset_folder
+from .host import DATASET, PathRefused, Progress, dataset_folder_options, output_subdir, resolve_dataset_folder
 
 SUBSETS_TOOLTIP = "Comma-separated subset names this applies to; empty = every subset."
 
@@ -85,6 +85,15 @@ class AtelierLoadDataset(io.ComfyNode):
                                     tooltip="The dataset description (files, captions, subsets)."),
                      io.String.Output("report", tooltip="Subsets, counts, skipped files with reasons.")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, folder, sub_path, recursive=True, **_) -> str | float:
+        """Re-scan when the folder's files change, even with unchanged widgets (e.g. after Write Captions)."""
+        try:
+            path, _root = resolve_dataset_folder(folder, sub_path)
+        except (PathRefused, OSError):
+            return float("nan")  # never equal to itself: execute runs and reports the error
+        return ds.folder_fingerprint(path, recursive)
 
     @classmethod
     def execute(cls, folder, sub_path, role, repeats, caption_source, caption_extension, fixed_caption,

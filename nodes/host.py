@@ -72,3 +72,26 @@ class Progress:
 
 __all__ = ["DATASET", "PathRefused", "Progress", "dataset_folder_options", "dataset_roots", "output_subdir",
            "register_folder_types", "resolve_dataset_folder", "saved_datasets_dir"]
+
+
+TAGGER_FOLDER_TYPE = "wd14_tagger"
+
+
+def register_tagger_folder() -> None:
+    """models/wd14_tagger (more roots via `wd14_tagger:` in extra_model_paths.yaml)."""
+    folder_paths.add_model_folder_path(TAGGER_FOLDER_TYPE, os.path.join(folder_paths.models_dir, "wd14_tagger"))
+
+
+def tagger_roots() -> list[Path]:
+    return [Path(p) for p in folder_paths.get_folder_paths(TAGGER_FOLDER_TYPE)]
+
+
+def resolve_tagger_model(name: str) -> Path:
+    """The model folder or .onnx file called `name` in a wd14_tagger root (a plain name, never a path)."""
+    safe_name(name, "tagger model name")
+    for root in tagger_roots():
+        candidate = root / name
+        if candidate.exists():
+            return candidate
+    raise PathRefused(f"Tagger model '{name}' not found in {', '.join(map(str, tagger_roots()))}. Put a folder with "
+                      "model.onnx and selected_tags.csv (or '<name>.onnx' + '<name>.csv') in models/wd14_tagger.")

@@ -193,7 +193,8 @@ class ComfyServer:
         return self.workdir / "server.log"
 
     def prepare(self, checkpoint: Path) -> None:
-        for sub in ("models/checkpoints", "models/loras", "input", "output", "temp", "user", "custom_nodes", "datasets"):
+        for sub in ("models/checkpoints", "models/loras", "models/wd14_tagger", "input", "output", "temp", "user",
+                    "custom_nodes", "datasets"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         link = self.workdir / "custom_nodes" / PACK_NAME
         if not link.exists():
@@ -211,6 +212,7 @@ class ComfyServer:
             "  checkpoints: models/checkpoints\n"
             "  loras: models/loras\n"
             "  datasets: datasets\n"
+            "  wd14_tagger: models/wd14_tagger\n"
         )
 
     def start(self, timeout: float = 240) -> ComfyClient:
@@ -248,6 +250,10 @@ class ComfyServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=20)
+
+    def has_module(self, name: str) -> bool:
+        """Whether the server's Python can import `name` (optional dependencies such as onnxruntime)."""
+        return subprocess.run([self.python, "-c", f"import {name}"], capture_output=True).returncode == 0
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

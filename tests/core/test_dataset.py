@@ -241,3 +241,28 @@ def test_dedupe_keeps_the_original_over_a_letterboxed_copy_on_a_bigger_canvas(tm
     out, report = dedupe_dataset(d, threshold=8, keep="largest")
     assert [os.path.basename(i.source) for i in out.subsets[0].items] == ["original.png"]
     assert os.path.basename(report.dropped[0]["key"]) == "letterboxed.png"
+
+
+def test_attach_captions_by_image_or_by_item(korra):
+    d = ds.add_downscaled_copy(ds.scan_folder(korra, name="k"), 64, 1)  # 4 images, 8 items
+    by_image = ds.attach_captions(d, [f"cap {i}" for i in range(4)])
+    assert [i.caption for i in by_image.subsets[0].items] == [i.caption for i in by_image.subsets[1].items]
+    assert [i.caption for i in by_image.subsets[0].items] == ["cap 0", "cap 1", "cap 2", "cap 3"]
+    by_item = ds.attach_captions(d, [f"c{i}" for i in range(8)])
+    assert [i.caption for i in by_item.subsets[1].items] == ["c4", "c5", "c6", "c7"]
+    with pytest.raises(ds.DatasetError, match="Got 3 captions; this dataset has 4 distinct images and 8 items"):
+        ds.attach_captions(d, ["a", "b", "c"])
+
+
+def test_folder_fingerprint_changes_with_files_not_with_hidden_backups(korra):
+    before = ds.folder_fingerprint(korra)
+    assert ds.folder_fingerprint(korra) == before
+    (korra / "10_korra" / ".atelier_caption_backup").mkdir()
+    (korra / "10_korra" / ".atelier_caption_backup" / "x.txt").write_text("old")
+    assert ds.folder_fingerprint(korra) == before  # hidden folders do not count
+    (korra / "10_korra" / "img_0.txt").write_text("korra, edited, longer")
+    edited = ds.folder_fingerprint(korra)
+    assert edited != before
+    (korra / "2_korra_small" / "a.jpg").unlink()
+    assert ds.folder_fingerprint(korra) != edited
+    assert ds.folder_fingerprint(korra, recursive=False) == ds.folder_fingerprint(korra, recursive=False)

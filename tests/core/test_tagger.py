@@ -121,3 +121,42 @@ def test_unexpected_input_shape(tmp_path):
 def test_missing_model_file(tmp_path):
     with pytest.raises(tg.TaggerError, match="has no model.onnx"):
         tg.load_tagger(tmp_path)
+
+
+def test_flat_onnx_plus_csv_layout_and_listing(tmp_path):
+    folder = write_tiny_tagger(tmp_path / "models" / "folder-model")
+    (folder / "model.onnx").rename(tmp_path / "models" / "flat-v2.onnx")
+    (folder / "selected_tags.csv").rename(tmp_path / "models" / "flat-v2.csv")
+    write_tiny_tagger(tmp_path / "models" / "folder-model")
+    (tmp_path / "models" / "lonely.onnx").write_bytes(b"")  # no csv beside it: not offered
+    assert tg.list_models([tmp_path / "models", tmp_path / "missing"]) == ["flat-v2.onnx", "folder-model"]
+    flat = tg.load_tagger(tmp_path / "models" / "flat-v2.onnx")
+    assert "blue" in names(tags_of(flat, Image.new("RGB", (8, 8), (0, 0, 255))))
+
+
+@pytest.mark.parametrize("old, mode, expected", [
+    ("korra, smile", "replace", "blue, long hair"),
+    ("korra, blue", "append", "korra, blue, long hair"),
+    ("korra, blue", "prepend", "blue, long hair, korra"),
+    ("korra", "only_missing", "korra"),
+    ("", "only_missing", "blue, long hair"),
+])
+def test_merge_caption(old, mode, expected):
+    assert tg.merge_caption(old, "blue, long hair", mode) == expected
+
+
+def test_tag_dataset_writes_captions_into_it(tmp_path, model_dir):
+    from atelier.core import dataset as ds
+
+    folder = tmp_path / "set"
+    folder.mkdir()
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(folder / "blue.png")
+    Image.new("RGBA", (20, 20), (0, 0, 0, 0)).save(folder / "clear.png")
+    d = ds.add_downscaled_copy(ds.scan_folder(folder, on_missing_caption="empty"), 64, 1)  # two subsets, same files
+    opts = tg.TagOptions(general_threshold=0.5, include_characters=False, exclude=("long hair", "^_^"))
+    tagged, details = tg.tag_dataset(d, tg.load_tagger(model_dir), opts, batch_size=2)
+    caps = {(s.name, i.source.rsplit("/", 1)[-1]): i.caption for s in tagged.subsets for i in s.items}
+    assert caps[("set", "blue.png")] == caps[("set_64px", "blue.png")] == "blue, smile \\(happy\\)"
+    assert caps[("set", "clear.png")].startswith("white background")
+    assert len(details) == 2 and all("general" in v for v in details.values())
+    assert {i.caption for i in d.subsets[0].items} == {""}  # the input dataset is unchanged
