@@ -9,7 +9,9 @@ dependency: without it, loading a model raises TaggerUnavailable saying how to i
 from __future__ import annotations
 
 import csv
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -181,8 +183,10 @@ def preprocess(img: Image.Image, size: int) -> np.ndarray:
     """WD14 input for one image: alpha onto white, centred on a white square, resized, BGR float32 0..255 (S, S, 3)."""
     rgb, _ = to_rgb(img, (255, 255, 255))
     side = max(rgb.size)
-    square = Image.new("RGB", (side, side), (255, 255, 255))
-    square.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
+    square = rgb
+    if rgb.width != rgb.height:  # already square: no canvas to pad onto
+        square = Image.new("RGB", (side, side), (255, 255, 255))
+        square.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
     if side != size:
         square = square.resize((size, size), Image.Resampling.BICUBIC if side < size else Image.Resampling.BOX)
     arr = np.asarray(square, dtype=np.float32)  # (S, S, 3) RGB
@@ -197,11 +201,13 @@ def predict(tagger: Tagger, images: list[Image.Image], batch_size: int = 8) -> n
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     step = min(batch_size, tagger.max_batch or batch_size)
     out = []
-    for i in range(0, len(images), step):
-        batch = np.stack([preprocess(im, tagger.size) for im in images[i:i + step]])  # (b, S, S, 3)
-        with tagger.lock:  # one run at a time per session keeps memory predictable
-            probs = tagger.session.run(None, {tagger.input_name: batch})[0]
-        out.append(np.asarray(probs, dtype=np.float32).reshape(len(batch), -1))
+    # Pillow resamples with the GIL released, so a batch is preprocessed on threads while the order is kept.
+    with ThreadPoolExecutor(max_workers=min(step, os.cpu_count() or 1), thread_name_prefix="atelier-wd14") as pool:
+        for i in range(0, len(images), step):
+            batch = np.stack(list(pool.map(lambda im: preprocess(im, tagger.size), images[i:i + step])))  # (b,S,S,3)
+            with tagger.lock:  # one run at a time per session keeps memory predictable
+                probs = tagger.session.run(None, {tagger.input_name: batch})[0]
+            out.append(np.asarray(probs, dtype=np.float32).reshape(len(batch), -1))
     probs = np.concatenate(out)
     if probs.shape[1] != len(tagger.table):
         raise TaggerError(f"The model returned {probs.shape[1]} scores per image but the tag list has "
