@@ -160,3 +160,11 @@ def test_tag_dataset_writes_captions_into_it(tmp_path, model_dir):
     assert caps[("set", "clear.png")].startswith("white background")
     assert len(details) == 2 and all("general" in v for v in details.values())
     assert {i.caption for i in d.subsets[0].items} == {""}  # the input dataset is unchanged
+
+
+def test_without_onnxruntime_the_error_says_how_to_install(tmp_path, monkeypatch):
+    folder = write_tiny_tagger(tmp_path / "m")
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # what an absent package looks like
+    tg._CACHE.clear()
+    with pytest.raises(tg.TaggerUnavailable, match=r"needs onnxruntime.*pip install onnxruntime"):
+        tg.load_tagger(folder)

@@ -99,3 +99,25 @@ def test_tag_images_and_truncate_with_real_clip_tokenizer(comfy, comfy_server, t
     # CLIP-L tokenizes 'tagN' as 'tag' + digits and ',' separately: 'trigger, tag0, tag1, ...' fits ~6 tags in 20
     kept = [line.split()[-1] for line in out["6"]["text"][0].splitlines()]
     assert "trigger" in kept and 3 <= len(kept) <= 10, kept
+
+
+def test_attach_captions_from_another_captioner(comfy, comfy_server, tagger_model):
+    folder = comfy_server.input_dir / "attach"
+    folder.mkdir()
+    for name, color in (("a_blue", (0, 0, 255)), ("b_red", (255, 0, 0))):
+        Image.new("RGB", (24, 24), color).save(folder / f"{name}.png")
+    prompt = {
+        "1": {"class_type": "AtelierLoadDataset", "inputs": dict(
+            folder="input/attach", sub_path="", role="train", repeats=1, caption_source="fixed",
+            caption_extension=".txt", fixed_caption="placeholder", caption_encoding="utf-8",
+            on_missing_caption="error", recursive=True, prior_loss_weight=1.0, subset_name="att",
+            verify_images=False)},
+        "2": {"class_type": "AtelierDatasetToImages", "inputs": {"dataset": ["1", 0], "max_images": 8}},
+        # any captioner's STRING output would do; here the tagger's, one caption per line
+        "3": {"class_type": "AtelierTagImages", "inputs": {"images": ["2", 0], **tagger_widgets(
+            tagger_model, include_characters=False, exclude_tags="long hair, ^_^, smile (happy)")}},
+        "4": {"class_type": "AtelierAttachCaptions", "inputs": {"dataset": ["1", 0], "captions": ["3", 0]}},
+        "5": {"class_type": "AtelierTagFrequency", "inputs": {"dataset": ["4", 0], "top": 10}},
+    }
+    table = comfy.run(prompt)["5"]["text"][0]
+    assert re.search(r"\b1\s+blue\b", table) and re.search(r"\b1\s+red\b", table) and "placeholder" not in table
