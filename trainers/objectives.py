@@ -1,0 +1,201 @@
+"""Training objectives derived from the model's own sampling description. Nothing here knows ComfyUI.
+
+A diffusion family is described by a "model sampling" object with ComfyUI's interface (`noise_scaling`,
+`calculate_input`, `calculate_denoised`, `timestep`, `percent_to_sigma`). Every family ComfyUI loads has a
+denoised estimate that is affine in the raw network output:  x0̂ = a(σ)·x_t + b(σ)·output.  Probing that map
+twice gives a and b, so the raw-output target is (x0 − a·x_t) / b: the noise for ε-prediction (SD1.x), v for
+v-prediction (SD2.x 768-v), noise − x0 for rectified flow, x0 for x0-prediction — with no per-family code.
+Likewise x_t = α(σ)·x0 + β(σ)·noise gives SNR = (α/β)², which min-SNR weighting needs.
+
+The small classes at the bottom mirror ComfyUI's ε / v / flow samplings so the pure tests use the same maths.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+
+LOSSES = ("l2", "l1", "huber")
+
+
+class ModelSampling(Protocol):
+    def percent_to_sigma(self, percent: float) -> float: ...
+    def noise_scaling(self, sigma: torch.Tensor, noise: torch.Tensor, latent_image: torch.Tensor) -> torch.Tensor: ...
+    def calculate_input(self, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor: ...
+    def calculate_denoised(self, sigma: torch.Tensor, model_output: torch.Tensor,
+                           model_input: torch.Tensor) -> torch.Tensor: ...
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor: ...
+
+
+def _unit(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeros and ones shaped (B, 1, 1, 1) for probing affine maps one scalar per sample."""
+    shape = (sigma.shape[0], 1, 1, 1)
+    return torch.zeros(shape, dtype=torch.float32), torch.ones(shape, dtype=torch.float32)
+
+
+def denoise_coefficients(ms: ModelSampling, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b), each (B, 1, 1, 1), with calculate_denoised(σ, out, x_t) = a·x_t + b·out."""
+    zero, one = _unit(sigma)
+    with torch.no_grad():
+        a = ms.calculate_denoised(sigma, zero, one)
+        b = ms.calculate_denoised(sigma, one, zero)
+    return a.float(), b.float()
+
+
+def noise_coefficients(ms: ModelSampling, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(α, β), each (B, 1, 1, 1), with noise_scaling(σ, noise, x0) = α·x0 + β·noise."""
+    zero, one = _unit(sigma)
+    with torch.no_grad():
+        alpha = ms.noise_scaling(sigma, zero, one)
+        beta = ms.noise_scaling(sigma, one, zero)
+    return alpha.float(), beta.float()
+
+
+def prediction_target(ms: ModelSampling, sigma: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """The raw network output that would denoise x_t exactly to x0: (x0 − a·x_t) / b."""
+    a, b = denoise_coefficients(ms, sigma)
+    return (x0.float() - a * x_t.float()) / b
+
+
+def snr(ms: ModelSampling, sigma: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio (α/β)² of x_t at σ, shape (B,)."""
+    alpha, beta = noise_coefficients(ms, sigma)
+    return ((alpha / beta) ** 2).flatten()
+
+
+def min_snr_weights(ms: ModelSampling, sigma: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weighting (Hang et al., 2023) for a loss on the raw output, shape (B,).
+
+    The paper weights the x0 loss by min(SNR, γ); a raw-output loss equals the x0 loss divided by b², so the weight
+    here is min(SNR, γ)·b². That is min(SNR, γ)/SNR for ε-prediction and min(SNR, γ)/(SNR + 1) for v-prediction,
+    the forms kohya uses.
+    """
+    _, b = denoise_coefficients(ms, sigma)
+    return torch.clamp(snr(ms, sigma), max=gamma) * (b.flatten() ** 2)
+
+
+def sample_sigmas(ms: ModelSampling, generators: list[torch.Generator], min_percent: float = 0.0,
+                  max_percent: float = 1.0) -> torch.Tensor:
+    """One σ per sample, uniform in the model's own timestep range (percent 0 = most noise), shape (B,)."""
+    eps = 1e-4  # percent_to_sigma maps exactly 0 / 1 to "infinite" / zero noise
+    lo, hi = max(min_percent, eps), min(max_percent, 1 - eps)
+    out = []
+    for g in generators:
+        u = lo + (hi - lo) * torch.rand((), generator=g).item()
+        out.append(ms.percent_to_sigma(u))
+    return torch.tensor(out, dtype=torch.float32)
+
+
+def offset_noise(shape, generator: torch.Generator, offset: float) -> torch.Tensor:
+    """Gaussian noise plus `offset` × a per-channel constant (noise offset, Guttenberg 2023), for one sample (C, H, W)."""
+    noise = torch.randn(shape, generator=generator)
+    if offset:
+        noise = noise + offset * torch.randn((shape[0], 1, 1), generator=generator)
+    return noise
+
+
+def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l2", huber_delta: float = 0.1) -> torch.Tensor:
+    """Per-element loss: L2, L1 or Huber (quadratic within `huber_delta`, linear outside)."""
+    if kind == "l2":
+        return (pred.float() - target.float()) ** 2
+    if kind == "l1":
+        return (pred.float() - target.float()).abs()
+    if kind == "huber":
+        return torch.nn.functional.huber_loss(pred.float(), target.float(), reduction="none", delta=huber_delta)
+    raise ValueError(f"Unknown loss '{kind}'; expected one of {', '.join(LOSSES)}.")
+
+
+# ------------------------------------------------------------ reference samplings (mirror ComfyUI's maths)
+
+
+def _view(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return sigma.reshape(sigma.shape[:1] + (1,) * (like.ndim - 1))
+
+
+class DiscreteEps:
+    """ε-prediction with SD's scaled-linear β schedule over 1000 steps (DDPM, Ho et al., 2020; SD1.x)."""
+
+    def __init__(self, linear_start: float = 0.00085, linear_end: float = 0.012, timesteps: int = 1000):
+        betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, timesteps, dtype=torch.float64) ** 2
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        self.sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5  # (T,) increasing
+        self.log_sigmas = self.sigmas.log().float()
+        self.sigmas = self.sigmas.float()
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        dists = sigma.log().float()[:, None] - self.log_sigmas[None, :]
+        return dists.abs().argmin(dim=1).view(sigma.shape).float()
+
+    def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
+        t = torch.clamp(timestep.float(), 0, len(self.sigmas) - 1)
+        low, high = t.floor().long(), t.ceil().long()
+        w = t.frac()
+        return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
+
+    def percent_to_sigma(self, percent: float) -> float:
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        return self.sigma(torch.tensor((1.0 - percent) * (len(self.sigmas) - 1))).item()
+
+    def calculate_input(self, sigma, noise):
+        return noise / (_view(sigma, noise) ** 2 + 1.0) ** 0.5
+
+    def calculate_denoised(self, sigma, model_output, model_input):
+        return model_input - model_output * _view(sigma, model_output)
+
+    def noise_scaling(self, sigma, noise, latent_image):
+        return latent_image + noise * _view(sigma, noise)
+
+
+class DiscreteV(DiscreteEps):
+    """v-prediction (Salimans & Ho, 2022) on the same schedule (SD2.x 768-v)."""
+
+    sigma_data = 1.0
+
+    def calculate_denoised(self, sigma, model_output, model_input):
+        s = _view(sigma, model_output)
+        sd = self.sigma_data
+        return model_input * sd ** 2 / (s ** 2 + sd ** 2) - model_output * s * sd / (s ** 2 + sd ** 2) ** 0.5
+
+
+class RectifiedFlow:
+    """Rectified flow (Liu et al., 2022; SD3 / Flux): x_t = (1−σ)·x0 + σ·noise, the network predicts noise − x0."""
+
+    def __init__(self, shift: float = 1.0, multiplier: float = 1000.0):
+        self.shift, self.multiplier = shift, multiplier
+
+    def timestep(self, sigma):
+        return sigma * self.multiplier
+
+    def sigma(self, timestep):
+        t = timestep / self.multiplier
+        return self.shift * t / (1 + (self.shift - 1) * t)
+
+    def percent_to_sigma(self, percent: float) -> float:
+        if percent <= 0.0:
+            return 1.0
+        if percent >= 1.0:
+            return 0.0
+        return float(self.sigma(torch.tensor(1.0 - percent) * self.multiplier))
+
+    def calculate_input(self, sigma, noise):
+        return noise
+
+    def calculate_denoised(self, sigma, model_output, model_input):
+        return model_input - model_output * _view(sigma, model_output)
+
+    def noise_scaling(self, sigma, noise, latent_image):
+        s = _view(sigma, noise)
+        return s * noise + (1.0 - s) * latent_image
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Transformer-style timestep embedding (Vaswani et al., 2017), (B,) -> (B, dim); used by the test models."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([args.cos(), args.sin()], dim=1)
