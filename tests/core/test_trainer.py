@@ -1,0 +1,224 @@
+"""The training loop on tiny real models: it learns, accumulates exactly, resumes exactly, stops cleanly."""
+
+import pytest
+import torch
+
+from tiny_models import TinyTextEncoder, TinyUNet
+
+from atelier.trainers import objectives as ob
+from atelier.trainers.checkpoint import ResumeMismatch, load_state, save_state
+from atelier.trainers.loop import Callbacks, Trainer, TrainConfig, TrainingDiverged, TrainSample
+from atelier.trainers.network import LoRANetwork, NetworkConfig
+
+
+def make_samples(n=4, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(4, size, size, generator=g)
+    return [TrainSample(latent=base.roll(i, dims=-1) * 0.5 + 0.1 * i, caption=f"korra, pose {i}, smile")
+            for i in range(n)]
+
+
+class Rig:
+    """A tiny UNet + text encoder with a LoRA network, wired like the nodes wire ComfyUI's models."""
+
+    def __init__(self, ms=None, te_lora=False, network_seed=0, **net):
+        torch.manual_seed(0)  # module construction only; the tiny models re-init from their own generators
+        self.unet, self.te = TinyUNet(), TinyTextEncoder()
+        self.ms = ms or ob.DiscreteEps()
+        roots = {"lora_unet": self.unet}
+        if te_lora:
+            roots["lora_te"] = self.te
+        self.network = LoRANetwork(roots, NetworkConfig(**{"rank": 4, "alpha": 4.0, **net}), seed=network_seed)
+        self.encode_calls = 0
+
+    def denoise(self, x_t, sigma, cond, **extra):
+        return self.unet(self.ms.calculate_input(sigma, x_t), self.ms.timestep(sigma), cond)
+
+    def encode(self, captions):
+        self.encode_calls += 1
+        return self.te(captions), {}
+
+    def trainer(self, samples, callbacks=None, **cfg):
+        config = TrainConfig(**{"unet_lr": 1e-2, "te_lr": 1e-2, "epochs": 1, "save_every_epochs": 0, **cfg})
+        return Trainer(config, self.network, self.denoise, self.ms, samples, self.encode, callbacks)
+
+
+def lora_weights(network):
+    return {k: v.clone() for k, v in network.kohya_state_dict(torch.float32).items()}
+
+
+def eval_loss(trainer, epochs=range(50, 56)):
+    """Loss on fixed draws (epochs not used in training), LoRA applied, no gradient."""
+    with torch.no_grad(), trainer.network.applied():
+        trainer.network.eval()
+        total = sum(trainer.micro_batch_loss([(p, i) for p, i in enumerate(range(len(trainer.samples)))], e,
+                                             len(trainer.samples)).item() for e in epochs)
+        trainer.network.train()
+    return total / len(epochs)
+
+
+def test_tiny_model_learns_the_tiny_dataset():
+    rig = Rig(conv_rank=4, conv_alpha=4.0)  # LoCon: the tiny UNet's noise prediction lives mostly in its convs
+    trainer = rig.trainer(make_samples(), max_steps=80, batch_size=4)
+    before = eval_loss(trainer)
+    trainer.run()
+    assert eval_loss(trainer) < 0.8 * before
+
+
+def test_untrained_and_strength_zero_change_nothing():
+    rig = Rig()
+    x, t, c = torch.randn(2, 4, 8, 8), torch.tensor([10.0, 500.0]), torch.randn(2, 6, 8)
+    base = rig.unet(x, t, c)
+    with rig.network.applied():
+        assert torch.equal(rig.unet(x, t, c), base)  # up weights start at zero
+    rig.trainer(make_samples(), max_steps=5, batch_size=4).run()
+    with rig.network.applied():
+        assert not torch.allclose(rig.unet(x, t, c), base)
+        rig.network.set_multiplier(0.0)
+        assert torch.equal(rig.unet(x, t, c), base)
+
+
+def test_grad_accumulation_k_by_b_equals_batch_k_times_b():
+    a, b = Rig(), Rig()
+    a.trainer(make_samples(4), max_steps=1, batch_size=4, grad_accum=1).run()
+    b.trainer(make_samples(4), max_steps=1, batch_size=2, grad_accum=2).run()
+    wa, wb = lora_weights(a.network), lora_weights(b.network)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
+    assert any(v.abs().sum() > 0 for k, v in wa.items() if "lora_up" in k)  # the step did change the weights
+
+
+@pytest.mark.parametrize("extra", [{}, {"ema_decay": 0.9, "caption_shuffle": True, "tag_dropout": 0.2,
+                                        "noise_offset": 0.05, "min_snr_gamma": 5.0, "scheduler": "cosine",
+                                        "warmup_steps": 2}])
+def test_resume_equals_uninterrupted(tmp_path, extra):
+    settings = dict(max_steps=7, batch_size=2, **extra)
+    full = Rig()
+    full.trainer(make_samples(6), **settings).run()
+
+    stop_at = {"n": 0}
+    first = Rig()
+    t1 = first.trainer(make_samples(6), Callbacks(should_stop=lambda: stop_at.__setitem__("n", stop_at["n"] + 1)
+                                                  or stop_at["n"] > 3), **settings)
+    state = t1.run()
+    assert state.step == 3
+    save_state(tmp_path / "state", t1, state)
+
+    second = Rig()
+    t2 = second.trainer(make_samples(6), **settings)
+    resumed = load_state(tmp_path / "state", t2)
+    assert (resumed.step, resumed.epoch, resumed.batch_in_epoch) == (state.step, state.epoch, state.batch_in_epoch)
+    final = t2.run(resumed)
+    assert final.step == 7
+    wf, wr = lora_weights(full.network), lora_weights(second.network)
+    assert max((wf[k] - wr[k]).abs().max().item() for k in wf) < 1e-6
+    if extra.get("ema_decay"):
+        assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(full_trainer_ema(full, settings),
+                                                                   t2.ema.state_tensors().values()))
+
+
+def full_trainer_ema(rig, settings):
+    """EMA tensors of an uninterrupted run (re-run on a fresh rig, since the first run's trainer was not kept)."""
+    fresh = Rig()
+    t = fresh.trainer(make_samples(6), **settings)
+    t.run()
+    return list(t.ema.state_tensors().values())
+
+
+def test_resume_from_a_different_config_is_refused_with_a_diff(tmp_path):
+    rig = Rig()
+    t = rig.trainer(make_samples(), max_steps=2, batch_size=2)
+    save_state(tmp_path / "s", t, t.run())
+    other = Rig().trainer(make_samples(), max_steps=2, batch_size=2, unet_lr=5e-3, loss="huber")
+    with pytest.raises(ResumeMismatch, match=r"(?s)loss: saved 'l2', now 'huber'.*unet_lr: saved 0.01, now 0.005"):
+        load_state(tmp_path / "s", other)
+    longer = Rig().trainer(make_samples(), max_steps=9, batch_size=2)  # only the length changed: allowed
+    assert load_state(tmp_path / "s", longer).step == 2
+
+
+def test_interrupt_at_step_zero_leaves_a_loadable_no_op_lora(tmp_path):
+    rig = Rig()
+    t = rig.trainer(make_samples(), Callbacks(should_stop=lambda: True), max_steps=5)
+    state = t.run()
+    assert state.step == 0
+    save_state(tmp_path / "s", t, state)
+    assert load_state(tmp_path / "s", Rig().trainer(make_samples(), max_steps=5)).step == 0
+    assert all(v.abs().sum() == 0 for k, v in lora_weights(rig.network).items() if "lora_up" in k)
+
+
+def test_nan_loss_stops_with_the_step_named():
+    rig = Rig()
+    calls = {"n": 0}
+
+    def exploding(x_t, sigma, cond, **extra):
+        calls["n"] += 1
+        out = rig.denoise(x_t, sigma, cond)
+        return out * float("nan") if calls["n"] >= 3 else out
+
+    t = Trainer(TrainConfig(unet_lr=1e-3, max_steps=5, batch_size=4, save_every_epochs=0), rig.network, exploding,
+                rig.ms, make_samples(), rig.encode)
+    with pytest.raises(TrainingDiverged, match=r"Loss became nan at step 3 \(epoch 3\)"):
+        t.run()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"unet_lr": 0.0}, "unet_lr must be > 0"),
+    ({"unet_lr": -1e-4}, "unet_lr must be > 0"),
+    ({"train_text_encoder": True, "te_lr": 0.0}, "te_lr must be > 0"),
+    ({"optimizer": "adam8bit"}, "adamw, adafactor, lion, sgd"),
+    ({"precision": "fp8"}, "fp32, bf16, fp16"),
+])
+def test_bad_settings_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        Rig().trainer(make_samples(), **bad)
+
+
+def test_dataset_smaller_than_the_batch_trains_with_what_it_has():
+    rig = Rig()
+    t = rig.trainer(make_samples(2), epochs=3, batch_size=8)
+    assert t.steps_per_epoch == 1 and t.total_steps == 3
+    assert t.run().step == 3
+
+
+def test_frozen_text_encoder_is_encoded_once_per_caption_and_not_trained():
+    rig = Rig(te_lora=True)
+    te_before = {k: v for k, v in lora_weights(rig.network).items() if k.startswith("lora_te")}
+    rig.trainer(make_samples(4), max_steps=6, batch_size=2).run()
+    assert rig.encode_calls <= 4  # four distinct captions, cached after the first encode
+    te_after = {k: v for k, v in lora_weights(rig.network).items() if k.startswith("lora_te")}
+    assert all(torch.equal(te_before[k], te_after[k]) for k in te_before)
+
+
+def test_text_encoder_lora_trains_when_asked():
+    rig = Rig(te_lora=True)
+    rig.trainer(make_samples(4), max_steps=4, batch_size=2, train_text_encoder=True).run()
+    te_up = [v for k, v in lora_weights(rig.network).items() if k.startswith("lora_te") and "lora_up" in k]
+    assert te_up and any(v.abs().sum() > 0 for v in te_up)
+
+
+@pytest.mark.parametrize("ms", [ob.DiscreteEps(), ob.DiscreteV(), ob.RectifiedFlow(shift=3.0)])
+def test_every_family_trains(ms):
+    rig = Rig(ms=ms)
+    t = rig.trainer(make_samples(), max_steps=40, batch_size=4, loss="huber", huber_delta=1.0)
+    before = eval_loss(t)
+    t.run()
+    assert eval_loss(t) < before
+
+
+def test_random_flip_uses_the_cached_mirrored_latent():
+    s = make_samples(1)[0]
+    mirrored = TrainSample(latent=s.latent, caption=s.caption, random_flip=True, flipped_latent=torch.zeros_like(s.latent))
+    rig = Rig()
+    t = rig.trainer([mirrored], max_steps=1)
+    losses = {round(t.micro_batch_loss([(0, 0)], e, 1).item(), 6) for e in range(12)}
+    plain = rig.trainer([s], max_steps=1)
+    assert len(losses) > 1  # some epochs draw the mirrored (zero) latent, others the original
+    assert t.micro_batch_loss([(0, 0)], 0, 1).item() != pytest.approx(0.0)
+    assert plain.steps_per_epoch == 1
+
+
+def test_training_progress_callback_reports_every_step():
+    seen = []
+    rig = Rig()
+    rig.trainer(make_samples(), Callbacks(on_step=seen.append), max_steps=4, batch_size=2).run()
+    assert [s.step for s in seen] == [1, 2, 3, 4] and all(s.total_steps == 4 for s in seen)
+    assert all(s.lr == pytest.approx(1e-2) for s in seen) and seen[-1].samples_per_second > 0

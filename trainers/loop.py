@@ -1,0 +1,337 @@
+"""The LoRA training loop: batches, objective, optimisation, checkpoints, resume. Nothing here knows ComfyUI.
+
+The model is reached only through the denoiser contract `denoise(x_t, sigma, cond, **extra) -> raw output` and a
+model-sampling object (see objectives.py); text goes through `encode(captions) -> (cond, extra)`. Progress leaves
+through callbacks. Every sample's randomness (flip, caption shuffle/dropout, noise, σ) comes from its own
+generator seeded by (seed, epoch, position in the epoch), so a batch's composition never changes a sample's draws:
+gradient accumulation of k×b equals one batch of k·b, and a run stopped at step n and resumed equals a run that
+never stopped, without saving any RNG state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+
+from . import objectives as ob
+from .optim import EMA, OPTIMIZERS, SCHEDULERS, lr_multiplier, make_optimizer
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every hyper-parameter of a run; the widget names of the Advanced node are these field names."""
+
+    epochs: int = 10
+    max_steps: int = 0  # > 0 overrides epochs
+    batch_size: int = 1
+    grad_accum: int = 1
+    unet_lr: float = 1e-4
+    te_lr: float = 2e-5
+    train_text_encoder: bool = False
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    scheduler: str = "constant"
+    warmup_steps: int = 0
+    num_cycles: int = 1
+    power: float = 1.0
+    loss: str = "l2"
+    huber_delta: float = 0.1
+    min_snr_gamma: float = 0.0  # 0 = off; 5 is the paper's value
+    noise_offset: float = 0.0
+    min_timestep_percent: float = 0.0
+    max_timestep_percent: float = 1.0
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    precision: str = "fp32"
+    seed: int = 0
+    ema_decay: float = 0.0  # 0 = off
+    caption_shuffle: bool = False
+    keep_tokens: int = 0
+    caption_dropout: float = 0.0
+    tag_dropout: float = 0.0
+    save_every_steps: int = 0
+    save_every_epochs: int = 1
+
+    def validate(self) -> None:
+        """Refuses settings that cannot train, naming the field and what to use instead."""
+        if self.unet_lr <= 0:
+            raise ValueError(f"unet_lr must be > 0, got {self.unet_lr}; 1e-4 is a usual LoRA value.")
+        if self.train_text_encoder and self.te_lr <= 0:
+            raise ValueError(f"te_lr must be > 0 when training the text encoder, got {self.te_lr}; try 2e-5, or "
+                             "turn train_text_encoder off.")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError(f"batch_size and grad_accum must be at least 1, got {self.batch_size} and "
+                             f"{self.grad_accum}.")
+        if self.epochs < 1 and self.max_steps < 1:
+            raise ValueError("Set epochs or max_steps to at least 1.")
+        for value, allowed, name in ((self.optimizer, OPTIMIZERS, "optimizer"), (self.scheduler, SCHEDULERS, "scheduler"),
+                                     (self.loss, ob.LOSSES, "loss"), (self.precision, PRECISIONS, "precision")):
+            if value not in allowed:
+                raise ValueError(f"Unknown {name} '{value}'; expected one of {', '.join(allowed)}.")
+        for name in ("caption_dropout", "tag_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+        return cls(**data)
+
+    # Settings that may change between an interrupted run and its resumption without changing the maths.
+    RESUMABLE_CHANGES = ("epochs", "max_steps", "save_every_steps", "save_every_epochs")
+
+
+@dataclass(frozen=True)
+class TrainSample:
+    """One training image as the loop sees it: its cached latent (model space), caption and loss weight."""
+
+    latent: torch.Tensor  # (C, H, W), already in the model's latent space (process_in applied)
+    caption: str
+    loss_weight: float = 1.0  # prior-preservation weight for regularization images
+    repeats: int = 1
+    random_flip: bool = False
+    flipped_latent: torch.Tensor | None = None  # the mirrored image's own latent; else the latent is flipped
+
+
+class Denoise(Protocol):
+    def __call__(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, **extra) -> torch.Tensor: ...
+
+
+@dataclass
+class StepInfo:
+    step: int  # optimizer steps done
+    total_steps: int
+    epoch: int
+    loss: float
+    smoothed_loss: float
+    lr: float
+    samples_per_second: float
+
+
+@dataclass
+class Callbacks:
+    on_step: Callable[[StepInfo], None] | None = None
+    on_checkpoint: Callable[[int, int, bool], None] | None = None  # (step, epoch, final)
+    should_stop: Callable[[], bool] | None = None
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # next micro-batch of `epoch` to run
+    losses: list[float] = field(default_factory=list)
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss became NaN or infinite."""
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A 63-bit seed for one sample of one epoch (SplitMix-style mixing of the three numbers)."""
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + position * 0x94D049BB133111EB) & (2 ** 64 - 1)
+    x ^= x >> 31
+    x = (x * 0xD6E8FEB86659FD93) & (2 ** 64 - 1)
+    return (x ^ (x >> 32)) & (2 ** 63 - 1)
+
+
+def epoch_batches(samples: list[TrainSample], batch_size: int, seed: int, epoch: int) -> list[list[tuple[int, int]]]:
+    """Micro-batches of one epoch as [(position, sample index)]: repeats expanded, shuffled, grouped by latent size."""
+    order = [i for i, s in enumerate(samples) for _ in range(s.repeats)]
+    g = torch.Generator().manual_seed(sample_seed(seed, epoch, -1))
+    order = [order[j] for j in torch.randperm(len(order), generator=g).tolist()]
+    buckets: dict[tuple, list[tuple[int, int]]] = {}
+    for position, index in enumerate(order):
+        buckets.setdefault(tuple(samples[index].latent.shape), []).append((position, index))
+    batches = [items[i:i + batch_size] for items in buckets.values() for i in range(0, len(items), batch_size)]
+    perm = torch.randperm(len(batches), generator=g).tolist()
+    return [batches[j] for j in perm]
+
+
+def process_caption(caption: str, g: torch.Generator, cfg: TrainConfig) -> str:
+    """Caption dropout, tag dropout and tag shuffling after the first keep_tokens tags (kohya's caption options)."""
+    if cfg.caption_dropout and torch.rand((), generator=g).item() < cfg.caption_dropout:
+        return ""
+    if not (cfg.caption_shuffle or cfg.tag_dropout):
+        return caption
+    tags = [t.strip() for t in caption.split(",") if t.strip()]
+    head, tail = tags[:cfg.keep_tokens], tags[cfg.keep_tokens:]
+    if cfg.tag_dropout:
+        tail = [t for t in tail if torch.rand((), generator=g).item() >= cfg.tag_dropout]
+    if cfg.caption_shuffle:
+        tail = [tail[j] for j in torch.randperm(len(tail), generator=g).tolist()]
+    return ", ".join(head + tail)
+
+
+class Trainer:
+    """Trains a LoRANetwork through the denoiser contract; see the module docstring for the guarantees."""
+
+    def __init__(self, config: TrainConfig, network, denoise: Denoise, model_sampling: ob.ModelSampling,
+                 samples: list[TrainSample], encode: Callable[[list[str]], tuple[torch.Tensor, dict]],
+                 callbacks: Callbacks | None = None, device: torch.device | str = "cpu"):
+        config.validate()
+        if not samples:
+            raise ValueError("No training samples: the dataset is empty.")
+        self.cfg, self.network, self.denoise, self.ms = config, network, denoise, model_sampling
+        self.samples, self.encode = samples, encode
+        self.callbacks = callbacks or Callbacks()
+        self.device = torch.device(device)
+        groups = [{"params": network.parameters_for("lora_unet"), "lr": config.unet_lr, "name": "unet"}]
+        te_params = [p for p in network.parameters() if not any(p is q for q in groups[0]["params"])]
+        if config.train_text_encoder:
+            groups.append({"params": te_params, "lr": config.te_lr, "name": "te"})
+        else:
+            for p in te_params:
+                p.requires_grad_(False)
+        self.optimizer = make_optimizer(config.optimizer, groups, weight_decay=config.weight_decay)
+        for g in self.optimizer.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.ema = EMA(self.params, config.ema_decay) if config.ema_decay > 0 else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
+        self.steps_per_epoch = math.ceil(len(epoch_batches(samples, config.batch_size, config.seed, 0))
+                                         / config.grad_accum)
+        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
+        self._text_cache: dict[str, tuple[torch.Tensor, dict]] = {}
+
+    # ------------------------------------------------------------------ one micro-batch
+
+    def _conditioning(self, captions: list[str]):
+        if self.cfg.train_text_encoder:
+            return self.encode(captions)
+        missing = [c for c in dict.fromkeys(captions) if c not in self._text_cache]
+        if missing:  # frozen text encoder: each distinct caption is encoded once
+            with torch.no_grad():
+                cond, extra = self.encode(missing)
+            for i, c in enumerate(missing):
+                self._text_cache[c] = (cond[i:i + 1], {k: v[i:i + 1] for k, v in extra.items()})
+        conds = [self._text_cache[c] for c in captions]
+        extra = {k: torch.cat([e[k] for _, e in conds]) for k in conds[0][1]}
+        return torch.cat([c for c, _ in conds]), extra
+
+    def _autocast(self):
+        if self.cfg.precision == "fp32":
+            return torch.autocast(self.device.type, enabled=False)
+        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def micro_batch_loss(self, batch: list[tuple[int, int]], epoch: int, divisor: int) -> torch.Tensor:
+        """Sum of weighted per-sample losses / `divisor` (the samples in the whole optimizer step)."""
+        cfg = self.cfg
+        x0, noise, captions, weights, gens = [], [], [], [], []
+        for position, index in batch:
+            s = self.samples[index]
+            g = torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, position))
+            flip = s.random_flip and torch.rand((), generator=g).item() < 0.5
+            latent = s.latent if not flip else (s.flipped_latent if s.flipped_latent is not None
+                                                else s.latent.flip(-1))
+            captions.append(process_caption(s.caption, g, cfg))
+            noise.append(ob.offset_noise(tuple(s.latent.shape), g, cfg.noise_offset))
+            x0.append(latent.float())
+            weights.append(s.loss_weight)
+            gens.append(g)
+        x0 = torch.stack(x0).to(self.device)  # (B, C, H, W)
+        noise = torch.stack(noise).to(self.device)
+        sigma = ob.sample_sigmas(self.ms, gens, cfg.min_timestep_percent, cfg.max_timestep_percent).to(self.device)
+        x_t = self.ms.noise_scaling(sigma, noise, x0)
+        cond, extra = self._conditioning(captions)
+        with self._autocast():
+            out = self.denoise(x_t, sigma, cond.to(self.device), **{k: v.to(self.device) for k, v in extra.items()})
+        target = ob.prediction_target(self.ms, sigma, x_t, x0)
+        per_sample = ob.elementwise_loss(out, target, cfg.loss, cfg.huber_delta).mean(dim=(1, 2, 3))  # (B,)
+        w = torch.tensor(weights, dtype=torch.float32, device=self.device)
+        if cfg.min_snr_gamma > 0:
+            w = w * ob.min_snr_weights(self.ms, sigma, cfg.min_snr_gamma).to(self.device)
+        return (per_sample * w).sum() / divisor
+
+    # ------------------------------------------------------------------ the loop
+
+    def _set_lr(self, step: int) -> float:
+        m = lr_multiplier(self.cfg.scheduler, step, self.total_steps, self.cfg.warmup_steps, self.cfg.num_cycles,
+                          self.cfg.power)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * m
+        return self.optimizer.param_groups[0]["lr"]
+
+    def run(self, state: TrainState | None = None) -> TrainState:
+        """Trains until total_steps (or a stop request); returns the state to save or resume from."""
+        cfg, state = self.cfg, state or TrainState()
+        self.network.train()
+        smoothed, started, seen = None, time.perf_counter(), 0
+        with self.network.applied():
+            while state.step < self.total_steps:
+                batches = epoch_batches(self.samples, cfg.batch_size, cfg.seed, state.epoch)
+                while state.batch_in_epoch < len(batches) and state.step < self.total_steps:
+                    if self.callbacks.should_stop and self.callbacks.should_stop():
+                        return state
+                    group = batches[state.batch_in_epoch:state.batch_in_epoch + cfg.grad_accum]
+                    divisor = sum(len(b) for b in group)
+                    lr = self._set_lr(state.step)
+                    total = 0.0
+                    for batch in group:
+                        loss = self.micro_batch_loss(batch, state.epoch, divisor)
+                        if not torch.isfinite(loss):
+                            raise TrainingDiverged(
+                                f"Loss became {loss.item()} at step {state.step + 1} (epoch {state.epoch + 1}); "
+                                "nothing from this step was applied and the last saved checkpoint is intact. Lower "
+                                "the learning rate, use bf16 instead of fp16, or set max_grad_norm.")
+                        (self.scaler.scale(loss) if self.scaler else loss).backward()
+                        total += loss.item()
+                    self._optimizer_step()
+                    state.step += 1
+                    state.batch_in_epoch += len(group)
+                    state.losses.append(total)
+                    seen += divisor
+                    smoothed = total if smoothed is None else 0.9 * smoothed + 0.1 * total
+                    if self.callbacks.on_step:
+                        rate = seen / max(time.perf_counter() - started, 1e-9)
+                        self.callbacks.on_step(StepInfo(state.step, self.total_steps, state.epoch + 1, total, smoothed,
+                                                        lr, rate))
+                    if cfg.save_every_steps and state.step % cfg.save_every_steps == 0 and self.callbacks.on_checkpoint:
+                        self.callbacks.on_checkpoint(state.step, state.epoch, False)
+                if state.batch_in_epoch >= len(batches):
+                    state.epoch += 1
+                    state.batch_in_epoch = 0
+                    if (cfg.save_every_epochs and state.epoch % cfg.save_every_epochs == 0
+                            and state.step < self.total_steps and self.callbacks.on_checkpoint):
+                        self.callbacks.on_checkpoint(state.step, state.epoch, False)
+        return state
+
+    def _optimizer_step(self) -> None:
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema:
+            self.ema.update(self.params)
+
+
+def config_diff(saved: dict, current: dict) -> list[str]:
+    """Settings that differ between a saved run and this one, ignoring those resumption may change."""
+    keys = sorted(set(saved) | set(current))
+    return [f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in keys
+            if k not in TrainConfig.RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
+
+
+def state_json(state: TrainState, config: TrainConfig, extra: dict | None = None) -> str:
+    return json.dumps({"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
+                       "losses": state.losses, "config": config.to_dict(), **(extra or {})}, indent=1)

@@ -1,0 +1,445 @@
+"""LoRA / LoCon adapters installed on the Linear and Conv2d layers of an already-loaded model, saved in kohya format.
+
+Nothing here knows ComfyUI. The caller hands over plain torch modules (ComfyUI's UNet and text encoders are: their
+`comfy.ops` layers subclass torch.nn.Linear / torch.nn.Conv2d) under a kohya prefix ("lora_unet", "lora_te",
+"lora_te1", "lora_te2"); the network wraps each targeted layer's forward and never touches its weight, so the host
+keeps owning the model. Not here: optimisers, the training loop, reading or writing files (core/lora_io.py).
+
+Key format (kohya-ss sd-scripts networks/lora.py, read by ComfyUI's LoraLoader, A1111 and Forge): for the module
+`input_blocks.1.1.proj_in` under "lora_unet" the base is `lora_unet_input_blocks_1_1_proj_in`, with tensors
+`<base>.lora_down.weight` (rank, in[, kh, kw]), `<base>.lora_up.weight` (out, rank[, 1, 1]) and `<base>.alpha` (a
+scalar). The merged weight is W' = W + strength * (alpha / rank) * up @ down. A file without `<base>.alpha` means
+alpha = rank (scale 1): that is kohya's and ComfyUI's default, and ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+_DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Which layers get an adapter and how big it is; kohya's network_dim / network_alpha / conv_dim / dropouts."""
+
+    rank: int = 32
+    alpha: float = 16.0
+    conv_rank: int = 0  # 0: no LoCon, Conv2d layers are left alone; >0: every Conv2d (1x1 and kxk) gets this rank
+    conv_alpha: float = 1.0
+    dropout: float = 0.0  # neuron dropout on the down projection's output (kohya network_dropout)
+    rank_dropout: float = 0.0  # drops whole rank channels per sample, rescaled (kohya rank_dropout)
+    module_dropout: float = 0.0  # skips the whole adapter for a step with this probability (training only)
+    include: tuple[str, ...] = ()  # regexes (re.search) on the module name or its kohya key; empty = all layers
+    exclude: tuple[str, ...] = ()  # regexes, same matching; exclude wins over include
+    rank_overrides: tuple[tuple[str, int, float], ...] = ()  # (regex, rank, alpha): first match wins; rank 0 skips
+
+    def __post_init__(self):
+        # Lists from a UI or JSON become tuples so the config stays hashable; the caller's lists are not touched.
+        for name in ("include", "exclude"):
+            value = getattr(self, name)
+            # A lone string is one pattern, not a sequence of one-character patterns.
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        object.__setattr__(self, "rank_overrides", tuple(tuple(o) for o in self.rank_overrides))
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"NetworkConfig.rank must be an int >= 1, got {self.rank!r}.")
+        if not isinstance(self.conv_rank, int) or self.conv_rank < 0:
+            raise ValueError(f"NetworkConfig.conv_rank must be an int >= 0 (0 = leave convolutions alone), "
+                             f"got {self.conv_rank!r}.")
+        for name in ("alpha", "conv_alpha"):
+            if not math.isfinite(float(getattr(self, name))):
+                raise ValueError(f"NetworkConfig.{name} must be a finite number, got {getattr(self, name)!r}.")
+        for name in ("dropout", "rank_dropout", "module_dropout"):
+            p = getattr(self, name)
+            if not 0.0 <= float(p) < 1.0:
+                raise ValueError(f"NetworkConfig.{name} must be in [0, 1), got {p!r}; use 0 to turn it off.")
+        for pattern in self.include + self.exclude:
+            _compile(pattern, "include/exclude")
+        for entry in self.rank_overrides:
+            if len(entry) != 3 or not isinstance(entry[1], int) or entry[1] < 0:
+                raise ValueError(f"NetworkConfig.rank_overrides entries are (regex, rank >= 0, alpha), got {entry!r}.")
+            _compile(entry[0], "rank_overrides")
+
+
+def _compile(pattern: str, where: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"Invalid regular expression {pattern!r} in {where}: {e}. Escape literal characters such "
+                         "as '.', '(' or '[' with a backslash.") from None
+
+
+def _stable_seed(*parts) -> int:
+    """A 63-bit seed from the parts; unlike hash() it is the same in every process (PYTHONHASHSEED does not apply)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _inside_backward() -> bool:
+    """True while the autograd engine runs, i.e. when gradient checkpointing recomputes a forward."""
+    task_id = getattr(torch._C, "_current_graph_task_id", None)  # private, present since torch 1.13
+    return task_id is not None and task_id() != -1
+
+
+def lora_delta(down: torch.Tensor, up: torch.Tensor, alpha: float | torch.Tensor | None,
+               base_shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """Strength-1 ΔW of one kohya module, (alpha / rank) * up @ down in the base weight's shape (float32).
+
+    Follows kohya-ss networks/lora.py merge_to: a Conv2d kernel is up (out, r, 1, 1) composed with down
+    (r, in, kh, kw), which is the matrix product over the flattened (in * kh * kw) axis. alpha None means a file
+    without `.alpha`: alpha = rank, scale 1 (kohya's default).
+    """
+    rank = down.shape[0]
+    if up.ndim < 2 or up.shape[1] != rank or any(s != 1 for s in up.shape[2:]):
+        raise ValueError(f"lora_up has shape {tuple(up.shape)} but lora_down has rank {rank} "
+                         f"(shape {tuple(down.shape)}); expected lora_up (out, {rank}[, 1, 1]). "
+                         "The two tensors belong to different modules or the file is damaged.")
+    scale = (rank if alpha is None else float(alpha)) / rank
+    up2 = up.detach().reshape(up.shape[0], rank).float()  # (out, r)
+    down2 = down.detach().reshape(rank, -1).float()  # (r, in * kh * kw)
+    delta = up2 @ down2 * scale  # (out, in * kh * kw)
+    if delta.numel() != math.prod(base_shape) or base_shape[0] != up.shape[0]:
+        raise ValueError(f"LoRA with up {tuple(up.shape)} and down {tuple(down.shape)} gives ΔW {tuple(delta.shape)}, "
+                         f"which does not fit a base weight of shape {tuple(base_shape)}; the LoRA was made for "
+                         "another model.")
+    return delta.reshape(base_shape)
+
+
+class LoRAModule(nn.Module):
+    """LoRA (Hu et al., 2021) on one Linear, or LoCon on one Conv2d; up is zero-initialised so it starts as a no-op.
+
+    `base` is kept as a plain attribute, not a submodule, so state_dict() and parameters() hold only the adapter.
+    Parameters are created float32 on the CPU; move the network with .to(). dropout / rank_dropout / module_dropout
+    act only in train() mode and draw from local generators (never torch's global RNG).
+    """
+
+    def __init__(self, key: str, base: nn.Module, rank: int, alpha: float, *, name: str = "", dropout: float = 0.0,
+                 rank_dropout: float = 0.0, module_dropout: float = 0.0, seed: int = 0):
+        super().__init__()
+        if isinstance(base, nn.Conv2d):
+            if base.groups != 1:
+                raise ValueError(f"Layer '{name or key}' is a grouped Conv2d (groups={base.groups}); LoCon adapts "
+                                 "only groups=1 convolutions. Exclude it.")
+            # skip_init: build on the meta device, so torch's own init does not consume the global RNG.
+            down = nn.utils.skip_init(nn.Conv2d, base.in_channels, rank, base.kernel_size, stride=base.stride,
+                                      padding=base.padding, dilation=base.dilation, bias=False,
+                                      padding_mode=base.padding_mode)  # weight (r, in, kh, kw)
+            up = nn.utils.skip_init(nn.Conv2d, rank, base.out_channels, 1, bias=False)  # weight (out, r, 1, 1)
+        elif isinstance(base, nn.Linear):
+            down = nn.utils.skip_init(nn.Linear, base.in_features, rank, bias=False)  # weight (r, in)
+            up = nn.utils.skip_init(nn.Linear, rank, base.out_features, bias=False)  # weight (out, r)
+        else:
+            raise TypeError(f"LoRAModule adapts torch.nn.Linear or torch.nn.Conv2d; '{name or key}' is "
+                            f"{type(base).__name__}.")
+        object.__setattr__(self, "base", base)  # not registered: the host owns the base layer and its weight
+        self.key, self.name, self.rank = key, name, int(rank)
+        self.is_conv = isinstance(base, nn.Conv2d)
+        self.down, self.up = down, up
+        # Seeded by the network seed and the key, so a module's init does not depend on which modules came before.
+        generator = torch.Generator().manual_seed(_stable_seed(seed, key, "init"))
+        with torch.no_grad():
+            nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5), generator=generator)
+            self.up.weight.zero_()
+        self.register_buffer("alpha", torch.tensor(float(alpha), dtype=torch.float32))
+        self.multiplier = 1.0
+        self.dropout, self.rank_dropout = float(dropout), float(rank_dropout)
+        self.module_dropout = float(module_dropout)
+        self._seed = seed
+        self._draws = 0  # training forwards so far: each one gets its own dropout masks
+        self._draw_seed = 0  # the last one's seed, replayed when checkpointing recomputes that forward
+        self._installed = False
+        self._had_instance_forward = False
+        self._original_forward = None
+
+    @property
+    def alpha_value(self) -> float:
+        return float(self.alpha)
+
+    def set_alpha(self, value: float) -> None:
+        """Sets alpha in place (keeps the buffer's device and dtype)."""
+        with torch.no_grad():
+            self.alpha.fill_(float(value))
+
+    def install(self) -> None:
+        """Makes the base layer's forward this module's forward; remembers what was there."""
+        if self._installed:
+            return
+        base = self.base
+        self._had_instance_forward = "forward" in base.__dict__  # someone already set an instance forward
+        self._original_forward = base.forward  # the bound method (or that instance attribute)
+        base.forward = self.forward
+        self._installed = True
+
+    def uninstall(self) -> None:
+        """Puts the base layer's forward back exactly as install() found it."""
+        if not self._installed:
+            return
+        if self._had_instance_forward:
+            self.base.forward = self._original_forward
+        else:
+            del self.base.__dict__["forward"]  # the class's forward shows through again
+        self._original_forward = None
+        self._installed = False
+
+    def _next_seed(self) -> int:
+        if not _inside_backward():
+            # A real forward: new masks. A checkpoint recompute (inside backward) replays the last ones, as
+            # torch.utils.checkpoint does for the global RNG, so gradients match the forward that produced the loss.
+            self._draws += 1
+            self._draw_seed = _stable_seed(self._seed, self.key, "dropout", self._draws)
+        return self._draw_seed
+
+    def lora(self, x: torch.Tensor, training: bool, seed: int) -> torch.Tensor:
+        """The adapter's output at strength 1 (scale included), in the LoRA dtype."""
+        lx = self.down(x.to(self.down.weight.dtype))  # (..., r) or (B, r, H', W')
+        scale = self.alpha / self.rank
+        if training and (self.dropout or self.rank_dropout):
+            generator = torch.Generator(device=lx.device).manual_seed(seed)
+            if self.dropout:
+                keep = torch.rand(lx.shape, generator=generator, device=lx.device) >= self.dropout
+                lx = lx * keep / (1.0 - self.dropout)
+            if self.rank_dropout:
+                rank_dim = lx.ndim - 3 if self.is_conv else lx.ndim - 1  # channels for conv, last dim for linear
+                shape = [1] * lx.ndim
+                shape[rank_dim] = self.rank
+                if rank_dim > 0:
+                    shape[0] = lx.shape[0]  # one draw per sample
+                keep = torch.rand(shape, generator=generator, device=lx.device) >= self.rank_dropout
+                lx = lx * keep
+                scale = scale / (1.0 - self.rank_dropout)  # keeps the expected output, as kohya does
+        return self.up(lx) * scale
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """base(x) + lora(x) * multiplier * alpha / rank, cast back to the base output's dtype."""
+        base_forward = self._original_forward if self._installed else self.base.forward
+        out = base_forward(x, *args, **kwargs)
+        if self.multiplier == 0.0:
+            return out
+        training = self.training and bool(self.dropout or self.rank_dropout or self.module_dropout)
+        seed = self._next_seed() if training else 0
+        if training and self.module_dropout:
+            coin = torch.rand((), generator=torch.Generator().manual_seed(seed ^ 1))  # CPU: no device sync
+            if float(coin) < self.module_dropout:
+                return out
+        return out + (self.lora(x, training, seed) * self.multiplier).to(out.dtype)
+
+    def extra_repr(self) -> str:
+        return f"key={self.key}, rank={self.rank}, alpha={self.alpha_value:g}"
+
+
+class LoRANetwork(nn.Module):
+    """Every adapter of one training run, over one or more roots (UNet, text encoders), keyed by kohya base name."""
+
+    def __init__(self, roots: dict[str, nn.Module], config: NetworkConfig, seed: int = 0):
+        super().__init__()
+        if not isinstance(roots, dict) or not roots:
+            raise ValueError("LoRANetwork needs roots as a non-empty dict of kohya prefix -> module, e.g. "
+                             "{'lora_unet': unet, 'lora_te': text_encoder}; "
+                             f"got {type(roots).__name__} {roots!r:.80}.")
+        for prefix, root in roots.items():
+            if not isinstance(prefix, str) or not prefix or not isinstance(root, nn.Module):
+                raise ValueError(f"LoRANetwork roots map a prefix string to a torch.nn.Module; got {prefix!r} -> "
+                                 f"{type(root).__name__}.")
+        self.config, self.seed = config, seed
+        self._prefixes = sorted(roots)
+        include = [_compile(p, "include") for p in config.include]
+        exclude = [_compile(p, "exclude") for p in config.exclude]
+        overrides = [(_compile(p, "rank_overrides"), r, a) for p, r, a in config.rank_overrides]
+
+        def selected(name: str, key: str) -> bool:
+            def hits(patterns):
+                return any(p.search(name) or p.search(key) for p in patterns)
+            return (not include or hits(include)) and not hits(exclude)
+
+        built: dict[str, LoRAModule] = {}
+        adapted: dict[int, str] = {}  # id(base layer) -> key, so a layer shared between roots is adapted once
+        self.skipped: list[tuple[str, str]] = []
+        candidates: list[str] = []
+        for prefix in sorted(roots):  # sorted: the result does not depend on the dict's order
+            root = roots[prefix]
+            # torch's MultiheadAttention reads out_proj.weight directly and never calls out_proj's forward.
+            mha_children = {f"{n}.{c}" if n else c for n, m in root.named_modules()
+                            if isinstance(m, nn.MultiheadAttention) for c, _ in m.named_children()}
+            for name, layer in root.named_modules():
+                is_conv = isinstance(layer, nn.Conv2d)
+                if not (isinstance(layer, nn.Linear) or (is_conv and config.conv_rank > 0)):
+                    continue
+                candidates.append(f"{prefix}: {name}")
+                key = f"{prefix}_{name.replace('.', '_')}" if name else prefix
+                if not selected(name, key):
+                    continue
+                if name in mha_children:
+                    self.skipped.append((name, f"{prefix}: inside torch.nn.MultiheadAttention, which bypasses the "
+                                               "layer's forward, so an adapter would have no effect"))
+                    continue
+                if is_conv and layer.groups != 1:
+                    self.skipped.append((name, f"{prefix}: grouped Conv2d (groups={layer.groups}); LoCon adapts "
+                                               "only groups=1 convolutions"))
+                    continue
+                if id(layer) in adapted:
+                    self.skipped.append((name, f"{prefix}: the same layer is already adapted as {adapted[id(layer)]}"))
+                    continue
+                rank, alpha = (config.conv_rank, config.conv_alpha) if is_conv else (config.rank, config.alpha)
+                for pattern, r, a in overrides:
+                    if pattern.search(name) or pattern.search(key):
+                        rank, alpha = r, a
+                        break
+                if rank == 0:
+                    self.skipped.append((name, f"{prefix}: rank_overrides gave it rank 0"))
+                    continue
+                if is_conv:
+                    kh, kw = layer.kernel_size
+                    fan_in, fan_out = layer.in_channels * kh * kw, layer.out_channels
+                    shape = f"Conv2d({layer.in_channels}, {layer.out_channels}, kernel {kh}x{kw})"
+                else:
+                    fan_in, fan_out = layer.in_features, layer.out_features
+                    shape = f"Linear({fan_in} -> {fan_out})"
+                if rank > min(fan_in, fan_out):
+                    raise ValueError(
+                        f"Layer '{name}' ({prefix}) is {shape}: rank {rank} is larger than min(in, out) = "
+                        f"{min(fan_in, fan_out)}, so the adapter could not be low-rank. Use a rank <= "
+                        f"{min(fan_in, fan_out)}, a rank_overrides entry for this layer, or an exclude pattern "
+                        f"such as {re.escape(name)!r}.")
+                if key in built:
+                    raise ValueError(f"Modules '{built[key].name}' and '{name}' under {prefix} both map to the kohya "
+                                     f"key '{key}' ('.' becomes '_'); exclude one of them.")
+                built[key] = LoRAModule(key, layer, rank, alpha, name=name, dropout=config.dropout,
+                                        rank_dropout=config.rank_dropout, module_dropout=config.module_dropout,
+                                        seed=seed)
+                adapted[id(layer)] = key
+        if not built:
+            kinds = "Linear or Conv2d" if config.conv_rank else "Linear"
+            found = (f"{len(candidates)} {kinds} layers such as " + ", ".join(candidates[:6]) if candidates
+                     else f"no {kinds} layers at all")
+            raise ValueError(f"No layer matched for LoRA in roots {sorted(roots)}: found {found}; include="
+                             f"{list(config.include)}, exclude={list(config.exclude)}. Patterns are re.search on "
+                             "the module name (e.g. 'attn1\\.to_q') or its kohya key (e.g. 'lora_unet_.*attn1').")
+        self.lora = nn.ModuleDict({key: built[key] for key in sorted(built)})
+        self.modules_by_key: dict[str, LoRAModule] = dict(self.lora.items())
+        self._applied = False
+
+    @property
+    def is_applied(self) -> bool:
+        return self._applied
+
+    def apply(self, fn=None):
+        """Routes every adapted layer's forward through its LoRA; a second call does nothing.
+
+        With a function, behaves as torch.nn.Module.apply(fn) instead, so torch code that recurses with
+        `.apply(init_fn)` through a parent module still works.
+        """
+        if fn is not None:
+            return super().apply(fn)
+        if self._applied:
+            return None
+        for module in self.modules_by_key.values():
+            module.install()
+        self._applied = True
+        return None
+
+    def remove(self) -> None:
+        """Restores every adapted layer's original forward exactly; a second call does nothing."""
+        for module in self.modules_by_key.values():
+            module.uninstall()
+        self._applied = False
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Applied inside the block, back to the previous state after it, even when the block raises."""
+        was_applied = self._applied
+        self.apply()
+        try:
+            yield self
+        finally:
+            if not was_applied:
+                self.remove()
+
+    def set_multiplier(self, value: float) -> None:
+        """Strength of every adapter (1.0 = as trained, 0.0 = base model exactly)."""
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"LoRA multiplier must be a finite number, got {value!r}.")
+        for module in self.modules_by_key.values():
+            module.multiplier = value
+
+    def parameters_for(self, prefix: str) -> list[nn.Parameter]:
+        """Parameters of the adapters whose key starts with `prefix` ("lora_te" also covers lora_te1/lora_te2)."""
+        return [p for key, module in self.modules_by_key.items() if key.startswith(prefix)
+                for p in (module.down.weight, module.up.weight)]
+
+    def kohya_state_dict(self, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+        """kohya-format tensors (down, up and alpha, all in `dtype` as kohya saves them), contiguous copies on CPU."""
+        out = {}
+        for key, module in self.modules_by_key.items():
+            out[key + _DOWN] = module.down.weight.detach().to("cpu", dtype=dtype, copy=True).contiguous()
+            out[key + _UP] = module.up.weight.detach().to("cpu", dtype=dtype, copy=True).contiguous()
+            out[key + _ALPHA] = module.alpha.detach().to("cpu", dtype=dtype, copy=True)  # shape ()
+        return out
+
+    def load_kohya_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        """Continues from a kohya-format file: all of this network's keys with the same shapes, nothing else.
+
+        Loads nothing unless everything matches. A missing `.alpha` means alpha = rank (kohya's default); a
+        present one replaces the configured alpha, so the file's scale is kept. The file's rank must equal this
+        network's: to continue at another rank, build the network with the file's rank.
+        """
+        expected = {}
+        for key, module in self.modules_by_key.items():
+            expected[key + _DOWN] = tuple(module.down.weight.shape)
+            expected[key + _UP] = tuple(module.up.weight.shape)
+        alphas = {key + _ALPHA for key in self.modules_by_key}
+        for k, v in sd.items():
+            if not isinstance(v, torch.Tensor):
+                raise ValueError(f"LoRA state dict entry '{k}' is {type(v).__name__}, expected a tensor.")
+        missing = [k for k in expected if k not in sd]
+        unexpected = [k for k in sd if k not in expected and k not in alphas]
+        mismatched = [k for k in expected if k in sd and tuple(sd[k].shape) != expected[k]]
+        mismatched += [k for k in alphas if k in sd and sd[k].numel() != 1]
+        if missing or unexpected or mismatched:
+            raise ValueError(self._mismatch_message(sd, expected, missing, unexpected, mismatched))
+        for k in alphas:
+            if k in sd and not math.isfinite(float(sd[k])):
+                raise ValueError(f"LoRA state dict alpha '{k}' is {float(sd[k])}; expected a finite number. "
+                                 "The file is damaged.")
+        with torch.no_grad():
+            for key, module in self.modules_by_key.items():
+                module.down.weight.copy_(sd[key + _DOWN])
+                module.up.weight.copy_(sd[key + _UP])
+                alpha = sd.get(key + _ALPHA)
+                module.set_alpha(module.rank if alpha is None else float(alpha))
+
+    def _mismatch_message(self, sd, expected, missing, unexpected, mismatched) -> str:
+        lines = [f"The LoRA state dict does not match this network ({len(self.modules_by_key)} modules under "
+                 f"{self._prefixes}): "
+                 f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} with another shape."]
+        if missing:
+            lines.append("missing: " + ", ".join(f"{k} {expected[k]}" for k in missing[:10])
+                         + (" ..." if len(missing) > 10 else ""))
+        if unexpected:
+            lines.append("unexpected: " + ", ".join(f"{k} {tuple(sd[k].shape)}" for k in unexpected[:10])
+                         + (" ..." if len(unexpected) > 10 else ""))
+        if mismatched:
+            lines.append("other shape: " + ", ".join(f"{k} file {tuple(sd[k].shape)} vs network "
+                                                     f"{expected.get(k, '()')}" for k in mismatched[:10])
+                         + (" ..." if len(mismatched) > 10 else ""))
+        file_ranks = sorted({sd[k].shape[0] for k in sd if k.endswith(_DOWN) and sd[k].ndim >= 2})
+        ours = sorted({m.rank for m in self.modules_by_key.values()})
+        if mismatched and file_ranks and file_ranks != ours:
+            lines.append(f"The file has rank {file_ranks} and this network {ours}: continuing needs the same rank, "
+                         "so build the network with the file's rank (and conv_rank).")
+        elif unexpected or missing:
+            lines.append("The file was probably trained for another model or with other include/exclude/conv "
+                         "settings; pick the LoRA made for this model, or match the settings it was trained with.")
+        return "\n".join(lines)
+
+    def delta_weights(self) -> dict[str, torch.Tensor]:
+        """kohya key -> strength-1 ΔW (float32) in the base weight's shape; the multiplier is not applied."""
+        return {key: lora_delta(m.down.weight, m.up.weight, m.alpha_value, m.base.weight.shape)
+                for key, m in self.modules_by_key.items()}
