@@ -32,7 +32,7 @@ class NetworkConfig:
 
     rank: int = 32
     alpha: float = 16.0
-    conv_rank: int = 0  # 0: no LoCon, Conv2d layers are left alone; >0: every Conv2d (1x1 and kxk) gets this rank
+    conv_rank: int = 0  # 0: no LoCon, k×k Conv2d layers are left alone (1x1 convs are linear: main rank); >0: LoCon
     conv_alpha: float = 1.0
     dropout: float = 0.0  # neuron dropout on the down projection's output (kohya network_dropout)
     rank_dropout: float = 0.0  # drops whole rank channels per sample, rescaled (kohya rank_dropout)
@@ -269,7 +269,10 @@ class LoRANetwork(nn.Module):
                             if isinstance(m, nn.MultiheadAttention) for c, _ in m.named_children()}
             for name, layer in root.named_modules():
                 is_conv = isinstance(layer, nn.Conv2d)
-                if not (isinstance(layer, nn.Linear) or (is_conv and config.conv_rank > 0)):
+                # A 1x1 convolution is a Linear over channels (SD1.5's proj_in/proj_out): kohya's plain LoRA adapts
+                # it at the main rank, so it counts as linear here; only k×k convolutions need LoCon (conv_rank).
+                pointwise = is_conv and tuple(layer.kernel_size) == (1, 1)
+                if not (isinstance(layer, nn.Linear) or pointwise or (is_conv and config.conv_rank > 0)):
                     continue
                 candidates.append(f"{prefix}: {name}")
                 key = f"{prefix}_{name.replace('.', '_')}" if name else prefix
@@ -286,7 +289,8 @@ class LoRANetwork(nn.Module):
                 if id(layer) in adapted:
                     self.skipped.append((name, f"{prefix}: the same layer is already adapted as {adapted[id(layer)]}"))
                     continue
-                rank, alpha = (config.conv_rank, config.conv_alpha) if is_conv else (config.rank, config.alpha)
+                rank, alpha = ((config.conv_rank, config.conv_alpha) if is_conv and not pointwise
+                               else (config.rank, config.alpha))
                 for pattern, r, a in overrides:
                     if pattern.search(name) or pattern.search(key):
                         rank, alpha = r, a

@@ -353,3 +353,12 @@ def test_lora_delta_matches_delta_weights_and_defaults_alpha_to_rank():
 def test_lora_module_refuses_other_layers():
     with pytest.raises(TypeError, match="LayerNorm"):
         LoRAModule("lora_unet_norm", nn.LayerNorm(8), 2, 1.0)
+
+
+def test_pointwise_convs_get_the_main_rank_like_kohya_plain_lora():
+    root = nn.ModuleDict({"proj_in": nn.Conv2d(8, 8, 1), "conv": nn.Conv2d(8, 8, 3, padding=1), "fc": nn.Linear(8, 8)})
+    plain = LoRANetwork({"lora_unet": root}, NetworkConfig(rank=4, alpha=2.0))
+    assert sorted(plain.modules_by_key) == ["lora_unet_fc", "lora_unet_proj_in"]
+    assert plain.modules_by_key["lora_unet_proj_in"].rank == 4
+    locon = LoRANetwork({"lora_unet": root}, NetworkConfig(rank=4, alpha=2.0, conv_rank=2, conv_alpha=1.0))
+    assert locon.modules_by_key["lora_unet_conv"].rank == 2 and locon.modules_by_key["lora_unet_proj_in"].rank == 4
