@@ -288,3 +288,39 @@ def image_tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
         else:
             result.append(Image.fromarray(np.ascontiguousarray(a[..., :3])))
     return result
+
+
+def line_chart(values: list[float], *, title: str = "", width: int = 640, height: int = 240, font_size: int = 14,
+               color=(200, 60, 60), smooth: float = 0.9) -> Image.Image:
+    """A loss-style curve: raw values in a light tint, an exponential moving average (weight `smooth`) on top."""
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    font = load_font(font_size)
+    top = font_size + 10 if title else 6
+    if title:
+        draw.text((8, 4), title, fill=(0, 0, 0), font=font)
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        draw.text((8, top), "no data", fill=(0, 0, 0), font=font)
+        return img
+    lo, hi = min(finite), max(finite)
+    span = (hi - lo) or 1.0
+    left, right, bottom = 50, width - 8, height - 20
+    draw.text((4, top), f"{hi:.3g}", fill=(0, 0, 0), font=font)
+    draw.text((4, bottom - font_size), f"{lo:.3g}", fill=(0, 0, 0), font=font)
+    draw.line([(left, top), (left, bottom), (right, bottom)], fill=(120, 120, 120))
+
+    def points(series):
+        n = max(len(series) - 1, 1)
+        return [(left + (right - left) * i / n, bottom - (bottom - top) * (v - lo) / span) for i, v in enumerate(series)]
+
+    ema, smoothed = None, []
+    for v in finite:
+        ema = v if ema is None else smooth * ema + (1 - smooth) * v
+        smoothed.append(ema)
+    tint = tuple(int(c + (255 - c) * 0.6) for c in _rgb(color))
+    if len(finite) > 1:
+        draw.line(points(finite), fill=tint, width=1)
+        draw.line(points(smoothed), fill=_rgb(color), width=2)
+    draw.text((left, bottom + 2), f"{len(finite)} steps", fill=(0, 0, 0), font=font)
+    return img

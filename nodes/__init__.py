@@ -5,7 +5,7 @@ This package is the only place that imports comfy, comfy_api, folder_paths, serv
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import captioning, dataset
+from . import captioning, dataset, training
 from .host import register_folder_types, register_tagger_folder
 from .info import AtelierVersion
 
@@ -16,6 +16,7 @@ NODES: list[type[io.ComfyNode]] = [
     AtelierVersion,
     *dataset.NODES,
     *captioning.NODES,
+    *training.NODES,
 ]
 
 

@@ -162,6 +162,24 @@ class ComfyClient:
             raise AssertionError(f"prompt failed: {json.dumps(entry['status'].get('messages'))[:4000]}")
         return entry["outputs"]
 
+    def wait_for_event(self, event_type: str, timeout: float = 120, predicate=lambda data: True) -> dict:
+        """Listens on the websocket (as the web UI does) until an event of `event_type` matching `predicate`."""
+        import websocket  # websocket-client, in the test extra
+
+        ws = websocket.create_connection(self.base_url.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}",
+                                         timeout=timeout)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                message = ws.recv()
+                if isinstance(message, str):
+                    event = json.loads(message)
+                    if event.get("type") == event_type and predicate(event.get("data", {})):
+                        return event["data"]
+        finally:
+            ws.close()
+        raise TimeoutError(f"no '{event_type}' event within {timeout} s")
+
     def interrupt(self) -> None:
         self.request("POST", "/interrupt", {})
 
@@ -219,7 +237,8 @@ class ComfyServer:
         self.port = self.port or free_port()
         cmd = [
             self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-            "--disable-auto-launch", "--extra-model-paths-config", str(self.workdir / "extra_model_paths.yaml"),
+            "--disable-auto-launch", "--base-directory", str(self.workdir),  # default models/ etc. in the temp dir
+            "--extra-model-paths-config", str(self.workdir / "extra_model_paths.yaml"),
             "--output-directory", str(self.output_dir), "--input-directory", str(self.input_dir),
             "--temp-directory", str(self.workdir / "temp"), "--user-directory", str(self.workdir / "user"),
             "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME,

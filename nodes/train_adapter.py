@@ -1,0 +1,118 @@
+"""Adapters from ComfyUI's MODEL / CLIP / VAE to the trainer's contracts (denoiser, model sampling, encode).
+
+Host-specific facts live here and nowhere else:
+- Nodes run under torch.inference_mode(); weights loaded there are inference tensors that autograd refuses to save.
+  `thaw` swaps them for ordinary frozen clones (same values) so gradients can flow *through* the frozen model.
+- ComfyUI's CLIPLayer adds its residuals in place (`x += ...`), which breaks backward through the text encoder;
+  while training the text encoder, its layers run an out-of-place residual forward with the same maths.
+- The raw network output (ε, v, flow...) is the UNet's own output on calculate_input(σ, x_t) at timestep(σ);
+  ComfyUI's apply_model would turn it into x0, which is not what each family should be trained on.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+
+import comfy.clip_model
+import comfy.model_management
+
+UNET_INCLUDE = r"(^|\.)(proj_in|proj_out|transformer_blocks)(\.|$)"  # kohya's default: the transformer blocks
+TE_INCLUDE = r"\.(self_attn|mlp)\."  # kohya's default: attention and MLP of every text-encoder layer
+
+
+def thaw(module: torch.nn.Module) -> int:
+    """Replaces inference-mode parameters and buffers with frozen ordinary clones; returns how many were replaced."""
+    count = 0
+    for mod in module.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is not None and p.is_inference():
+                mod._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
+                count += 1
+            elif p is not None:
+                p.requires_grad_(False)
+        for name, b in list(mod._buffers.items()):
+            if b is not None and b.is_inference():
+                mod._buffers[name] = b.clone()
+                count += 1
+    return count
+
+
+@contextmanager
+def autograd_friendly_clip(module: torch.nn.Module):
+    """CLIP layers with out-of-place residuals while the block runs (ComfyUI's in-place `x +=` breaks backward)."""
+    patched = []
+    for layer in module.modules():
+        if isinstance(layer, comfy.clip_model.CLIPLayer) and "forward" not in layer.__dict__:
+            def forward(x, mask=None, optimized_attention=None, layer=layer):
+                x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
+                return x + layer.mlp(layer.layer_norm2(x))
+
+            layer.forward = forward
+            patched.append(layer)
+    try:
+        yield len(patched)
+    finally:
+        for layer in patched:
+            del layer.forward
+
+
+def text_encoder_roots(clip) -> dict[str, torch.nn.Module]:
+    """kohya prefixes of the CLIP's text encoders: lora_te for one encoder (SD1/SD2), lora_te1/lora_te2 for SDXL."""
+    csm = clip.cond_stage_model
+    found = [(n, getattr(csm, n)) for n in ("clip_l", "clip_h", "clip_g") if hasattr(csm, n)]
+    if not found:
+        raise ValueError(f"Text-encoder training supports CLIP text encoders (SD1.x, SD2.x, SDXL); this CLIP is "
+                         f"{type(csm).__name__}. Turn train_text_encoder off to train the UNet only.")
+    if len(found) == 1:
+        return {"lora_te": found[0][1].transformer}
+    return {"lora_te1": csm.clip_l.transformer, "lora_te2": csm.clip_g.transformer}
+
+
+class ComfyDenoiser:
+    """denoise(x_t, σ, cond) → the diffusion model's raw output, for any family ComfyUI loads without extra conds."""
+
+    def __init__(self, model_patcher):
+        base = model_patcher.model
+        if getattr(base, "adm_channels", 0):
+            raise ValueError(f"{type(base).__name__} needs extra conditioning (SDXL-style size/pooled vectors), which "
+                             "this trainer does not build yet; SD1.x / SD2.x models train today.")
+        self.unet = base.diffusion_model
+        self.model_sampling = base.model_sampling
+        self.dtype = base.get_dtype()
+
+    def __call__(self, x_t, sigma, cond, **extra):
+        ms = self.model_sampling
+        xc = ms.calculate_input(sigma, x_t).to(self.dtype)
+        t = ms.timestep(sigma).float()
+        return self.unet(xc, t, context=cond.to(self.dtype), **extra).float()
+
+
+def make_encoder(clip):
+    """encode(captions) → (cond (B, T, D), {}); conds of different lengths are tiled to a common length (their LCM,
+    as ComfyUI does when it batches prompts of different lengths)."""
+    def encode(captions):
+        conds = [clip.encode_from_tokens(clip.tokenize(c)) for c in captions]  # each (1, 77·k, D)
+        lengths = [c.shape[1] for c in conds]
+        target = math.lcm(*lengths)
+        return torch.cat([c.repeat(1, target // c.shape[1], 1) for c in conds]).float(), {}
+    return encode
+
+
+def encode_latents(vae, model_patcher, images: list) -> list[torch.Tensor]:
+    """VAE latents in the model's space (process_latent_in applied) for PIL images, one (C, h, w) tensor each."""
+    import numpy as np
+
+    out = []
+    with torch.no_grad():  # encoded once and cached; the VAE is never trained
+        for img in images:
+            pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]  # (1, H, W, 3) IMAGE
+            latent = vae.encode(pixels)
+            out.append(model_patcher.model.process_latent_in(latent)[0].float().cpu())
+    return out
+
+
+def interrupted() -> bool:
+    return comfy.model_management.processing_interrupted()

@@ -1,0 +1,101 @@
+"""From a dataset description to trainer samples: prepare, encode once, keep the latents. Nothing here knows ComfyUI.
+
+The caller passes `encode_images(list of PIL) -> list of (C, h, w) latents` (the VAE and the model's latent scaling
+live in nodes/). Subsets with random flip also cache the mirrored image's latent, so a flip during training uses a
+real encoding of the mirrored picture rather than a flipped latent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Callable
+
+from ..core.captions import split_tags
+from ..core.dataset import Dataset, DatasetError, Skipped
+from ..core.images import flip_horizontal
+from ..core.prepare import prepare_stream
+from .loop import TrainSample
+
+
+def build_samples(dataset: Dataset, encode_images: Callable[[list], list], *, size_multiple: int = 8,
+                  workers: int | None = None, on_progress=None) -> tuple[list[TrainSample], list[Skipped]]:
+    """Prepared, VAE-encoded samples of every subset (mirrored copies included); undecodable files are skipped."""
+    samples, skipped = [], list(dataset.skipped)
+    weights = {s.name: (s.prior_loss_weight if s.role == "regularization" else 1.0) for s in dataset.subsets}
+    for p in prepare_stream(dataset.samples(), dataset.memory, workers=workers, on_progress=on_progress):
+        if p.skipped:
+            skipped.append(p.skipped)
+            continue
+        w, h = p.image.size
+        if w % size_multiple or h % size_multiple:
+            raise DatasetError(f"Prepared image '{p.sample.item.source}' is {w}×{h}; the VAE needs sides that are "
+                               f"multiples of {size_multiple}. Use Prepare Dataset (crop, letterbox or buckets) with "
+                               f"a size divisible by {size_multiple}.")
+        images = [p.image, flip_horizontal(p.image)] if p.sample.random_flip else [p.image]
+        latents = encode_images(images)
+        samples.append(TrainSample(latent=latents[0], caption=p.sample.item.caption,
+                                   loss_weight=weights[p.sample.subset], repeats=p.sample.item.repeats,
+                                   random_flip=p.sample.random_flip,
+                                   flipped_latent=latents[1] if len(latents) > 1 else None))
+    if not samples:
+        raise DatasetError("No image of the dataset could be prepared for training: "
+                           + "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5]))
+    return samples, skipped
+
+
+def kohya_metadata(*, config, network_config, dataset: Dataset, output_name: str, base_model: str, steps: int,
+                   epoch: int, started: float, finished: float, resolution: tuple[int, int]) -> dict[str, str]:
+    """kohya-style `ss_*` training metadata (the safetensors header keys LoRA browsers and A1111 extensions read)."""
+    dirs, tags = {}, {}
+    for s in dataset.subsets:
+        folder = s.folders[0] if s.folders else s.name
+        dirs[s.name] = {"n_repeats": max((it.repeats for it in s.items), default=1), "img_count": len(s.items),
+                        "folder": folder, "role": s.role}
+        counts = Counter(t.lower() for it in s.items for t in split_tags(it.caption))
+        tags[s.name] = dict(counts.most_common())
+    train = sum(len(s.items) for s in dataset.subsets if s.role == "train")
+    reg = sum(len(s.items) for s in dataset.subsets if s.role == "regularization")
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(network_config.rank),
+        "ss_network_alpha": str(network_config.alpha),
+        "ss_network_args": json.dumps({"conv_dim": network_config.conv_rank, "conv_alpha": network_config.conv_alpha,
+                                       "dropout": network_config.dropout, "rank_dropout": network_config.rank_dropout,
+                                       "module_dropout": network_config.module_dropout}),
+        "ss_output_name": output_name,
+        "ss_sd_model_name": base_model,
+        "ss_learning_rate": str(config.unet_lr),
+        "ss_unet_lr": str(config.unet_lr),
+        "ss_text_encoder_lr": str(config.te_lr if config.train_text_encoder else 0.0),
+        "ss_network_train_unet_only": str(not config.train_text_encoder),
+        "ss_optimizer": config.optimizer,
+        "ss_lr_scheduler": config.scheduler,
+        "ss_lr_warmup_steps": str(config.warmup_steps),
+        "ss_max_train_steps": str(config.max_steps),
+        "ss_num_epochs": str(config.epochs),
+        "ss_epoch": str(epoch),
+        "ss_steps": str(steps),
+        "ss_batch_size_per_device": str(config.batch_size),
+        "ss_gradient_accumulation_steps": str(config.grad_accum),
+        "ss_max_grad_norm": str(config.max_grad_norm),
+        "ss_mixed_precision": config.precision,
+        "ss_seed": str(config.seed),
+        "ss_noise_offset": str(config.noise_offset),
+        "ss_min_snr_gamma": str(config.min_snr_gamma),
+        "ss_caption_dropout_rate": str(config.caption_dropout),
+        "ss_caption_tag_dropout_rate": str(config.tag_dropout),
+        "ss_shuffle_caption": str(config.caption_shuffle),
+        "ss_keep_tokens": str(config.keep_tokens),
+        "ss_flip_aug": str(any(s.flip == "random" for s in dataset.subsets)),
+        "ss_resolution": f"({resolution[0]}, {resolution[1]})",
+        "ss_num_train_images": str(train),
+        "ss_num_reg_images": str(reg),
+        "ss_dataset_dirs": json.dumps(dirs),
+        "ss_tag_frequency": json.dumps(tags),
+        "ss_training_started_at": str(started),
+        "ss_training_finished_at": str(finished),
+        "ss_training_comment": "trained with Atelier",
+        "atelier_config": json.dumps(config.to_dict()),
+    }
+    return meta
