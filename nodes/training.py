@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -15,11 +16,13 @@ import comfy.utils
 import folder_paths
 
 from ..core.draw import line_chart, pil_to_image_tensor
-from ..core.lora_io import save_lora
+from ..core.lora_io import load_lora, save_lora
 from ..core.paths import safe_name
-from ..trainers.checkpoint import save_state
+from ..trainers.checkpoint import load_state, save_state
 from ..trainers.data import build_samples, kohya_metadata
-from ..trainers.loop import Callbacks, Trainer, TrainConfig
+from ..trainers.loop import PRECISIONS, Callbacks, Trainer, TrainConfig, TrainState
+from ..trainers.objectives import LOSSES
+from ..trainers.optim import OPTIMIZERS, SCHEDULERS
 from ..trainers.network import LoRANetwork, NetworkConfig
 from .dataset import dataset_in
 from .host import output_subdir
@@ -47,11 +50,45 @@ def lora_output_path(output_name: str) -> Path:
     return folder / (name if name.endswith(".safetensors") else f"{name}.safetensors")
 
 
+STATE_NONE = "(none)"
+
+
+def state_root() -> Path:
+    return output_subdir("atelier", "train_state")
+
+
+def resume_options() -> list[str]:
+    root = Path(folder_paths.get_output_directory()) / "atelier" / "train_state"
+    names = sorted(p.name for p in root.iterdir() if (p / "state.json").is_file()) if root.is_dir() else []
+    return [STATE_NONE] + names
+
+
+def lora_options() -> list[str]:
+    return [STATE_NONE] + folder_paths.get_filename_list("loras")
+
+
+def epoch_file(path: Path, epoch: int) -> Path:
+    """kohya's naming for intermediate saves: name-000002.safetensors."""
+    return path.with_name(f"{path.stem}-{epoch:06d}{path.suffix}")
+
+
+def prune_epoch_files(path: Path, keep_last: int) -> None:
+    """Deletes all but the newest `keep_last` intermediate files of this run (only files named like ours)."""
+    if keep_last <= 0:
+        return
+    mine = sorted(path.parent.glob(f"{path.stem}-[0-9][0-9][0-9][0-9][0-9][0-9]{path.suffix}"))
+    for old in mine[:-keep_last]:
+        old.unlink()
+
+
 def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig, net_config: NetworkConfig,
-               node_id=None):
-    """The shared body of the training nodes: returns (model, clip, losses, saved paths)."""
+               node_id=None, resume_state: str = STATE_NONE, continue_from: str = STATE_NONE, keep_last: int = 0):
+    """The shared body of the training nodes: returns (model, clip, losses, report)."""
     path = lora_output_path(output_name)  # refuse a bad name before any work
     config.validate()
+    resume_dir = state_root() / safe_name(resume_state, "resume_state") if resume_state != STATE_NONE else None
+    if resume_dir is not None and not (resume_dir / "state.json").is_file():
+        raise ValueError(f"No training state named '{resume_state}' in {state_root()}; pick one from the list.")
     with torch.inference_mode(False):
         mp = model.clone()
         comfy.model_management.load_models_gpu([mp], force_full_load=True)
@@ -81,26 +118,46 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
                                               "epoch": info.epoch, "loss": info.loss, "smoothed": info.smoothed_loss,
                                               "lr": info.lr, "samples_per_second": info.samples_per_second})
 
-        trainer = Trainer(config, network, denoise, denoise.model_sampling, samples, make_encoder(clip),
-                          Callbacks(on_step=on_step, should_stop=lambda: stop["requested"] or interrupted()), device=device)
+        if continue_from != STATE_NONE:
+            source = folder_paths.get_full_path_or_raise("loras", continue_from)
+            network.load_kohya_state_dict(load_lora(source)[0])  # another architecture: error listing the keys
         started = time.time()
-        with autograd_friendly_clip(clip.cond_stage_model) if config.train_text_encoder else _nothing():
-            state = trainer.run()
+        saved = []
+
+        def save_lora_file(target: Path, step: int, epoch: int) -> None:
+            meta = kohya_metadata(config=config, network_config=net, dataset=dataset, output_name=path.stem,
+                                  base_model=getattr(model.model, "model_name", type(model.model).__name__),
+                                  steps=step, epoch=epoch, started=started, finished=time.time(),
+                                  resolution=resolution)
+            save_lora(target, network.kohya_state_dict(torch.float16), meta)
+            saved.append(str(target))
+
+        def on_checkpoint(step: int, epoch: int, final: bool) -> None:
+            save_lora_file(epoch_file(path, epoch), step, epoch)
+            save_state(state_root() / path.stem, trainer, trainer_state["current"])
+            prune_epoch_files(path, keep_last)
+
+        trainer_state = {"current": None}
+        trainer = Trainer(config, network, denoise, denoise.model_sampling, samples, make_encoder(clip),
+                          Callbacks(on_step=on_step, should_stop=lambda: stop["requested"] or interrupted(),
+                                    on_checkpoint=on_checkpoint), device=device)
         sizes = [tuple(s.latent.shape[-2:]) for s in samples]
-        meta = kohya_metadata(config=config, network_config=net, dataset=dataset, output_name=path.stem,
-                              base_model=getattr(model.model, "model_name", type(model.model).__name__),
-                              steps=state.step, epoch=state.epoch, started=started, finished=time.time(),
-                              resolution=(max(w for _, w in sizes) * 8, max(h for h, _ in sizes) * 8))
+        resolution = (max(w for _, w in sizes) * 8, max(h for h, _ in sizes) * 8)
+        state = load_state(resume_dir, trainer) if resume_dir is not None else None
+        trainer_state["current"] = state = state or TrainState()
+        with autograd_friendly_clip(clip.cond_stage_model) if config.train_text_encoder else _nothing():
+            state = trainer.run(state)
+        save_lora_file(path, state.step, state.epoch)
         lora_sd = network.kohya_state_dict(torch.float16)
-        save_lora(path, lora_sd, meta)
-        state_dir = save_state(output_subdir("atelier", "train_state") / path.stem, trainer, state)
+        state_dir = save_state(state_root() / path.stem, trainer, state)
         if state.step < trainer.total_steps:  # interrupted from ComfyUI: everything is saved, then report it
             raise comfy.model_management.InterruptProcessingException(
                 f"Training stopped at step {state.step} of {trainer.total_steps}; the LoRA so far is {path} and the "
                 f"resume state is {state_dir}.")
         loaded = {k: v.float() for k, v in lora_sd.items()}
         model_out, clip_out = comfy.sd.load_lora_for_models(model, clip, loaded, 1.0, 1.0)
-    report = {"lora": str(path), "state": str(state_dir), "steps": state.step, "epochs": state.epoch,
+    report = {"lora": str(path), "saved": saved, "state": str(state_dir), "steps": state.step, "epochs": state.epoch,
+              "config": config.to_dict(), "network": {k: v for k, v in net.__dict__.items() if k != "include"},
               "skipped": [f"{s.path}: {s.reason}" for s in skipped], "losses": state.losses}
     return model_out, clip_out, state.losses, report
 
@@ -168,4 +225,128 @@ class AtelierTrainLoRA(io.ComfyNode):
         return io.NodeOutput(model_out, clip_out, pil_to_image_tensor([chart]), text, ui={"text": [text]})
 
 
-NODES = [AtelierTrainLoRA]
+CONFIG_TOOLTIPS = {
+    "epochs": "Passes over the dataset (with repeats).",
+    "max_steps": "Stop after this many optimizer steps; 0 = train for `epochs`.",
+    "batch_size": "Images per micro-batch (same-size images are batched together).",
+    "grad_accum": "Micro-batches per optimizer step; the loss is averaged over all of them.",
+    "unet_lr": "UNet learning rate (1e-4 usual for LoRA; full-dataset phases 3e-6 then 2e-6).",
+    "te_lr": "Text-encoder learning rate (guides: 2e-5).",
+    "train_text_encoder": "Also train LoRA on the text encoder's attention and MLP layers.",
+    "optimizer": "adamw (default), adafactor, lion (use ~1/3 of the AdamW lr) or sgd.",
+    "weight_decay": "Decoupled weight decay of the LoRA weights.",
+    "scheduler": "Learning-rate schedule after warmup.",
+    "warmup_steps": "Steps of linear warmup from ~0 to the learning rate.",
+    "num_cycles": "Cycles of cosine_with_restarts.",
+    "power": "Exponent of the polynomial schedule (1 = linear).",
+    "loss": "l2 (standard), l1, or huber (robust to outliers).",
+    "huber_delta": "Huber loss: quadratic within this distance, linear beyond.",
+    "min_snr_gamma": "Min-SNR-γ loss weighting (Hang et al., 2023); 5 is the paper's value, 0 = off.",
+    "noise_offset": "Adds a per-channel constant to the noise so the model learns very dark/bright images; 0.05 "
+                    "is common, 0 = off.",
+    "min_timestep_percent": "Train only on noise levels from this percent of the schedule (0 = the noisiest).",
+    "max_timestep_percent": "…up to this percent (1 = the cleanest).",
+    "max_grad_norm": "Clip the gradient norm to this; 0 = no clipping.",
+    "precision": "fp32 (exact, CPU), bf16 (GPU, recommended) or fp16 (GPU, with loss scaling).",
+    "seed": "Same seed, same data: the same LoRA (deterministic on CPU).",
+    "ema_decay": "Keep an exponential moving average of the LoRA weights (e.g. 0.999); 0 = off.",
+    "caption_shuffle": "Shuffle tags after the first keep_tokens tags at every step.",
+    "keep_tokens": "Leading tags (trigger words) that shuffling and tag dropout never touch.",
+    "caption_dropout": "Probability of training a step with an empty caption.",
+    "tag_dropout": "Probability of dropping each tag (after keep_tokens) at a step.",
+    "save_every_steps": "Also save an intermediate LoRA every N steps; 0 = off.",
+    "save_every_epochs": "Save name-00000N.safetensors every N epochs (compare epochs 8-10 on a grid); 0 = off.",
+}
+NETWORK_TOOLTIPS = {
+    "rank": "LoRA rank (dim): 32 for characters, 64 for styles in the guides.",
+    "alpha": "Network alpha. Effective scale is alpha / rank; kohya's default is rank/2.",
+    "conv_rank": "LoCon: also adapt 3×3 convolutions with this rank; 0 = off (1×1 convs always use rank).",
+    "conv_alpha": "Alpha of the LoCon convolutions.",
+    "dropout": "Neuron dropout on the LoRA's down projection (kohya network_dropout).",
+    "rank_dropout": "Drops whole rank channels per sample (kohya rank_dropout).",
+    "module_dropout": "Skips a whole LoRA module for a step with this probability.",
+}
+CHOICES = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "loss": LOSSES, "precision": PRECISIONS}
+FLOAT_STEPS = {"unet_lr": 1e-6, "te_lr": 1e-6, "weight_decay": 1e-3, "min_timestep_percent": 0.01,
+               "max_timestep_percent": 0.01, "ema_decay": 1e-4}
+
+
+def widgets_for(cls, tooltips: dict, skip=()) -> list:
+    """One widget per dataclass field, named exactly like the field, with its default and tooltip."""
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.name not in tooltips:
+            continue
+        tip, default = tooltips[f.name], f.default
+        if f.name in CHOICES:
+            out.append(io.Combo.Input(f.name, options=list(CHOICES[f.name]), default=default, tooltip=tip))
+        elif isinstance(default, bool):
+            out.append(io.Boolean.Input(f.name, default=default, tooltip=tip))
+        elif isinstance(default, int):
+            out.append(io.Int.Input(f.name, default=default, min=0, max=2**31 - 1, tooltip=tip))
+        else:
+            out.append(io.Float.Input(f.name, default=default, min=0.0, max=1e6, step=FLOAT_STEPS.get(f.name, 0.01),
+                                      tooltip=tip))
+    return out
+
+
+def config_from(widgets: dict, config_json: str) -> TrainConfig:
+    """The widgets' TrainConfig, or the one in config_json (a saved report's "config") when given."""
+    if config_json.strip():
+        data = json.loads(config_json)
+        return TrainConfig.from_dict(data.get("config", data))
+    return TrainConfig(**{f.name: widgets[f.name] for f in dataclasses.fields(TrainConfig) if f.name in widgets})
+
+
+class AtelierTrainLoRAAdvanced(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AtelierTrainLoRAAdvanced",
+            display_name="Train LoRA Advanced (Atelier)",
+            category="atelier/training",
+            description="Every training setting: optimizers, schedules, min-SNR, noise offset, EMA, caption "
+                        "augmentation, LoCon, dropout, periodic saves, resume and continue-from.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to train on (SD1.x / SD2.x today)."),
+                io.Clip.Input("clip", tooltip="The model's CLIP (caption encoder; trained when train_text_encoder)."),
+                io.Vae.Input("vae", tooltip="Encodes the prepared images into latents once, before training."),
+                dataset_in("The dataset (Load / Prepare Dataset); image sides must be multiples of 8."),
+                io.String.Input("output_name", default="my_lora",
+                                tooltip="File name in models/loras/atelier (no folders, no '..')."),
+                *widgets_for(NetworkConfig, NETWORK_TOOLTIPS),
+                *widgets_for(TrainConfig, CONFIG_TOOLTIPS),
+                io.Int.Input("keep_last", default=0, min=0, max=1000,
+                             tooltip="Keep only the newest N intermediate files of this run; 0 = keep all."),
+                io.Combo.Input("resume_state", options=resume_options(), default=STATE_NONE,
+                               tooltip="Continue an interrupted run from its saved state (output/atelier/"
+                                       "train_state). The settings must match the saved ones."),
+                io.Combo.Input("continue_from", options=lora_options(), default=STATE_NONE,
+                               tooltip="Start from an existing LoRA's weights (same rank and architecture)."),
+                io.String.Input("config_json", default="", multiline=True,
+                                tooltip="Optional: a training config as JSON (e.g. the 'config' of an earlier "
+                                        "report); when given it replaces the training widgets above."),
+            ],
+            outputs=[io.Model.Output("model_out", display_name="model", tooltip="The model with the LoRA applied."),
+                     io.Clip.Output("clip_out", display_name="clip", tooltip="The CLIP with the LoRA applied."),
+                     io.Image.Output("loss_chart", tooltip="Loss per step (raw and smoothed)."),
+                     io.String.Output("report", tooltip="JSON: saved files, steps, losses, config (reusable as "
+                                                        "config_json), skipped images.")],
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, dataset, output_name, keep_last, resume_state, continue_from, config_json,
+                **widgets) -> io.NodeOutput:
+        config = config_from(widgets, config_json)
+        net = NetworkConfig(**{k: widgets[k] for k in NETWORK_TOOLTIPS})
+        model_out, clip_out, losses, report = train_lora(
+            model, clip, vae, dataset, output_name, config, net, node_id=cls.hidden.unique_id if cls.hidden else None,
+            resume_state=resume_state, continue_from=continue_from, keep_last=keep_last)
+        chart = line_chart(losses, title=f"loss: {report['steps']} steps")
+        text = json.dumps(report, indent=1)
+        return io.NodeOutput(model_out, clip_out, pil_to_image_tensor([chart]), text, ui={"text": [text]})
+
+
+NODES = [AtelierTrainLoRA, AtelierTrainLoRAAdvanced]

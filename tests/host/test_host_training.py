@@ -107,3 +107,76 @@ def test_interrupt_mid_run_leaves_a_loadable_lora(comfy, comfy_server, train_fol
     assert state.exists() and f'"step": {steps}' in state.read_text()
     loaded = comfy.run(sample_prompt("atelier/host_interrupted.safetensors", 1.0, "intr"))
     assert saved_pixels(comfy_server, loaded).shape == (64, 64, 3)
+
+
+def advanced_prompt(output_name, **overrides):
+    widgets = dict(output_name=output_name, rank=4, alpha=4.0, conv_rank=0, conv_alpha=1.0, dropout=0.0,
+                   rank_dropout=0.0, module_dropout=0.0, epochs=1, max_steps=6, batch_size=2, grad_accum=1,
+                   unet_lr=1e-3, te_lr=1e-4, train_text_encoder=False, optimizer="adamw", weight_decay=0.01,
+                   scheduler="constant", warmup_steps=0, num_cycles=1, power=1.0, loss="l2", huber_delta=0.1,
+                   min_snr_gamma=5.0, noise_offset=0.05, min_timestep_percent=0.0, max_timestep_percent=1.0,
+                   max_grad_norm=1.0, precision="fp32", seed=3, ema_decay=0.0, caption_shuffle=True, keep_tokens=1,
+                   caption_dropout=0.0, tag_dropout=0.0, save_every_steps=0, save_every_epochs=0, keep_last=0,
+                   resume_state="(none)", continue_from="(none)", config_json="")
+    widgets.update(overrides)
+    prompt = train_prompt(output_name)
+    prompt["4"] = {"class_type": "AtelierTrainLoRAAdvanced", "inputs": {
+        "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset": ["3", 0], **widgets}}
+    return prompt
+
+
+def lora_tensors(path):
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def test_resumed_run_equals_an_uninterrupted_one(comfy, comfy_server, train_folder):
+    loras = comfy_server.models / "loras" / "atelier"
+    comfy.run(advanced_prompt("adv_full", max_steps=6), timeout=600)
+    comfy.run(advanced_prompt("adv_part", max_steps=3), timeout=600)
+    first_half = lora_tensors(loras / "adv_part.safetensors")
+    comfy.run(advanced_prompt("adv_part", max_steps=6, resume_state="adv_part"), timeout=600)
+    full, resumed = lora_tensors(loras / "adv_full.safetensors"), lora_tensors(loras / "adv_part.safetensors")
+    assert full.keys() == resumed.keys()
+    assert all(torch_equal(full[k], resumed[k]) for k in full), "resume did not continue the same run"
+    assert not all(torch_equal(first_half[k], resumed[k]) for k in full)
+
+    entry = comfy.wait(comfy.queue(advanced_prompt("adv_part", max_steps=9, resume_state="adv_part", unet_lr=5e-4)))
+    err = [m for m in entry["status"]["messages"] if m[0] == "execution_error"][0][1]
+    assert "unet_lr: saved 0.001, now 0.0005" in err["exception_message"]
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b)
+
+
+def test_epoch_saves_keep_last_and_config_json(comfy, comfy_server, train_folder):
+    import json
+
+    out = comfy.run(advanced_prompt("adv_epochs", epochs=3, max_steps=0, batch_size=8, save_every_epochs=1,
+                                    keep_last=1), timeout=600)
+    loras = comfy_server.models / "loras" / "atelier"
+    assert sorted(p.name for p in loras.glob("adv_epochs*")) == ["adv_epochs-000002.safetensors",
+                                                                 "adv_epochs.safetensors"]
+    report = json.loads(out["4"]["text"][0])
+    assert report["steps"] == 15 and report["config"]["save_every_epochs"] == 1  # 4 images × 10 repeats / 8
+    with safe_open(str(loras / "adv_epochs-000002.safetensors"), "pt") as f:
+        assert f.metadata()["ss_epoch"] == "2"
+    # the report's config drives a new run through config_json (widgets ignored)
+    again = comfy.run(advanced_prompt("adv_json", epochs=99, config_json=json.dumps(
+        {"config": {**report["config"], "epochs": 1, "save_every_epochs": 0}})), timeout=600)
+    assert json.loads(again["4"]["text"][0])["steps"] == 5
+
+
+def test_continue_from_a_lora_of_another_architecture_lists_the_keys(comfy, comfy_server, train_folder):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(4, 3072),
+               "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(9216, 4)},
+              str(comfy_server.models / "loras" / "flux_style.safetensors"))
+    entry = comfy.wait(comfy.queue(advanced_prompt("adv_cont", continue_from="flux_style.safetensors")))
+    err = [m for m in entry["status"]["messages"] if m[0] == "execution_error"][0][1]
+    assert "lora_unet_double_blocks_0_img_attn_qkv" in err["exception_message"], err["exception_message"]
