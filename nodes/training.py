@@ -141,12 +141,16 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         trainer = Trainer(config, network, denoise, denoise.model_sampling, samples, make_encoder(clip),
                           Callbacks(on_step=on_step, should_stop=lambda: stop["requested"] or interrupted(),
                                     on_checkpoint=on_checkpoint), device=device)
+        with torch.no_grad():
+            trainer.precompute_text()  # frozen text encoder: every caption encoded once, as data preparation
+        train_started = time.perf_counter()
         sizes = [tuple(s.latent.shape[-2:]) for s in samples]
         resolution = (max(w for _, w in sizes) * 8, max(h for h, _ in sizes) * 8)
         state = load_state(resume_dir, trainer) if resume_dir is not None else None
         trainer_state["current"] = state = state or TrainState()
         with autograd_friendly_clip(clip.cond_stage_model) if config.train_text_encoder else _nothing():
             state = trainer.run(state)
+        train_seconds = time.perf_counter() - train_started
         save_lora_file(path, state.step, state.epoch)
         lora_sd = network.kohya_state_dict(torch.float16)
         state_dir = save_state(state_root() / path.stem, trainer, state)
@@ -157,6 +161,7 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         loaded = {k: v.float() for k, v in lora_sd.items()}
         model_out, clip_out = comfy.sd.load_lora_for_models(model, clip, loaded, 1.0, 1.0)
     report = {"lora": str(path), "saved": saved, "state": str(state_dir), "steps": state.step, "epochs": state.epoch,
+              "train_seconds": round(train_seconds, 3),
               "config": config.to_dict(), "network": {k: v for k, v in net.__dict__.items() if k != "include"},
               "skipped": [f"{s.path}: {s.reason}" for s in skipped], "losses": state.losses}
     return model_out, clip_out, state.losses, report

@@ -209,6 +209,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ one micro-batch
 
+    def precompute_text(self) -> int:
+        """Encodes every distinct caption once when the text encoder is frozen (data preparation, before training).
+
+        Captions that change per step (shuffle, dropout) are encoded when they occur; returns how many were cached.
+        """
+        if self.cfg.train_text_encoder:
+            return 0
+        captions = list(dict.fromkeys(s.caption for s in self.samples))
+        for i in range(0, len(captions), 16):
+            self._conditioning(captions[i:i + 16])
+        return len(captions)
+
     def _conditioning(self, captions: list[str]):
         if self.cfg.train_text_encoder:
             return self.encode(captions)

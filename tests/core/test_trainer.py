@@ -222,3 +222,13 @@ def test_training_progress_callback_reports_every_step():
     rig.trainer(make_samples(), Callbacks(on_step=seen.append), max_steps=4, batch_size=2).run()
     assert [s.step for s in seen] == [1, 2, 3, 4] and all(s.total_steps == 4 for s in seen)
     assert all(s.lr == pytest.approx(1e-2) for s in seen) and seen[-1].samples_per_second > 0
+
+
+def test_precompute_text_encodes_each_caption_once_before_training():
+    rig = Rig()
+    t = rig.trainer(make_samples(4), max_steps=3, batch_size=2)
+    assert t.precompute_text() == 4 and rig.encode_calls == 1  # one batched call for the four captions
+    t.run()
+    assert rig.encode_calls == 1  # training reused the cache
+    te = Rig(te_lora=True).trainer(make_samples(4), max_steps=1, train_text_encoder=True)
+    assert te.precompute_text() == 0  # a trained text encoder must encode every step
