@@ -11,6 +11,7 @@ import torch
 from comfy_api.latest import io
 
 import comfy.model_management
+import comfy.samplers
 import comfy.sd
 import comfy.utils
 import folder_paths
@@ -26,8 +27,8 @@ from ..trainers.optim import OPTIMIZERS, SCHEDULERS
 from ..trainers.network import LoRANetwork, NetworkConfig
 from .dataset import dataset_in
 from .host import output_subdir
-from .train_adapter import (TE_INCLUDE, UNET_INCLUDE, ComfyDenoiser, autograd_friendly_clip, encode_latents,
-                            interrupted, make_encoder, text_encoder_roots, thaw)
+from .train_adapter import (TE_INCLUDE, UNET_INCLUDE, ComfyDenoiser, autograd_friendly_clip, draw_samples,
+                            encode_latents, interrupted, make_encoder, text_encoder_roots, thaw)
 
 LORA_SUBFOLDER = "atelier"
 
@@ -82,7 +83,8 @@ def prune_epoch_files(path: Path, keep_last: int) -> None:
 
 
 def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig, net_config: NetworkConfig,
-               node_id=None, resume_state: str = STATE_NONE, continue_from: str = STATE_NONE, keep_last: int = 0):
+               node_id=None, resume_state: str = STATE_NONE, continue_from: str = STATE_NONE, keep_last: int = 0,
+               sampling: dict | None = None):
     """The shared body of the training nodes: returns (model, clip, losses, report)."""
     path = lora_output_path(output_name)  # refuse a bad name before any work
     config.validate()
@@ -137,10 +139,25 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
             save_state(state_root() / path.stem, trainer, trainer_state["current"])
             prune_epoch_files(path, keep_last)
 
+        sample_files = []
+
+        def on_sample(step: int, epoch: int) -> None:
+            if not sampling or not sampling["prompts"]:
+                return
+            folder = output_subdir("atelier", "samples", path.stem)
+            images = draw_samples(mp, clip, vae, **sampling)
+            sent = []
+            for i, img in enumerate(images):
+                target = folder / f"e{epoch:04d}_s{step:06d}_{i:02d}.png"
+                img.save(target)
+                sample_files.append(str(target))
+                sent.append({"filename": target.name, "subfolder": f"atelier/samples/{path.stem}", "type": "output"})
+            send_event("atelier.train.sample", {"node": node_id, "step": step, "epoch": epoch, "images": sent})
+
         trainer_state = {"current": None}
         trainer = Trainer(config, network, denoise, denoise.model_sampling, samples, make_encoder(clip),
                           Callbacks(on_step=on_step, should_stop=lambda: stop["requested"] or interrupted(),
-                                    on_checkpoint=on_checkpoint), device=device)
+                                    on_checkpoint=on_checkpoint, on_sample=on_sample), device=device)
         with torch.no_grad():
             trainer.precompute_text()  # frozen text encoder: every caption encoded once, as data preparation
         train_started = time.perf_counter()
@@ -161,7 +178,7 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         loaded = {k: v.float() for k, v in lora_sd.items()}
         model_out, clip_out = comfy.sd.load_lora_for_models(model, clip, loaded, 1.0, 1.0)
     report = {"lora": str(path), "saved": saved, "state": str(state_dir), "steps": state.step, "epochs": state.epoch,
-              "train_seconds": round(train_seconds, 3),
+              "train_seconds": round(train_seconds, 3), "samples": sample_files,
               "config": config.to_dict(), "network": {k: v for k, v in net.__dict__.items() if k != "include"},
               "skipped": [f"{s.path}: {s.reason}" for s in skipped], "losses": state.losses}
     return model_out, clip_out, state.losses, report
@@ -261,6 +278,8 @@ CONFIG_TOOLTIPS = {
     "tag_dropout": "Probability of dropping each tag (after keep_tokens) at a step.",
     "save_every_steps": "Also save an intermediate LoRA every N steps; 0 = off.",
     "save_every_epochs": "Save name-00000N.safetensors every N epochs (compare epochs 8-10 on a grid); 0 = off.",
+    "sample_every_steps": "Draw the sample prompts every N steps with ComfyUI's sampler; 0 = off.",
+    "sample_every_epochs": "Draw the sample prompts every N epochs; 0 = off.",
 }
 NETWORK_TOOLTIPS = {
     "rank": "LoRA rank (dim): 32 for characters, 64 for styles in the guides.",
@@ -328,6 +347,21 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
                                        "train_state). The settings must match the saved ones."),
                 io.Combo.Input("continue_from", options=lora_options(), default=STATE_NONE,
                                tooltip="Start from an existing LoRA's weights (same rank and architecture)."),
+                io.String.Input("sample_prompts", default="", multiline=True,
+                                tooltip="Prompts drawn during training, one per line (saved in output/atelier/"
+                                        "samples/<name> and shown as they arrive)."),
+                io.String.Input("sample_negative", default="", multiline=True,
+                                tooltip="Negative prompt for the samples (e.g. 'blur, vignette, instagram')."),
+                io.Int.Input("sample_seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="Fixed seed, so samples of different epochs are comparable."),
+                io.Int.Input("sample_steps", default=20, min=1, max=200, tooltip="Sampling steps of the previews."),
+                io.Float.Input("sample_cfg", default=7.0, min=0.0, max=30.0, step=0.1, tooltip="CFG of the previews."),
+                io.Combo.Input("sample_sampler", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
+                               tooltip="ComfyUI sampler for the previews (euler_ancestral = A1111's Euler a)."),
+                io.Combo.Input("sample_scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS),
+                               default="normal", tooltip="ComfyUI scheduler for the previews."),
+                io.Int.Input("sample_width", default=512, min=64, max=4096, step=8, tooltip="Preview width."),
+                io.Int.Input("sample_height", default=512, min=64, max=4096, step=8, tooltip="Preview height."),
                 io.String.Input("config_json", default="", multiline=True,
                                 tooltip="Optional: a training config as JSON (e.g. the 'config' of an earlier "
                                         "report); when given it replaces the training widgets above."),
@@ -343,12 +377,17 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, dataset, output_name, keep_last, resume_state, continue_from, config_json,
-                **widgets) -> io.NodeOutput:
+                sample_prompts, sample_negative, sample_seed, sample_steps, sample_cfg, sample_sampler,
+                sample_scheduler, sample_width, sample_height, **widgets) -> io.NodeOutput:
         config = config_from(widgets, config_json)
         net = NetworkConfig(**{k: widgets[k] for k in NETWORK_TOOLTIPS})
+        sampling = {"prompts": [p.strip() for p in sample_prompts.splitlines() if p.strip()],
+                    "negative": sample_negative, "seed": sample_seed, "steps": sample_steps, "cfg": sample_cfg,
+                    "sampler": sample_sampler, "scheduler": sample_scheduler, "width": sample_width,
+                    "height": sample_height}
         model_out, clip_out, losses, report = train_lora(
             model, clip, vae, dataset, output_name, config, net, node_id=cls.hidden.unique_id if cls.hidden else None,
-            resume_state=resume_state, continue_from=continue_from, keep_last=keep_last)
+            resume_state=resume_state, continue_from=continue_from, keep_last=keep_last, sampling=sampling)
         chart = line_chart(losses, title=f"loss: {report['steps']} steps")
         text = json.dumps(report, indent=1)
         return io.NodeOutput(model_out, clip_out, pil_to_image_tensor([chart]), text, ui={"text": [text]})

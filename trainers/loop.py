@@ -58,6 +58,8 @@ class TrainConfig:
     tag_dropout: float = 0.0
     save_every_steps: int = 0
     save_every_epochs: int = 1
+    sample_every_steps: int = 0  # draw preview samples every N steps (0 = off)
+    sample_every_epochs: int = 0  # ... or every N epochs
 
     def validate(self) -> None:
         """Refuses settings that cannot train, naming the field and what to use instead."""
@@ -91,7 +93,8 @@ class TrainConfig:
         return cls(**data)
 
     # Settings that may change between an interrupted run and its resumption without changing the maths.
-    RESUMABLE_CHANGES = ("epochs", "max_steps", "save_every_steps", "save_every_epochs")
+    RESUMABLE_CHANGES = ("epochs", "max_steps", "save_every_steps", "save_every_epochs", "sample_every_steps",
+                         "sample_every_epochs")
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ class StepInfo:
 class Callbacks:
     on_step: Callable[[StepInfo], None] | None = None
     on_checkpoint: Callable[[int, int, bool], None] | None = None  # (step, epoch, final)
+    on_sample: Callable[[int, int], None] | None = None  # (step, epoch): draw previews with the current weights
     should_stop: Callable[[], bool] | None = None
 
 
@@ -314,13 +318,28 @@ class Trainer:
                                                         lr, rate))
                     if cfg.save_every_steps and state.step % cfg.save_every_steps == 0 and self.callbacks.on_checkpoint:
                         self.callbacks.on_checkpoint(state.step, state.epoch, False)
+                    if cfg.sample_every_steps and state.step % cfg.sample_every_steps == 0:
+                        self._sample(state)
                 if state.batch_in_epoch >= len(batches):
                     state.epoch += 1
                     state.batch_in_epoch = 0
                     if (cfg.save_every_epochs and state.epoch % cfg.save_every_epochs == 0
                             and state.step < self.total_steps and self.callbacks.on_checkpoint):
                         self.callbacks.on_checkpoint(state.step, state.epoch, False)
+                    if cfg.sample_every_epochs and state.epoch % cfg.sample_every_epochs == 0:
+                        self._sample(state)
         return state
+
+    def _sample(self, state: TrainState) -> None:
+        """Preview samples with the current weights: dropout off, no gradients, training mode restored after."""
+        if not self.callbacks.on_sample:
+            return
+        self.network.eval()
+        try:
+            with torch.no_grad():
+                self.callbacks.on_sample(state.step, state.epoch)
+        finally:
+            self.network.train()
 
     def _optimizer_step(self) -> None:
         if self.scaler:

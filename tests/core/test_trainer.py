@@ -232,3 +232,18 @@ def test_precompute_text_encodes_each_caption_once_before_training():
     assert rig.encode_calls == 1  # training reused the cache
     te = Rig(te_lora=True).trainer(make_samples(4), max_steps=1, train_text_encoder=True)
     assert te.precompute_text() == 0  # a trained text encoder must encode every step
+
+
+def test_samples_are_drawn_on_schedule_with_dropout_off_and_no_grad():
+    rig = Rig(dropout=0.5)
+    seen = []
+
+    def on_sample(step, epoch):
+        seen.append((step, epoch, rig.network.training, torch.is_grad_enabled()))
+
+    t = rig.trainer(make_samples(4), Callbacks(on_sample=on_sample), epochs=2, batch_size=2, sample_every_steps=3,
+                    sample_every_epochs=1)
+    t.run()
+    assert [(s, e) for s, e, _, _ in seen] == [(2, 1), (3, 1), (4, 2)]  # epoch ends at steps 2 and 4; every 3 steps
+    assert all(not training and not grad for _, _, training, grad in seen)
+    assert rig.network.training  # back to training mode afterwards

@@ -117,6 +117,9 @@ def advanced_prompt(output_name, **overrides):
                    min_snr_gamma=5.0, noise_offset=0.05, min_timestep_percent=0.0, max_timestep_percent=1.0,
                    max_grad_norm=1.0, precision="fp32", seed=3, ema_decay=0.0, caption_shuffle=True, keep_tokens=1,
                    caption_dropout=0.0, tag_dropout=0.0, save_every_steps=0, save_every_epochs=0, keep_last=0,
+                   sample_every_steps=0, sample_every_epochs=0, sample_prompts="", sample_negative="",
+                   sample_seed=0, sample_steps=2, sample_cfg=4.0, sample_sampler="euler", sample_scheduler="normal",
+                   sample_width=64, sample_height=64,
                    resume_state="(none)", continue_from="(none)", config_json="")
     widgets.update(overrides)
     prompt = train_prompt(output_name)
@@ -180,3 +183,17 @@ def test_continue_from_a_lora_of_another_architecture_lists_the_keys(comfy, comf
     entry = comfy.wait(comfy.queue(advanced_prompt("adv_cont", continue_from="flux_style.safetensors")))
     err = [m for m in entry["status"]["messages"] if m[0] == "execution_error"][0][1]
     assert "lora_unet_double_blocks_0_img_attn_qkv" in err["exception_message"], err["exception_message"]
+
+
+def test_samples_during_training_use_comfyui_sampler(comfy, comfy_server, train_folder):
+    import json
+
+    out = comfy.run(advanced_prompt("adv_samples", max_steps=4, sample_every_steps=2,
+                                    sample_prompts="blonde elf\na cat"), timeout=600)
+    report = json.loads(out["4"]["text"][0])
+    folder = comfy_server.output_dir / "atelier" / "samples" / "adv_samples"
+    names = sorted(p.name for p in folder.glob("*.png"))
+    assert names == ["e0000_s000002_00.png", "e0000_s000002_01.png", "e0000_s000004_00.png", "e0000_s000004_01.png"]
+    assert len(report["samples"]) == 4 and Image.open(folder / names[0]).size == (64, 64)
+    first, later = (np.asarray(Image.open(folder / n), dtype=np.int16) for n in (names[0], names[2]))
+    assert np.abs(first - later).max() > 0  # same seed and prompt: only the weights changed between them
