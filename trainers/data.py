@@ -8,6 +8,7 @@ real encoding of the mirrored picture rather than a flipped latent.
 from __future__ import annotations
 
 import json
+import dataclasses
 from collections import Counter
 from typing import Callable
 
@@ -37,11 +38,40 @@ def build_samples(dataset: Dataset, encode_images: Callable[[list], list], *, si
         samples.append(TrainSample(latent=latents[0], caption=p.sample.item.caption,
                                    loss_weight=weights[p.sample.subset], repeats=p.sample.item.repeats,
                                    random_flip=p.sample.random_flip,
-                                   flipped_latent=latents[1] if len(latents) > 1 else None))
+                                   flipped_latent=latents[1] if len(latents) > 1 else None,
+                                   regularization=p.sample.role == "regularization"))
     if not samples:
         raise DatasetError("No image of the dataset could be prepared for training: "
                            + "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5]))
-    return samples, skipped
+    return balance_regularization(samples), skipped
+
+
+def balance_regularization(samples: list[TrainSample]) -> list[TrainSample]:
+    """Regularization repeats so that reg samples per epoch match training samples per epoch (kohya DreamBooth).
+
+    As kohya does: reg images are taken in order with their own repeats until the count reaches the training
+    count (later ones get 0 repeats, i.e. are unused); if they run out first, repeats are added one image at a
+    time, round-robin, until the counts match.
+    """
+    train = sum(s.repeats for s in samples if not s.regularization)
+    reg_idx = [i for i, s in enumerate(samples) if s.regularization]
+    if not reg_idx or train == 0:
+        return [s for s in samples if not s.regularization] if train == 0 and reg_idx else samples
+    repeats = {i: 0 for i in reg_idx}
+    n, first = 0, True
+    while n < train:
+        for i in reg_idx:
+            if first:
+                repeats[i] = samples[i].repeats
+                n += samples[i].repeats
+            else:
+                repeats[i] += 1
+                n += 1
+            if n >= train:
+                break
+        first = False
+    out = [dataclasses.replace(s, repeats=repeats[i]) if s.regularization else s for i, s in enumerate(samples)]
+    return [s for s in out if s.repeats > 0]
 
 
 def kohya_metadata(*, config, network_config, dataset: Dataset, output_name: str, base_model: str, steps: int,

@@ -107,6 +107,7 @@ class TrainSample:
     repeats: int = 1
     random_flip: bool = False
     flipped_latent: torch.Tensor | None = None  # the mirrored image's own latent; else the latent is flipped
+    regularization: bool = False  # a class image for prior preservation (balanced against the training images)
 
 
 class Denoise(Protocol):

@@ -1,0 +1,66 @@
+"""From dataset to trainer samples: VAE-size checks, mirrored latents, prior-preservation balancing."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from atelier.core import dataset as ds
+from atelier.trainers.data import balance_regularization, build_samples, kohya_metadata
+from atelier.trainers.loop import TrainConfig, TrainSample
+from atelier.trainers.network import NetworkConfig
+
+
+def fake_vae(images):
+    """A stand-in encoder with the VAE's contract: PIL (W, H) → (4, H/8, W/8) latents from the pixels' means."""
+    return [torch.from_numpy(np.asarray(im, dtype=np.float32)).mean() * torch.ones(4, im.height // 8, im.width // 8)
+            for im in images]
+
+
+def graph_dataset(sizes, role="train", repeats=1, name="s"):
+    arrays = [np.full((h, w, 3), 10 * i, np.uint8) for i, (w, h) in enumerate(sizes)]
+    return ds.from_arrays(arrays, [f"cap {i}" for i in range(len(sizes))], name=name, role=role, repeats=repeats)
+
+
+def test_sizes_the_vae_cannot_encode_are_a_clear_error():
+    with pytest.raises(ds.DatasetError, match=r"is 60×64; the VAE needs sides that are multiples of 8.*Prepare Dataset"):
+        build_samples(graph_dataset([(60, 64)]), fake_vae)
+
+
+def test_random_flip_caches_the_mirrored_latent_and_prior_weights_carry_over():
+    train = ds.with_flip(graph_dataset([(16, 16), (16, 8)], repeats=3), "random")
+    reg_set = graph_dataset([(16, 16)], role="regularization", name="reg")
+    reg_set = dataclasses.replace(reg_set, subsets=tuple(dataclasses.replace(s, prior_loss_weight=0.5)
+                                                         for s in reg_set.subsets))
+    d = ds.combine(train, reg_set)
+    samples, skipped = build_samples(d, fake_vae)
+    assert not skipped and [s.random_flip for s in samples] == [True, True, False]
+    assert samples[0].flipped_latent is not None and samples[2].flipped_latent is None
+    assert samples[2].regularization and samples[2].loss_weight == 0.5 and samples[0].loss_weight == 1.0
+    assert samples[2].repeats == 6  # one reg image repeated to match 2 images × 3 repeats
+
+
+def sample(repeats, reg=False):
+    return TrainSample(latent=torch.zeros(4, 2, 2), caption="", repeats=repeats, regularization=reg)
+
+
+@pytest.mark.parametrize("train, reg, expected", [
+    ([10, 10], [1, 1, 1], [7, 7, 6]),  # too few reg images: repeats added round-robin up to 20
+    ([2], [1, 1, 1, 1], [1, 1]),  # too many: the first ones fill the count, the rest are unused
+    ([5], [], []),
+])
+def test_balance_regularization_matches_kohya(train, reg, expected):
+    out = balance_regularization([sample(r) for r in train] + [sample(r, True) for r in reg])
+    assert [s.repeats for s in out if s.regularization] == expected
+    if reg:
+        assert sum(s.repeats for s in out if s.regularization) == sum(train)
+
+
+def test_metadata_has_kohya_keys():
+    d = graph_dataset([(16, 16)], repeats=10, name="elf")
+    meta = kohya_metadata(config=TrainConfig(), network_config=NetworkConfig(rank=32, alpha=16.0), dataset=d,
+                          output_name="elf", base_model="sd15", steps=100, epoch=10, started=1.0, finished=2.0,
+                          resolution=(512, 512))
+    assert meta["ss_network_dim"] == "32" and meta["ss_network_alpha"] == "16.0" and meta["ss_epoch"] == "10"
+    assert '"n_repeats": 10' in meta["ss_dataset_dirs"] and all(isinstance(v, str) for v in meta.values())
