@@ -138,3 +138,19 @@ def draw_samples(model_patcher, clip, vae, prompts: list[str], negative: str, *,
         pixels = vae.decode(samples)[0]  # (H, W, 3) in 0..1
         out.append(Image.fromarray((pixels.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)))
     return out
+
+
+def encoder_key(vae, model_patcher) -> str:
+    """Identity of 'VAE + the model's latent scaling' for the latent cache: sampled weights, names and shapes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    sd = vae.first_stage_model.state_dict()
+    names = sorted(sd)
+    for name in names[:: max(1, len(names) // 24)]:
+        t = sd[name]
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.detach().float().flatten()[:256].cpu().numpy().tobytes())
+    fmt = model_patcher.model.latent_format
+    h.update(f"{type(fmt).__name__}{getattr(fmt, 'scale_factor', '')}{getattr(fmt, 'shift_factor', '')}".encode())
+    return h.hexdigest()[:32]

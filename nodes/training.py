@@ -20,7 +20,7 @@ from ..core.draw import line_chart, pil_to_image_tensor
 from ..core.lora_io import load_lora, save_lora
 from ..core.paths import safe_name
 from ..trainers.checkpoint import load_state, save_state
-from ..trainers.data import build_samples, kohya_metadata
+from ..trainers.data import LatentCache, build_samples, kohya_metadata
 from ..trainers.loop import PRECISIONS, Callbacks, Trainer, TrainConfig, TrainState
 from ..trainers.objectives import LOSSES
 from ..trainers.optim import OPTIMIZERS, SCHEDULERS
@@ -28,7 +28,7 @@ from ..trainers.network import LoRANetwork, NetworkConfig
 from .dataset import dataset_in
 from .host import output_subdir
 from .train_adapter import (TE_INCLUDE, UNET_INCLUDE, ComfyDenoiser, autograd_friendly_clip, draw_samples,
-                            encode_latents, interrupted, make_encoder, text_encoder_roots, thaw)
+                            encode_latents, encoder_key, interrupted, make_encoder, text_encoder_roots, thaw)
 
 LORA_SUBFOLDER = "atelier"
 
@@ -84,7 +84,7 @@ def prune_epoch_files(path: Path, keep_last: int) -> None:
 
 def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig, net_config: NetworkConfig,
                node_id=None, resume_state: str = STATE_NONE, continue_from: str = STATE_NONE, keep_last: int = 0,
-               sampling: dict | None = None):
+               sampling: dict | None = None, cache_latents: bool = True):
     """The shared body of the training nodes: returns (model, clip, losses, report)."""
     path = lora_output_path(output_name)  # refuse a bad name before any work
     config.validate()
@@ -103,8 +103,10 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         denoise = ComfyDenoiser(mp)
         device = next(mp.model.diffusion_model.parameters()).device
         prep_bar = comfy.utils.ProgressBar(max(len(dataset.samples()), 1), node_id=node_id)
+        cache = (LatentCache(output_subdir("atelier", "cache", "latents"), encoder_key(vae, mp)) if cache_latents
+                 else None)
         samples, skipped = build_samples(dataset, lambda imgs: encode_latents(vae, mp, imgs),
-                                         on_progress=lambda n: prep_bar.update_absolute(n))
+                                         on_progress=lambda n: prep_bar.update_absolute(n), cache=cache)
         net = NetworkConfig(**{**net_config.__dict__, "include": (UNET_INCLUDE, TE_INCLUDE)})
         network = LoRANetwork(roots, net, seed=config.seed).to(device)
         bar = comfy.utils.ProgressBar(1, node_id=node_id)
@@ -179,6 +181,7 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         model_out, clip_out = comfy.sd.load_lora_for_models(model, clip, loaded, 1.0, 1.0)
     report = {"lora": str(path), "saved": saved, "state": str(state_dir), "steps": state.step, "epochs": state.epoch,
               "train_seconds": round(train_seconds, 3), "samples": sample_files,
+              "latent_cache": {"hits": cache.hits, "misses": cache.misses} if cache else None,
               "config": config.to_dict(), "network": {k: v for k, v in net.__dict__.items() if k != "include"},
               "skipped": [f"{s.path}: {s.reason}" for s in skipped], "losses": state.losses}
     return model_out, clip_out, state.losses, report
@@ -340,6 +343,9 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
                                 tooltip="File name in models/loras/atelier (no folders, no '..')."),
                 *widgets_for(NetworkConfig, NETWORK_TOOLTIPS),
                 *widgets_for(TrainConfig, CONFIG_TOOLTIPS),
+                io.Boolean.Input("cache_latents", default=True,
+                                 tooltip="Keep VAE latents on disk (output/atelier/cache/latents), keyed by image "
+                                         "bytes, preparation and VAE, so the next run skips decoding and encoding."),
                 io.Int.Input("keep_last", default=0, min=0, max=1000,
                              tooltip="Keep only the newest N intermediate files of this run; 0 = keep all."),
                 io.Combo.Input("resume_state", options=resume_options(), default=STATE_NONE,
@@ -376,7 +382,8 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, dataset, output_name, keep_last, resume_state, continue_from, config_json,
+    def execute(cls, model, clip, vae, dataset, output_name, cache_latents, keep_last, resume_state, continue_from,
+                config_json,
                 sample_prompts, sample_negative, sample_seed, sample_steps, sample_cfg, sample_sampler,
                 sample_scheduler, sample_width, sample_height, **widgets) -> io.NodeOutput:
         config = config_from(widgets, config_json)
@@ -387,7 +394,8 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
                     "height": sample_height}
         model_out, clip_out, losses, report = train_lora(
             model, clip, vae, dataset, output_name, config, net, node_id=cls.hidden.unique_id if cls.hidden else None,
-            resume_state=resume_state, continue_from=continue_from, keep_last=keep_last, sampling=sampling)
+            resume_state=resume_state, continue_from=continue_from, keep_last=keep_last, sampling=sampling,
+            cache_latents=cache_latents)
         chart = line_chart(losses, title=f"loss: {report['steps']} steps")
         text = json.dumps(report, indent=1)
         return io.NodeOutput(model_out, clip_out, pil_to_image_tensor([chart]), text, ui={"text": [text]})

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import json
 import dataclasses
+import hashlib
+import os
 from collections import Counter
+from pathlib import Path
 from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
 
 from ..core.captions import split_tags
 from ..core.dataset import Dataset, DatasetError, Skipped
@@ -19,14 +25,78 @@ from ..core.prepare import prepare_stream
 from .loop import TrainSample
 
 
+class LatentCache:
+    """Latents on disk, keyed by the source's bytes, its preparation, mirroring and the encoder's identity."""
+
+    def __init__(self, folder: str | Path, encoder_key: str):
+        self.folder, self.encoder_key = Path(folder), encoder_key
+        self.hits = self.misses = 0
+
+    def key(self, sample, memory: dict) -> str:
+        h = hashlib.sha256()
+        src = sample.item.source
+        if src.startswith("memory:"):
+            h.update(memory[src].tobytes())
+        else:
+            with open(src, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        h.update(f"|{sample.preparation.key()}|{sample.mirrored}|{sample.random_flip}|{self.encoder_key}".encode())
+        return h.hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.safetensors"
+
+    def get(self, key: str) -> dict[str, torch.Tensor] | None:
+        path = self._path(key)
+        if not path.is_file():
+            self.misses += 1
+            return None
+        try:
+            out = load_file(str(path))
+        except Exception:  # noqa: BLE001 - a damaged cache file is re-encoded, never trusted
+            self.misses += 1
+            return None
+        self.hits += 1
+        return out
+
+    def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
 def build_samples(dataset: Dataset, encode_images: Callable[[list], list], *, size_multiple: int = 8,
-                  workers: int | None = None, on_progress=None) -> tuple[list[TrainSample], list[Skipped]]:
-    """Prepared, VAE-encoded samples of every subset (mirrored copies included); undecodable files are skipped."""
-    samples, skipped = [], list(dataset.skipped)
+                  workers: int | None = None, on_progress=None, cache: LatentCache | None = None
+                  ) -> tuple[list[TrainSample], list[Skipped]]:
+    """Prepared, VAE-encoded samples of every subset (mirrored copies included); undecodable files are skipped.
+
+    With a cache, samples already encoded (same bytes, preparation, mirroring and encoder) are neither decoded
+    nor encoded again.
+    """
+    skipped = list(dataset.skipped)
     weights = {s.name: (s.prior_loss_weight if s.role == "regularization" else 1.0) for s in dataset.subsets}
-    for p in prepare_stream(dataset.samples(), dataset.memory, workers=workers, on_progress=on_progress):
+    wanted = dataset.samples()
+    latents: dict[int, dict] = {}
+    keys: dict[int, str] = {}
+    if cache is not None:
+        for i, smp in enumerate(wanted):
+            try:
+                keys[i] = cache.key(smp, dataset.memory)
+            except OSError:
+                continue  # unreadable now: preparation below reports it
+            hit = cache.get(keys[i])
+            if hit is not None:
+                latents[i] = hit
+    todo = [i for i in range(len(wanted)) if i not in latents]
+    failed: set[int] = set()
+    for p in prepare_stream([wanted[i] for i in todo], dataset.memory, workers=workers, on_progress=on_progress):
+        index = todo[p.index]
         if p.skipped:
             skipped.append(p.skipped)
+            failed.add(index)
             continue
         w, h = p.image.size
         if w % size_multiple or h % size_multiple:
@@ -34,12 +104,18 @@ def build_samples(dataset: Dataset, encode_images: Callable[[list], list], *, si
                                f"multiples of {size_multiple}. Use Prepare Dataset (crop, letterbox or buckets) with "
                                f"a size divisible by {size_multiple}.")
         images = [p.image, flip_horizontal(p.image)] if p.sample.random_flip else [p.image]
-        latents = encode_images(images)
-        samples.append(TrainSample(latent=latents[0], caption=p.sample.item.caption,
-                                   loss_weight=weights[p.sample.subset], repeats=p.sample.item.repeats,
-                                   random_flip=p.sample.random_flip,
-                                   flipped_latent=latents[1] if len(latents) > 1 else None,
-                                   regularization=p.sample.role == "regularization"))
+        encoded = encode_images(images)
+        latents[index] = {"latent": encoded[0], **({"flipped": encoded[1]} if len(encoded) > 1 else {})}
+        if cache is not None and index in keys:
+            cache.put(keys[index], latents[index])
+    samples = []
+    for i, smp in enumerate(wanted):
+        if i in failed:
+            continue
+        lat = latents[i]
+        samples.append(TrainSample(latent=lat["latent"], caption=smp.item.caption, loss_weight=weights[smp.subset],
+                                   repeats=smp.item.repeats, random_flip=smp.random_flip,
+                                   flipped_latent=lat.get("flipped"), regularization=smp.role == "regularization"))
     if not samples:
         raise DatasetError("No image of the dataset could be prepared for training: "
                            + "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5]))

@@ -64,3 +64,37 @@ def test_metadata_has_kohya_keys():
                           resolution=(512, 512))
     assert meta["ss_network_dim"] == "32" and meta["ss_network_alpha"] == "16.0" and meta["ss_epoch"] == "10"
     assert '"n_repeats": 10' in meta["ss_dataset_dirs"] and all(isinstance(v, str) for v in meta.values())
+
+
+def test_latent_cache_skips_encoding_and_follows_content_and_preparation(tmp_path):
+    from PIL import Image
+
+    from atelier.trainers.data import LatentCache
+
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(folder / f"{i}.png")
+    d = ds.with_preparation(ds.scan_folder(folder, caption_source="fixed", fixed_caption="x"),
+                            ds.Preparation("crop", 16, 16))
+    calls = []
+
+    def counting_vae(images):
+        calls.append(len(images))
+        return fake_vae(images)
+
+    cache = LatentCache(tmp_path / "cache", encoder_key="vae-a")
+    first, _ = build_samples(d, counting_vae, cache=cache)
+    assert sum(calls) == 3 and cache.misses == 3
+    again, _ = build_samples(d, counting_vae, cache=LatentCache(tmp_path / "cache", "vae-a"))
+    assert sum(calls) == 3  # all three came from disk
+    assert all(torch.equal(a.latent, b.latent) for a, b in zip(first, again))
+    Image.new("RGB", (16, 16), (0, 0, 255)).save(folder / "1.png")  # new content
+    build_samples(d, counting_vae, cache=LatentCache(tmp_path / "cache", "vae-a"))
+    assert sum(calls) == 4
+    build_samples(ds.with_preparation(d, ds.Preparation("crop", 8, 8)), counting_vae,
+                  cache=LatentCache(tmp_path / "cache", "vae-a"))
+    assert sum(calls) == 7  # another preparation: re-encoded
+    build_samples(d, counting_vae, cache=LatentCache(tmp_path / "cache", "vae-b"))
+    assert sum(calls) == 10  # another encoder: re-encoded
+    assert not list((tmp_path / "cache").rglob("*.tmp-*"))

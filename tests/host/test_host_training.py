@@ -119,7 +119,7 @@ def advanced_prompt(output_name, **overrides):
                    caption_dropout=0.0, tag_dropout=0.0, save_every_steps=0, save_every_epochs=0, keep_last=0,
                    sample_every_steps=0, sample_every_epochs=0, sample_prompts="", sample_negative="",
                    sample_seed=0, sample_steps=2, sample_cfg=4.0, sample_sampler="euler", sample_scheduler="normal",
-                   sample_width=64, sample_height=64,
+                   sample_width=64, sample_height=64, cache_latents=True,
                    resume_state="(none)", continue_from="(none)", config_json="")
     widgets.update(overrides)
     prompt = train_prompt(output_name)
@@ -134,9 +134,12 @@ def lora_tensors(path):
 
 
 def test_resumed_run_equals_an_uninterrupted_one(comfy, comfy_server, train_folder):
+    import json
+
     loras = comfy_server.models / "loras" / "atelier"
     comfy.run(advanced_prompt("adv_full", max_steps=6), timeout=600)
-    comfy.run(advanced_prompt("adv_part", max_steps=3), timeout=600)
+    out = comfy.run(advanced_prompt("adv_part", max_steps=3), timeout=600)
+    assert json.loads(out["4"]["text"][0])["latent_cache"] == {"hits": 4, "misses": 0}  # adv_full encoded them
     first_half = lora_tensors(loras / "adv_part.safetensors")
     comfy.run(advanced_prompt("adv_part", max_steps=6, resume_state="adv_part"), timeout=600)
     full, resumed = lora_tensors(loras / "adv_full.safetensors"), lora_tensors(loras / "adv_part.safetensors")
