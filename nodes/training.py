@@ -195,6 +195,33 @@ class _nothing:
         return False
 
 
+def common_inputs() -> list:
+    """The inputs both training nodes start with."""
+    return [
+        io.Model.Input("model", tooltip="The model to train on (SD1.x / SD2.x today)."),
+        io.Clip.Input("clip", tooltip="The model's CLIP: encodes captions, and is trained when train_text_encoder "
+                                      "is on."),
+        io.Vae.Input("vae", tooltip="Encodes the prepared images into latents once, before training."),
+        dataset_in("The dataset (Load / Prepare Dataset); image sides must be multiples of 8."),
+        io.String.Input("output_name", default="my_lora",
+                        tooltip="File name in models/loras/atelier (no folders, no '..')."),
+    ]
+
+
+def training_outputs() -> list:
+    return [io.Model.Output("model_out", display_name="model", tooltip="The model with the LoRA applied."),
+            io.Clip.Output("clip_out", display_name="clip", tooltip="The CLIP with the LoRA applied."),
+            io.Image.Output("loss_chart", tooltip="Loss per step (raw and smoothed)."),
+            io.String.Output("report", tooltip="JSON: saved files, steps, losses, config (reusable as config_json "
+                                               "of the Advanced node), samples, skipped images.")]
+
+
+def training_result(model_out, clip_out, losses, report) -> io.NodeOutput:
+    chart = line_chart(losses, title=f"loss: {report['steps']} steps")
+    text = json.dumps(report, indent=1)
+    return io.NodeOutput(model_out, clip_out, pil_to_image_tensor([chart]), text, ui={"text": [text]})
+
+
 class AtelierTrainLoRA(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -205,13 +232,7 @@ class AtelierTrainLoRA(io.ComfyNode):
             description="Trains a LoRA on the loaded MODEL (and optionally CLIP) with each family's own objective; "
                         "saves it to models/loras/atelier in kohya format and returns the model with it applied.",
             inputs=[
-                io.Model.Input("model", tooltip="The model to train on (SD1.x / SD2.x today)."),
-                io.Clip.Input("clip", tooltip="The model's CLIP: encodes captions, and is trained when "
-                                              "train_text_encoder is on."),
-                io.Vae.Input("vae", tooltip="Encodes the prepared images into latents once, before training."),
-                dataset_in("The dataset (Load / Prepare Dataset); image sides must be multiples of 8."),
-                io.String.Input("output_name", default="my_lora",
-                                tooltip="File name in models/loras/atelier (no folders, no '..')."),
+                *common_inputs(),
                 io.Int.Input("rank", default=16, min=1, max=1024, tooltip="LoRA rank (dim): 32 for characters, "
                                                                           "64 for styles in the guides."),
                 io.Float.Input("alpha", default=8.0, min=0.0, max=1024.0, step=0.5,
@@ -229,10 +250,7 @@ class AtelierTrainLoRA(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                              tooltip="Same seed, same data: the same LoRA (deterministic on CPU)."),
             ],
-            outputs=[io.Model.Output("model_out", display_name="model", tooltip="The model with the LoRA applied."),
-                     io.Clip.Output("clip_out", display_name="clip", tooltip="The CLIP with the LoRA applied."),
-                     io.Image.Output("loss_chart", tooltip="Loss per step (raw and smoothed)."),
-                     io.String.Output("report", tooltip="JSON: saved files, steps, losses, skipped images.")],
+            outputs=training_outputs(),
             hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )
@@ -242,12 +260,9 @@ class AtelierTrainLoRA(io.ComfyNode):
                 train_text_encoder, te_lr, seed) -> io.NodeOutput:
         config = TrainConfig(epochs=epochs, max_steps=max_steps, batch_size=batch_size, unet_lr=unet_lr, te_lr=te_lr,
                              train_text_encoder=train_text_encoder, seed=seed, save_every_epochs=0)
-        model_out, clip_out, losses, report = train_lora(model, clip, vae, dataset, output_name, config,
-                                                         NetworkConfig(rank=rank, alpha=alpha),
-                                                         node_id=cls.hidden.unique_id if cls.hidden else None)
-        chart = line_chart(losses, title=f"loss: {report['steps']} steps")
-        text = json.dumps(report, indent=1)
-        return io.NodeOutput(model_out, clip_out, pil_to_image_tensor([chart]), text, ui={"text": [text]})
+        return training_result(*train_lora(model, clip, vae, dataset, output_name, config,
+                                           NetworkConfig(rank=rank, alpha=alpha),
+                                           node_id=cls.hidden.unique_id if cls.hidden else None))
 
 
 CONFIG_TOOLTIPS = {
@@ -335,12 +350,7 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
             description="Every training setting: optimizers, schedules, min-SNR, noise offset, EMA, caption "
                         "augmentation, LoCon, dropout, periodic saves, resume and continue-from.",
             inputs=[
-                io.Model.Input("model", tooltip="The model to train on (SD1.x / SD2.x today)."),
-                io.Clip.Input("clip", tooltip="The model's CLIP (caption encoder; trained when train_text_encoder)."),
-                io.Vae.Input("vae", tooltip="Encodes the prepared images into latents once, before training."),
-                dataset_in("The dataset (Load / Prepare Dataset); image sides must be multiples of 8."),
-                io.String.Input("output_name", default="my_lora",
-                                tooltip="File name in models/loras/atelier (no folders, no '..')."),
+                *common_inputs(),
                 *widgets_for(NetworkConfig, NETWORK_TOOLTIPS),
                 *widgets_for(TrainConfig, CONFIG_TOOLTIPS),
                 io.Boolean.Input("cache_latents", default=True,
@@ -372,11 +382,7 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
                                 tooltip="Optional: a training config as JSON (e.g. the 'config' of an earlier "
                                         "report); when given it replaces the training widgets above."),
             ],
-            outputs=[io.Model.Output("model_out", display_name="model", tooltip="The model with the LoRA applied."),
-                     io.Clip.Output("clip_out", display_name="clip", tooltip="The CLIP with the LoRA applied."),
-                     io.Image.Output("loss_chart", tooltip="Loss per step (raw and smoothed)."),
-                     io.String.Output("report", tooltip="JSON: saved files, steps, losses, config (reusable as "
-                                                        "config_json), skipped images.")],
+            outputs=training_outputs(),
             hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )
@@ -392,13 +398,10 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
                     "negative": sample_negative, "seed": sample_seed, "steps": sample_steps, "cfg": sample_cfg,
                     "sampler": sample_sampler, "scheduler": sample_scheduler, "width": sample_width,
                     "height": sample_height}
-        model_out, clip_out, losses, report = train_lora(
+        return training_result(*train_lora(
             model, clip, vae, dataset, output_name, config, net, node_id=cls.hidden.unique_id if cls.hidden else None,
             resume_state=resume_state, continue_from=continue_from, keep_last=keep_last, sampling=sampling,
-            cache_latents=cache_latents)
-        chart = line_chart(losses, title=f"loss: {report['steps']} steps")
-        text = json.dumps(report, indent=1)
-        return io.NodeOutput(model_out, clip_out, pil_to_image_tensor([chart]), text, ui={"text": [text]})
+            cache_latents=cache_latents))
 
 
 NODES = [AtelierTrainLoRA, AtelierTrainLoRAAdvanced]

@@ -35,22 +35,21 @@ def _unit(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.zeros(shape, dtype=torch.float32), torch.ones(shape, dtype=torch.float32)
 
 
-def denoise_coefficients(ms: ModelSampling, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a, b), each (B, 1, 1, 1), with calculate_denoised(σ, out, x_t) = a·x_t + b·out."""
+def _affine_probe(fn, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For fn(σ, u, v) = c·v + d·u (affine in its two tensor arguments): (c, d), each (B, 1, 1, 1)."""
     zero, one = _unit(sigma)
     with torch.no_grad():
-        a = ms.calculate_denoised(sigma, zero, one)
-        b = ms.calculate_denoised(sigma, one, zero)
-    return a.float(), b.float()
+        return fn(sigma, zero, one).float(), fn(sigma, one, zero).float()
+
+
+def denoise_coefficients(ms: ModelSampling, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, b), each (B, 1, 1, 1), with calculate_denoised(σ, out, x_t) = a·x_t + b·out."""
+    return _affine_probe(ms.calculate_denoised, sigma)
 
 
 def noise_coefficients(ms: ModelSampling, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(α, β), each (B, 1, 1, 1), with noise_scaling(σ, noise, x0) = α·x0 + β·noise."""
-    zero, one = _unit(sigma)
-    with torch.no_grad():
-        alpha = ms.noise_scaling(sigma, zero, one)
-        beta = ms.noise_scaling(sigma, one, zero)
-    return alpha.float(), beta.float()
+    return _affine_probe(ms.noise_scaling, sigma)
 
 
 def prediction_target(ms: ModelSampling, sigma: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
