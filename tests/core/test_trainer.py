@@ -247,3 +247,11 @@ def test_samples_are_drawn_on_schedule_with_dropout_off_and_no_grad():
     assert [(s, e) for s, e, _, _ in seen] == [(2, 1), (3, 1), (4, 2)]  # epoch ends at steps 2 and 4; every 3 steps
     assert all(not training and not grad for _, _, training, grad in seen)
     assert rig.network.training  # back to training mode afterwards
+
+
+def test_bf16_autocast_trains_on_cpu():
+    rig = Rig(conv_rank=4, conv_alpha=4.0)
+    t = rig.trainer(make_samples(), max_steps=20, batch_size=4, precision="bf16")
+    before = eval_loss(t)
+    t.run()
+    assert eval_loss(t) < before

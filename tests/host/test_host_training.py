@@ -119,7 +119,7 @@ def advanced_prompt(output_name, **overrides):
                    caption_dropout=0.0, tag_dropout=0.0, save_every_steps=0, save_every_epochs=0, keep_last=0,
                    sample_every_steps=0, sample_every_epochs=0, sample_prompts="", sample_negative="",
                    sample_seed=0, sample_steps=2, sample_cfg=4.0, sample_sampler="euler", sample_scheduler="normal",
-                   sample_width=64, sample_height=64, cache_latents=True,
+                   sample_width=64, sample_height=64, cache_latents=True, gradient_checkpointing=False,
                    resume_state="(none)", continue_from="(none)", config_json="")
     widgets.update(overrides)
     prompt = train_prompt(output_name)
@@ -200,3 +200,12 @@ def test_samples_during_training_use_comfyui_sampler(comfy, comfy_server, train_
     assert len(report["samples"]) == 4 and Image.open(folder / names[0]).size == (64, 64)
     first, later = (np.asarray(Image.open(folder / n), dtype=np.int16) for n in (names[0], names[2]))
     assert np.abs(first - later).max() > 0  # same seed and prompt: only the weights changed between them
+
+
+def test_gradient_checkpointing_gives_the_same_lora(comfy, comfy_server, train_folder):
+    loras = comfy_server.models / "loras" / "atelier"
+    comfy.run(advanced_prompt("adv_gc_off", max_steps=2), timeout=600)
+    comfy.run(advanced_prompt("adv_gc_on", max_steps=2, gradient_checkpointing=True), timeout=600)
+    off, on = lora_tensors(loras / "adv_gc_off.safetensors"), lora_tensors(loras / "adv_gc_on.safetensors")
+    assert off.keys() == on.keys()
+    assert all((off[k].float() - on[k].float()).abs().max() < 1e-3 for k in off)  # fp16 files; same maths
