@@ -308,16 +308,24 @@ def center_crop(img: Image.Image, width: int, height: int, filter: str = "lanczo
 
 
 def letterbox(img: Image.Image, width: int, height: int, color=(0, 0, 0), filter: str = "lanczos") -> Image.Image:
-    """`img` scaled to fit inside (width, height), aspect kept, centred on a `color` canvas of exactly that size."""
+    """`img` scaled to fit inside (width, height), aspect kept, centred on a `color` canvas of exactly that size.
+
+    RGB images take an (r, g, b) colour; single-channel masks (mode L) take a 0-255 value (or the colour's first
+    component), so a mask and its image share the same geometry.
+    """
     _check_size("letterbox target", width, height)
     _resample(filter)
-    if img.mode != "RGB":
-        raise ValueError(f"letterbox expects an RGB image, got mode '{img.mode}'; pass it through to_rgb first.")
-    pad = _check_background(color)
+    if img.mode not in ("RGB", "L"):
+        raise ValueError(f"letterbox expects an RGB image (or an L mask), got mode '{img.mode}'; pass it through "
+                         "to_rgb first.")
+    if img.mode == "L":
+        pad = int(color if isinstance(color, (int, float)) else color[0])
+    else:
+        pad = _check_background(color)
     scale = min(width / img.width, height / img.height)
     fit_w = min(width, max(1, round(img.width * scale)))  # at least 1 px: a 20000×1 strip still shows
     fit_h = min(height, max(1, round(img.height * scale)))
-    canvas = Image.new("RGB", (width, height), pad)
+    canvas = Image.new(img.mode, (width, height), pad)
     canvas.paste(resize(img, fit_w, fit_h, filter), ((width - fit_w) // 2, (height - fit_h) // 2))
     return canvas
 

@@ -57,6 +57,26 @@ def prepare_sample(sample: Sample, memory: dict | None = None) -> Image.Image:
     return flip_horizontal(out) if sample.mirrored else out
 
 
+def prepare_sample_and_mask(sample: Sample, memory: dict | None = None
+                            ) -> tuple[Image.Image, Image.Image | None]:
+    """The sample's training pixels and, when the source has transparency, its alpha as an L mask with exactly the
+    same geometry (crop, letterbox bars = 0, bucket, mirroring); None for opaque sources."""
+    prep = sample.preparation
+    rgb, alpha = load_rgb(sample, memory or {})
+    buckets = buckets_for(prep.width, prep.height, prep.bucket_step) if prep.mode == "buckets" else None
+    geometry = dict(buckets=buckets, no_upscale=prep.no_upscale)
+    out = prepare_image(rgb, prep.mode, prep.width, prep.height, pad_color=prep.pad_color, filter=prep.filter,
+                        **geometry)
+    mask = None
+    if alpha is not None:
+        mask = prepare_image(Image.fromarray(alpha, "L"), prep.mode, prep.width, prep.height, pad_color=0,
+                             filter="bilinear", **geometry)
+    if sample.mirrored:
+        out = flip_horizontal(out)
+        mask = flip_horizontal(mask) if mask is not None else None
+    return out, mask
+
+
 def sample_size(sample: Sample) -> tuple[int, int]:
     """The prepared size of a sample, from its header size alone (no decoding)."""
     prep, it = sample.preparation, sample.item

@@ -107,7 +107,8 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         cache = (LatentCache(output_subdir("atelier", "cache", "latents"), encoder_key(vae, mp)) if cache_latents
                  else None)
         samples, skipped = build_samples(dataset, lambda imgs: encode_latents(vae, mp, imgs),
-                                         on_progress=lambda n: prep_bar.update_absolute(n), cache=cache)
+                                         on_progress=lambda n: prep_bar.update_absolute(n), cache=cache,
+                                         masks=config.masked_loss)
         net = NetworkConfig(**{**net_config.__dict__, "include": (UNET_INCLUDE, TE_INCLUDE)})
         network = LoRANetwork(roots, net, seed=config.seed).to(device)
         bar = comfy.utils.ProgressBar(1, node_id=node_id)
@@ -304,6 +305,8 @@ CONFIG_TOOLTIPS = {
     "keep_tokens": "Leading tags (trigger words) that shuffling and tag dropout never touch.",
     "caption_dropout": "Probability of training a step with an empty caption.",
     "tag_dropout": "Probability of dropping each tag (after keep_tokens) at a step.",
+    "masked_loss": "Weight the loss by each image's alpha channel, so a transparent background (3D renders) is not "
+                   "learned; opaque images count everywhere.",
     "save_every_steps": "Also save an intermediate LoRA every N steps; 0 = off.",
     "save_every_epochs": "Save name-00000N.safetensors every N epochs (compare epochs 8-10 on a grid); 0 = off.",
     "sample_every_steps": "Draw the sample prompts every N steps with ComfyUI's sampler; 0 = off.",

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from ..core.captions import split_tags
 from ..core.dataset import Dataset, DatasetError, Skipped
 from ..core.images import flip_horizontal
-from ..core.prepare import prepare_stream
+from ..core.prepare import prepare_sample_and_mask, prepare_stream
 from .loop import TrainSample
 
 
@@ -68,9 +68,19 @@ class LatentCache:
         os.replace(tmp, path)  # atomic: a reader never sees half a file
 
 
+def latent_mask(mask_image, latent_shape) -> torch.Tensor:
+    """An L mask (H, W) averaged down to the latent grid: (1, h, w) floats in 0..1."""
+    import numpy as np
+    from PIL import Image
+
+    h, w = latent_shape[-2:]
+    small = mask_image.resize((w, h), Image.Resampling.BOX)  # area average over each latent cell
+    return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0)[None]
+
+
 def build_samples(dataset: Dataset, encode_images: Callable[[list], list], *, size_multiple: int = 8,
-                  workers: int | None = None, on_progress=None, cache: LatentCache | None = None
-                  ) -> tuple[list[TrainSample], list[Skipped]]:
+                  workers: int | None = None, on_progress=None, cache: LatentCache | None = None,
+                  masks: bool = False) -> tuple[list[TrainSample], list[Skipped]]:
     """Prepared, VAE-encoded samples of every subset (mirrored copies included); undecodable files are skipped.
 
     With a cache, samples already encoded (same bytes, preparation, mirroring and encoder) are neither decoded
@@ -88,24 +98,29 @@ def build_samples(dataset: Dataset, encode_images: Callable[[list], list], *, si
             except OSError:
                 continue  # unreadable now: preparation below reports it
             hit = cache.get(keys[i])
-            if hit is not None:
+            if hit is not None and (not masks or "has_mask" in hit):
                 latents[i] = hit
     todo = [i for i in range(len(wanted)) if i not in latents]
     failed: set[int] = set()
-    for p in prepare_stream([wanted[i] for i in todo], dataset.memory, workers=workers, on_progress=on_progress):
+    for p in prepare_stream([wanted[i] for i in todo], dataset.memory, workers=workers, on_progress=on_progress,
+                            transform=prepare_sample_and_mask):
         index = todo[p.index]
         if p.skipped:
             skipped.append(p.skipped)
             failed.add(index)
             continue
-        w, h = p.image.size
+        image, mask_image = p.image
+        w, h = image.size
         if w % size_multiple or h % size_multiple:
             raise DatasetError(f"Prepared image '{p.sample.item.source}' is {w}×{h}; the VAE needs sides that are "
                                f"multiples of {size_multiple}. Use Prepare Dataset (crop, letterbox or buckets) with "
                                f"a size divisible by {size_multiple}.")
-        images = [p.image, flip_horizontal(p.image)] if p.sample.random_flip else [p.image]
+        images = [image, flip_horizontal(image)] if p.sample.random_flip else [image]
         encoded = encode_images(images)
-        latents[index] = {"latent": encoded[0], **({"flipped": encoded[1]} if len(encoded) > 1 else {})}
+        latents[index] = {"latent": encoded[0], **({"flipped": encoded[1]} if len(encoded) > 1 else {}),
+                          "has_mask": torch.tensor(mask_image is not None)}
+        if mask_image is not None:
+            latents[index]["mask"] = latent_mask(mask_image, encoded[0].shape)
         if cache is not None and index in keys:
             cache.put(keys[index], latents[index])
     samples = []
@@ -115,7 +130,8 @@ def build_samples(dataset: Dataset, encode_images: Callable[[list], list], *, si
         lat = latents[i]
         samples.append(TrainSample(latent=lat["latent"], caption=smp.item.caption, loss_weight=weights[smp.subset],
                                    repeats=smp.item.repeats, random_flip=smp.random_flip,
-                                   flipped_latent=lat.get("flipped"), regularization=smp.role == "regularization"))
+                                   flipped_latent=lat.get("flipped"), regularization=smp.role == "regularization",
+                                   mask=lat.get("mask") if masks else None))
     if not samples:
         raise DatasetError("No image of the dataset could be prepared for training: "
                            + "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5]))

@@ -56,6 +56,7 @@ class TrainConfig:
     keep_tokens: int = 0
     caption_dropout: float = 0.0
     tag_dropout: float = 0.0
+    masked_loss: bool = False  # weight the loss by each image's alpha (transparent background does not count)
     save_every_steps: int = 0
     save_every_epochs: int = 1
     sample_every_steps: int = 0  # draw preview samples every N steps (0 = off)
@@ -108,6 +109,7 @@ class TrainSample:
     random_flip: bool = False
     flipped_latent: torch.Tensor | None = None  # the mirrored image's own latent; else the latent is flipped
     regularization: bool = False  # a class image for prior preservation (balanced against the training images)
+    mask: torch.Tensor | None = None  # (1, H, W) in 0..1 at latent resolution: where the loss counts (alpha)
 
 
 class Denoise(Protocol):
@@ -248,13 +250,16 @@ class Trainer:
     def micro_batch_loss(self, batch: list[tuple[int, int]], epoch: int, divisor: int) -> torch.Tensor:
         """Sum of weighted per-sample losses / `divisor` (the samples in the whole optimizer step)."""
         cfg = self.cfg
-        x0, noise, captions, weights, gens = [], [], [], [], []
+        x0, noise, captions, weights, gens, masks = [], [], [], [], [], []
         for position, index in batch:
             s = self.samples[index]
             g = torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, position))
             flip = s.random_flip and torch.rand((), generator=g).item() < 0.5
             latent = s.latent if not flip else (s.flipped_latent if s.flipped_latent is not None
                                                 else s.latent.flip(-1))
+            if cfg.masked_loss:
+                mask = s.mask if s.mask is not None else torch.ones((1,) + tuple(s.latent.shape[1:]))
+                masks.append(mask.flip(-1) if flip else mask)
             captions.append(process_caption(s.caption, g, cfg))
             noise.append(ob.offset_noise(tuple(s.latent.shape), g, cfg.noise_offset))
             x0.append(latent.float())
@@ -268,7 +273,13 @@ class Trainer:
         with self._autocast():
             out = self.denoise(x_t, sigma, cond.to(self.device), **{k: v.to(self.device) for k, v in extra.items()})
         target = ob.prediction_target(self.ms, sigma, x_t, x0)
-        per_sample = ob.elementwise_loss(out, target, cfg.loss, cfg.huber_delta).mean(dim=(1, 2, 3))  # (B,)
+        elementwise = ob.elementwise_loss(out, target, cfg.loss, cfg.huber_delta)  # (B, C, H, W)
+        if cfg.masked_loss:
+            mask = torch.stack(masks).to(self.device)  # (B, 1, H, W)
+            # mean over the masked area only: a half-transparent render counts as much as a full frame
+            per_sample = (elementwise * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * out.shape[1]).clamp_min(1e-6)
+        else:
+            per_sample = elementwise.mean(dim=(1, 2, 3))  # (B,)
         w = torch.tensor(weights, dtype=torch.float32, device=self.device)
         if cfg.min_snr_gamma > 0:
             w = w * ob.min_snr_weights(self.ms, sigma, cfg.min_snr_gamma).to(self.device)

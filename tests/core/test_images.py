@@ -585,3 +585,12 @@ def test_alpha_composite_is_exactly_rounded_for_every_value_and_alpha(background
     expected = np.floor((value[..., None] * alpha[..., None] + bg * (255 - alpha[..., None])) / 255 + 0.5)
     assert (np.asarray(got) == expected).all()
     assert (got_alpha == alpha).all()
+
+
+def test_letterbox_of_a_mask_matches_the_image_geometry():
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    mask = Image.new("L", (40, 20), 255)
+    a, m = letterbox(img, 32, 32, (0, 0, 255)), letterbox(mask, 32, 32, 0)
+    painted = np.asarray(a)[:, :, 0] > 128  # red content rows
+    assert m.mode == "L" and m.size == (32, 32)
+    assert ((np.asarray(m) > 128) == painted).all()

@@ -98,3 +98,77 @@ def test_latent_cache_skips_encoding_and_follows_content_and_preparation(tmp_pat
     build_samples(d, counting_vae, cache=LatentCache(tmp_path / "cache", "vae-b"))
     assert sum(calls) == 10  # another encoder: re-encoded
     assert not list((tmp_path / "cache").rglob("*.tmp-*"))
+
+
+def rgba_left_transparent(path, size=(32, 16)):
+    from PIL import Image
+
+    arr = np.zeros((size[1], size[0], 4), np.uint8)
+    arr[..., 0] = 200
+    arr[:, size[0] // 2:, 3] = 255  # right half opaque, left half transparent
+    Image.fromarray(arr, "RGBA").save(path)
+
+
+def test_alpha_mask_follows_crop_letterbox_and_mirroring(tmp_path):
+    from atelier.core.prepare import prepare_sample_and_mask
+
+    rgba_left_transparent(tmp_path / "a.png")
+    base = ds.scan_folder(tmp_path, caption_source="fixed", fixed_caption="x")
+    crop = ds.with_preparation(base, ds.Preparation("crop", 16, 16)).samples()[0]
+    _, m = prepare_sample_and_mask(crop)
+    m = np.asarray(m)
+    assert m[:, :6].max() == 0 and m[:, 10:].min() == 255  # centre crop of 32×16: columns 8..24 of the source
+    box = ds.with_preparation(base, ds.Preparation("letterbox", 32, 32)).samples()[0]
+    _, m = prepare_sample_and_mask(box)
+    m = np.asarray(m)
+    assert m[:7].max() == 0 and m[9:23, 18:].min() == 255 and m[25:].max() == 0  # bars are masked out
+    mirrored = ds.with_flip(ds.with_preparation(base, ds.Preparation("none", 32, 16)), "copies").samples()[1]
+    _, m = prepare_sample_and_mask(mirrored)
+    assert np.asarray(m)[:, :16].min() == 255 and np.asarray(m)[:, 16:].max() == 0
+    opaque = tmp_path / "opaque"
+    opaque.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(opaque / "b.png")
+    assert prepare_sample_and_mask(ds.scan_folder(opaque, on_missing_caption="empty").samples()[0])[1] is None
+
+
+def test_build_samples_attaches_latent_resolution_masks(tmp_path):
+    rgba_left_transparent(tmp_path / "a.png", size=(32, 32))
+    d = ds.with_preparation(ds.scan_folder(tmp_path, caption_source="fixed", fixed_caption="x"),
+                            ds.Preparation("none", 32, 32))
+    (s,), _ = build_samples(d, fake_vae, masks=True)
+    assert s.mask.shape == (1, 4, 4) and torch.equal(s.mask[0, :, :2], torch.zeros(4, 2))
+    assert torch.equal(s.mask[0, :, 2:], torch.ones(4, 2))
+    (plain,), _ = build_samples(d, fake_vae, masks=False)
+    assert plain.mask is None
+
+
+def test_masked_loss_is_the_mean_over_the_mask():
+    from tiny_models import TinyTextEncoder, TinyUNet
+
+    from atelier.trainers import objectives as ob
+    from atelier.trainers.loop import Trainer
+    from atelier.trainers.network import LoRANetwork
+
+    unet, te, ms = TinyUNet(), TinyTextEncoder(), ob.DiscreteEps()
+    seen = {}
+
+    def denoise(x_t, sigma, cond, **extra):
+        out = unet(ms.calculate_input(sigma, x_t), ms.timestep(sigma), cond)
+        seen.update(x_t=x_t, sigma=sigma, out=out.detach())
+        return out
+
+    mask = torch.zeros(1, 8, 8)
+    mask[:, :, 5:] = 1.0
+    latent = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(0))
+    sample = TrainSample(latent=latent, caption="x", mask=mask)
+    t = Trainer(TrainConfig(masked_loss=True, save_every_epochs=0), LoRANetwork({"lora_unet": unet},
+                NetworkConfig(rank=2, alpha=2.0)), denoise, ms, [sample], lambda c: (te(c), {}))
+    loss = t.micro_batch_loss([(0, 0)], 0, 1).item()
+    target = ob.prediction_target(ms, seen["sigma"], seen["x_t"], latent[None])
+    expected = ((seen["out"] - target) ** 2)[..., 5:].mean().item()  # only the unmasked columns
+    assert loss == pytest.approx(expected, rel=1e-5)
+    unmasked = Trainer(TrainConfig(save_every_epochs=0), t.network, denoise, ms, [sample], lambda c: (te(c), {}))
+    assert unmasked.micro_batch_loss([(0, 0)], 0, 1).item() == pytest.approx(
+        ((seen["out"] - target) ** 2).mean().item(), rel=1e-5)

@@ -116,7 +116,7 @@ def advanced_prompt(output_name, **overrides):
                    scheduler="constant", warmup_steps=0, num_cycles=1, power=1.0, loss="l2", huber_delta=0.1,
                    min_snr_gamma=5.0, noise_offset=0.05, min_timestep_percent=0.0, max_timestep_percent=1.0,
                    max_grad_norm=1.0, precision="fp32", seed=3, ema_decay=0.0, caption_shuffle=True, keep_tokens=1,
-                   caption_dropout=0.0, tag_dropout=0.0, save_every_steps=0, save_every_epochs=0, keep_last=0,
+                   caption_dropout=0.0, tag_dropout=0.0, masked_loss=False, save_every_steps=0, save_every_epochs=0, keep_last=0,
                    sample_every_steps=0, sample_every_epochs=0, sample_prompts="", sample_negative="",
                    sample_seed=0, sample_steps=2, sample_cfg=4.0, sample_sampler="euler", sample_scheduler="normal",
                    sample_width=64, sample_height=64, cache_latents=True, gradient_checkpointing=False,
