@@ -72,32 +72,54 @@ def text_encoder_roots(clip) -> dict[str, torch.nn.Module]:
 
 
 class ComfyDenoiser:
-    """denoise(x_t, σ, cond) → the diffusion model's raw output, for any family ComfyUI loads without extra conds."""
+    """denoise(x_t, σ, cond, **extra) → the diffusion model's raw output, for any family ComfyUI loads.
+
+    Models with extra "ADM" conditioning (SDXL: pooled text + original/crop/target sizes) get `y` from the model's
+    own encode_adm, with the batch's pixel size as original and target size and no crop (images are prepared
+    to exactly that size); `extra` must then carry the caption's `pooled_output`.
+    """
 
     def __init__(self, model_patcher):
         base = model_patcher.model
-        if getattr(base, "adm_channels", 0):
-            raise ValueError(f"{type(base).__name__} needs extra conditioning (SDXL-style size/pooled vectors), which "
-                             "this trainer does not build yet; SD1.x / SD2.x models train today.")
+        self.base = base
         self.unet = base.diffusion_model
         self.model_sampling = base.model_sampling
         self.dtype = base.get_dtype()
+        self.needs_pooled = bool(getattr(base, "adm_channels", 0))
 
     def __call__(self, x_t, sigma, cond, **extra):
         ms = self.model_sampling
         xc = ms.calculate_input(sigma, x_t).to(self.dtype)
         t = ms.timestep(sigma).float()
-        return self.unet(xc, t, context=cond.to(self.dtype), **extra).float()
+        kwargs = {}
+        if self.needs_pooled:
+            pooled = extra.pop("pooled_output", None)
+            if pooled is None:
+                raise ValueError(f"{type(self.base).__name__} needs the text encoder's pooled output; the caption "
+                                 "encoder did not provide it.")
+            h, w = x_t.shape[-2] * 8, x_t.shape[-1] * 8
+            y = self.base.encode_adm(pooled_output=pooled, width=w, height=h, crop_w=0, crop_h=0, target_width=w,
+                                     target_height=h)
+            kwargs["y"] = y.to(xc.device, self.dtype)
+        return self.unet(xc, t, context=cond.to(self.dtype), **kwargs, **extra).float()
 
 
-def make_encoder(clip):
-    """encode(captions) → (cond (B, T, D), {}); conds of different lengths are tiled to a common length (their LCM,
-    as ComfyUI does when it batches prompts of different lengths)."""
+def make_encoder(clip, pooled: bool = False):
+    """encode(captions) → (cond (B, T, D), extra); conds of different lengths are tiled to a common length (their
+    LCM, as ComfyUI does when it batches prompts of different lengths); extra holds `pooled_output` (B, P) when
+    the model needs it (SDXL)."""
     def encode(captions):
-        conds = [clip.encode_from_tokens(clip.tokenize(c)) for c in captions]  # each (1, 77·k, D)
-        lengths = [c.shape[1] for c in conds]
-        target = math.lcm(*lengths)
-        return torch.cat([c.repeat(1, target // c.shape[1], 1) for c in conds]).float(), {}
+        conds, pools = [], []
+        for c in captions:
+            if pooled:
+                cond, pool = clip.encode_from_tokens(clip.tokenize(c), return_pooled=True)
+                pools.append(pool.float())
+            else:
+                cond = clip.encode_from_tokens(clip.tokenize(c))  # (1, 77·k, D)
+            conds.append(cond)
+        target = math.lcm(*[c.shape[1] for c in conds])
+        cond = torch.cat([c.repeat(1, target // c.shape[1], 1) for c in conds]).float()
+        return cond, ({"pooled_output": torch.cat(pools)} if pooled else {})
     return encode
 
 

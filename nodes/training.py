@@ -159,7 +159,8 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
             send_event("atelier.train.sample", {"node": node_id, "step": step, "epoch": epoch, "images": sent})
 
         trainer_state = {"current": None}
-        trainer = Trainer(config, network, denoise, denoise.model_sampling, samples, make_encoder(clip),
+        trainer = Trainer(config, network, denoise, denoise.model_sampling, samples,
+                          make_encoder(clip, pooled=denoise.needs_pooled),
                           Callbacks(on_step=on_step, should_stop=lambda: stop["requested"] or interrupted(),
                                     on_checkpoint=on_checkpoint, on_sample=on_sample), device=device)
         with torch.no_grad():
@@ -209,7 +210,7 @@ class _nothing:
 def common_inputs() -> list:
     """The inputs both training nodes start with."""
     return [
-        io.Model.Input("model", tooltip="The model to train on (SD1.x / SD2.x today)."),
+        io.Model.Input("model", tooltip="The model to train on (SD1.x, SD2.x, SDXL, ...)."),
         io.Clip.Input("clip", tooltip="The model's CLIP: encodes captions, and is trained when train_text_encoder "
                                       "is on."),
         io.Vae.Input("vae", tooltip="Encodes the prepared images into latents once, before training."),
