@@ -25,7 +25,7 @@ from ..trainers.loop import PRECISIONS, Callbacks, Trainer, TrainConfig, TrainSt
 from ..trainers.memory import gradient_checkpointing
 from ..trainers.objectives import LOSSES
 from ..trainers.optim import OPTIMIZERS, SCHEDULERS
-from ..trainers.network import LoRANetwork, NetworkConfig
+from ..trainers.network import LoRANetwork, NetworkConfig, parse_rank_overrides
 from .dataset import dataset_in
 from .host import output_subdir
 from .train_adapter import (TE_INCLUDE, UNET_INCLUDE, ComfyDenoiser, autograd_friendly_clip, draw_samples,
@@ -109,7 +109,8 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         samples, skipped = build_samples(dataset, lambda imgs: encode_latents(vae, mp, imgs),
                                          on_progress=lambda n: prep_bar.update_absolute(n), cache=cache,
                                          masks=config.masked_loss)
-        net = NetworkConfig(**{**net_config.__dict__, "include": (UNET_INCLUDE, TE_INCLUDE)})
+        net = (net_config if net_config.include  # the user's own targets, else kohya's default blocks
+               else NetworkConfig(**{**net_config.__dict__, "include": (UNET_INCLUDE, TE_INCLUDE)}))
         network = LoRANetwork(roots, net, seed=config.seed).to(device)
         bar = comfy.utils.ProgressBar(1, node_id=node_id)
         stop = {"requested": False}
@@ -129,13 +130,14 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
             network.load_kohya_state_dict(load_lora(source)[0])  # another architecture: error listing the keys
         started = time.time()
         saved = []
+        base_hash = weights_fingerprint(mp.model.diffusion_model)
 
         def save_lora_file(target: Path, step: int, epoch: int) -> None:
             meta = kohya_metadata(config=config, network_config=net, dataset=dataset, output_name=path.stem,
-                                  base_model=getattr(model.model, "model_name", type(model.model).__name__),
+                                  base_model=type(model.model).__name__, base_model_hash=base_hash,
                                   steps=step, epoch=epoch, started=started, finished=time.time(),
                                   resolution=resolution)
-            save_lora(target, network.kohya_state_dict(torch.float16), meta)
+            save_lora(target, shipped_weights(trainer, network), meta)
             saved.append(str(target))
 
         def on_checkpoint(step: int, epoch: int, final: bool) -> None:
@@ -176,7 +178,7 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
             state = trainer.run(state)
         train_seconds = time.perf_counter() - train_started
         save_lora_file(path, state.step, state.epoch)
-        lora_sd = network.kohya_state_dict(torch.float16)
+        lora_sd = shipped_weights(trainer, network)
         state_dir = save_state(state_root() / path.stem, trainer, state)
         if state.step < trainer.total_steps:  # interrupted from ComfyUI: everything is saved, then report it
             raise comfy.model_management.InterruptProcessingException(
@@ -190,6 +192,29 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
               "config": config.to_dict(), "network": {k: v for k, v in net.__dict__.items() if k != "include"},
               "skipped": [f"{s.path}: {s.reason}" for s in skipped], "losses": state.losses}
     return model_out, clip_out, state.losses, report
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A stable fingerprint of a model's weights (names, shapes and sampled values), recorded as ss_sd_model_hash so a
+    LoRA can be matched to the base it was trained on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    sd = module.state_dict()
+    names = sorted(sd)
+    for name in names[:: max(1, len(names) // 32)]:
+        t = sd[name]
+        h.update(f"{name}{tuple(t.shape)}".encode())
+        h.update(t.detach().float().flatten()[:512].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def shipped_weights(trainer, network) -> dict:
+    """The LoRA tensors to write: the EMA average when EMA is on (that is its purpose), else the weights as trained."""
+    if trainer.ema is None:
+        return network.kohya_state_dict(torch.float16)
+    with trainer.ema.swapped(trainer.params):
+        return network.kohya_state_dict(torch.float16)
 
 
 def checkpoint_blocks(unet: torch.nn.Module) -> list[torch.nn.Module]:
@@ -367,6 +392,15 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
                 *common_inputs(),
                 *widgets_for(NetworkConfig, NETWORK_TOOLTIPS),
                 *widgets_for(TrainConfig, CONFIG_TOOLTIPS),
+                io.String.Input("target_patterns", default="", multiline=True,
+                                tooltip="Regexes (one per line) on layer names / kohya keys that LoRA may adapt, "
+                                        "e.g. 'output_blocks' or 'attn2'; empty = kohya's default (transformer blocks "
+                                        "of the UNet, attention + MLP of the text encoder)."),
+                io.String.Input("exclude_patterns", default="", multiline=True,
+                                tooltip="Regexes (one per line) of layers never adapted, e.g. 'time_embed'."),
+                io.String.Input("rank_overrides", default="", multiline=True,
+                                tooltip="Per-block ranks, one 'regex = rank' or 'regex = rank/alpha' per line, e.g. "
+                                        "'input_blocks_[12] = 8/4'; rank 0 leaves those layers out."),
                 io.Boolean.Input("gradient_checkpointing", default=False,
                                  tooltip="Recompute block activations during backward: much less memory for ~30% "
                                          "more time; same result."),
@@ -405,12 +439,14 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, dataset, output_name, gradient_checkpointing, cache_latents, keep_last,
-                resume_state, continue_from, config_json,
+    def execute(cls, model, clip, vae, dataset, output_name, target_patterns, exclude_patterns, rank_overrides,
+                gradient_checkpointing, cache_latents, keep_last, resume_state, continue_from, config_json,
                 sample_prompts, sample_negative, sample_seed, sample_steps, sample_cfg, sample_sampler,
                 sample_scheduler, sample_width, sample_height, **widgets) -> io.NodeOutput:
         config = config_from(widgets, config_json)
-        net = NetworkConfig(**{k: widgets[k] for k in NETWORK_TOOLTIPS})
+        lines = lambda text: tuple(line.strip() for line in text.splitlines() if line.strip())
+        net = NetworkConfig(**{k: widgets[k] for k in NETWORK_TOOLTIPS}, include=lines(target_patterns),
+                            exclude=lines(exclude_patterns), rank_overrides=parse_rank_overrides(rank_overrides))
         sampling = {"prompts": [p.strip() for p in sample_prompts.splitlines() if p.strip()],
                     "negative": sample_negative, "seed": sample_seed, "steps": sample_steps, "cfg": sample_cfg,
                     "sampler": sample_sampler, "scheduler": sample_scheduler, "width": sample_width,

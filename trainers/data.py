@@ -167,7 +167,8 @@ def balance_regularization(samples: list[TrainSample]) -> list[TrainSample]:
 
 
 def kohya_metadata(*, config, network_config, dataset: Dataset, output_name: str, base_model: str, steps: int,
-                   epoch: int, started: float, finished: float, resolution: tuple[int, int]) -> dict[str, str]:
+                   epoch: int, started: float, finished: float, resolution: tuple[int, int],
+                   base_model_hash: str = "") -> dict[str, str]:
     """kohya-style `ss_*` training metadata (the safetensors header keys LoRA browsers and A1111 extensions read)."""
     dirs, tags = {}, {}
     for s in dataset.subsets:
@@ -184,9 +185,12 @@ def kohya_metadata(*, config, network_config, dataset: Dataset, output_name: str
         "ss_network_alpha": str(network_config.alpha),
         "ss_network_args": json.dumps({"conv_dim": network_config.conv_rank, "conv_alpha": network_config.conv_alpha,
                                        "dropout": network_config.dropout, "rank_dropout": network_config.rank_dropout,
-                                       "module_dropout": network_config.module_dropout}),
+                                       "module_dropout": network_config.module_dropout,
+                                       "include": list(network_config.include), "exclude": list(network_config.exclude),
+                                       "rank_overrides": [list(o) for o in network_config.rank_overrides]}),
         "ss_output_name": output_name,
         "ss_sd_model_name": base_model,
+        "ss_sd_model_hash": base_model_hash,
         "ss_learning_rate": str(config.unet_lr),
         "ss_unet_lr": str(config.unet_lr),
         "ss_text_encoder_lr": str(config.te_lr if config.train_text_encoder else 0.0),

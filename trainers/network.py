@@ -112,6 +112,26 @@ def lora_delta(down: torch.Tensor, up: torch.Tensor, alpha: float | torch.Tensor
     return delta.reshape(base_shape)
 
 
+def parse_rank_overrides(text: str) -> tuple[tuple[str, int, float], ...]:
+    """'regex = rank' or 'regex = rank/alpha' per line (e.g. 'output_blocks = 64/32'; rank 0 skips the layers)."""
+    out = []
+    for n, line in enumerate((text or "").splitlines(), 1):
+        if not line.strip() or line.strip().startswith("#"):
+            continue
+        pattern, sep, value = line.rpartition("=")
+        try:
+            rank_text, _, alpha_text = value.strip().partition("/")
+            rank = int(rank_text)
+            alpha = float(alpha_text) if alpha_text else float(rank)
+        except ValueError:
+            rank = -1
+        if not sep or not pattern.strip() or rank < 0:
+            raise ValueError(f"Rank override line {n} ('{line.strip()}') should read 'regex = rank' or "
+                             "'regex = rank/alpha', e.g. 'input_blocks_[12] = 8/4'.")
+        out.append((pattern.strip(), rank, alpha))
+    return tuple(out)
+
+
 class LoRAModule(nn.Module):
     """LoRA (Hu et al., 2021) on one Linear, or LoCon on one Conv2d; up is zero-initialised so it starts as a no-op.
 

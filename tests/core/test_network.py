@@ -362,3 +362,13 @@ def test_pointwise_convs_get_the_main_rank_like_kohya_plain_lora():
     assert plain.modules_by_key["lora_unet_proj_in"].rank == 4
     locon = LoRANetwork({"lora_unet": root}, NetworkConfig(rank=4, alpha=2.0, conv_rank=2, conv_alpha=1.0))
     assert locon.modules_by_key["lora_unet_conv"].rank == 2 and locon.modules_by_key["lora_unet_proj_in"].rank == 4
+
+
+def test_parse_rank_overrides():
+    from atelier.trainers.network import parse_rank_overrides
+
+    assert parse_rank_overrides("input_blocks_[12] = 8/4\n# comment\n\nattn2=16\ntime_embed = 0") == (
+        ("input_blocks_[12]", 8, 4.0), ("attn2", 16, 16.0), ("time_embed", 0, 0.0))
+    for bad in ("no equals sign", "= 8", "x = eight", "x = -1"):
+        with pytest.raises(ValueError, match="regex = rank"):
+            parse_rank_overrides(bad)

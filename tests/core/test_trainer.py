@@ -255,3 +255,12 @@ def test_bf16_autocast_trains_on_cpu():
     before = eval_loss(t)
     t.run()
     assert eval_loss(t) < before
+
+
+def test_fp16_with_loss_scaling_trains():
+    rig = Rig(conv_rank=4, conv_alpha=4.0)
+    t = rig.trainer(make_samples(), max_steps=20, batch_size=4, precision="fp16")
+    assert t.scaler is not None
+    before = eval_loss(t)
+    t.run()
+    assert eval_loss(t) < before

@@ -120,6 +120,7 @@ def advanced_prompt(output_name, **overrides):
                    sample_every_steps=0, sample_every_epochs=0, sample_prompts="", sample_negative="",
                    sample_seed=0, sample_steps=2, sample_cfg=4.0, sample_sampler="euler", sample_scheduler="normal",
                    sample_width=64, sample_height=64, cache_latents=True, gradient_checkpointing=False,
+                   target_patterns="", exclude_patterns="", rank_overrides="",
                    resume_state="(none)", continue_from="(none)", config_json="")
     widgets.update(overrides)
     prompt = train_prompt(output_name)
@@ -209,3 +210,25 @@ def test_gradient_checkpointing_gives_the_same_lora(comfy, comfy_server, train_f
     off, on = lora_tensors(loras / "adv_gc_off.safetensors"), lora_tensors(loras / "adv_gc_on.safetensors")
     assert off.keys() == on.keys()
     assert all((off[k].float() - on[k].float()).abs().max() < 1e-3 for k in off)  # fp16 files; same maths
+
+
+def test_targeting_rank_overrides_and_ema_weights_are_what_is_shipped(comfy, comfy_server, train_folder):
+    import json
+
+    out = comfy.run(advanced_prompt("adv_target", max_steps=3, target_patterns="attn2", rank_overrides="to_k = 2/1",
+                                    ema_decay=0.5), timeout=600)
+    tensors = lora_tensors(comfy_server.models / "loras" / "atelier" / "adv_target.safetensors")
+    modules = {k.split(".")[0] for k in tensors}
+    assert modules and all("attn2" in m for m in modules)  # only cross-attention adapted
+    assert tensors[next(k for k in tensors if "to_k" in k and k.endswith("lora_down.weight"))].shape[0] == 2
+    assert tensors[next(k for k in tensors if "to_q" in k and k.endswith("lora_down.weight"))].shape[0] == 4
+    with safe_open(str(comfy_server.models / "loras" / "atelier" / "adv_target.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert len(meta["ss_sd_model_hash"]) == 16 and '"rank_overrides": [["to_k", 2, 1.0]]' in meta["ss_network_args"]
+    state = comfy_server.output_dir / "atelier" / "train_state" / "adv_target"
+    from safetensors.torch import load_file
+
+    raw, ema = load_file(str(state / "lora.safetensors")), load_file(str(state / "ema.safetensors"))
+    key = next(k for k in tensors if k.endswith("lora_up.weight"))
+    assert not torch_equal(raw[key].half(), tensors[key])  # the shipped file holds the EMA average, not the raw weights
+    assert json.loads(out["4"]["text"][0])["steps"] == 3 and ema
