@@ -1,0 +1,509 @@
+"""LoRA arithmetic on kohya-format tensors: split/join, exact merges, exact rank reduction, extraction, baking in.
+
+Nothing here knows ComfyUI. A LoRA is a `dict[str, Tensor]` in kohya format: for each module base name B,
+`B.lora_down.weight` (r, in) or (r, in, kh, kw), `B.lora_up.weight` (out, r) or (out, r, 1, 1) and `B.alpha`
+(a scalar; missing means alpha = r). At strength s a module adds
+
+    ΔW = s · (alpha / r) · up @ down        (conv: down flattened to (r, in·kh·kw), ΔW reshaped to the weight's shape)
+
+to its base weight, which is what ComfyUI's LoraLoader does, so "strength" here is LoraLoader's strength.
+
+What is exact and what is not:
+- merge_concat is exact: stacking the factors of several LoRAs gives a LoRA whose ΔW is the strength-weighted sum.
+- reduce_rank / resize / merge_svd never build ΔW: a QR of each factor and an SVD of the small r×r core give the
+  optimal (Eckart–Young) rank-k approximation of ΔW; keeping every singular value is lossless.
+- merge_average_weights averages the factors, which is only an approximation of averaging ΔW (see its docstring).
+- extract_module approximates a weight difference by a low-rank product (randomized or full SVD).
+All maths runs in float32 (the small cores in float64); inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+DYNAMIC_METHODS = (None, "sv_ratio", "sv_fro", "sv_cumulative")
+EXTRACT_METHODS = ("randomized", "full")
+_LISTED = 8  # how many offending names an error message lists before "and N more"
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    """One kohya LoRA module: ΔW = strength · (alpha / rank) · up @ down."""
+
+    down: Tensor  # (r, in) or conv (r, in, kh, kw)
+    up: Tensor  # (out, r) or conv (out, r, 1, 1)
+    alpha: float
+
+    def __post_init__(self):
+        d, u = self.down, self.up
+        if d.ndim not in (2, 4) or u.ndim != d.ndim or u.shape[1] != d.shape[0] or d.shape[0] == 0 \
+                or (u.ndim == 4 and tuple(u.shape[2:]) != (1, 1)):
+            raise ValueError(f"A LoRA module needs down (r, in) with up (out, r), or conv down (r, in, kh, kw) with "
+                             f"up (out, r, 1, 1), r >= 1; got down {tuple(d.shape)} and up {tuple(u.shape)}.")
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    @property
+    def is_conv(self) -> bool:
+        return self.down.ndim == 4
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of the base weight this module changes: (out, in) or (out, in, kh, kw)."""
+        return (int(self.up.shape[0]),) + tuple(int(n) for n in self.down.shape[1:])
+
+    def delta(self, strength: float = 1.0) -> Tensor:
+        """ΔW = strength · (alpha / r) · up @ down as float32, in the base weight's shape."""
+        r = self.rank
+        up = self.up.reshape(self.up.shape[0], r).to(torch.float32)  # (out, r)
+        down = self.down.reshape(r, -1).to(torch.float32)  # (r, in·kh·kw)
+        return ((strength * self.alpha / r) * (up @ down)).reshape(self.shape)
+
+
+def _listing(items: list[str]) -> str:
+    shown = "; ".join(items[:_LISTED])
+    return shown + (f"; and {len(items) - _LISTED} more" if len(items) > _LISTED else "")
+
+
+def _owner(key: str, bases: set[str]) -> str | None:
+    """The base in `bases` that `key` is a sub-key of ('B.dora_scale' -> 'B'), or None."""
+    for i, ch in enumerate(key):
+        if ch == "." and key[:i] in bases:
+            return key[:i]
+    return None
+
+
+def split_modules(sd: dict[str, Tensor]) -> tuple[dict[str, LoraModule], list[str]]:
+    """Plain kohya LoRA modules by base name, and the keys that are not plain LoRA (LyCORIS, DoRA, .diff ...).
+
+    A base counts as plain LoRA when its keys are exactly lora_down, lora_up and optionally alpha (missing alpha
+    means alpha = rank, kohya's default). A base that also holds other keys (e.g. `dora_scale`, `lora_mid.weight`)
+    is not applied as plain LoRA by loaders, so all of its keys go to the second list, as do alphas of LyCORIS
+    modules. The input is not modified; the modules hold the input's tensors.
+    """
+    downs = {k[: -len(DOWN)] for k in sd if k.endswith(DOWN)}
+    ups = {k[: -len(UP)] for k in sd if k.endswith(UP)}
+    bases = downs | ups
+    tainted = set()
+    for key in sd:
+        if not key.endswith((DOWN, UP, ALPHA)):
+            owner = _owner(key, bases)
+            if owner is not None:
+                tainted.add(owner)  # e.g. a DoRA module: its down/up are not applied as plain LoRA
+    modules: dict[str, LoraModule] = {}
+    others: list[str] = []
+    for key in sd:
+        base = next((key[: -len(s)] for s in (DOWN, UP, ALPHA) if key.endswith(s)), None)
+        if base is None or base not in bases or base in tainted:
+            others.append(key)
+            continue
+        if base in modules:
+            continue
+        if base not in downs or base not in ups:
+            have, missing = (DOWN, UP) if base in downs else (UP, DOWN)
+            raise ValueError(f"LoRA module '{base}' has '{base}{have}' {tuple(sd[base + have].shape)} but no "
+                             f"'{base}{missing}'; the file is incomplete or damaged: re-save or re-download it.")
+        down, up = sd[base + DOWN], sd[base + UP]
+        if down.ndim not in (2, 4) or up.ndim != down.ndim or up.shape[1] != down.shape[0] or down.shape[0] == 0 \
+                or (up.ndim == 4 and tuple(up.shape[2:]) != (1, 1)):
+            raise ValueError(f"LoRA module '{base}': '{base}{DOWN}' is {tuple(down.shape)} and '{base}{UP}' is "
+                             f"{tuple(up.shape)}; expected down (r, in) with up (out, r), or conv down "
+                             "(r, in, kh, kw) with up (out, r, 1, 1), the same rank r in both. The file is not a "
+                             "kohya LoRA or is damaged.")
+        alpha_t = sd.get(base + ALPHA)
+        if alpha_t is None:
+            alpha = float(down.shape[0])  # kohya's default: alpha = rank, scale 1
+        elif alpha_t.numel() != 1:
+            raise ValueError(f"'{base}{ALPHA}' should be a single number; it has shape {tuple(alpha_t.shape)}.")
+        else:
+            alpha = float(alpha_t.reshape(()).item())
+        modules[base] = LoraModule(down=down, up=up, alpha=alpha)
+    return modules, others
+
+
+def join_modules(modules: dict[str, LoraModule], dtype: torch.dtype = torch.float16) -> dict[str, Tensor]:
+    """Back to kohya keys: down/up in `dtype`, alpha as a 0-d float32 tensor (fp16 would round a fractional alpha)."""
+    out = {}
+    for base, m in modules.items():
+        out[base + DOWN] = m.down.detach().to(dtype).contiguous()
+        out[base + UP] = m.up.detach().to(dtype).contiguous()
+        out[base + ALPHA] = torch.tensor(float(m.alpha), dtype=torch.float32)
+    return out
+
+
+def check_finite(sd) -> None:
+    """Raises ValueError naming the first key holding NaN or inf (tensors dict or LoraModule dict)."""
+    for key, value in sd.items():
+        parts = [(key + DOWN, value.down), (key + UP, value.up)] if isinstance(value, LoraModule) else [(key, value)]
+        for name, t in parts:
+            if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise ValueError(f"'{name}' holds {bad} NaN/inf values out of {t.numel()}: the LoRA is broken "
+                                 "(diverged training or a damaged file); use an earlier epoch or re-train.")
+        if isinstance(value, LoraModule) and not math.isfinite(value.alpha):
+            raise ValueError(f"'{key}{ALPHA}' is {value.alpha}: the LoRA is broken; re-save it with a finite alpha.")
+
+
+def _as_conv(m: LoraModule) -> LoraModule:
+    """A linear module as the equivalent 1x1 conv module (same ΔW, 4-D)."""
+    return m if m.is_conv else LoraModule(m.down[:, :, None, None], m.up[:, :, None, None], m.alpha)
+
+
+def _architecture_check(loras: list[tuple[dict[str, LoraModule], float]]) -> None:
+    """ValueError listing bases whose (out, in) or conv kernel differ between the LoRAs."""
+    seen: dict[str, tuple[int, tuple[int, ...]]] = {}
+    wrong, kernels = [], []
+    for i, (mods, _) in enumerate(loras, 1):
+        for base, m in mods.items():
+            if base not in seen:
+                seen[base] = (i, m.shape)
+                continue
+            j, first = seen[base]
+            if first[:2] != m.shape[:2]:
+                wrong.append(f"'{base}' is {first} in LoRA {j} but {m.shape} in LoRA {i}")
+            elif first[2:] != m.shape[2:] and not ({first[2:], m.shape[2:]} <= {(), (1, 1)}):
+                kernels.append(f"'{base}' has kernel {first[2:] or 'linear'} in LoRA {j} but "
+                               f"{m.shape[2:] or 'linear'} in LoRA {i}")
+    if wrong:
+        raise ValueError(f"LoRAs for different architectures: {_listing(wrong)}. Merge only LoRAs trained on the "
+                         "same base model family.")
+    if kernels:
+        raise ValueError(f"Conv modules with different kernel sizes cannot be merged: {_listing(kernels)}. Merge "
+                         "LoRAs made with the same conv settings.")
+
+
+def merge_concat(loras: list[tuple[dict[str, LoraModule], float]]) -> dict[str, LoraModule]:
+    """Exact merge by stacking factors: the result's ΔW at strength 1 is Σ s_i ΔW_i, its rank the sum of ranks.
+
+    For each base, up_cat = [up_i · s_i·alpha_i/r_i ...] (columns) and down_cat = [down_i ...] (rows), alpha = total
+    rank (scale 1), so each strength applies once. A module present in only some LoRAs is kept as is (scaled).
+    LoRAs at strength 0 contribute nothing and are left out rather than adding rank. A linear part and a 1x1 conv
+    part of the same base are merged as 1x1 conv (same ΔW); other kernel mismatches and different (out, in) raise.
+    """
+    if not loras:
+        raise ValueError("merge_concat needs at least one (modules, strength) pair; got none.")
+    _architecture_check(loras)
+    parts: dict[str, list[tuple[LoraModule, float]]] = {}
+    for mods, strength in loras:
+        if float(strength) == 0.0:
+            continue
+        for base, m in mods.items():
+            parts.setdefault(base, []).append((m, float(strength)))
+    merged = {}
+    for base, group in parts.items():
+        if any(m.is_conv for m, _ in group):
+            group = [(_as_conv(m), s) for m, s in group]  # only 1x1 convs can meet linear parts (checked above)
+        up = torch.cat([m.up.to(torch.float32) * (s * m.alpha / m.rank) for m, s in group], dim=1)  # (out, Σr[,1,1])
+        down = torch.cat([m.down.to(torch.float32) for m, _ in group], dim=0)  # (Σr, in[, kh, kw])
+        merged[base] = LoraModule(down=down, up=up, alpha=float(down.shape[0]))
+    return merged
+
+
+def merge_average_weights(loras: list[tuple[dict[str, LoraModule], float]]) -> dict[str, LoraModule]:
+    """Weighted average of the up and down factors of same-shape LoRAs ("epoch soup"); weights are normalised to 1.
+
+    This is not the average of ΔW: Σ w_i up_i · Σ w_j down_j has cross terms up_i down_j, so it equals Σ w_i ΔW_i
+    only when the downs are equal (up to the averaging). People use it on checkpoints of one training run, whose
+    factors stay close and share a basis, to smooth out the noise of individual epochs while keeping the rank.
+    Alpha is the first LoRA's; an up whose alpha differs is rescaled by alpha_i / alpha_1 first, so every part keeps
+    its own scale (with equal alphas, as in epochs of one run, this changes nothing). The key sets and every shape
+    must match.
+    """
+    if not loras:
+        raise ValueError("merge_average_weights needs at least one (modules, weight) pair; got none.")
+    total = sum(float(w) for _, w in loras)
+    if total == 0.0:
+        raise ValueError(f"The averaging weights {[float(w) for _, w in loras]} sum to 0; give weights with a "
+                         "non-zero sum (they are normalised to sum 1).")
+    first = loras[0][0]
+    diffs = []
+    for i, (mods, _) in enumerate(loras[1:], 2):
+        missing, extra = sorted(set(first) - set(mods)), sorted(set(mods) - set(first))
+        diffs += [f"'{b}' only in LoRA 1, not in LoRA {i}" for b in missing]
+        diffs += [f"'{b}' in LoRA {i} but not in LoRA 1" for b in extra]
+        for b in first.keys() & mods.keys():
+            a, m = first[b], mods[b]
+            if a.down.shape != m.down.shape or a.up.shape != m.up.shape:
+                diffs.append(f"'{b}' is down {tuple(a.down.shape)} / up {tuple(a.up.shape)} in LoRA 1 but down "
+                             f"{tuple(m.down.shape)} / up {tuple(m.up.shape)} in LoRA {i}")
+    if diffs:
+        raise ValueError(f"Weight averaging needs LoRAs with identical modules and shapes (epochs of one run): "
+                         f"{_listing(diffs)}. Use the concat or svd merge for different LoRAs.")
+    out = {}
+    for base, a in first.items():
+        up = sum((float(w) / total) * (mods[base].alpha / a.alpha if a.alpha else 1.0) * mods[base].up.to(torch.float32)
+                 for mods, w in loras)
+        down = sum((float(w) / total) * mods[base].down.to(torch.float32) for mods, w in loras)
+        out[base] = LoraModule(down=down, up=up, alpha=a.alpha)
+    return out
+
+
+def _check_rank_args(rank, dynamic, dynamic_param, max_rank) -> None:
+    if dynamic not in DYNAMIC_METHODS:
+        raise ValueError(f"Unknown dynamic method '{dynamic}'; expected one of {DYNAMIC_METHODS}.")
+    if dynamic is None and rank is None:
+        raise ValueError("Give a target rank or a dynamic method (sv_ratio, sv_fro, sv_cumulative); got neither.")
+    for name, value in (("rank", rank), ("max_rank", max_rank)):
+        if value is not None and (int(value) != value or value < 1):
+            raise ValueError(f"{name} must be a whole number >= 1; got {value}.")
+    if dynamic == "sv_ratio" and not dynamic_param >= 1.0:
+        raise ValueError(f"sv_ratio keeps σ >= σ_max / param, so param must be >= 1 (e.g. 20); got {dynamic_param}.")
+    if dynamic in ("sv_fro", "sv_cumulative") and not 0.0 < dynamic_param <= 1.0:
+        raise ValueError(f"{dynamic} keeps a fraction of the spectrum: param must be in (0, 1] (e.g. 0.9); got "
+                         f"{dynamic_param}.")
+
+
+def _choose_rank(s: Tensor, rank, dynamic, param, max_rank, total_sq: float | None = None) -> int:
+    """How many of the descending singular values `s` to keep: fixed `rank`, or the dynamic rule (capped by ranks).
+
+    total_sq: ||M||_F² when `s` holds only the leading singular values (randomized SVD), so sv_fro measures the
+    fraction of the whole matrix; otherwise Σ s².
+    """
+    s = s.to(torch.float64)
+    n = int(s.numel())
+    if dynamic is None:
+        k = int(rank)
+    elif float(s[0]) == 0.0:
+        k = 1
+    elif dynamic == "sv_ratio":
+        k = int((s >= s[0] / param).sum())
+    elif dynamic == "sv_fro":
+        cum = torch.cumsum(s * s, 0)
+        total = float(cum[-1]) if total_sq is None else max(total_sq, float(cum[-1]))
+        k = int((cum < param * param * total).sum()) + 1  # smallest k with sqrt(Σ_{i<k} σ²) >= param·||M||_F
+    else:  # sv_cumulative
+        cum = torch.cumsum(s, 0)
+        k = int((cum < param * cum[-1]).sum()) + 1  # smallest k with Σ_{i<k} σ >= param · Σ σ
+    if dynamic is not None:
+        k = min(k, rank if rank is not None else k, max_rank if max_rank is not None else k)
+    return max(1, min(k, n))
+
+
+def _energy(s: Tensor, k: int, total_sq: float | None = None) -> float:
+    """Σ_{i<k} σ_i² / total (total = Σ σ² unless given); 1.0 for a zero matrix."""
+    sq = s.to(torch.float64) ** 2
+    total = float(sq.sum()) if total_sq is None else total_sq
+    return 1.0 if total == 0.0 else min(1.0, float(sq[:k].sum()) / total)
+
+
+def reduce_rank(module: LoraModule, rank: int | None = None, *, dynamic: str | None = None,
+                dynamic_param: float = 0.0, max_rank: int | None = None) -> tuple[LoraModule, dict]:
+    """Optimal rank-k re-factorisation of a module without building ΔW (QR of both factors, SVD of the r×r core).
+
+    ΔW = c·U·D with U = Q_u R_u and Dᵀ = Q_d R_d gives ΔW = Q_u (c R_u R_dᵀ) Q_dᵀ; the SVD P S Vᵀ of the small core
+    gives ΔW's SVD (Q_u P) S (Q_d V)ᵀ, truncated to k: up' = Q_u P_k √S_k, down' = √S_k V_kᵀ Q_dᵀ, alpha' = k (scale
+    1), so delta(1) keeps the module's effective strength. Cost O((out + in)·r²), memory O((out + in)·r).
+    rank: fixed target (>= the module's rank keeps every singular value: lossless). dynamic: "sv_ratio" keeps
+    σ_i >= σ_max / param; "sv_fro" the smallest k with sqrt(Σ_{i<k} σ_i²) >= param·||ΔW||_F; "sv_cumulative" the
+    smallest k with Σ_{i<k} σ_i >= param·Σ σ_i; with a dynamic method, rank and max_rank are upper limits (as in
+    kohya's resize_lora). At least 1 is kept. Report: {"rank": k, "energy": Σ_kept σ² / Σ σ², "sigma_max"}.
+    """
+    _check_rank_args(rank, dynamic, dynamic_param, max_rank)
+    r = module.rank
+    up = module.up.reshape(module.up.shape[0], r).to(torch.float32)  # (out, r)
+    down = module.down.reshape(r, -1).to(torch.float32)  # (r, n), n = in·kh·kw
+    q_u, r_u = torch.linalg.qr(up)  # (out, p), (p, r), p = min(out, r)
+    q_d, r_d = torch.linalg.qr(down.T)  # (n, q), (q, r), q = min(n, r)
+    core = (r_u.double() @ r_d.double().T) * (module.alpha / r)  # (p, q); float64: it is tiny
+    p_mat, s, vh = torch.linalg.svd(core, full_matrices=False)  # (p, t), (t,), (t, q)
+    k = _choose_rank(s, rank, dynamic, dynamic_param, max_rank)
+    root = s[:k].sqrt()
+    new_up = q_u @ (p_mat[:, :k] * root).to(torch.float32)  # (out, k)
+    new_down = (root[:, None] * vh[:k]).to(torch.float32) @ q_d.T  # (k, n)
+    if module.is_conv:
+        new_up = new_up.reshape(new_up.shape[0], k, 1, 1)
+        new_down = new_down.reshape(k, *module.down.shape[1:])
+    report = {"rank": k, "energy": _energy(s, k), "sigma_max": float(s[0]) if s.numel() else 0.0}
+    return LoraModule(down=new_down, up=new_up, alpha=float(k)), report
+
+
+def resize(modules: dict[str, LoraModule], rank: int | None = None,
+           **dynamic) -> tuple[dict[str, LoraModule], dict[str, dict]]:
+    """reduce_rank on every module: (new modules, per-module report)."""
+    out, report = {}, {}
+    for base, m in modules.items():
+        out[base], report[base] = reduce_rank(m, rank, **dynamic)
+    return out, report
+
+
+def merge_svd(loras: list[tuple[dict[str, LoraModule], float]], rank: int,
+              **dynamic) -> tuple[dict[str, LoraModule], dict[str, dict]]:
+    """Exact concat merge, then each module re-factorised to `rank` (or a dynamic rank) by reduce_rank."""
+    return resize(merge_concat(loras), rank, **dynamic)
+
+
+def randomized_svd(matrix: Tensor, rank: int, *, oversample: int = 10, n_iter: int = 2,
+                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Leading `rank` singular triplets, matrix ≈ U diag(S) Vᵀ, by randomized SVD (Halko, Martinsson & Tropp, 2011).
+
+    A Gaussian test matrix (from `generator`, or a local one seeded 0) sketches the range of the matrix; `n_iter`
+    power iterations, each re-orthonormalised by QR, sharpen it for slowly decaying spectra; the SVD of the small
+    projection Qᵀ·matrix gives the triplets. Returns U (m, k), S (k,), V (n, k), k = min(rank, m, n), float32.
+    """
+    if matrix.ndim != 2:
+        raise ValueError(f"randomized_svd needs a 2-D matrix; got shape {tuple(matrix.shape)}.")
+    if rank < 1:
+        raise ValueError(f"randomized_svd needs rank >= 1; got {rank}.")
+    a = matrix.to(torch.float32)  # (m, n)
+    m, n = a.shape
+    k = min(int(rank), m, n)
+    width = min(k + int(oversample), m, n)
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    omega = torch.randn(n, width, generator=gen, device=gen.device).to(a.device)  # (n, l)
+    q, _ = torch.linalg.qr(a @ omega)  # (m, l): basis of the sketched range
+    for _ in range(int(n_iter)):
+        z, _ = torch.linalg.qr(a.T @ q)  # (n, l); QR each half-step keeps small singular directions from vanishing
+        q, _ = torch.linalg.qr(a @ z)  # (m, l)
+    u_small, s, vh = torch.linalg.svd(q.T @ a, full_matrices=False)  # (l, l), (l,), (l, n)
+    return q @ u_small[:, :k], s[:k], vh[:k].T
+
+
+def _quantile_abs(values: Tensor, q: float) -> float:
+    """The q-quantile of |values| (linear interpolation), without torch.quantile's input-size limit."""
+    v = values.abs().flatten().sort().values
+    pos = q * (v.numel() - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, v.numel() - 1)
+    return float(v[lo] + (pos - lo) * (v[hi] - v[lo]))
+
+
+def extract_module(diff: Tensor, rank: int | None = None, *, dynamic: str | None = None, dynamic_param: float = 0.0,
+                   max_rank: int = 128, method: str = "randomized", clamp_quantile: float | None = None,
+                   generator: torch.Generator | None = None) -> tuple[LoraModule | None, dict]:
+    """A LoRA module approximating a weight difference by truncated SVD (randomized, Halko et al. 2011, or full).
+
+    diff: tuned − base weight, (out, in) or conv (out, in, kh, kw), flattened to (out, in·kh·kw). method "full" is
+    torch.linalg.svd of the whole matrix (the kohya / ComfyUI way, the reference); "randomized" computes only the
+    leading singular values. Fixed `rank`, or a dynamic method as in reduce_rank chosen among the leading max_rank
+    singular values (sv_fro measures against the whole ||diff||_F; sv_cumulative against the values computed, which
+    for "randomized" are the leading max_rank only); max_rank bounds dynamic choices only. The factors share √σ
+    (up = U√S, down = √S Vᵀ), alpha = rank (scale 1).
+    clamp_quantile (off by default): clamps both factors' values to ±(that quantile of their |values|), trimming
+    outliers at the cost of accuracy; ComfyUI's extractor always does this at 0.99 (on U·S and Vᵀ).
+    Report: {"rank", "energy": kept fraction of ||diff||_F², "error": ||diff − ΔW||_F / ||diff||_F}.
+    All-zero diff -> (None, {"rank": 0, "energy": 1.0, "error": 0.0}).
+    """
+    if method not in EXTRACT_METHODS:
+        raise ValueError(f"Unknown extraction method '{method}'; expected one of {EXTRACT_METHODS}.")
+    if diff.ndim not in (2, 4):
+        raise ValueError(f"Extraction needs a 2-D (linear) or 4-D (conv) weight difference; got shape "
+                         f"{tuple(diff.shape)}.")
+    if clamp_quantile is not None and not 0.0 < clamp_quantile <= 1.0:
+        raise ValueError(f"clamp_quantile must be in (0, 1] or None (off); got {clamp_quantile}.")
+    _check_rank_args(rank, dynamic, dynamic_param, max_rank)
+    mat = diff.reshape(diff.shape[0], -1).to(torch.float32)  # (out, n)
+    total_sq = float(torch.linalg.vector_norm(mat, dtype=torch.float64)) ** 2
+    if total_sq == 0.0:
+        return None, {"rank": 0, "energy": 1.0, "error": 0.0}
+    want = int(rank) if dynamic is None else min(int(max_rank), int(rank) if rank is not None else int(max_rank))
+    want = min(want, *mat.shape)
+    if method == "full":
+        u, s, vh = torch.linalg.svd(mat, full_matrices=False)  # (out, t), (t,), (t, n)
+        v = vh.T
+    else:
+        u, s, v = randomized_svd(mat, want, generator=generator)  # (out, w), (w,), (n, w)
+    if dynamic is None:
+        k = min(want, int(s.numel()))
+    else:
+        k = _choose_rank(s, rank, dynamic, dynamic_param, max_rank, total_sq=total_sq)
+    root = s[:k].sqrt()
+    up = u[:, :k] * root  # (out, k)
+    down = (v[:, :k] * root).T  # (k, n)
+    if clamp_quantile is not None:
+        hi = _quantile_abs(torch.cat([up.flatten(), down.flatten()]), clamp_quantile)
+        up, down = up.clamp(-hi, hi), down.clamp(-hi, hi)
+    error = float(torch.linalg.vector_norm(mat - up @ down, dtype=torch.float64)) / math.sqrt(total_sq)
+    report = {"rank": k, "energy": _energy(s, k, total_sq), "error": error}
+    if diff.ndim == 4:
+        up = up.reshape(up.shape[0], k, 1, 1)
+        down = down.reshape(k, *diff.shape[1:])
+    return LoraModule(down=down.contiguous(), up=up.contiguous(), alpha=float(k)), report
+
+
+def extract(tuned: dict[str, Tensor], base: dict[str, Tensor], names: dict[str, str], *, rank: int | None = None,
+            min_diff: float = 0.0, **kw) -> tuple[dict[str, LoraModule], dict[str, dict], list[str]]:
+    """extract_module for every mapped weight (names: weight key -> kohya base): (modules, report, skipped keys).
+
+    A layer whose largest change max|tuned − base| is at most min_diff is skipped (listed), so unchanged layers
+    (diff exactly 0 with the default 0.0) give no module. kw goes to extract_module (dynamic, dynamic_param,
+    max_rank, method, clamp_quantile, generator); without a generator one local generator seeded 0 serves all
+    layers, so a run is reproducible.
+    """
+    kw = dict(kw)
+    if kw.get("generator") is None:
+        kw["generator"] = torch.Generator().manual_seed(0)
+    modules, report, skipped = {}, {}, []
+    for key, lora_name in names.items():
+        missing = [side for side, sd in (("tuned", tuned), ("base", base)) if key not in sd]
+        if missing:
+            raise ValueError(f"Weight '{key}' is not in the {' and '.join(missing)} model; the name map and the "
+                             "models do not match.")
+        t, b = tuned[key], base[key]
+        if t.shape != b.shape:
+            raise ValueError(f"Weight '{key}' is {tuple(t.shape)} in the tuned model but {tuple(b.shape)} in the "
+                             "base model: they are different architectures; extract against the model it was tuned "
+                             "from.")
+        if t.ndim not in (2, 4):
+            raise ValueError(f"Weight '{key}' has shape {tuple(t.shape)}; only 2-D (linear) and 4-D (conv) weights "
+                             "can be extracted as LoRA. Leave it out of the name map.")
+        diff = t.to(torch.float32) - b.to(torch.float32)
+        if float(diff.abs().max()) <= min_diff:
+            skipped.append(key)
+            continue
+        module, rep = extract_module(diff, rank, **kw)
+        if module is None:
+            skipped.append(key)
+            continue
+        modules[lora_name], report[lora_name] = module, rep
+    return modules, report, skipped
+
+
+def apply_to_weights(weights: dict[str, Tensor], modules: dict[str, LoraModule], names: dict[str, str],
+                     strength: float = 1.0) -> dict[str, Tensor]:
+    """A new weights dict with W + strength·ΔW for every mapped key (names: weight key -> kohya base), in W's dtype.
+
+    Weights without a module are passed through (the same tensors, untouched); a module that no weight maps to
+    raises, since it would be silently lost (a LoRA for another model). ΔW is reshaped to W's shape when only the
+    layout differs (linear LoRA on a 1x1 conv), as ComfyUI does.
+    """
+    targeted = {b for k, b in names.items() if k in weights}
+    unmapped = [b for b in modules if b not in targeted]
+    if unmapped:
+        raise ValueError(f"{len(unmapped)} LoRA modules have no weight in this model: {_listing(unmapped)}. The LoRA "
+                         "is for another model (or the name map is incomplete).")
+    out = dict(weights)
+    for key, lora_name in names.items():
+        if lora_name not in modules or key not in weights:
+            continue
+        w, m = weights[key], modules[lora_name]
+        delta = m.delta(strength).to(w.device)
+        if delta.shape != w.shape:
+            if delta.numel() != w.numel() or delta.shape[0] != w.shape[0]:
+                raise ValueError(f"LoRA module '{lora_name}' changes a {tuple(delta.shape)} weight but '{key}' is "
+                                 f"{tuple(w.shape)}; the LoRA is for another model.")
+            delta = delta.reshape(w.shape)
+        out[key] = (w.to(torch.float32) + delta).to(w.dtype)
+    return out
+
+
+def energy_report_text(report: dict[str, dict], top: int = 20) -> str:
+    """A text table (module, rank, kept energy %) of the `top` least-kept modules, then totals over all modules."""
+    if not report:
+        return "no modules"
+    rows = sorted(report.items(), key=lambda kv: kv[1].get("energy", 1.0))
+    width = max(6, *(len(name) for name, _ in rows[:top]))
+    lines = [f"{'module':<{width}}  {'rank':>5}  {'energy %':>8}"]
+    lines += [f"{name:<{width}}  {r.get('rank', 0):>5}  {100.0 * r.get('energy', 1.0):>8.2f}" for name, r in rows[:top]]
+    if len(rows) > top:
+        lines.append(f"... {len(rows) - top} more modules with higher kept energy")
+    energies = [r.get("energy", 1.0) for _, r in rows]
+    lines.append(f"total: {len(rows)} modules, rank sum {sum(int(r.get('rank', 0)) for _, r in rows)}, "
+                 f"kept energy mean {100.0 * sum(energies) / len(energies):.2f}% / min {100.0 * min(energies):.2f}%")
+    return "\n".join(lines)

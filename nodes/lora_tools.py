@@ -1,0 +1,272 @@
+"""LoRA tool nodes: merge LoRAs, resize, extract from a model difference, inspect. The maths is core/lora_math.py."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from comfy_api.latest import io
+
+import comfy.lora
+import folder_paths
+
+from ..core.draw import bar_chart, pil_to_image_tensor
+from ..core.lora_io import load_lora, lora_summary, save_lora
+from ..core.lora_math import (energy_report_text, extract, join_modules, merge_average_weights, merge_concat,
+                              merge_svd, resize, split_modules)
+from .train_adapter import TE_INCLUDE, UNET_INCLUDE
+from .training import lora_output_path
+
+NONE = "(none)"
+DYNAMIC = ("none", "sv_ratio", "sv_fro", "sv_cumulative")
+MERGE_MODES = ("concat", "svd", "average_weights")
+
+
+def lora_choices() -> list[str]:
+    return folder_paths.get_filename_list("loras")
+
+
+def load_modules(name: str):
+    """(modules, metadata) of a LoRA from the loras folders; LyCORIS-only keys are refused with a clear message."""
+    tensors, meta = load_lora(folder_paths.get_full_path_or_raise("loras", name))
+    modules, others = split_modules(tensors)
+    if others:
+        raise ValueError(f"'{name}' holds {len(others)} keys that are not plain LoRA (e.g. {others[0]}; LyCORIS "
+                         "LoHa/LoKr or DoRA). Merging or resizing those is not supported; merge such a file into the "
+                         "model with ComfyUI's LoraLoader instead.")
+    return modules, meta
+
+
+def dynamic_kwargs(method: str, param: float, max_rank: int) -> dict:
+    return {} if method == "none" else {"dynamic": method, "dynamic_param": param, "max_rank": max_rank}
+
+
+def energy_chart(report: dict, title: str):
+    rows = sorted(report.items(), key=lambda kv: kv[1].get("energy", 1.0))[:30]
+    return pil_to_image_tensor([bar_chart([(k.replace("lora_unet_", "").replace("lora_te", "te")[:48],
+                                            100.0 * v.get("energy", 1.0)) for k, v in rows], title=title)])
+
+
+def rank_inputs(default_rank: int):
+    return [
+        io.Int.Input("rank", default=default_rank, min=1, max=4096,
+                     tooltip="Target rank (or the upper limit when a dynamic method is chosen)."),
+        io.Combo.Input("dynamic_method", options=list(DYNAMIC), default="none",
+                       tooltip="Choose the rank per layer: sv_ratio keeps σ ≥ σmax/param; sv_fro keeps param of the "
+                               "Frobenius norm; sv_cumulative keeps param of the sum of σ; none = fixed rank."),
+        io.Float.Input("dynamic_param", default=0.9, min=0.0, max=1000.0, step=0.01,
+                       tooltip="Parameter of the dynamic method: sv_fro and sv_cumulative take 0–1 (e.g. 0.9); "
+                               "sv_ratio takes ≥ 1 (e.g. 20). Ignored when dynamic_method is none."),
+    ]
+
+
+def tool_outputs():
+    return [io.String.Output("report", tooltip="What was written and the per-layer retained energy."),
+            io.Image.Output("chart", tooltip="Retained energy of the least-kept layers (percent).")]
+
+
+def write(output_name: str, modules: dict, meta: dict) -> Path:
+    path = lora_output_path(output_name)
+    save_lora(path, join_modules(modules), {k: str(v) for k, v in meta.items()})
+    return path
+
+
+class AtelierMergeLoRAs(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        slots = []
+        for i in range(1, 5):
+            slots += [io.Combo.Input(f"lora_{i}", options=[NONE] + lora_choices(), default=NONE,
+                                     tooltip=f"LoRA {i} to merge ((none) = unused)."),
+                      io.Float.Input(f"strength_{i}", default=1.0, min=-10.0, max=10.0, step=0.01,
+                                     tooltip=f"Strength of LoRA {i}, as in LoraLoader (applied once, not squared).")]
+        return io.Schema(
+            node_id="AtelierMergeLoRAs", display_name="Merge LoRAs (Atelier)", category="atelier/lora",
+            description="Merges LoRAs into one: exact concatenation (rank = sum), SVD re-rank to a target rank, or "
+                        "weight averaging of same-shape epochs.",
+            inputs=[*slots,
+                    io.Combo.Input("mode", options=list(MERGE_MODES), default="concat",
+                                   tooltip="concat: exact (rank adds up); svd: exact sum re-factorised to `rank`; "
+                                           "average_weights: average up/down of same-shape LoRAs (epoch soup, "
+                                           "approximate)."),
+                    *rank_inputs(64),
+                    io.String.Input("output_name", default="merged", tooltip="File name in models/loras/atelier.")],
+            outputs=tool_outputs(),
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, mode, rank, dynamic_method, dynamic_param, output_name, **slots) -> io.NodeOutput:
+        chosen = [(slots[f"lora_{i}"], slots[f"strength_{i}"]) for i in range(1, 5) if slots[f"lora_{i}"] != NONE]
+        if not chosen:
+            raise ValueError("Choose at least one LoRA to merge.")
+        loaded = [(load_modules(name)[0], strength) for name, strength in chosen]
+        report = {}
+        if mode == "concat":
+            modules = merge_concat(loaded)
+        elif mode == "svd":
+            modules, report = merge_svd(loaded, rank, **dynamic_kwargs(dynamic_method, dynamic_param, rank))
+        else:
+            modules = merge_average_weights(loaded)
+        path = write(output_name, modules, {"ss_output_name": Path(output_name).stem, "ss_training_comment":
+                                            f"merged with Atelier ({mode})",
+                                            "atelier_merge_sources": json.dumps(chosen)})
+        text = f"wrote {path} ({len(modules)} modules, mode {mode})\n" + (energy_report_text(report) if report else "")
+        return io.NodeOutput(text, energy_chart(report, "retained energy %"), ui={"text": [text]})
+
+
+class AtelierResizeLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AtelierResizeLoRA", display_name="Resize LoRA (Atelier)", category="atelier/lora",
+            description="Shrinks a LoRA's rank exactly (QR + small SVD per layer, no full-matrix rebuild), keeping "
+                        "its effective strength; reports the retained energy per layer.",
+            inputs=[io.Combo.Input("lora", options=lora_choices(), tooltip="The LoRA to resize."),
+                    *rank_inputs(32),
+                    io.String.Input("output_name", default="resized", tooltip="File name in models/loras/atelier.")],
+            outputs=tool_outputs(),
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, lora, rank, dynamic_method, dynamic_param, output_name) -> io.NodeOutput:
+        modules, meta = load_modules(lora)
+        resized, report = resize(modules, rank, **dynamic_kwargs(dynamic_method, dynamic_param, rank))
+        meta = {**meta, "ss_network_dim": str(rank), "ss_network_alpha": str(rank),
+                "atelier_resized_from": lora, "ss_output_name": Path(output_name).stem}
+        path = write(output_name, resized, meta)
+        text = f"wrote {path}\n" + energy_report_text(report)
+        return io.NodeOutput(text, energy_chart(report, "retained energy %"), ui={"text": [text]})
+
+
+def lora_name_map(key_map: dict, weight_keys: set[str], prefix_re: str) -> dict[str, str]:
+    """weight key → kohya base name, from ComfyUI's own LoRA key map (the names LoraLoader will look for)."""
+    out = {}
+    for lora_key, weight_key in key_map.items():
+        if isinstance(weight_key, str) and weight_key in weight_keys and re.match(prefix_re, lora_key) \
+                and "." not in lora_key and weight_key not in out:
+            out[weight_key] = lora_key
+    return out
+
+
+def effective_weights(patcher, keys) -> dict[str, torch.Tensor]:
+    """The weights a ModelPatcher would run with (its LoRA patches applied), as float32 CPU tensors."""
+    patches = patcher.get_key_patches()
+    out = {}
+    for k in keys:
+        (weight, convert), *rest = patches[k]
+        w = convert(weight.float().clone().cpu(), inplace=False) if rest else weight.float().cpu()
+        out[k] = comfy.lora.calculate_weight(rest, w, k) if rest else w.clone()
+    return out
+
+
+def target_keys(sd: dict, names: dict, include: str, convs: bool) -> list[str]:
+    """Weight keys to extract: the layers kohya's LoRA targets (by their dotted path), plus k×k convs if asked."""
+    keep = []
+    for k in names:
+        t = sd[k]
+        pointwise = t.ndim == 2 or (t.ndim == 4 and tuple(t.shape[2:]) == (1, 1))
+        if (pointwise and re.search(include, k)) or (convs and t.ndim == 4):
+            keep.append(k)
+    return keep
+
+
+class AtelierExtractLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AtelierExtractLoRA", display_name="Extract LoRA (Atelier)", category="atelier/lora",
+            description="A LoRA from the difference between a tuned and a base model (randomized SVD per layer).",
+            inputs=[io.Model.Input("tuned_model", tooltip="The fine-tuned model (or base + LoRAs)."),
+                    io.Model.Input("base_model", tooltip="The model it was tuned from."),
+                    io.Clip.Input("tuned_clip", optional=True, tooltip="Tuned CLIP, to extract text-encoder layers."),
+                    io.Clip.Input("base_clip", optional=True, tooltip="Base CLIP (needed with tuned_clip)."),
+                    *rank_inputs(64),
+                    io.Boolean.Input("include_convs", default=False,
+                                     tooltip="Also extract 3×3 convolutions (LoCon); off = kohya's linear layers."),
+                    io.Float.Input("min_diff", default=0.0, min=0.0, max=1.0, step=1e-6,
+                                   tooltip="Skip layers whose largest change is at most this."),
+                    io.Float.Input("clamp_quantile", default=1.0, min=0.5, max=1.0, step=0.001,
+                                   tooltip="Clamp outlier factor values at this quantile; 1.0 = off (ComfyUI's "
+                                           "extractor always uses 0.99)."),
+                    io.Combo.Input("method", options=["randomized", "full"], default="randomized",
+                                   tooltip="randomized: fast low-rank SVD; full: exact SVD of each whole matrix "
+                                           "(slow, the reference)."),
+                    io.String.Input("output_name", default="extracted", tooltip="File name in models/loras/atelier.")],
+            outputs=tool_outputs(),
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, tuned_model, base_model, rank, dynamic_method, dynamic_param, include_convs, min_diff,
+                clamp_quantile, method, output_name, tuned_clip=None, base_clip=None) -> io.NodeOutput:
+        pairs = [(tuned_model, base_model, comfy.lora.model_lora_keys_unet(base_model.model, {}), "lora_unet_",
+                  UNET_INCLUDE)]
+        if tuned_clip is not None and base_clip is not None:
+            pairs.append((tuned_clip.patcher, base_clip.patcher,
+                          comfy.lora.model_lora_keys_clip(base_clip.cond_stage_model, {}), "lora_te", TE_INCLUDE))
+        modules, report, skipped = {}, {}, []
+        kw = dict(dynamic_kwargs(dynamic_method, dynamic_param, rank), method=method, min_diff=min_diff,
+                  clamp_quantile=None if clamp_quantile >= 1.0 else clamp_quantile)
+        for tuned, base, key_map, prefix, include in pairs:
+            sd = base.model_state_dict()
+            names = lora_name_map(key_map, set(sd), prefix)
+            keys = target_keys(sd, names, include, include_convs)
+            tuned_w, base_w = effective_weights(tuned, keys), effective_weights(base, keys)
+            m, r, s = extract(tuned_w, base_w, {k: names[k] for k in keys}, rank=None if kw.get("dynamic") else rank,
+                              **kw)
+            modules.update(m)
+            report.update(r)
+            skipped += s
+        if not modules:
+            raise ValueError("The tuned and base models do not differ in any targeted layer (nothing to extract).")
+        path = write(output_name, modules, {"ss_network_dim": str(rank), "ss_network_alpha": str(rank),
+                                            "ss_output_name": Path(output_name).stem,
+                                            "ss_training_comment": f"extracted with Atelier ({method} SVD)"})
+        text = f"wrote {path}: {len(modules)} modules, {len(skipped)} unchanged layers skipped\n" + \
+            energy_report_text(report)
+        return io.NodeOutput(text, energy_chart(report, "kept energy %"), ui={"text": [text]})
+
+
+class AtelierInspectLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AtelierInspectLoRA", display_name="Inspect LoRA (Atelier)", category="atelier/lora",
+            description="Keys, ranks, alphas, metadata, target family, and whether it loads on a given MODEL/CLIP.",
+            inputs=[io.Combo.Input("lora", options=lora_choices(), tooltip="The LoRA file to inspect."),
+                    io.Model.Input("model", optional=True, tooltip="Check that every UNet key would load on this."),
+                    io.Clip.Input("clip", optional=True, tooltip="Check that every text-encoder key would load.")],
+            outputs=[io.String.Output("report", tooltip="JSON report.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, lora, model=None, clip=None) -> io.NodeOutput:
+        tensors, meta = load_lora(folder_paths.get_full_path_or_raise("loras", lora))
+        summary = lora_summary(tensors, meta)
+        bases = sorted({k.split(".")[0] for k in tensors})
+        families = [f for f, pattern in (("SDXL (two text encoders)", r"^lora_te[12]_"),
+                                         ("Flux / DiT", r"double_blocks|single_blocks"),
+                                         ("SD-style UNet", r"^lora_unet_(input|middle|output|down|mid|up)_"))
+                    if any(re.search(pattern, b) for b in bases)]
+        report = {"file": lora, **summary, "families": families,
+                  "metadata": {k: v for k, v in meta.items() if k not in ("ss_tag_frequency", "ss_dataset_dirs")}}
+        if model is not None or clip is not None:
+            key_map = {}
+            if model is not None:
+                key_map = comfy.lora.model_lora_keys_unet(model.model, key_map)
+            if clip is not None:
+                key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
+            checked = [b for b in bases if (b.startswith("lora_unet") and model is not None)
+                       or (b.startswith("lora_te") and clip is not None)]
+            missing = [b for b in checked if b not in key_map]
+            report["would_load"] = {"checked": len(checked), "not_loaded": len(missing), "examples": missing[:10]}
+        text = json.dumps(report, indent=1, default=str)
+        return io.NodeOutput(text, ui={"text": [text]})
+
+
+NODES = [AtelierMergeLoRAs, AtelierResizeLoRA, AtelierExtractLoRA, AtelierInspectLoRA]
