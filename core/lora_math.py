@@ -20,6 +20,7 @@ All maths runs in float32 (the small cores in float64); inputs are never modifie
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -534,3 +535,49 @@ def energy_report_text(report: dict[str, dict], top: int = 20) -> str:
     lines.append(f"total: {len(rows)} modules, rank sum {sum(int(r.get('rank', 0)) for _, r in rows)}, "
                  f"kept energy mean {100.0 * sum(energies) / len(energies):.2f}% / min {100.0 * min(energies):.2f}%")
     return "\n".join(lines)
+
+
+# A1111 "LoRA Block Weight" layouts: one weight per block, BASE (text encoder) first.
+BLOCK_LAYOUTS = {
+    17: ["BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "MID",
+         "OUT03", "OUT04", "OUT05", "OUT06", "OUT07", "OUT08", "OUT09", "OUT10", "OUT11"],  # SD1.x / SD2.x
+    12: ["BASE", "IN04", "IN05", "IN07", "IN08", "MID", "OUT00", "OUT01", "OUT02", "OUT03", "OUT04", "OUT05"],  # SDXL
+    26: ["BASE"] + [f"IN{i:02d}" for i in range(12)] + ["MID"] + [f"OUT{i:02d}" for i in range(12)],  # every block
+}
+
+
+def parse_block_weights(text: str) -> list[float] | None:
+    """'1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1' → 17 floats (SD1) or 12 (SDXL); empty text → None (no block weights)."""
+    if not (text or "").strip():
+        return None
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise ValueError(f"Block weights '{text}' are not comma-separated numbers.") from None
+    if len(values) not in BLOCK_LAYOUTS:
+        raise ValueError(f"Got {len(values)} block weights; A1111's LoRA Block Weight uses 17 for SD1.x/SD2.x "
+                         f"({','.join(BLOCK_LAYOUTS[17])}), 12 for SDXL ({','.join(BLOCK_LAYOUTS[12])}) or 26 for "
+                         "every block (BASE, IN00-IN11, MID, OUT00-OUT11; LoCon).")
+    return values
+
+
+def block_of(base_name: str) -> str | None:
+    """The A1111 block a kohya module belongs to: BASE for text encoders, IN/MID/OUT by LDM index, else None."""
+    if base_name.startswith("lora_te"):
+        return "BASE"
+    m = re.match(r"lora_unet_(input|output)_blocks_(\d+)_", base_name)
+    if m:
+        return f"{'IN' if m.group(1) == 'input' else 'OUT'}{int(m.group(2)):02d}"
+    return "MID" if base_name.startswith("lora_unet_middle_block_") else None
+
+
+def apply_block_weights(modules: dict[str, LoraModule], weights: list[float]) -> dict[str, LoraModule]:
+    """Scales each module by its block's weight (A1111 LoRA Block Weight). Modules in blocks the chosen layout does
+    not list (the 17-value SD1 layout skips blocks without attention, where only LoCon adapts) keep weight 1; use the
+    26-value layout to weight every block."""
+    layout = dict(zip(BLOCK_LAYOUTS[len(weights)], weights))
+    out = {}
+    for name, mod in modules.items():
+        w = layout.get(block_of(name), 1.0)
+        out[name] = mod if w == 1.0 else LoraModule(down=mod.down, up=mod.up * w, alpha=mod.alpha)
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -10,12 +11,15 @@ import torch
 from comfy_api.latest import io
 
 import comfy.lora
+import comfy.sd
 import folder_paths
 
 from ..core.draw import bar_chart, pil_to_image_tensor
 from ..core.lora_io import load_lora, lora_summary, save_lora
-from ..core.lora_math import (energy_report_text, extract, join_modules, merge_average_weights, merge_concat,
-                              merge_svd, resize, split_modules)
+from ..core.lora_math import (apply_block_weights, energy_report_text, extract, join_modules,
+                              merge_average_weights, merge_concat, merge_svd, parse_block_weights, resize,
+                              split_modules)
+from ..core.paths import safe_name
 from .train_adapter import TE_INCLUDE, UNET_INCLUDE
 from .training import lora_output_path
 
@@ -68,8 +72,13 @@ def tool_outputs():
 
 
 def write(output_name: str, modules: dict, meta: dict) -> Path:
+    """Saves atomically, then reads the file back and checks every module survived (a loadable file or an error)."""
     path = lora_output_path(output_name)
     save_lora(path, join_modules(modules), {k: str(v) for k, v in meta.items()})
+    again, others = split_modules(load_lora(path)[0])
+    if others or set(again) != set(modules):
+        raise OSError(f"'{path}' did not read back as the LoRA that was written ({len(again)} of {len(modules)} "
+                      "modules); check free disk space and write again.")
     return path
 
 
@@ -269,4 +278,77 @@ class AtelierInspectLoRA(io.ComfyNode):
         return io.NodeOutput(text, ui={"text": [text]})
 
 
-NODES = [AtelierMergeLoRAs, AtelierResizeLoRA, AtelierExtractLoRA, AtelierInspectLoRA]
+def checkpoint_output_path(name: str) -> Path:
+    """models/checkpoints/atelier/<name>.safetensors; a plain file name only."""
+    name = safe_name(name, "checkpoint_name")
+    folder = Path(folder_paths.get_folder_paths("checkpoints")[0]) / "atelier"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / (name if name.endswith(".safetensors") else f"{name}.safetensors")
+
+
+class AtelierMergeLoRAIntoModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        slots = []
+        for i in range(1, 5):
+            slots += [io.Combo.Input(f"lora_{i}", options=[NONE] + lora_choices(), default=NONE,
+                                     tooltip=f"LoRA {i} to merge ((none) = unused)."),
+                      io.Float.Input(f"strength_{i}", default=1.0, min=-10.0, max=10.0, step=0.01,
+                                     tooltip=f"Strength of LoRA {i} on the model and CLIP, as in LoraLoader."),
+                      io.String.Input(f"block_weights_{i}", default="",
+                                      tooltip="Optional A1111 LoRA Block Weight vector: 17 values for SD1.x/SD2.x "
+                                              "(BASE,IN01,IN02,IN04,IN05,IN07,IN08,MID,OUT03..OUT11), 12 for SDXL, "
+                                              "or 26 for every block (LoCon); empty = 1 everywhere.")]
+        return io.Schema(
+            node_id="AtelierMergeLoRAIntoModel", display_name="Merge LoRA into Model (Atelier)",
+            category="atelier/lora",
+            description="Bakes LoRAs into the MODEL and CLIP (e.g. the copy-machine step: merge the style LoRA at "
+                        "1.0), optionally per block, and can save the result as a checkpoint with the merge "
+                        "recorded in its metadata.",
+            inputs=[io.Model.Input("model", tooltip="The model to merge into."),
+                    io.Clip.Input("clip", tooltip="Its CLIP (text-encoder parts of the LoRAs go here)."),
+                    *slots,
+                    io.Vae.Input("vae", optional=True, tooltip="Needed only to save a complete checkpoint."),
+                    io.String.Input("checkpoint_name", default="",
+                                    tooltip="Save models/checkpoints/atelier/<name>.safetensors; empty = don't save.")],
+            outputs=[io.Model.Output("model_out", display_name="model", tooltip="The merged model."),
+                     io.Clip.Output("clip_out", display_name="clip", tooltip="The merged CLIP."),
+                     io.String.Output("report", tooltip="What was merged and where it was saved.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, clip, checkpoint_name, vae=None, **slots) -> io.NodeOutput:
+        merged = []
+        for i in range(1, 5):
+            name = slots[f"lora_{i}"]
+            if name == NONE:
+                continue
+            weights = parse_block_weights(slots[f"block_weights_{i}"])
+            tensors, _ = load_lora(folder_paths.get_full_path_or_raise("loras", name))
+            if weights is not None:  # block weights need plain LoRA modules; other formats go to ComfyUI as they are
+                modules, _ = load_modules(name)
+                tensors = {k: v.float() for k, v in join_modules(apply_block_weights(modules, weights)).items()}
+            strength = slots[f"strength_{i}"]
+            model, clip = comfy.sd.load_lora_for_models(model, clip, tensors, strength, strength)
+            merged.append({"lora": name, "strength": strength, "block_weights": weights})
+        if not merged:
+            raise ValueError("Choose at least one LoRA to merge.")
+        report = {"merged": merged}
+        if checkpoint_name.strip():
+            path = checkpoint_output_path(checkpoint_name)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            try:
+                comfy.sd.save_checkpoint(str(tmp), model, clip, vae,
+                                         metadata={"atelier_merged_loras": json.dumps(merged),
+                                                   "modelspec.title": path.stem})
+                os.replace(tmp, path)  # atomic: the checkpoints list never shows a half-written file
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+            report["checkpoint"] = str(path)
+        text = json.dumps(report, indent=1)
+        return io.NodeOutput(model, clip, text, ui={"text": [text]})
+
+
+NODES = [AtelierMergeLoRAs, AtelierResizeLoRA, AtelierExtractLoRA, AtelierInspectLoRA, AtelierMergeLoRAIntoModel]

@@ -369,3 +369,28 @@ def test_apply_then_unapply_gives_the_weights_back_and_leaves_inputs_untouched()
         apply_to_weights(weights, {**modules, "m9": module(2, 2, 1)}, names)
     with pytest.raises(ValueError, match=r"'m1' changes a \(16, 8\) weight but 'w3' is \(4, 4\)"):
         apply_to_weights(weights, modules, {**names, "w3": "m1"})
+
+
+def test_block_weights_follow_a1111_layouts():
+    from atelier.core.lora_math import apply_block_weights, block_of, parse_block_weights
+
+    assert block_of("lora_te_text_model_encoder_layers_0_mlp_fc1") == "BASE"
+    assert block_of("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q") == "IN04"
+    assert block_of("lora_unet_middle_block_1_proj_in") == "MID"
+    assert block_of("lora_unet_output_blocks_11_1_proj_out") == "OUT11"
+    weights = parse_block_weights("0, 1,1,1,1,1,1, 0.5, 1,1,1,1,1,1,1,1,1")
+    g = torch.Generator().manual_seed(0)
+    mod = lambda: LoraModule(down=torch.randn(2, 4, generator=g), up=torch.randn(4, 2, generator=g), alpha=2.0)
+    mods = {"lora_te_text_model_encoder_layers_0_mlp_fc1": mod(), "lora_unet_middle_block_1_proj_in": mod(),
+            "lora_unet_input_blocks_1_1_proj_in": mod()}
+    out = apply_block_weights(mods, weights)
+    assert torch.equal(out["lora_te_text_model_encoder_layers_0_mlp_fc1"].delta(), torch.zeros(4, 4))
+    assert torch.allclose(out["lora_unet_middle_block_1_proj_in"].delta(),
+                          0.5 * mods["lora_unet_middle_block_1_proj_in"].delta())
+    assert out["lora_unet_input_blocks_1_1_proj_in"] is mods["lora_unet_input_blocks_1_1_proj_in"]
+    assert parse_block_weights("") is None
+    with pytest.raises(ValueError, match="17 for SD1.x/SD2.x.*12 for SDXL.*26 for every block"):
+        parse_block_weights("1,0,1")
+    every = apply_block_weights({"lora_unet_output_blocks_0_1_proj_in": mods["lora_unet_input_blocks_1_1_proj_in"]},
+                                parse_block_weights(",".join(["1"] * 14 + ["0"] + ["1"] * 11)))  # OUT00 = 0
+    assert torch.equal(every["lora_unet_output_blocks_0_1_proj_in"].delta(), torch.zeros(4, 4))

@@ -114,3 +114,59 @@ def test_lycoris_file_is_refused_in_merges(comfy, comfy_server, source_lora):
         dynamic_param=0.9, output_name="tools_bad")}}))
     err = [m for m in entry["status"]["messages"] if m[0] == "execution_error"][0][1]
     assert "not plain LoRA" in err["exception_message"] and "hada_w1_a" in err["exception_message"]
+
+
+def merge_into_model(comfy, lora, strength=1.0, block_weights="", checkpoint_name=""):
+    return comfy.run({
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FIXTURE_CHECKPOINT_NAME}},
+        "2": {"class_type": "AtelierMergeLoRAIntoModel", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "checkpoint_name": checkpoint_name,
+            "lora_1": lora, "strength_1": strength, "block_weights_1": block_weights,
+            **{f"{k}_{i}": v for i in range(2, 5) for k, v in (("lora", "(none)"), ("strength", 1.0),
+                                                                ("block_weights", ""))}}},
+    }, timeout=600)["2"]["text"][0]
+
+
+def render_checkpoint(comfy, comfy_server, ckpt, prefix):
+    prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+              "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "x style"}},
+              "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+              "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+              "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0],
+                                                         "negative": ["3", 0], "latent_image": ["4", 0], "seed": 3,
+                                                         "steps": 3, "cfg": 4.0, "sampler_name": "euler",
+                                                         "scheduler": "normal", "denoise": 1.0}},
+              "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+              "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}}}
+    info = comfy.run(prompt)["7"]["images"][0]
+    return np.asarray(Image.open(comfy_server.output_dir / info["subfolder"] / info["filename"]), dtype=np.int16)
+
+
+def test_merge_into_model_saves_a_checkpoint_equal_to_the_lora_applied(comfy, comfy_server, source_lora):
+    from safetensors import safe_open
+
+    text = merge_into_model(comfy, source_lora, checkpoint_name="merged_ckpt")
+    path = comfy_server.models / "checkpoints" / "atelier" / "merged_ckpt.safetensors"
+    assert str(path) in text and path.exists()
+    with safe_open(str(path), "pt") as f:
+        assert source_lora in f.metadata()["atelier_merged_loras"]
+    with_lora = render(comfy, comfy_server, source_lora, prefix="lora_applied")
+    merged = render_checkpoint(comfy, comfy_server, "atelier/merged_ckpt.safetensors", "merged_ckpt")
+    assert np.abs(with_lora - merged).max() <= 2
+
+
+def test_block_weights_zero_everywhere_give_the_base_model(comfy, comfy_server, source_lora):
+    # the fixture's one-level UNet has OUT00/OUT01 blocks, which only the 26-value (every block) layout covers
+    merge_into_model(comfy, source_lora, block_weights=",".join(["0"] * 26), checkpoint_name="zero_blocks")
+    base = render(comfy, comfy_server, prefix="base_for_blocks")
+    zero = render_checkpoint(comfy, comfy_server, "atelier/zero_blocks.safetensors", "zero_blocks")
+    assert np.abs(base - zero).max() <= 1
+    entry = comfy.wait(comfy.queue({"1": {"class_type": "CheckpointLoaderSimple",
+                                          "inputs": {"ckpt_name": FIXTURE_CHECKPOINT_NAME}},
+                                    "2": {"class_type": "AtelierMergeLoRAIntoModel", "inputs": {
+                                        "model": ["1", 0], "clip": ["1", 1], "checkpoint_name": "",
+                                        "lora_1": source_lora, "strength_1": 1.0, "block_weights_1": "1,0,1",
+                                        **{f"{k}_{i}": v for i in range(2, 5) for k, v in (
+                                            ("lora", "(none)"), ("strength", 1.0), ("block_weights", ""))}}}}))
+    err = [m for m in entry["status"]["messages"] if m[0] == "execution_error"][0][1]
+    assert "17 for SD1.x/SD2.x" in err["exception_message"]
