@@ -43,6 +43,26 @@ def load_modules(name: str):
     return modules, meta
 
 
+SLOTS = 4
+
+
+def lora_slots(strength_tooltip: str, block_weights: bool = False) -> list:
+    """The LoRA / strength (/ block weights) widgets of the merge nodes: lora_1..lora_4, strength_1..strength_4."""
+    slots = []
+    for i in range(1, SLOTS + 1):
+        slots += [io.Combo.Input(f"lora_{i}", options=[NONE] + lora_choices(), default=NONE,
+                                 tooltip=f"LoRA {i} to merge ((none) = unused)."),
+                  io.Float.Input(f"strength_{i}", default=1.0, min=-10.0, max=10.0, step=0.01,
+                                 tooltip=strength_tooltip.format(i=i))]
+        if block_weights:
+            slots.append(io.String.Input(
+                f"block_weights_{i}", default="",
+                tooltip="Optional A1111 LoRA Block Weight vector: 17 values for SD1.x/SD2.x (BASE,IN01,IN02,IN04,"
+                        "IN05,IN07,IN08,MID,OUT03..OUT11), 12 for SDXL, or 26 for every block (LoCon); empty = 1 "
+                        "everywhere."))
+    return slots
+
+
 def dynamic_kwargs(method: str, param: float, max_rank: int) -> dict:
     return {} if method == "none" else {"dynamic": method, "dynamic_param": param, "max_rank": max_rank}
 
@@ -85,12 +105,7 @@ def write(output_name: str, modules: dict, meta: dict) -> Path:
 class AtelierMergeLoRAs(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        slots = []
-        for i in range(1, 5):
-            slots += [io.Combo.Input(f"lora_{i}", options=[NONE] + lora_choices(), default=NONE,
-                                     tooltip=f"LoRA {i} to merge ((none) = unused)."),
-                      io.Float.Input(f"strength_{i}", default=1.0, min=-10.0, max=10.0, step=0.01,
-                                     tooltip=f"Strength of LoRA {i}, as in LoraLoader (applied once, not squared).")]
+        slots = lora_slots("Strength of LoRA {i}, as in LoraLoader (applied once, not squared).")
         return io.Schema(
             node_id="AtelierMergeLoRAs", display_name="Merge LoRAs (Atelier)", category="atelier/lora",
             description="Merges LoRAs into one: exact concatenation (rank = sum), SVD re-rank to a target rank, or "
@@ -108,7 +123,7 @@ class AtelierMergeLoRAs(io.ComfyNode):
 
     @classmethod
     def execute(cls, mode, rank, dynamic_method, dynamic_param, output_name, **slots) -> io.NodeOutput:
-        chosen = [(slots[f"lora_{i}"], slots[f"strength_{i}"]) for i in range(1, 5) if slots[f"lora_{i}"] != NONE]
+        chosen = [(slots[f"lora_{i}"], slots[f"strength_{i}"]) for i in range(1, SLOTS + 1) if slots[f"lora_{i}"] != NONE]
         if not chosen:
             raise ValueError("Choose at least one LoRA to merge.")
         loaded = [(load_modules(name)[0], strength) for name, strength in chosen]
@@ -289,16 +304,7 @@ def checkpoint_output_path(name: str) -> Path:
 class AtelierMergeLoRAIntoModel(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        slots = []
-        for i in range(1, 5):
-            slots += [io.Combo.Input(f"lora_{i}", options=[NONE] + lora_choices(), default=NONE,
-                                     tooltip=f"LoRA {i} to merge ((none) = unused)."),
-                      io.Float.Input(f"strength_{i}", default=1.0, min=-10.0, max=10.0, step=0.01,
-                                     tooltip=f"Strength of LoRA {i} on the model and CLIP, as in LoraLoader."),
-                      io.String.Input(f"block_weights_{i}", default="",
-                                      tooltip="Optional A1111 LoRA Block Weight vector: 17 values for SD1.x/SD2.x "
-                                              "(BASE,IN01,IN02,IN04,IN05,IN07,IN08,MID,OUT03..OUT11), 12 for SDXL, "
-                                              "or 26 for every block (LoCon); empty = 1 everywhere.")]
+        slots = lora_slots("Strength of LoRA {i} on the model and CLIP, as in LoraLoader.", block_weights=True)
         return io.Schema(
             node_id="AtelierMergeLoRAIntoModel", display_name="Merge LoRA into Model (Atelier)",
             category="atelier/lora",
@@ -320,7 +326,7 @@ class AtelierMergeLoRAIntoModel(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, checkpoint_name, vae=None, **slots) -> io.NodeOutput:
         merged = []
-        for i in range(1, 5):
+        for i in range(1, SLOTS + 1):
             name = slots[f"lora_{i}"]
             if name == NONE:
                 continue
