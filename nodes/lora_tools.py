@@ -123,7 +123,8 @@ class AtelierMergeLoRAs(io.ComfyNode):
 
     @classmethod
     def execute(cls, mode, rank, dynamic_method, dynamic_param, output_name, **slots) -> io.NodeOutput:
-        chosen = [(slots[f"lora_{i}"], slots[f"strength_{i}"]) for i in range(1, SLOTS + 1) if slots[f"lora_{i}"] != NONE]
+        chosen = [(slots[f"lora_{i}"], slots[f"strength_{i}"]) for i in range(1, SLOTS + 1)
+                  if slots[f"lora_{i}"] != NONE]
         if not chosen:
             raise ValueError("Choose at least one LoRA to merge.")
         loaded = [(load_modules(name)[0], strength) for name, strength in chosen]
