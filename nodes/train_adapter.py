@@ -143,23 +143,12 @@ def interrupted() -> bool:
 def draw_samples(model_patcher, clip, vae, prompts: list[str], negative: str, *, seed: int, steps: int, cfg: float,
                  sampler: str, scheduler: str, width: int, height: int) -> list:
     """Images (PIL) for each prompt with ComfyUI's own sampler on the model being trained (its LoRA is active)."""
-    import numpy as np
-    from PIL import Image
-
-    import comfy.sample
+    from .sampling import render_image
 
     negative_cond = clip.encode_from_tokens_scheduled(clip.tokenize(negative))
-    channels = model_patcher.model.latent_format.latent_channels
-    out = []
-    for prompt in prompts:
-        positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
-        latent = torch.zeros(1, channels, height // 8, width // 8)
-        noise = comfy.sample.prepare_noise(latent, seed)
-        samples = comfy.sample.sample(model_patcher, noise, steps, cfg, sampler, scheduler, positive, negative_cond,
-                                      latent, denoise=1.0, seed=seed, disable_pbar=True)
-        pixels = vae.decode(samples)[0]  # (H, W, 3) in 0..1
-        out.append(Image.fromarray((pixels.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)))
-    return out
+    return [render_image(model_patcher, clip.encode_from_tokens_scheduled(clip.tokenize(p)), negative_cond, vae,
+                         seed=seed, steps=steps, cfg=cfg, sampler=sampler, scheduler=scheduler, width=width,
+                         height=height) for p in prompts]
 
 
 def encoder_key(vae, model_patcher) -> str:

@@ -1,0 +1,21 @@
+"""One image with ComfyUI's own sampler: used by training previews and comparison grids."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+import comfy.sample
+
+
+def render_image(model_patcher, positive, negative, vae, *, seed: int, steps: int, cfg: float, sampler: str,
+                 scheduler: str, width: int, height: int, denoise: float = 1.0) -> Image.Image:
+    """Samples an empty latent of (width, height) with the given conditioning and decodes it to a PIL image."""
+    channels = model_patcher.model.latent_format.latent_channels
+    latent = torch.zeros(1, channels, height // 8, width // 8)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    samples = comfy.sample.sample(model_patcher, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
+                                  denoise=denoise, seed=seed, disable_pbar=True)
+    pixels = vae.decode(samples)[0]  # (H, W, 3) in 0..1
+    return Image.fromarray((pixels.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
