@@ -34,7 +34,8 @@ def build_model(tiny: bool, device):
     import comfy.supported_models
 
     full = dict(model_channels=320, channel_mult=[1, 2, 4, 4], num_res_blocks=[2, 2, 2, 2],
-                transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+                transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+                transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
                 transformer_depth_middle=1, num_heads=8)
     small = dict(model_channels=64, channel_mult=[1], num_res_blocks=[1], transformer_depth=[1],
                  transformer_depth_output=[1, 1], transformer_depth_middle=1, num_heads=2)
@@ -87,7 +88,8 @@ def run_native(patcher, latents, conds, batch, steps, device):
         t = time.perf_counter()
         nt.TrainLoraNode().train(patcher, {"samples": torch.stack(latents)}, positive, batch_size=batch, steps=steps,
                                  grad_accumulation_steps=1, learning_rate=1e-4, rank=32, optimizer="AdamW",
-                                 loss_function="MSE", seed=0, training_dtype="bf16" if device.type == "cuda" else "fp32",
+                                 loss_function="MSE", seed=0,
+                                 training_dtype="bf16" if device.type == "cuda" else "fp32",
                                  lora_dtype="bf16" if device.type == "cuda" else "fp32", algorithm="LoRA",
                                  gradient_checkpointing=False, existing_lora="[None]")
         sync(device)

@@ -36,7 +36,8 @@ class CaptionWrite:
 
 def plan_writes(dataset: Dataset, extension: str = ".txt", out_dir: Path | None = None,
                 encoding: str = "utf-8") -> tuple[list[CaptionWrite], list[str]]:
-    """The sidecar each item's caption goes to (beside its image, or under `out_dir/<subset>/`), with its current text."""
+    """The sidecar each item's caption goes to (beside its image, or under `out_dir/<subset>/`), and its current
+    text."""
     ext = extension if extension.startswith(".") else "." + extension
     writes, notes, seen = [], [], set()
     for subset in dataset.subsets:

@@ -86,7 +86,8 @@ def parse_replace_map(text: str) -> list[tuple[str, str]]:
 
 
 def replace_tags(tags: list[str], mapping: list[tuple[str, str]]) -> list[str]:
-    """Renames tags (case-insensitive whole-tag match); a mapping to '' removes; a new tag may hold several, comma-separated."""
+    """Renames tags (case-insensitive whole-tag match); a mapping to '' removes; a new tag may hold several,
+    comma-separated."""
     lookup = {old.lower(): new for old, new in mapping}
     out = []
     for t in tags:

@@ -357,7 +357,8 @@ def with_preparation(dataset: Dataset, preparation: Preparation, subsets: list[s
     return map_subsets(dataset, subsets, lambda s: replace(s, preparation=preparation))
 
 
-def with_flip(dataset: Dataset, mode: str, subsets: list[str] | None = None, exclude: list[str] | None = None) -> Dataset:
+def with_flip(dataset: Dataset, mode: str, subsets: list[str] | None = None,
+              exclude: list[str] | None = None) -> Dataset:
     """Mirror augmentation for the named subsets (all by default) except `exclude` (text, asymmetric characters)."""
     if mode not in FLIP_MODES:
         raise DatasetError(f"Unknown flip mode '{mode}'; expected one of {', '.join(FLIP_MODES)}.")

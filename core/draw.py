@@ -34,17 +34,19 @@ def _text_width(font, text: str) -> float:
     return font.getlength(text)
 
 
-def _line_height(font) -> int:
+def line_height(font) -> int:
+    """Pixel height of one line of text in `font`."""
     # "Ag" spans ascender to descender, so every line of any text fits this height.
     return font.getbbox("Ag")[3]
 
 
-def _rgb(color) -> tuple[int, int, int]:
+def as_rgb(color) -> tuple[int, int, int]:
     """An (r, g, b) tuple from a tuple or a PIL colour name."""
     if isinstance(color, str):
         return ImageColor.getrgb(color)[:3]
     if len(color) < 3:
-        raise ValueError(f"Expected an (r, g, b) colour; got {color!r}. Pass three 0..255 integers or a name such as 'white'.")
+        raise ValueError(f"Expected an (r, g, b) colour; got {color!r}. Pass three 0..255 integers or a name such "
+                         "as 'white'.")
     return tuple(int(c) for c in color[:3])
 
 
@@ -95,7 +97,8 @@ def _with_ellipsis(line: str, font, max_width: int) -> str:
 
 
 def wrap_text(text: str, font, max_width: int, max_lines: int | None = None) -> list[str]:
-    """Lines of `text` that each measure at most `max_width` pixels, word-wrapped, ending in "…" if cut at `max_lines`."""
+    """Lines of `text` that each measure at most `max_width` pixels, word-wrapped, ending in "…" if cut at
+    `max_lines`."""
     if max_width < 1:
         raise ValueError(f"max_width must be at least 1 pixel; got {max_width}.")
     if max_lines is not None and max_lines < 1:
@@ -117,19 +120,19 @@ def text_block_height(lines, font, line_spacing: int = 4) -> int:
     n = len(lines)
     if n == 0:
         return 0
-    return n * _line_height(font) + (n - 1) * line_spacing
+    return n * line_height(font) + (n - 1) * line_spacing
 
 
-def _draw_lines(draw: ImageDraw.ImageDraw, lines, font, left: int, top: int, width: int, fill,
+def draw_lines(draw: ImageDraw.ImageDraw, lines, font, left: int, top: int, width: int, fill,
                 line_spacing: int = 4, centre: bool = True) -> None:
     """Draws `lines` from `top` down, each centred (or left-aligned) in the span [left, left + width)."""
-    step = _line_height(font) + line_spacing
+    step = line_height(font) + line_spacing
     for i, line in enumerate(lines):
         x = left + (width - _text_width(font, line)) / 2 if centre else left
         draw.text((x, top + i * step), line, font=font, fill=fill)
 
 
-def _flatten(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+def flatten_onto(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     """An RGB copy of `image`; transparent parts show `background` rather than whatever colour they hide."""
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
     if not has_alpha:
@@ -169,7 +172,7 @@ def contact_sheet(images: list[Image.Image], labels: list[str], *, columns: int 
     if columns < 1 or cell < 1 or margin < 0 or max_label_lines < 0:
         raise ValueError(f"contact_sheet needs columns >= 1, cell >= 1, margin >= 0 and max_label_lines >= 0; "
                          f"got columns={columns}, cell={cell}, margin={margin}, max_label_lines={max_label_lines}.")
-    bg, fg = _rgb(background), _rgb(text_color)
+    bg, fg = as_rgb(background), as_rgb(text_color)
     font = load_font(font_size)
     columns = min(columns, len(images))
     rows = math.ceil(len(images) / columns)
@@ -185,16 +188,16 @@ def contact_sheet(images: list[Image.Image], labels: list[str], *, columns: int 
 
     sheet = Image.new("RGB", (width, height), bg)
     draw = ImageDraw.Draw(sheet)
-    _draw_lines(draw, title_lines, title_font, margin, margin, width - 2 * margin, fg)
+    draw_lines(draw, title_lines, title_font, margin, margin, width - 2 * margin, fg)
     for i, (image, label) in enumerate(zip(images, labels)):
         row, col = divmod(i, columns)
         left = margin + col * (cell + margin)
         top = margin + title_band + row * row_height
-        thumb = _fit(_flatten(image, bg), cell)
+        thumb = _fit(flatten_onto(image, bg), cell)
         sheet.paste(thumb, (left + (cell - thumb.width) // 2, top + (cell - thumb.height) // 2))
         if max_label_lines and label:
             lines = wrap_text(str(label), font, cell, max_lines=max_label_lines)
-            _draw_lines(draw, lines, font, left, top + cell + LABEL_GAP, cell, fg)
+            draw_lines(draw, lines, font, left, top + cell + LABEL_GAP, cell, fg)
     return sheet
 
 
@@ -211,8 +214,8 @@ def bar_chart(values: list[tuple[str, float]], *, title: str = "", width: int = 
     margin = 8
     font = load_font(font_size)
     title_font = load_font(font_size + 2)
-    line_h = _line_height(font)
-    bar_color = _rgb(color)
+    line_h = line_height(font)
+    bar_color = as_rgb(color)
     if width < 8 * margin:
         raise ValueError(f"bar_chart needs width >= {8 * margin} pixels; got {width}. Pass a wider width.")
     if bar_height < 1:
@@ -224,7 +227,7 @@ def bar_chart(values: list[tuple[str, float]], *, title: str = "", width: int = 
     if not values:
         image = Image.new("RGB", (width, 2 * margin + title_band + line_h), "white")
         draw = ImageDraw.Draw(image)
-        _draw_lines(draw, title_lines, title_font, margin, margin, width - 2 * margin, (0, 0, 0), centre=False)
+        draw_lines(draw, title_lines, title_font, margin, margin, width - 2 * margin, (0, 0, 0), centre=False)
         draw.text((margin, margin + title_band), "no data", font=font, fill=(0, 0, 0))
         return image
 
@@ -246,13 +249,13 @@ def bar_chart(values: list[tuple[str, float]], *, title: str = "", width: int = 
 
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    _draw_lines(draw, title_lines, title_font, margin, margin, width - 2 * margin, (0, 0, 0), centre=False)
+    draw_lines(draw, title_lines, title_font, margin, margin, width - 2 * margin, (0, 0, 0), centre=False)
     largest = max(v for _, v in values)
     for i, ((label, value), text) in enumerate(zip(values, value_texts)):
         top = margin + title_band + i * (row_h + ROW_GAP)
         lines = wrap_text(str(label), font, label_w, max_lines=label_lines)
         text_top = top + (row_h - text_block_height(lines, font)) // 2
-        _draw_lines(draw, lines, font, margin, text_top, label_w, (0, 0, 0), centre=False)
+        draw_lines(draw, lines, font, margin, text_top, label_w, (0, 0, 0), centre=False)
         length = round(bar_area * value / largest) if largest > 0 else 0
         bar_top = top + (row_h - bar_height) // 2
         if length > 0:
@@ -312,15 +315,16 @@ def line_chart(values: list[float], *, title: str = "", width: int = 640, height
 
     def points(series):
         n = max(len(series) - 1, 1)
-        return [(left + (right - left) * i / n, bottom - (bottom - top) * (v - lo) / span) for i, v in enumerate(series)]
+        return [(left + (right - left) * i / n, bottom - (bottom - top) * (v - lo) / span)
+                for i, v in enumerate(series)]
 
     ema, smoothed = None, []
     for v in finite:
         ema = v if ema is None else smooth * ema + (1 - smooth) * v
         smoothed.append(ema)
-    tint = tuple(int(c + (255 - c) * 0.6) for c in _rgb(color))
+    tint = tuple(int(c + (255 - c) * 0.6) for c in as_rgb(color))
     if len(finite) > 1:
         draw.line(points(finite), fill=tint, width=1)
-        draw.line(points(smoothed), fill=_rgb(color), width=2)
+        draw.line(points(smoothed), fill=as_rgb(color), width=2)
     draw.text((left, bottom + 2), f"{len(finite)} steps", fill=(0, 0, 0), font=font)
     return img

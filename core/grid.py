@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
 from .dataset_io import atomic_write_bytes
-from .draw import _draw_lines, _flatten, _line_height, _rgb, load_font, text_block_height, wrap_text
+from .draw import draw_lines, flatten_onto, line_height, as_rgb, load_font, text_block_height, wrap_text
 from .paths import natural_key
 
 AXIS_KINDS = ("lora", "strength", "cfg", "steps", "sampler", "scheduler", "seed", "prompt_sr", "negative", "denoise",
@@ -350,9 +350,9 @@ def draw_grid(images: list[list[Image.Image | None]], x: Axis, y: Axis | None = 
                          f"max_label_lines={max_label_lines}.")
     col_text = _axis_labels(x_labels, x, cols, "columns", "x_labels")
     row_text = _axis_labels(y_labels, y, rows, "rows", "y_labels")
-    bg = _rgb(background)
+    bg = as_rgb(background)
     font, axis_font, title_font = load_font(font_size), load_font(font_size + 2), load_font(font_size + 6)
-    line_h = _line_height(font)
+    line_h = line_height(font)
 
     present = [im for row in images for im in row if im is not None]
     fallback_w = max((im.width for im in present), default=MISSING_SIDE)
@@ -396,33 +396,33 @@ def draw_grid(images: list[list[Image.Image | None]], x: Axis, y: Axis | None = 
 
     sheet = Image.new("RGB", (width, height), bg)
     draw = ImageDraw.Draw(sheet)
-    _draw_lines(draw, title_lines, title_font, margin, margin, width - 2 * margin, TEXT_COLOR, LINE_SPACING)
-    _draw_lines(draw, x_title, axis_font, grid_left, margin + title_band, grid_span, TEXT_COLOR, LINE_SPACING)
+    draw_lines(draw, title_lines, title_font, margin, margin, width - 2 * margin, TEXT_COLOR, LINE_SPACING)
+    draw_lines(draw, x_title, axis_font, grid_left, margin + title_band, grid_span, TEXT_COLOR, LINE_SPACING)
     band_top = margin + title_band + x_title_band
     for c, lines in enumerate(col_lines):  # bottom-aligned, so each label sits just above its column
         top = band_top + label_content - text_block_height(lines, font, LINE_SPACING)
-        _draw_lines(draw, lines, font, col_left[c], top, col_w[c], TEXT_COLOR, LINE_SPACING)
+        draw_lines(draw, lines, font, col_left[c], top, col_w[c], TEXT_COLOR, LINE_SPACING)
     if y_title:
         top = band_top + label_content - text_block_height(y_title, axis_font, LINE_SPACING)
-        _draw_lines(draw, y_title, axis_font, margin, top, label_w, TEXT_COLOR, LINE_SPACING)
+        draw_lines(draw, y_title, axis_font, margin, top, label_w, TEXT_COLOR, LINE_SPACING)
 
     for r in range(rows):
         if has_rows:
             fit = max(1, (row_h[r] + LINE_SPACING) // (line_h + LINE_SPACING))
             lines = wrap_text(row_text[r], font, label_w - 2 * TEXT_INSET, max_lines=fit)
             top = row_top[r] + (row_h[r] - text_block_height(lines, font, LINE_SPACING)) // 2
-            _draw_lines(draw, lines, font, margin, top, label_w, TEXT_COLOR, LINE_SPACING)
+            draw_lines(draw, lines, font, margin, top, label_w, TEXT_COLOR, LINE_SPACING)
         for c in range(cols):
             left, top, image = col_left[c], row_top[r], images[r][c]
             if image is None:
                 draw.rectangle((left, top, left + col_w[c] - 1, top + row_h[r] - 1), fill=MISSING_FILL)
                 word = wrap_text("missing", font, text_w[c], max_lines=1)
-                _draw_lines(draw, word, font, left, top + (row_h[r] - line_h) // 2, col_w[c], MISSING_TEXT)
+                draw_lines(draw, word, font, left, top + (row_h[r] - line_h) // 2, col_w[c], MISSING_TEXT)
             else:
-                flat = _flatten(image, bg)
+                flat = flatten_onto(image, bg)
                 sheet.paste(flat, (left + (col_w[c] - flat.width) // 2, top + (row_h[r] - flat.height) // 2))
             if caption_lines[r][c]:
-                _draw_lines(draw, caption_lines[r][c], font, left, top + row_h[r] + CAPTION_GAP, col_w[c],
+                draw_lines(draw, caption_lines[r][c], font, left, top + row_h[r] + CAPTION_GAP, col_w[c],
                             TEXT_COLOR, LINE_SPACING)
     return sheet
 

@@ -225,7 +225,8 @@ def to_rgb(img: Image.Image, background=(255, 255, 255)) -> tuple[Image.Image, n
     alpha = rgba.getchannel("A")
     out = Image.new("RGB", rgba.size, bg)
     # Pillow's masked paste is the straight-alpha blend fg*a + bg*(1-a) with exact rounding of the /255, done in C
-    # with the GIL released: the same numbers as round((fg*a + bg*(255-a)) / 255), several times faster, and parallel on a thread pool.
+    # with the GIL released: the same numbers as round((fg*a + bg*(255-a)) / 255), several times faster, and
+    # parallel on a thread pool.
     out.paste(rgba, (0, 0), alpha)
     return out, np.asarray(alpha)  # alpha (H, W) uint8
 

@@ -136,7 +136,8 @@ def prepare_stream(samples: Iterable[Sample], memory: dict | None = None, *, wor
                 on_progress(done)
 
 
-def prepare_all(dataset: Dataset, samples: list[Sample] | None = None, **kwargs) -> tuple[list[Prepared], list[Skipped]]:
+def prepare_all(dataset: Dataset, samples: list[Sample] | None = None,
+                **kwargs) -> tuple[list[Prepared], list[Skipped]]:
     """Prepares (a selection of) a dataset's samples; returns the prepared ones and the skipped ones."""
     chosen = dataset.samples() if samples is None else samples
     ok, skipped = [], []

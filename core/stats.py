@@ -40,7 +40,8 @@ def subset_samples(subset: SubsetCount) -> int:
     return subset.images * subset.repeats * (2 if subset.mirrored_copies else 1)
 
 
-def plan_training(subsets: list[SubsetCount], batch_size: int = 1, epochs: int = 10, grad_accum: int = 1) -> TrainingPlan:
+def plan_training(subsets: list[SubsetCount], batch_size: int = 1, epochs: int = 10,
+                  grad_accum: int = 1) -> TrainingPlan:
     """Samples, steps per epoch and total steps of a kohya-style run over `subsets`.
 
     Rule (kohya sd-scripts): a subset gives images x repeats samples per epoch, x2 with mirrored copies. When any

@@ -99,7 +99,8 @@ def filter_inputs():
     """Which items an edit applies to (all of them when left empty)."""
     return [
         io.String.Input("only_filenames", default="",
-                        tooltip="Apply only to files whose name matches this wildcard, e.g. 'portrait_*'; empty = all."),
+                        tooltip="Apply only to files whose name matches this wildcard, e.g. 'portrait_*'; "
+                                "empty = all."),
         io.String.Input("only_with_tags", default="",
                         tooltip="Apply only to captions that contain all of these tags (comma-separated)."),
         io.String.Input("only_without_tags", default="",

@@ -27,7 +27,8 @@ PACK_NAME = "atelier"
 
 
 def candidate_checkouts() -> list[tuple[str, Path]]:
-    """Where the host tier looks for ComfyUI, in order: $COMFYUI_PATH, the ComfyUI this pack sits in, ~/comfy/ComfyUI."""
+    """Where the host tier looks for ComfyUI, in order: $COMFYUI_PATH, the ComfyUI this pack sits in,
+    ~/comfy/ComfyUI."""
     places = []
     if os.environ.get("COMFYUI_PATH"):
         places.append(("$COMFYUI_PATH", Path(os.environ["COMFYUI_PATH"]).expanduser()))
@@ -79,7 +80,8 @@ def fixture_checkpoint(checkout: Path, python: str, seed: int = 0) -> Path:
     reuse so a truncated or altered cache file is regenerated rather than trusted.
     """
     version_file = checkout / "comfyui_version.py"
-    key_src = FIXTURE_SCRIPT.read_bytes() + str(seed).encode() + (version_file.read_bytes() if version_file.exists() else b"")
+    version = version_file.read_bytes() if version_file.exists() else b""
+    key_src = FIXTURE_SCRIPT.read_bytes() + str(seed).encode() + version
     key = hashlib.sha256(key_src).hexdigest()[:16]
     path = cache_dir() / f"tiny-sd15-{key}.safetensors"
     sidecar = path.with_suffix(".sha256")

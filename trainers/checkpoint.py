@@ -75,7 +75,8 @@ def load_state(folder: str | Path, trainer) -> TrainState:
     except ValueError as e:
         raise ResumeMismatch(f"The resume state in '{folder}' does not fit this network: {e}") from None
     if trainer.ema is not None:
-        trainer.ema.load_state(load_file(str(folder / "ema.safetensors")), json.loads((folder / "ema.json").read_text()))
+        trainer.ema.load_state(load_file(str(folder / "ema.safetensors")),
+                               json.loads((folder / "ema.json").read_text()))
     return TrainState(saved["step"], saved["epoch"], saved["batch_in_epoch"], list(saved.get("losses", [])))
 
 

@@ -74,7 +74,8 @@ class TrainConfig:
                              f"{self.grad_accum}.")
         if self.epochs < 1 and self.max_steps < 1:
             raise ValueError("Set epochs or max_steps to at least 1.")
-        for value, allowed, name in ((self.optimizer, OPTIMIZERS, "optimizer"), (self.scheduler, SCHEDULERS, "scheduler"),
+        for value, allowed, name in ((self.optimizer, OPTIMIZERS, "optimizer"),
+                                     (self.scheduler, SCHEDULERS, "scheduler"),
                                      (self.loss, ob.LOSSES, "loss"), (self.precision, PRECISIONS, "precision")):
             if value not in allowed:
                 raise ValueError(f"Unknown {name} '{value}'; expected one of {', '.join(allowed)}.")
@@ -277,7 +278,8 @@ class Trainer:
         if cfg.masked_loss:
             mask = torch.stack(masks).to(self.device)  # (B, 1, H, W)
             # mean over the masked area only: a half-transparent render counts as much as a full frame
-            per_sample = (elementwise * mask).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) * out.shape[1]).clamp_min(1e-6)
+            area = (mask.sum(dim=(1, 2, 3)) * out.shape[1]).clamp_min(1e-6)  # masked elements per sample
+            per_sample = (elementwise * mask).sum(dim=(1, 2, 3)) / area
         else:
             per_sample = elementwise.mean(dim=(1, 2, 3))  # (B,)
         w = torch.tensor(weights, dtype=torch.float32, device=self.device)

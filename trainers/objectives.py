@@ -88,14 +88,16 @@ def sample_sigmas(ms: ModelSampling, generators: list[torch.Generator], min_perc
 
 
 def offset_noise(shape, generator: torch.Generator, offset: float) -> torch.Tensor:
-    """Gaussian noise plus `offset` × a per-channel constant (noise offset, Guttenberg 2023), for one sample (C, H, W)."""
+    """Gaussian noise plus `offset` × a per-channel constant (noise offset, Guttenberg 2023), for one sample
+    (C, H, W)."""
     noise = torch.randn(shape, generator=generator)
     if offset:
         noise = noise + offset * torch.randn((shape[0], 1, 1), generator=generator)
     return noise
 
 
-def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l2", huber_delta: float = 0.1) -> torch.Tensor:
+def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l2",
+                     huber_delta: float = 0.1) -> torch.Tensor:
     """Per-element loss: L2, L1 or Huber (quadratic within `huber_delta`, linear outside)."""
     if kind == "l2":
         return (pred.float() - target.float()) ** 2

@@ -46,7 +46,8 @@ def test_pure_layers_exist():
 
 
 def test_core_and_trainers_import_no_host_module():
-    offenders = [hit for p in pure_files() for hit in host_imports(p.read_text(encoding="utf-8"), str(p.relative_to(ROOT)))]
+    offenders = [hit for p in pure_files()
+                 for hit in host_imports(p.read_text(encoding="utf-8"), str(p.relative_to(ROOT)))]
     assert offenders == [], "core/ and trainers/ must not import ComfyUI:\n" + "\n".join(offenders)
 
 

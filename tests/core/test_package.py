@@ -21,7 +21,8 @@ def test_design_card_layout():
     for name in ("__init__.py", "nodes", "trainers", "web", "tests", "pyproject.toml", "example_workflows", "core",
                  "README.md", "LICENSE", ".ci/run", "benchmarks/README.md", "requirements.txt"):
         assert (ROOT / name).exists(), name
-    assert "GNU GENERAL PUBLIC LICENSE" in (ROOT / "LICENSE").read_text() and "Version 3" in (ROOT / "LICENSE").read_text()
+    license_text = (ROOT / "LICENSE").read_text()
+    assert "GNU GENERAL PUBLIC LICENSE" in license_text and "Version 3" in license_text
 
 
 def test_root_package_is_cheap_and_registers_v3():

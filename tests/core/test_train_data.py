@@ -24,7 +24,8 @@ def graph_dataset(sizes, role="train", repeats=1, name="s"):
 
 
 def test_sizes_the_vae_cannot_encode_are_a_clear_error():
-    with pytest.raises(ds.DatasetError, match=r"is 60×64; the VAE needs sides that are multiples of 8.*Prepare Dataset"):
+    with pytest.raises(ds.DatasetError,
+                       match=r"is 60×64; the VAE needs sides that are multiples of 8.*Prepare Dataset"):
         build_samples(graph_dataset([(60, 64)]), fake_vae)
 
 

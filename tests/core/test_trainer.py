@@ -206,7 +206,8 @@ def test_every_family_trains(ms):
 
 def test_random_flip_uses_the_cached_mirrored_latent():
     s = make_samples(1)[0]
-    mirrored = TrainSample(latent=s.latent, caption=s.caption, random_flip=True, flipped_latent=torch.zeros_like(s.latent))
+    mirrored = TrainSample(latent=s.latent, caption=s.caption, random_flip=True,
+                           flipped_latent=torch.zeros_like(s.latent))
     rig = Rig()
     t = rig.trainer([mirrored], max_steps=1)
     losses = {round(t.micro_batch_loss([(0, 0)], e, 1).item(), 6) for e in range(12)}

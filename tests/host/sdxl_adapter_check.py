@@ -51,7 +51,8 @@ with torch.no_grad():
     other_size = denoise(torch.nn.functional.pad(x_t, (0, 8)), sigma, cond, pooled_output=pooled)[..., :8]
     other_pooled = denoise(x_t, sigma, cond, pooled_output=pooled * 2)
 result = {"out_shape": list(out.shape), "needs_pooled": denoise.needs_pooled,
-          "pooled_matters": float((out - other_pooled).abs().max()), "size_matters": float((out - other_size).abs().max())}
+          "pooled_matters": float((out - other_pooled).abs().max()),
+          "size_matters": float((out - other_size).abs().max())}
 try:
     denoise(x_t, sigma, cond)
     result["missing_pooled_error"] = ""

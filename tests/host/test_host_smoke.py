@@ -42,7 +42,8 @@ def test_pack_loads_without_import_errors(comfy_server):
     assert "IMPORT FAILED" not in "\n".join(l for l in log.splitlines() if "atelier" in l.lower()), log[-4000:]
     ours = [b for b in traceback_blocks(log) if "custom_nodes/atelier" in b]
     assert ours == [], ours
-    assert re.search(r"seconds: .*custom_nodes/atelier", log), "pack not in ComfyUI's custom-node import list:\n" + log[-3000:]
+    assert re.search(r"seconds: .*custom_nodes/atelier", log), \
+        "pack not in ComfyUI's custom-node import list:\n" + log[-3000:]
 
 
 def test_object_info_lists_every_node_with_tooltips(comfy):
