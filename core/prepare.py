@@ -49,18 +49,17 @@ def load_rgb(sample: Sample, memory: dict) -> tuple[Image.Image, np.ndarray | No
 
 def prepare_sample(sample: Sample, memory: dict | None = None) -> Image.Image:
     """One sample's training pixels, exactly as the trainer and previews see them."""
-    prep = sample.preparation
-    rgb, _alpha = load_rgb(sample, memory or {})
-    buckets = buckets_for(prep.width, prep.height, prep.bucket_step) if prep.mode == "buckets" else None
-    out = prepare_image(rgb, prep.mode, prep.width, prep.height, pad_color=prep.pad_color, filter=prep.filter,
-                        buckets=buckets, no_upscale=prep.no_upscale)
-    return flip_horizontal(out) if sample.mirrored else out
+    return _prepare(sample, memory, with_mask=False)[0]
 
 
 def prepare_sample_and_mask(sample: Sample, memory: dict | None = None
                             ) -> tuple[Image.Image, Image.Image | None]:
     """The sample's training pixels and, when the source has transparency, its alpha as an L mask with exactly the
     same geometry (crop, letterbox bars = 0, bucket, mirroring); None for opaque sources."""
+    return _prepare(sample, memory, with_mask=True)
+
+
+def _prepare(sample: Sample, memory: dict | None, with_mask: bool) -> tuple[Image.Image, Image.Image | None]:
     prep = sample.preparation
     rgb, alpha = load_rgb(sample, memory or {})
     buckets = buckets_for(prep.width, prep.height, prep.bucket_step) if prep.mode == "buckets" else None
@@ -68,7 +67,7 @@ def prepare_sample_and_mask(sample: Sample, memory: dict | None = None
     out = prepare_image(rgb, prep.mode, prep.width, prep.height, pad_color=prep.pad_color, filter=prep.filter,
                         **geometry)
     mask = None
-    if alpha is not None:
+    if with_mask and alpha is not None:
         mask = prepare_image(Image.fromarray(alpha, "L"), prep.mode, prep.width, prep.height, pad_color=0,
                              filter="bilinear", **geometry)
     if sample.mirrored:

@@ -52,6 +52,14 @@ def resolve_dataset_folder(folder: str, sub_path: str) -> tuple[Path, Root]:
     return resolve_folder(f"{folder}/{rel}" if rel else folder, dataset_roots())
 
 
+def model_output_path(folder_type: str, name: str, what: str) -> Path:
+    """models/<folder type>/atelier/<name>.safetensors (the type's first folder); `name` must be a plain file name."""
+    name = safe_name(name, what)
+    folder = Path(folder_paths.get_folder_paths(folder_type)[0]) / "atelier"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / (name if name.endswith(".safetensors") else f"{name}.safetensors")
+
+
 def output_subdir(*parts: str) -> Path:
     """A folder under ComfyUI's output/, each part a plain name (refused otherwise), created if missing."""
     path = output_root().joinpath(*[safe_name(p, "output folder name") for p in parts])
@@ -70,7 +78,8 @@ class Progress:
         self.bar.update_absolute(done)
 
 
-__all__ = ["DATASET", "PathRefused", "Progress", "dataset_folder_options", "dataset_roots", "output_subdir",
+__all__ = ["DATASET", "PathRefused", "Progress", "dataset_folder_options", "dataset_roots", "model_output_path",
+           "output_subdir",
            "register_folder_types", "resolve_dataset_folder", "saved_datasets_dir"]
 
 

@@ -19,7 +19,7 @@ from ..core.lora_io import load_lora, lora_summary, save_lora
 from ..core.lora_math import (apply_block_weights, energy_report_text, extract, join_modules,
                               merge_average_weights, merge_concat, merge_svd, parse_block_weights, resize,
                               split_modules)
-from ..core.paths import safe_name
+from .host import model_output_path
 from .train_adapter import TE_INCLUDE, UNET_INCLUDE
 from .training import lora_output_path
 
@@ -294,14 +294,6 @@ class AtelierInspectLoRA(io.ComfyNode):
         return io.NodeOutput(text, ui={"text": [text]})
 
 
-def checkpoint_output_path(name: str) -> Path:
-    """models/checkpoints/atelier/<name>.safetensors; a plain file name only."""
-    name = safe_name(name, "checkpoint_name")
-    folder = Path(folder_paths.get_folder_paths("checkpoints")[0]) / "atelier"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / (name if name.endswith(".safetensors") else f"{name}.safetensors")
-
-
 class AtelierMergeLoRAIntoModel(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -343,7 +335,7 @@ class AtelierMergeLoRAIntoModel(io.ComfyNode):
             raise ValueError("Choose at least one LoRA to merge.")
         report = {"merged": merged}
         if checkpoint_name.strip():
-            path = checkpoint_output_path(checkpoint_name)
+            path = model_output_path("checkpoints", checkpoint_name, "checkpoint_name")
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             try:
                 comfy.sd.save_checkpoint(str(tmp), model, clip, vae,

@@ -11,6 +11,7 @@ Host-specific facts live here and nowhere else:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from contextlib import contextmanager
 
@@ -151,17 +152,20 @@ def draw_samples(model_patcher, clip, vae, prompts: list[str], negative: str, *,
                          height=height) for p in prompts]
 
 
-def encoder_key(vae, model_patcher) -> str:
-    """Identity of 'VAE + the model's latent scaling' for the latent cache: sampled weights, names and shapes."""
-    import hashlib
-
+def weights_fingerprint(state_dict: dict, picks: int = 24, values: int = 256) -> str:
+    """A stable identity of a model's weights from names, shapes, dtypes and sampled values of `picks` tensors (cheap
+    enough to run per training run; not a file hash)."""
     h = hashlib.sha256()
-    sd = vae.first_stage_model.state_dict()
-    names = sorted(sd)
-    for name in names[:: max(1, len(names) // 24)]:
-        t = sd[name]
+    names = sorted(state_dict)
+    for name in names[:: max(1, len(names) // picks)]:
+        t = state_dict[name]
         h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.detach().float().flatten()[:256].cpu().numpy().tobytes())
+        h.update(t.detach().float().flatten()[:values].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def encoder_key(vae, model_patcher) -> str:
+    """Identity of 'VAE + the model's latent scaling' for the latent cache (cached latents are in model space)."""
     fmt = model_patcher.model.latent_format
-    h.update(f"{type(fmt).__name__}{getattr(fmt, 'scale_factor', '')}{getattr(fmt, 'shift_factor', '')}".encode())
-    return h.hexdigest()[:32]
+    scaling = f"{type(fmt).__name__}{getattr(fmt, 'scale_factor', '')}{getattr(fmt, 'shift_factor', '')}"
+    return weights_fingerprint(vae.first_stage_model.state_dict()) + hashlib.sha256(scaling.encode()).hexdigest()[:16]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -27,12 +28,10 @@ from ..trainers.objectives import LOSSES
 from ..trainers.optim import OPTIMIZERS, SCHEDULERS
 from ..trainers.network import LoRANetwork, NetworkConfig, parse_rank_overrides
 from .dataset import dataset_in
-from .host import output_subdir
+from .host import model_output_path, output_subdir
 from .train_adapter import (TE_INCLUDE, UNET_INCLUDE, ComfyDenoiser, autograd_friendly_clip, draw_samples,
-                            encode_latents, encoder_key, interrupted, make_encoder, text_encoder_roots, thaw)
-
-LORA_SUBFOLDER = "atelier"
-
+                            encode_latents, encoder_key, interrupted, make_encoder, text_encoder_roots, thaw,
+                            weights_fingerprint)
 
 def send_event(event: str, data: dict) -> None:
     """Websocket event for the web/ chart (no-op outside a server)."""
@@ -46,10 +45,7 @@ def send_event(event: str, data: dict) -> None:
 
 def lora_output_path(output_name: str) -> Path:
     """models/loras/atelier/<name>.safetensors; the name is a plain file name (no separators, no '..')."""
-    name = safe_name(output_name, "output_name")
-    folder = Path(folder_paths.get_folder_paths("loras")[0]) / LORA_SUBFOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / (name if name.endswith(".safetensors") else f"{name}.safetensors")
+    return model_output_path("loras", output_name, "output_name")
 
 
 STATE_NONE = "(none)"
@@ -130,7 +126,7 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
             network.load_kohya_state_dict(load_lora(source)[0])  # another architecture: error listing the keys
         started = time.time()
         saved = []
-        base_hash = weights_fingerprint(mp.model.diffusion_model)
+        base_hash = weights_fingerprint(mp.model.diffusion_model.state_dict())
 
         def save_lora_file(target: Path, step: int, epoch: int) -> None:
             meta = kohya_metadata(config=config, network_config=net, dataset=dataset, output_name=path.stem,
@@ -173,7 +169,7 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         state = load_state(resume_dir, trainer) if resume_dir is not None else None
         trainer_state["current"] = state = state or TrainState()
         blocks = checkpoint_blocks(mp.model.diffusion_model) if checkpointing else []
-        with autograd_friendly_clip(clip.cond_stage_model) if config.train_text_encoder else _nothing(), \
+        with autograd_friendly_clip(clip.cond_stage_model) if config.train_text_encoder else nullcontext(), \
                 gradient_checkpointing(blocks):
             state = trainer.run(state)
         train_seconds = time.perf_counter() - train_started
@@ -194,21 +190,6 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
     return model_out, clip_out, state.losses, report
 
 
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    """A stable fingerprint of a model's weights (names, shapes and sampled values), recorded as ss_sd_model_hash so a
-    LoRA can be matched to the base it was trained on."""
-    import hashlib
-
-    h = hashlib.sha256()
-    sd = module.state_dict()
-    names = sorted(sd)
-    for name in names[:: max(1, len(names) // 32)]:
-        t = sd[name]
-        h.update(f"{name}{tuple(t.shape)}".encode())
-        h.update(t.detach().float().flatten()[:512].cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def shipped_weights(trainer, network) -> dict:
     """The LoRA tensors to write: the EMA average when EMA is on (that is its purpose), else the weights as trained."""
     if trainer.ema is None:
@@ -222,14 +203,6 @@ def checkpoint_blocks(unet: torch.nn.Module) -> list[torch.nn.Module]:
     blocks = [b for child in unet.children() if isinstance(child, torch.nn.ModuleList) for b in child]
     middle = getattr(unet, "middle_block", None)
     return blocks + ([middle] if isinstance(middle, torch.nn.Module) else [])
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def common_inputs() -> list:

@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 import dataclasses
 import hashlib
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ..core.captions import split_tags
 from ..core.dataset import Dataset, DatasetError, Skipped
+from ..core.dataset_io import atomic_write_bytes
 from ..core.images import flip_horizontal
 from ..core.prepare import prepare_sample_and_mask, prepare_stream
 from .loop import TrainSample
@@ -63,9 +63,8 @@ class LatentCache:
     def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, path)  # atomic: a reader never sees half a file
+        # atomic: a reader never sees half a file, and a failed write leaves no temp file behind
+        atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}))
 
 
 def latent_mask(mask_image, latent_shape) -> torch.Tensor:
