@@ -28,7 +28,6 @@ def child(which: str, steps: int, checkpoint: str) -> None:
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
-    import importlib.util
 
     import numpy as np
     import torch
@@ -59,11 +58,8 @@ def child(which: str, steps: int, checkpoint: str) -> None:
                                      gradient_checkpointing=False, existing_lora="[None]")
             seconds = time.perf_counter() - t
     else:
-        spec = importlib.util.spec_from_file_location("atelier", str(ROOT / "__init__.py"),
-                                                      submodule_search_locations=[str(ROOT)])
-        pkg = importlib.util.module_from_spec(spec)
-        sys.modules["atelier"] = pkg
-        spec.loader.exec_module(pkg)
+        sys.path.insert(0, str(ROOT / "tests"))
+        import conftest  # noqa: F401  registers this checkout as the package `atelier`
         from atelier.core.dataset import from_arrays
         from atelier.nodes.training import train_lora
         from atelier.trainers.loop import TrainConfig

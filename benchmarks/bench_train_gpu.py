@@ -9,7 +9,6 @@ dense bf16 peak. Run with ComfyUI's Python from a ComfyUI checkout (cwd), e.g. o
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -20,11 +19,8 @@ BF16_DENSE_TFLOPS = {"H100 SXM": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "
 
 
 def load_atelier(root):
-    spec = importlib.util.spec_from_file_location("atelier", os.path.join(root, "__init__.py"),
-                                                  submodule_search_locations=[root])
-    pkg = importlib.util.module_from_spec(spec)
-    sys.modules["atelier"] = pkg
-    spec.loader.exec_module(pkg)
+    sys.path.insert(0, os.path.join(root, "tests"))
+    import conftest  # noqa: F401  registers the checkout as the package `atelier`
 
 
 def build_model(tiny: bool, device):

@@ -186,6 +186,42 @@ class ComfyClient:
         self.request("POST", "/interrupt", {})
 
 
+def txt2img_prompt(text: str, *, seed: int, prefix: str, ckpt: str = FIXTURE_CHECKPOINT_NAME,
+                   lora: str | None = None, strength: float = 1.0) -> dict:
+    """Stock graph: checkpoint (+ stock LoraLoader) → encode → KSampler (3 euler steps, 64²) → decode → SaveImage."""
+    model, clip = ["1", 0], ["1", 1]
+    prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}}
+    if lora:
+        prompt["9"] = {"class_type": "LoraLoader", "inputs": {"model": model, "clip": clip, "lora_name": lora,
+                                                              "strength_model": strength, "strength_clip": strength}}
+        model, clip = ["9", 0], ["9", 1]
+    prompt.update({
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": text}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": ""}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {"model": model, "positive": ["2", 0], "negative": ["3", 0],
+                                                   "latent_image": ["4", 0], "seed": seed, "steps": 3, "cfg": 4.0,
+                                                   "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
+    })
+    return prompt
+
+
+def saved_pixels(server: "ComfyServer", outputs: dict):
+    """The image the prompt's SaveImage node (id 7) wrote, as an int16 array (so differences do not wrap)."""
+    import numpy as np
+    from PIL import Image
+
+    info = outputs["7"]["images"][0]
+    return np.asarray(Image.open(server.output_dir / info["subfolder"] / info["filename"]), dtype=np.int16)
+
+
+def render(client: "ComfyClient", server: "ComfyServer", text: str, **kwargs):
+    """Runs txt2img_prompt(text, **kwargs) and returns the saved pixels."""
+    return saved_pixels(server, client.run(txt2img_prompt(text, **kwargs)))
+
+
 @dataclass
 class ComfyServer:
     """A ComfyUI subprocess on loopback with temp model/input/output folders and this checkout as a custom node."""

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from comfy_host import ComfyServer, find_checkout, find_python, fixture_checkpoint
+import numpy as np
+from comfy_host import FIXTURE_CHECKPOINT_NAME, ComfyServer, find_checkout, find_python, fixture_checkpoint
+from PIL import Image
 
 CHECKOUT, WHY_NOT = find_checkout()
 
@@ -35,3 +37,29 @@ def comfy_server(tmp_path_factory):
 def comfy(comfy_server):
     """An HTTP client of the session's server."""
     return comfy_server.client
+
+
+@pytest.fixture(scope="session")
+def source_lora(comfy, comfy_server):
+    """A small LoRA trained on the fixture (UNet only, 4 strong steps): the starting point of the tool and grid
+    tests. Returns its name in the loras list."""
+    folder = comfy_server.input_dir / "tools_src" / "5_x"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(11)
+    for i in range(2):
+        Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).resize((64, 64)).save(folder / f"{i}.png")
+    comfy.run({
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FIXTURE_CHECKPOINT_NAME}},
+        "2": {"class_type": "AtelierLoadDataset", "inputs": dict(
+            folder="input/tools_src", sub_path="", role="train", repeats=0, caption_source="fixed",
+            caption_extension=".txt", fixed_caption="x style", caption_encoding="utf-8", on_missing_caption="error",
+            recursive=True, prior_loss_weight=1.0, subset_name="x", verify_images=False)},
+        "3": {"class_type": "AtelierPrepareDataset", "inputs": dict(
+            dataset=["2", 0], mode="crop", width=64, height=64, pad_color="black", background="white",
+            filter="lanczos", bucket_step=64, no_upscale=False, subsets="")},
+        "4": {"class_type": "AtelierTrainLoRA", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset": ["3", 0], "output_name": "tools_src",
+            "rank": 4, "alpha": 4.0, "unet_lr": 5e-2, "epochs": 1, "max_steps": 4, "batch_size": 2,
+            "train_text_encoder": False, "te_lr": 1e-4, "seed": 0}},
+    }, timeout=600)
+    return "atelier/tools_src.safetensors"

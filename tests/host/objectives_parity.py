@@ -4,7 +4,6 @@ Prints one JSON line with the largest error of each check; the host test asserts
 usage: python objectives_parity.py /path/to/atelier/checkout   (cwd = the ComfyUI checkout)
 """
 
-import importlib.util
 import json
 import os
 import sys
@@ -16,12 +15,8 @@ comfy.cli_args.args.cpu = True
 import torch  # noqa: E402
 import comfy.model_sampling as cms  # noqa: E402
 
-root = sys.argv[1]
-spec = importlib.util.spec_from_file_location("atelier", os.path.join(root, "__init__.py"),
-                                              submodule_search_locations=[root])
-pkg = importlib.util.module_from_spec(spec)
-sys.modules["atelier"] = pkg
-spec.loader.exec_module(pkg)
+sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+import conftest  # noqa: E402,F401  registers the Atelier checkout as the package `atelier` (as the test suite does)
 from atelier.trainers import objectives as ob  # noqa: E402
 
 

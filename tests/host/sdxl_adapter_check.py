@@ -5,7 +5,6 @@ that training through it changes the LoRA. The text side is fixed tensors of SDX
 too large for a test fixture). Prints one JSON line. usage: python sdxl_adapter_check.py ATELIER_CHECKOUT
 """
 
-import importlib.util
 import json
 import os
 import sys
@@ -19,12 +18,8 @@ import torch  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 import comfy.supported_models  # noqa: E402
 
-root = sys.argv[1]
-spec = importlib.util.spec_from_file_location("atelier", os.path.join(root, "__init__.py"),
-                                              submodule_search_locations=[root])
-pkg = importlib.util.module_from_spec(spec)
-sys.modules["atelier"] = pkg
-spec.loader.exec_module(pkg)
+sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+import conftest  # noqa: E402,F401  registers the Atelier checkout as the package `atelier` (as the test suite does)
 from atelier.nodes.train_adapter import UNET_INCLUDE, ComfyDenoiser  # noqa: E402
 from atelier.trainers.loop import Trainer, TrainConfig, TrainSample  # noqa: E402
 from atelier.trainers.network import LoRANetwork, NetworkConfig  # noqa: E402

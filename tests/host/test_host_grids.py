@@ -1,37 +1,17 @@
 """Comparison grids through a real ComfyUI server on the fixture checkpoint."""
 
-import numpy as np
 import pytest
 from comfy_host import FIXTURE_CHECKPOINT_NAME
 from PIL import Image
 
 
 @pytest.fixture(scope="module")
-def epoch_loras(comfy, comfy_server):
-    """Three 'epoch' LoRAs (scaled copies of one trained on the fixture), named so that natural order matters."""
+def epoch_loras(comfy_server, source_lora):
+    """Three 'epoch' LoRAs (scaled copies of the session's trained LoRA), named so that natural order matters."""
     import torch
     from safetensors.torch import load_file, save_file
 
-    folder = comfy_server.input_dir / "grid_src" / "5_x"
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(5)
-    for i in range(2):
-        Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).resize((64, 64)).save(folder / f"{i}.png")
-    comfy.run({
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FIXTURE_CHECKPOINT_NAME}},
-        "2": {"class_type": "AtelierLoadDataset", "inputs": dict(
-            folder="input/grid_src", sub_path="", role="train", repeats=0, caption_source="fixed",
-            caption_extension=".txt", fixed_caption="x style", caption_encoding="utf-8", on_missing_caption="error",
-            recursive=True, prior_loss_weight=1.0, subset_name="x", verify_images=False)},
-        "3": {"class_type": "AtelierPrepareDataset", "inputs": dict(
-            dataset=["2", 0], mode="crop", width=64, height=64, pad_color="black", background="white",
-            filter="lanczos", bucket_step=64, no_upscale=False, subsets="")},
-        "4": {"class_type": "AtelierTrainLoRA", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset": ["3", 0], "output_name": "grid_src",
-            "rank": 4, "alpha": 4.0, "unet_lr": 5e-2, "epochs": 1, "max_steps": 2, "batch_size": 2,
-            "train_text_encoder": False, "te_lr": 1e-4, "seed": 0}},
-    }, timeout=600)
-    src = load_file(str(comfy_server.models / "loras" / "atelier" / "grid_src.safetensors"))
+    src = load_file(str(comfy_server.models / "loras" / source_lora))
     out = comfy_server.models / "loras" / "grid_epochs"
     out.mkdir(exist_ok=True)
     for epoch, scale in ((10, 2.0), (2, 1.0), (1, 0.5)):

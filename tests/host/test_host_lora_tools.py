@@ -3,55 +3,12 @@
 import json
 
 import numpy as np
-import pytest
 from comfy_host import FIXTURE_CHECKPOINT_NAME
-from PIL import Image
-
-
-@pytest.fixture(scope="module")
-def source_lora(comfy, comfy_server):
-    """A small LoRA trained on the fixture (UNet only), the starting point of every tool test."""
-    folder = comfy_server.input_dir / "tools_src" / "5_x"
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(11)
-    for i in range(2):
-        Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).resize((64, 64)).save(folder / f"{i}.png")
-    comfy.run({
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FIXTURE_CHECKPOINT_NAME}},
-        "2": {"class_type": "AtelierLoadDataset", "inputs": dict(
-            folder="input/tools_src", sub_path="", role="train", repeats=0, caption_source="fixed",
-            caption_extension=".txt", fixed_caption="x style", caption_encoding="utf-8", on_missing_caption="error",
-            recursive=True, prior_loss_weight=1.0, subset_name="x", verify_images=False)},
-        "3": {"class_type": "AtelierPrepareDataset", "inputs": dict(
-            dataset=["2", 0], mode="crop", width=64, height=64, pad_color="black", background="white",
-            filter="lanczos", bucket_step=64, no_upscale=False, subsets="")},
-        "4": {"class_type": "AtelierTrainLoRA", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset": ["3", 0], "output_name": "tools_src",
-            "rank": 4, "alpha": 4.0, "unet_lr": 5e-2, "epochs": 1, "max_steps": 4, "batch_size": 2,
-            "train_text_encoder": False, "te_lr": 1e-4, "seed": 0}},
-    }, timeout=600)
-    return "atelier/tools_src.safetensors"
+from comfy_host import render as render_txt2img
 
 
 def render(comfy, comfy_server, lora=None, strength=1.0, prefix="t"):
-    prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FIXTURE_CHECKPOINT_NAME}}}
-    model, clip = ["1", 0], ["1", 1]
-    if lora:
-        prompt["9"] = {"class_type": "LoraLoader", "inputs": {"model": model, "clip": clip, "lora_name": lora,
-                                                              "strength_model": strength, "strength_clip": strength}}
-        model, clip = ["9", 0], ["9", 1]
-    prompt.update({
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "x style"}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": ""}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": {"model": model, "positive": ["2", 0], "negative": ["3", 0],
-                                                   "latent_image": ["4", 0], "seed": 3, "steps": 3, "cfg": 4.0,
-                                                   "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
-    })
-    info = comfy.run(prompt)["7"]["images"][0]
-    return np.asarray(Image.open(comfy_server.output_dir / info["subfolder"] / info["filename"]), dtype=np.int16)
+    return render_txt2img(comfy, comfy_server, "x style", seed=3, prefix=prefix, lora=lora, strength=strength)
 
 
 def tool(comfy, class_type, **inputs):
@@ -128,18 +85,7 @@ def merge_into_model(comfy, lora, strength=1.0, block_weights="", checkpoint_nam
 
 
 def render_checkpoint(comfy, comfy_server, ckpt, prefix):
-    prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-              "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "x style"}},
-              "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
-              "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-              "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0],
-                                                         "negative": ["3", 0], "latent_image": ["4", 0], "seed": 3,
-                                                         "steps": 3, "cfg": 4.0, "sampler_name": "euler",
-                                                         "scheduler": "normal", "denoise": 1.0}},
-              "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-              "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}}}
-    info = comfy.run(prompt)["7"]["images"][0]
-    return np.asarray(Image.open(comfy_server.output_dir / info["subfolder"] / info["filename"]), dtype=np.int16)
+    return render_txt2img(comfy, comfy_server, "x style", seed=3, prefix=prefix, ckpt=ckpt)
 
 
 def test_merge_into_model_saves_a_checkpoint_equal_to_the_lora_applied(comfy, comfy_server, source_lora):

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from comfy_host import FIXTURE_CHECKPOINT_NAME
+from comfy_host import FIXTURE_CHECKPOINT_NAME, saved_pixels, txt2img_prompt
 from PIL import Image
 from safetensors import safe_open
 
@@ -38,29 +38,7 @@ def train_prompt(output_name, **overrides):
 
 
 def sample_prompt(lora=None, strength=1.0, prefix="s"):
-    """Stock graph: checkpoint (+ stock LoraLoader) → encode → KSampler → decode → SaveImage."""
-    model, clip = ["1", 0], ["1", 1]
-    prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FIXTURE_CHECKPOINT_NAME}}}
-    if lora:
-        prompt["9"] = {"class_type": "LoraLoader", "inputs": {"model": model, "clip": clip, "lora_name": lora,
-                                                              "strength_model": strength, "strength_clip": strength}}
-        model, clip = ["9", 0], ["9", 1]
-    prompt.update({
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "blonde elf, pose 1"}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": ""}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": {"model": model, "positive": ["2", 0], "negative": ["3", 0],
-                                                   "latent_image": ["4", 0], "seed": 7, "steps": 3, "cfg": 4.0,
-                                                   "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
-    })
-    return prompt
-
-
-def saved_pixels(comfy_server, outputs):
-    info = outputs["7"]["images"][0]
-    return np.asarray(Image.open(comfy_server.output_dir / info["subfolder"] / info["filename"]), dtype=np.int16)
+    return txt2img_prompt("blonde elf, pose 1", seed=7, prefix=prefix, lora=lora, strength=strength)
 
 
 def test_train_with_te_lora_save_and_load_in_stock_lora_loader(comfy, comfy_server, train_folder):
