@@ -490,3 +490,35 @@ def read_png_metadata(path) -> dict | None:
     with Image.open(path) as image:
         text = getattr(image, "text", {}).get(METADATA_KEY)
     return None if text is None else parse_grid_metadata(text)
+
+
+# --- assembling cells and pages -------------------------------------------------------------------------------------
+
+def join_row(images: list[Image.Image], gap: int = 4, background=(255, 255, 255)) -> Image.Image:
+    """Images side by side (top-aligned, `gap` pixels apart): the N seeds of one grid cell."""
+    if not images:
+        raise ValueError("join_row needs at least one image.")
+    if len(images) == 1:
+        return images[0]
+    width = sum(im.width for im in images) + gap * (len(images) - 1)
+    strip = Image.new("RGB", (width, max(im.height for im in images)), as_rgb(background))
+    left = 0
+    for im in images:
+        strip.paste(flatten_onto(im, as_rgb(background)), (left, 0))
+        left += im.width + gap
+    return strip
+
+
+def pad_to_common_size(images: list[Image.Image], background=(255, 255, 255)) -> list[Image.Image]:
+    """Each image on a canvas as large as the largest (top-left aligned), so pages of different sizes can form
+    one IMAGE batch."""
+    width, height = max(im.width for im in images), max(im.height for im in images)
+    out = []
+    for im in images:
+        if im.size == (width, height):
+            out.append(im)
+            continue
+        canvas = Image.new("RGB", (width, height), as_rgb(background))
+        canvas.paste(flatten_onto(im, as_rgb(background)), (0, 0))
+        out.append(canvas)
+    return out

@@ -1,4 +1,5 @@
-"""Comparison grid nodes: XY grids of LoRA files / strengths / sampler settings, labelled and reproducible."""
+"""Comparison grid nodes: XY(Z) grids, A vs B side by side, A x B strength matrix, real vs generated, and the
+reconstruction check. Cells are rendered in batches by nodes/cells.py; drawing and metadata live in core/grid.py."""
 
 from __future__ import annotations
 
@@ -8,24 +9,26 @@ from comfy_api.latest import io
 
 import comfy.model_management
 import comfy.samplers
-import comfy.sd
 import comfy.utils
 import folder_paths
 
 from ..core.draw import pil_to_image_tensor
-from ..core.grid import AXIS_KINDS, Axis, draw_grid, grid_metadata, parse_values, plan_cells, save_png_with_metadata
-from ..core.lora_io import load_lora
+from ..core.grid import (AXIS_KINDS, Axis, draw_grid, grid_metadata, join_row, pad_to_common_size, paginate,
+                         parse_values, plan_cells, save_png_with_metadata)
 from ..core.paths import safe_name
+from .cells import CONNECTED, CellRenderer, CellSpec, cell_cache_dir
 from .host import output_subdir
-from .sampling import render_image
 
 NONE = "(none)"
-GRID_KINDS = [k for k in AXIS_KINDS if k != "checkpoint"]
+MAX_PAGE_SIDE = 8192
+CAPTIONS = ("none", "seed", "settings")
 
 
 def choices_for(kind: str) -> list[str] | None:
     if kind == "lora":
         return folder_paths.get_filename_list("loras")
+    if kind == "checkpoint":
+        return folder_paths.get_filename_list("checkpoints")
     if kind == "sampler":
         return list(comfy.samplers.KSampler.SAMPLERS)
     if kind == "scheduler":
@@ -33,45 +36,147 @@ def choices_for(kind: str) -> list[str] | None:
     return None
 
 
-def cell_settings(cell: dict, x: Axis, y: Axis | None, defaults: dict) -> dict:
-    """The generation settings of one cell: the defaults with the x and y values applied (baseline: no LoRA)."""
+def check_choice(name: str, value: str, options: list[str]) -> str:
+    """ComfyUI 0.3.64 does not check V3 combo values, so every enum is checked here."""
+    if value not in options:
+        raise ValueError(f"{name} {value!r} is not available. Valid values: {', '.join(options[:40])}"
+                         f"{' ...' if len(options) > 40 else ''}.")
+    return value
+
+
+def cell_settings(cell: dict, axes: dict, defaults: dict) -> dict:
+    """The generation settings of one cell: the defaults with the x, y and z values applied (baseline: no LoRA)."""
     s = dict(defaults)
-    for axis, value in ((x, cell["x"]), (y, cell.get("y"))):
+    for name, axis in axes.items():
+        value = cell.get(name)
         if axis is None or value is None:
             continue
         if axis.kind == "prompt_sr":
             s["positive"] = s["positive"].replace(axis.values[0], value)
-        elif axis.kind == "sampler":
-            s["sampler"] = value
         else:
             s[axis.kind] = value
     if cell.get("baseline"):
         s["lora"] = None
+    s["seed"] = s["seed"] + cell.get("seed_index", 0)
     return s
+
+
+def spec_of(s: dict, width: int, height: int) -> CellSpec:
+    return CellSpec(loras=((s["lora"], float(s["strength"])),) if s["lora"] else (), positive=s["positive"],
+                    negative=s["negative"], seed=int(s["seed"]), steps=int(s["steps"]), cfg=float(s["cfg"]),
+                    sampler=s["sampler"], scheduler=s["scheduler"], denoise=float(s["denoise"]), width=width,
+                    height=height, checkpoint=s.get("checkpoint") or CONNECTED)
+
+
+def cell_caption(mode: str, spec: CellSpec, seeds: list[int]) -> str:
+    if mode == "seed":
+        return "seed " + ", ".join(map(str, seeds))
+    if mode == "settings":
+        lora = ", ".join(f"{n.rsplit('/', 1)[-1].rsplit('.', 1)[0]} @ {s:g}" for n, s in spec.loras) or "no LoRA"
+        return (f"{lora} · seed {', '.join(map(str, seeds))} · {spec.steps} steps · cfg {spec.cfg:g} · "
+                f"{spec.sampler}/{spec.scheduler}")
+    return ""
+
+
+def render_specs(model, clip, vae, specs: list[CellSpec], *, batch_size: int, resume: bool,
+                 init_images: dict | None = None):
+    """Rendered images for specs (progress per finished batch, interruptible), and the renderer for its report."""
+    renderer = CellRenderer(model, clip, vae, batch_size=batch_size, init_images=init_images,
+                            cache_dir=cell_cache_dir() if resume else None)
+    bar = comfy.utils.ProgressBar(max(1, len(specs)))
+
+    def on_cell(done, total):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update_absolute(done, total)
+
+    return renderer.render(specs, on_cell), renderer
+
+
+def report(renderer: CellRenderer) -> str:
+    lines = [f"{renderer.rendered} cells rendered, {renderer.reused} reused from an interrupted run."]
+    for v in renderer.variants.values():
+        for name, why in v.merged_only.items():
+            lines.append(f"LoRA {name} is merged into the weights per strength ({why}), not batched.")
+        for name, keys in v.unloaded.items():
+            if keys:
+                lines.append(f"LoRA {name}: {len(keys)} keys match no layer of this model (e.g. {keys[0]}).")
+    return "\n".join(lines)
+
+
+def save_pages(pages: list, name: str, metadata: list[str]) -> list:
+    folder = output_subdir("atelier", "grids")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    paths = []
+    for i, (page, meta) in enumerate(zip(pages, metadata)):
+        suffix = f"_p{i + 1}" if len(pages) > 1 else ""
+        path = folder / f"{name}_{stamp}{suffix}.png"
+        save_png_with_metadata(page, path, meta)
+        paths.append(path)
+    return paths
+
+
+def common_inputs(prompt_default: str = "a starsectorportrait of a person") -> list:
+    """Sampler settings shared by the comparison nodes (every cell uses them unless an axis varies them)."""
+    return [
+        io.String.Input("positive", default=prompt_default, multiline=True,
+                        tooltip="Prompt of every cell (prompt_sr axes replace parts of it)."),
+        io.String.Input("negative", default="", multiline=True, tooltip="Negative prompt of every cell."),
+        io.Int.Input("seed", default=0, min=0, max=2**63 - 1,
+                     tooltip="Seed of every cell (same seed = comparable cells); extra seeds count up from it."),
+        io.Int.Input("steps", default=20, min=1, max=200, tooltip="Sampling steps."),
+        io.Float.Input("cfg", default=7.0, min=0.0, max=30.0, step=0.1, tooltip="CFG scale."),
+        io.Combo.Input("sampler", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
+                       tooltip="ComfyUI sampler (euler_ancestral = A1111's Euler a)."),
+        io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="normal",
+                       tooltip="ComfyUI scheduler."),
+        io.Int.Input("width", default=512, min=64, max=4096, step=8, tooltip="Cell width."),
+        io.Int.Input("height", default=512, min=64, max=4096, step=8, tooltip="Cell height."),
+    ]
+
+
+def speed_inputs() -> list:
+    return [
+        io.Int.Input("batch_size", default=4, min=1, max=64, optional=True,
+                     tooltip="Cells sampled together in one UNet call (LoRA strengths, seeds and prompts may "
+                             "differ within a batch). Larger is faster until memory runs out."),
+        io.Boolean.Input("resume", default=True, optional=True,
+                         tooltip="Keep finished cells until the grid is saved, so an interrupted grid run again "
+                                 "with the same settings only renders the missing cells."),
+    ]
+
+
+def checked_sampling(sampler: str, scheduler: str) -> None:
+    check_choice("sampler", sampler, list(comfy.samplers.KSampler.SAMPLERS))
+    check_choice("scheduler", scheduler, list(comfy.samplers.KSampler.SCHEDULERS))
+
+
+def lora_choice(name: str) -> str | None:
+    if name in (None, "", NONE):
+        return None
+    return check_choice("LoRA", name, folder_paths.get_filename_list("loras"))
 
 
 class AtelierXYGrid(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        axis_help = ("Values: numbers '0,0.5,1', ranges '1-10 (+2)' or '0-1 [5]'; LoRA files by name or "
-                     "'folder/*' (natural order: epoch 2 before 10); samplers by name; prompt_sr 'find, replace1, "
-                     "...'; negative prompts separated by ' | '.")
+        axis_help = ("Values: numbers '0,0.5,1', ranges '1-10 (+2)' or '0-1 [5]'; LoRA / checkpoint files by name "
+                     "or 'folder/*' (natural order: epoch 2 before 10); samplers by name; prompt_sr 'find, "
+                     "replace1, ...'; negative prompts separated by ' | '.")
+        kinds = list(AXIS_KINDS)
         return io.Schema(
             node_id="AtelierXYGrid", display_name="XY Grid (Atelier)", category="atelier/grids",
-            description="Samples a labelled grid over two axes (LoRA files, strength, CFG, steps, sampler, scheduler, "
-                        "seed, prompt S/R, negative, denoise) with ComfyUI's sampler; saves a PNG that records "
-                        "every cell's settings.",
+            description="Samples a labelled grid over up to three axes (LoRA files, strength, checkpoint, CFG, steps, "
+                        "sampler, scheduler, seed, prompt S/R, negative, denoise) with ComfyUI's sampler, cells "
+                        "batched with the LoRA applied at forward time; saves PNGs that record every cell's "
+                        "settings.",
             inputs=[
-                io.Model.Input("model", tooltip="The base model."),
+                io.Model.Input("model", tooltip="The base model (cells on a checkpoint axis use that checkpoint)."),
                 io.Clip.Input("clip", tooltip="Its CLIP."),
                 io.Vae.Input("vae", tooltip="Decodes the cells."),
-                io.String.Input("positive", default="a starsectorportrait of a person", multiline=True,
-                                tooltip="Prompt of every cell (prompt_sr axes replace parts of it)."),
-                io.String.Input("negative", default="", multiline=True, tooltip="Negative prompt of every cell."),
-                io.Combo.Input("x_kind", options=GRID_KINDS, default="strength",
-                               tooltip="What changes across columns."),
+                *common_inputs()[:2],
+                io.Combo.Input("x_kind", options=kinds, default="strength", tooltip="What changes across columns."),
                 io.String.Input("x_values", default="0.25,0.5,0.75,1", tooltip=axis_help),
-                io.Combo.Input("y_kind", options=["none"] + GRID_KINDS, default="lora",
+                io.Combo.Input("y_kind", options=["none"] + kinds, default="lora",
                                tooltip="What changes down the rows (none = one row)."),
                 io.String.Input("y_values", default="*", tooltip=axis_help),
                 io.Combo.Input("lora", options=[NONE] + folder_paths.get_filename_list("loras"), default=NONE,
@@ -81,72 +186,91 @@ class AtelierXYGrid(io.ComfyNode):
                 io.Combo.Input("baseline", options=["none", "row", "column"], default="row",
                                tooltip="Add a first row / column without the LoRA (the y / x axis must be LoRA or "
                                        "strength)."),
-                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, tooltip="Seed of every cell (same seed = "
-                                                                               "comparable cells)."),
-                io.Int.Input("steps", default=20, min=1, max=200, tooltip="Sampling steps."),
-                io.Float.Input("cfg", default=7.0, min=0.0, max=30.0, step=0.1, tooltip="CFG scale."),
-                io.Combo.Input("sampler", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
-                               tooltip="ComfyUI sampler (euler_ancestral = A1111's Euler a)."),
-                io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="normal",
-                               tooltip="ComfyUI scheduler."),
+                *common_inputs()[2:7],
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Denoise (1 = txt2img)."),
-                io.Int.Input("width", default=512, min=64, max=4096, step=8, tooltip="Cell width."),
-                io.Int.Input("height", default=512, min=64, max=4096, step=8, tooltip="Cell height."),
+                *common_inputs()[7:],
                 io.String.Input("grid_name", default="grid", tooltip="File name prefix in output/atelier/grids."),
+                io.Combo.Input("z_kind", options=["none"] + kinds, default="none", optional=True,
+                               tooltip="A third axis: one page (one grid image and PNG) per value."),
+                io.String.Input("z_values", default="", optional=True, tooltip=axis_help),
+                io.Int.Input("seeds_per_cell", default=1, min=1, max=16, optional=True,
+                             tooltip="Images per cell, side by side, with seeds seed, seed+1, ..."),
+                io.Combo.Input("cell_caption", options=list(CAPTIONS), default="none", optional=True,
+                               tooltip="Text under each cell: nothing, its seeds, or all its settings."),
+                *speed_inputs(),
             ],
-            outputs=[io.Image.Output("grid", tooltip="The labelled grid."),
-                     io.String.Output("file", tooltip="The saved PNG (its metadata holds every cell's settings).")],
+            outputs=[io.Image.Output("grid", tooltip="The labelled grid pages (padded to one size)."),
+                     io.String.Output("file", tooltip="The saved PNGs, one per line (their metadata holds every "
+                                                      "cell's settings)."),
+                     io.Image.Output("cells", tooltip="Every generated image, unlabelled, in grid order (page, row, "
+                                                      "column, seed), padded to one size.")],
             is_output_node=True,
         )
 
     @classmethod
     def execute(cls, model, clip, vae, positive, negative, x_kind, x_values, y_kind, y_values, lora, strength,
-                baseline, seed, steps, cfg, sampler, scheduler, denoise, width, height, grid_name) -> io.NodeOutput:
+                baseline, seed, steps, cfg, sampler, scheduler, denoise, width, height, grid_name, z_kind="none",
+                z_values="", seeds_per_cell=1, cell_caption="none", batch_size=4, resume=True) -> io.NodeOutput:
         name = safe_name(grid_name, "grid_name")
-        x = Axis(x_kind, tuple(parse_values(x_kind, x_values, choices=choices_for(x_kind))))
-        y = None if y_kind == "none" else Axis(y_kind, tuple(parse_values(y_kind, y_values,
-                                                                         choices=choices_for(y_kind))))
-        cells = plan_cells(x, y, baseline=None if baseline == "none" else baseline,
+        checked_sampling(sampler, scheduler)
+        check_choice("baseline", baseline, ["none", "row", "column"])
+        check_choice("cell_caption", cell_caption, list(CAPTIONS))
+        kinds = ["none"] + list(AXIS_KINDS)
+        axes = {}
+        for axis_name, kind, text in (("x", x_kind, x_values), ("y", y_kind, y_values), ("z", z_kind, z_values)):
+            check_choice(f"{axis_name}_kind", kind, kinds if axis_name != "x" else list(AXIS_KINDS))
+            axes[axis_name] = None if kind == "none" else Axis(kind, tuple(parse_values(kind, text,
+                                                                                     choices=choices_for(kind))))
+        x, y, z = axes["x"], axes["y"], axes["z"]
+        cells = plan_cells(x, y, z, baseline=None if baseline == "none" else baseline, seeds_per_cell=seeds_per_cell,
                            megapixels_per_cell=width * height / 1e6)
-        defaults = {"positive": positive, "negative": negative, "lora": None if lora == NONE else lora,
-                    "strength": strength, "seed": seed, "steps": steps, "cfg": cfg, "sampler": sampler,
-                    "scheduler": scheduler, "denoise": denoise}
-        rows, cols = max(c["row"] for c in cells) + 1, max(c["col"] for c in cells) + 1
-        images = [[None] * cols for _ in range(rows)]
-        bar = comfy.utils.ProgressBar(len(cells))
-        loras, patched, conds = {}, {}, {}
-        for done, cell in enumerate(cells, 1):
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            s = cell_settings(cell, x, y, defaults)
-            key = (s["lora"], s["strength"]) if s["lora"] else None
-            if key not in patched:  # each (LoRA, strength) patched once, whatever the cell order
-                if key is None:
-                    patched[key] = (model, clip)
-                else:
-                    if s["lora"] not in loras:
-                        loras[s["lora"]] = load_lora(folder_paths.get_full_path_or_raise("loras", s["lora"]))[0]
-                    patched[key] = comfy.sd.load_lora_for_models(model, clip, loras[s["lora"]], s["strength"],
-                                                                 s["strength"])
-            m, c = patched[key]
-            for text in (s["positive"], s["negative"]):
-                if (key, text) not in conds:  # each prompt encoded once per CLIP variant
-                    conds[(key, text)] = c.encode_from_tokens_scheduled(c.tokenize(text))
-            images[cell["row"]][cell["col"]] = render_image(
-                m, conds[(key, s["positive"])], conds[(key, s["negative"])], vae, seed=s["seed"], steps=s["steps"],
-                cfg=s["cfg"], sampler=s["sampler"], scheduler=s["scheduler"], width=width, height=height,
-                denoise=s["denoise"])
-            bar.update_absolute(done)
+        defaults = {"positive": positive, "negative": negative, "lora": lora_choice(lora), "strength": strength,
+                    "seed": seed, "steps": steps, "cfg": cfg, "sampler": sampler, "scheduler": scheduler,
+                    "denoise": denoise, "checkpoint": None}
+        specs = [spec_of(cell_settings(c, axes, defaults), width, height) for c in cells]
+        for cell, spec in zip(cells, specs):
+            cell["settings"] = spec.describe()
+        images, renderer = render_specs(model, clip, vae, specs, batch_size=batch_size, resume=resume)
+
+        pages_count, rows, cols = (max(c[k] for c in cells) + 1 for k in ("page", "row", "col"))
         x_labels = x.labels() if baseline != "column" else ["no LoRA"] + x.labels()
-        y_labels = None
-        if y is not None:
-            y_labels = y.labels() if baseline != "row" else ["no LoRA"] + y.labels()
-        grid = draw_grid(images, x, y, x_labels=x_labels, y_labels=y_labels,
-                         title=f"{positive[:120]} · seed {seed} · {steps} steps · cfg {cfg:g} · {sampler}")
-        path = output_subdir("atelier", "grids") / f"{name}_{time.strftime('%Y%m%d-%H%M%S')}.png"
-        axes = {"x": x} if y is None else {"x": x, "y": y}
-        save_png_with_metadata(grid, path, grid_metadata(axes, cells, {**defaults, "width": width,
-                                                                      "height": height, "baseline": baseline}))
-        return io.NodeOutput(pil_to_image_tensor([grid]), str(path), ui={"text": [str(path)]})
+        y_labels = None if y is None else (y.labels() if baseline != "row" else ["no LoRA"] + y.labels())
+        title = f"{positive[:120]} · seed {seed} · {steps} steps · cfg {cfg:g} · {sampler}"
+        sheets, metadata = [], []
+        for page in range(pages_count):
+            grid = [[[] for _ in range(cols)] for _ in range(rows)]
+            first = {}
+            for cell, spec, image in zip(cells, specs, images):
+                if cell["page"] == page:
+                    grid[cell["row"]][cell["col"]].append((spec, image))
+                    first.setdefault((cell["row"], cell["col"]), spec)
+            strips = [[join_row([im for _, im in grid[r][c]]) for c in range(cols)] for r in range(rows)]
+            captions = None
+            if cell_caption != "none":
+                captions = [[cls_caption(cell_caption, grid[r][c]) for c in range(cols)] for r in range(rows)]
+            page_title = title if z is None else f"{z.label}: {z.labels()[page]} · {title}"
+            cell_h = max(im.height for row in strips for im in row)
+            cell_w = max(im.width for row in strips for im in row)
+            for start, end in paginate(rows, cols, cell_w, cell_h, MAX_PAGE_SIDE):
+                sheets.append(draw_grid(strips[start:end], x, y, title=page_title, x_labels=x_labels,
+                                        y_labels=None if y_labels is None else y_labels[start:end],
+                                        captions=None if captions is None else captions[start:end]))
+                page_cells = [c for c in cells if c["page"] == page and start <= c["row"] < end]
+                metadata.append(grid_metadata(axes, page_cells, {
+                    **{k: v for k, v in defaults.items() if k != "checkpoint"}, "width": width, "height": height,
+                    "baseline": baseline, "seeds_per_cell": seeds_per_cell, "rows": [start, end],
+                    "page": page}))
+        paths = save_pages(sheets, name, metadata)
+        renderer.forget_cache()
+        return io.NodeOutput(pil_to_image_tensor(pad_to_common_size(sheets)), "\n".join(map(str, paths)),
+                             pil_to_image_tensor(pad_to_common_size(images)),
+                             ui={"text": [*map(str, paths), report(renderer)]})
+
+
+def cls_caption(mode: str, entries: list) -> str:
+    if not entries:
+        return ""
+    return cell_caption(mode, entries[0][0], [spec.seed for spec, _ in entries])
 
 
 NODES = [AtelierXYGrid]

@@ -317,3 +317,35 @@ class ComfyServer:
 
     def log_tail(self, n: int = 6000) -> str:
         return self.log_text()[-n:]
+
+
+def random_lora(checkpoint: Path, out: Path, *, rank: int = 4, seed: int = 0, scale: float = 0.05,
+                unet_pattern: str = ".attn", text_layers: int = 2) -> Path:
+    """A kohya LoRA with random (non-zero) weights for the attention layers of `checkpoint`'s UNet and the first
+    `text_layers` CLIP layers' attention, read from the checkpoint's own tensor names and shapes."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    with safe_open(str(checkpoint), framework="pt") as f:
+        for key in f.keys():
+            if not key.endswith(".weight"):
+                continue
+            if key.startswith("model.diffusion_model.") and unet_pattern in key and "norm" not in key:
+                base = "lora_unet_" + key[len("model.diffusion_model."):-len(".weight")].replace(".", "_")
+            elif (key.startswith("cond_stage_model.transformer.text_model.encoder.layers.") and "self_attn" in key
+                  and int(key.split(".")[5]) < text_layers):
+                base = "lora_te_" + key[len("cond_stage_model.transformer."):-len(".weight")].replace(".", "_")
+            else:
+                continue
+            shape = f.get_slice(key).get_shape()
+            if len(shape) != 2:
+                continue
+            tensors[base + ".lora_down.weight"] = torch.randn(rank, shape[1], generator=g) * scale
+            tensors[base + ".lora_up.weight"] = torch.randn(shape[0], rank, generator=g) * scale
+            tensors[base + ".alpha"] = torch.tensor(float(rank))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out))
+    return out

@@ -1,0 +1,404 @@
+"""Renders comparison cells in batches with ComfyUI's own sampler, conditioning and VAE.
+
+A cell is everything that decides one image (CellSpec). Cells that share model, sampler settings and size go
+through the UNet together: their LoRAs are added at forward time with a strength per sample (core/forward_lora.py),
+so a strength, LoRA-file, seed or prompt axis costs no re-patching and no extra UNet calls. Each (LoRA strengths,
+prompt) is encoded once. Each sample gets the noise a single-image KSampler run with its seed would draw; samplers
+that draw fresh noise every step get one generator per sample when they use ComfyUI's default noise sampler, and
+run one cell at a time otherwise (Brownian-tree SDE samplers), so every cell is the image its seed gives alone.
+
+LoRA files that are not plain LoRA / LoCon (LoHa, LoKr, DoRA, Tucker `lora_mid`, full diffs) are merged into the
+weights the stock way, once per (file, strength), and batched among cells with that same patch.
+
+Finished cells are kept as PNGs under output/atelier/grids/cells/<key>.png, so an interrupted grid run again with
+the same settings starts where it stopped; the caller removes them once the grid is saved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import comfy.lora
+import comfy.lora_convert
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.sd
+import comfy.utils
+import folder_paths
+from comfy.weight_adapter.lora import LoRAAdapter
+
+from ..core.dataset_io import atomic_write_bytes
+from ..core.forward_lora import ForwardLoRA
+from ..core.lora_io import load_lora
+from .host import output_subdir
+from .train_adapter import weights_fingerprint
+
+CONNECTED = None  # CellSpec.checkpoint for "the MODEL / CLIP / VAE wired into the node"
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    loras: tuple[tuple[str, float], ...] = ()  # (file in the loras folders, strength for UNet and text encoder)
+    positive: str = ""
+    negative: str = ""
+    seed: int = 0
+    steps: int = 20
+    cfg: float = 7.0
+    sampler: str = "euler"
+    scheduler: str = "normal"
+    denoise: float = 1.0
+    width: int = 512
+    height: int = 512
+    checkpoint: str | None = CONNECTED
+    init: str | None = None  # key into the renderer's init images (img2img from that image); None = empty latent
+
+    def describe(self) -> dict:
+        return {k: (list(map(list, v)) if k == "loras" else v) for k, v in asdict(self).items()}
+
+
+def noise_mode(sampler: str) -> str:
+    """'fixed' (noise only at the start), 'per_sample' (fresh default noise each step: one generator per sample
+    reproduces single runs) or 'single' (its own noise scheme, e.g. a Brownian tree over the whole batch)."""
+    fn = comfy.samplers.sampler_object(sampler).sampler_function
+    try:
+        if "noise_sampler" not in inspect.signature(fn).parameters:
+            return "fixed"
+        source = inspect.getsource(fn)
+    except (TypeError, ValueError, OSError):
+        return "single"
+    if "default_noise_sampler" in source and "BrownianTree" not in source:
+        return "per_sample"
+    return "single"
+
+
+def per_sample_noise_sampler(shape, seeds, device, dtype):
+    """ComfyUI's default noise sampler, one generator per sample: sample i draws what a batch-of-one run would."""
+    generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    one = (1,) + tuple(shape[1:])
+
+    def draw(sigma, sigma_next):
+        return torch.cat([torch.randn(one, dtype=dtype, device=device, generator=g) for g in generators])
+    return draw
+
+
+def batch_conds(conds: list) -> list:
+    """One CONDITIONING for a batch from one single-prompt CONDITIONING per sample (None when they cannot join).
+
+    Token sequences of different lengths are repeated to their least common multiple, as ComfyUI does when it
+    concatenates conds: attention over a sequence repeated k times gives the same result.
+    """
+    if any(len(c) != 1 for c in conds):
+        return None
+    tensors = [c[0][0] for c in conds]
+    if len({t.shape[0] for t in tensors}) != 1 or tensors[0].shape[0] != 1 or len({t.shape[2] for t in tensors}) != 1:
+        return None
+    length = math.lcm(*[t.shape[1] for t in tensors])
+    if length > 4 * max(t.shape[1] for t in tensors):
+        return None
+    joined = torch.cat([t.repeat(1, length // t.shape[1], 1) for t in tensors])
+    extras = [c[0][1] for c in conds]
+    if len({frozenset(e) for e in extras}) != 1:
+        return None
+    merged = {}
+    for key, value in extras[0].items():
+        values = [e[key] for e in extras]
+        if isinstance(value, torch.Tensor):
+            if any(not isinstance(v, torch.Tensor) or v.shape != value.shape or v.shape[:1] != (1,) for v in values):
+                return None
+            merged[key] = torch.cat(values)
+        elif all(v is value or v == value for v in values):
+            merged[key] = value
+        else:
+            return None
+    return [[joined, merged]]
+
+
+def lora_identity(name: str) -> str:
+    path = folder_paths.get_full_path_or_raise("loras", name)
+    stat = os.stat(path)
+    return f"{name}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+@dataclass
+class _Variant:
+    """One model (the connected one or a checkpoint) with its forward-time LoRAs."""
+
+    model: object
+    clip: object
+    vae: object
+    identity: str
+    unet: ForwardLoRA = field(default_factory=ForwardLoRA)
+    text: ForwardLoRA = field(default_factory=ForwardLoRA)
+    slots: dict = field(default_factory=dict)  # LoRA name -> slot index (same in unet and text)
+    merged_only: dict = field(default_factory=dict)  # LoRA name -> reason it is merged instead
+    patched: dict = field(default_factory=dict)  # tuple of (name, strength) merged -> (model, clip)
+    unloaded: dict = field(default_factory=dict)  # LoRA name -> keys that matched no layer
+
+
+class CellRenderer:
+    """Renders CellSpecs; the connected model first, checkpoints loaded once each, in the order cells need them."""
+
+    def __init__(self, model, clip, vae, *, batch_size: int = 4, init_images: dict | None = None,
+                 cache_dir: Path | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1; got {batch_size}.")
+        self.batch_size = batch_size
+        self.connected = (model, clip, vae)
+        self.init_images = dict(init_images or {})  # key -> IMAGE tensor (1, H, W, 3)
+        self.cache_dir = cache_dir
+        self.variants: dict = {}
+        self.identities: dict = {}
+        self.loras: dict = {}
+        self.conds: dict = {}
+        self.rendered = 0
+        self.reused = 0
+        self.cache_files: list[Path] = []
+
+    # --- models and LoRAs ---------------------------------------------------------------------------------------
+
+    def _identity(self, checkpoint) -> str:
+        """What makes a model's images: a weights fingerprint of the connected model (plus its pending patches and
+        VAE), or a checkpoint file's name, size and modification time."""
+        if checkpoint not in self.identities:
+            if checkpoint is CONNECTED:
+                model, _, vae = self.connected
+                # Load it first: until then the shared weights may still carry another patcher's LoRA.
+                comfy.model_management.load_models_gpu([model])
+                patches = sorted((k, len(v)) for k, v in getattr(model, "patches", {}).items())
+                self.identities[checkpoint] = (weights_fingerprint(model.model.state_dict())
+                                               + hashlib.sha256(repr(patches).encode()).hexdigest()[:8]
+                                               + weights_fingerprint(vae.first_stage_model.state_dict()))
+            else:
+                stat = os.stat(folder_paths.get_full_path_or_raise("checkpoints", checkpoint))
+                self.identities[checkpoint] = f"{checkpoint}:{stat.st_size}:{stat.st_mtime_ns}"
+        return self.identities[checkpoint]
+
+    def _variant(self, checkpoint) -> _Variant:
+        if checkpoint not in self.variants:
+            if checkpoint is CONNECTED:
+                model, clip, vae = self.connected
+            else:
+                path = folder_paths.get_full_path_or_raise("checkpoints", checkpoint)
+                out = comfy.sd.load_checkpoint_guess_config(
+                    path, output_vae=True, output_clip=True,
+                    embedding_directory=folder_paths.get_folder_paths("embeddings"))
+                model, clip, vae = out[:3]
+                if clip is None or vae is None:
+                    raise ValueError(f"Checkpoint '{checkpoint}' has no text encoder or no VAE, so it cannot make "
+                                     "grid cells on its own. Use checkpoints that include both.")
+            self.variants[checkpoint] = _Variant(model, clip, vae, self._identity(checkpoint))
+        return self.variants[checkpoint]
+
+    def release(self, checkpoint) -> None:
+        """Drops a loaded checkpoint (the connected model stays) so ComfyUI can free its memory."""
+        if checkpoint is not CONNECTED:
+            self.variants.pop(checkpoint, None)
+
+    def _lora_sd(self, name: str) -> dict:
+        if name not in self.loras:
+            self.loras[name] = load_lora(folder_paths.get_full_path_or_raise("loras", name))[0]
+        return self.loras[name]
+
+    def _attach(self, v: _Variant, name: str) -> None:
+        """Installs LoRA `name` on the variant at forward time, or records why it must be merged instead."""
+        if name in v.slots or name in v.merged_only:
+            return
+        sd = comfy.lora_convert.convert_lora(dict(self._lora_sd(name)))
+        unet_map = comfy.lora.model_lora_keys_unet(v.model.model, {})
+        text_map = comfy.lora.model_lora_keys_clip(v.clip.cond_stage_model, {})
+        found = {}
+        for part, key_map, root in (("unet", unet_map, v.model.model), ("text", text_map, v.clip.cond_stage_model)):
+            for key, adapter in comfy.lora.load_lora(sd, key_map, log_missing=False).items():
+                found[(part, key)] = (adapter, root)
+        loaded = set()
+        for adapter, _ in found.values():
+            loaded.update(getattr(adapter, "loaded_keys", ()))
+        alphas = {k for k in sd if k.endswith(".alpha")}
+        v.unloaded[name] = sorted(k for k in sd if k not in loaded and k not in alphas)
+        problem = None
+        for (part, key), (adapter, root) in found.items():
+            if isinstance(key, tuple) or not isinstance(adapter, LoRAAdapter) or not key.endswith(".weight"):
+                problem = f"{key}: {type(adapter).__name__ if not isinstance(adapter, tuple) else adapter[0]}"
+                break
+            if any(w is not None for w in adapter.weights[3:]):
+                problem = f"{key}: lora_mid / dora_scale / reshape"
+                break
+        if problem is None:
+            slot_unet, slot_text = v.unet.add_slot(name), v.text.add_slot(name)
+            try:
+                for (part, key), (adapter, root) in found.items():
+                    up, down, alpha = adapter.weights[:3]
+                    module = root.get_submodule(key[: -len(".weight")])
+                    target = v.unet if part == "unet" else v.text
+                    target.add(slot_unet if part == "unet" else slot_text, module, down, up, alpha, where=key)
+            except (ValueError, AttributeError) as err:
+                raise ValueError(f"LoRA '{name}' does not fit this model: {err}") from err
+            v.slots[name] = slot_unet
+        else:
+            v.merged_only[name] = problem
+
+    # --- conditioning -------------------------------------------------------------------------------------------
+
+    def _encode(self, v: _Variant, spec_loras: tuple, merged: tuple, text: str, checkpoint):
+        forward = tuple((n, s) for n, s in spec_loras if n in v.slots)
+        key = (checkpoint, merged, forward, text)
+        if key not in self.conds:
+            clip = self._patched(v, merged)[1]
+            row = [0.0] * v.text.slots
+            for name, strength in forward:
+                row[v.slots[name]] += strength
+            if v.text.slots:
+                v.text.set_strengths([row])
+            with v.text.attached():
+                self.conds[key] = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+        return self.conds[key]
+
+    def _patched(self, v: _Variant, merged: tuple):
+        if not merged:
+            return v.model, v.clip
+        if merged not in v.patched:
+            model, clip = v.model, v.clip
+            for name, strength in merged:
+                model, clip = comfy.sd.load_lora_for_models(model, clip, self._lora_sd(name), strength, strength)
+            v.patched[merged] = (model, clip)
+        return v.patched[merged]
+
+    # --- cache ----------------------------------------------------------------------------------------------------
+
+    def cell_key(self, spec: CellSpec) -> str:
+        parts = {"spec": spec.describe(), "model": self._identity(spec.checkpoint),
+                 "loras": [lora_identity(n) for n, _ in spec.loras]}
+        if spec.init is not None:
+            parts["init"] = hashlib.sha256(self.init_images[spec.init].cpu().numpy().tobytes()).hexdigest()
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+    def _cached(self, key: str):
+        if self.cache_dir is None:
+            return None
+        path = self.cache_dir / f"{key}.png"
+        self.cache_files.append(path)
+        if path.is_file():
+            try:
+                with Image.open(path) as image:
+                    return image.convert("RGB")
+            except OSError:
+                return None  # a damaged leftover: render the cell again
+        return None
+
+    def _store(self, key: str, image: Image.Image) -> None:
+        if self.cache_dir is not None:
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            atomic_write_bytes(self.cache_dir / f"{key}.png", buffer.getvalue())
+
+    def forget_cache(self) -> None:
+        """Removes the finished-cell files of this run (call once the grid is saved)."""
+        for path in self.cache_files:
+            path.unlink(missing_ok=True)
+
+    # --- rendering ------------------------------------------------------------------------------------------------
+
+    def render(self, specs: list[CellSpec], on_cell=None) -> list[Image.Image]:
+        """Images for `specs` in order; on_cell(done, total) after each batch (it may raise to stop)."""
+        results: list = [None] * len(specs)
+        pending = []
+        for i, spec in enumerate(specs):
+            key = self.cell_key(spec)
+            image = self._cached(key)
+            if image is not None:
+                results[i] = image
+                self.reused += 1
+            else:
+                pending.append((i, spec, key))
+        done = len(specs) - len(pending)
+        if on_cell:
+            on_cell(done, len(specs))
+        order = []  # checkpoints in first-use order, so each is loaded once
+        for _, spec, _ in pending:
+            if spec.checkpoint not in order:
+                order.append(spec.checkpoint)
+        for checkpoint in order:
+            v = self._variant(checkpoint)
+            groups: dict = {}
+            for item in (p for p in pending if p[1].checkpoint == checkpoint):
+                spec = item[1]
+                for name, _ in spec.loras:
+                    self._attach(v, name)
+                merged = tuple((n, s) for n, s in spec.loras if n in v.merged_only)
+                group = (merged, spec.steps, spec.cfg, spec.sampler, spec.scheduler, spec.denoise, spec.width,
+                         spec.height, spec.init is None)
+                groups.setdefault(group, []).append(item)
+            for group, items in groups.items():
+                size = 1 if noise_mode(group[3]) == "single" else self.batch_size
+                for start in range(0, len(items), size):
+                    chunk = items[start:start + size]
+                    images = self._render_batch(v, checkpoint, group[0], [s for _, s, _ in chunk])
+                    for (i, _, key), image in zip(chunk, images):
+                        results[i] = image
+                        self._store(key, image)
+                    self.rendered += len(chunk)
+                    done += len(chunk)
+                    if on_cell:
+                        on_cell(done, len(specs))
+            self.release(checkpoint)
+        return results
+
+    def _render_batch(self, v: _Variant, checkpoint, merged: tuple, specs: list[CellSpec]) -> list[Image.Image]:
+        first = specs[0]
+        positives = [self._encode(v, s.loras, merged, s.positive, checkpoint) for s in specs]
+        negatives = [self._encode(v, s.loras, merged, s.negative, checkpoint) for s in specs]
+        positive, negative = batch_conds(positives), batch_conds(negatives)
+        if len(specs) > 1 and (positive is None or negative is None):  # prompts that cannot share a batch
+            return [img for s in specs for img in self._render_batch(v, checkpoint, merged, [s])]
+        if positive is None:
+            positive, negative = positives[0], negatives[0]
+        model = self._patched(v, merged)[0]
+        table = [[0.0] * v.unet.slots for _ in specs]
+        for row, spec in zip(table, specs):
+            for name, strength in spec.loras:
+                if name in v.slots:
+                    row[v.slots[name]] += strength
+        if v.unet.slots:
+            v.unet.set_strengths(table)
+
+        channels = model.model.latent_format.latent_channels
+        if first.init is None:
+            latent = torch.zeros(len(specs), channels, first.height // 8, first.width // 8)
+        else:
+            pixels = torch.cat([self.init_images[s.init] for s in specs])
+            latent = v.vae.encode(pixels[:, :, :, :3])  # as VAEEncode: the sampler applies process_latent_in
+        latent = comfy.sample.fix_empty_latent_channels(model, latent)
+        noise = torch.cat([comfy.sample.prepare_noise(latent[i:i + 1], s.seed) for i, s in enumerate(specs)])
+        sampler = comfy.samplers.sampler_object(first.sampler)
+        if noise_mode(first.sampler) == "per_sample" and len(specs) > 1:
+            sampler.extra_options = {**sampler.extra_options, "noise_sampler": per_sample_noise_sampler(
+                latent.shape, [s.seed for s in specs], model.load_device, torch.float32)}
+        sigmas = comfy.samplers.KSampler(model, steps=first.steps, device=model.load_device, sampler=first.sampler,
+                                         scheduler=first.scheduler, denoise=first.denoise,
+                                         model_options=model.model_options).sigmas
+
+        def check(step, x0, x, total):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+
+        with v.unet.attached():
+            samples = comfy.sample.sample_custom(model, noise, first.cfg, sampler, sigmas, positive, negative, latent,
+                                                 callback=check, disable_pbar=True, seed=first.seed)
+        pixels = v.vae.decode(samples)
+        # 8-bit exactly as ComfyUI's SaveImage makes it (255 * x, clipped, truncated), so cells match stock files
+        return [Image.fromarray(np.clip(255.0 * p.cpu().numpy(), 0, 255).astype(np.uint8)) for p in pixels]
+
+
+def cell_cache_dir() -> Path:
+    return output_subdir("atelier", "grids", "cells")
