@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 import numpy as np
-from comfy_host import FIXTURE_CHECKPOINT_NAME, ComfyServer, find_checkout, find_python, fixture_checkpoint
+from comfy_host import (FIXTURE_CHECKPOINT_NAME, ComfyServer, find_checkout, find_python, fixture_checkpoint,
+                        random_lora)
 from PIL import Image
 
 CHECKOUT, WHY_NOT = find_checkout()
@@ -63,3 +64,11 @@ def source_lora(comfy, comfy_server):
             "train_text_encoder": False, "te_lr": 1e-4, "seed": 0}},
     }, timeout=600)
     return "atelier/tools_src.safetensors"
+
+
+@pytest.fixture(scope="session")
+def rand_lora(comfy_server):
+    """A random LoRA on the fixture's UNet attention and first two CLIP layers (so text encoding changes too)."""
+    ckpt = comfy_server.models / "checkpoints" / FIXTURE_CHECKPOINT_NAME
+    random_lora(ckpt, comfy_server.models / "loras" / "grid_rand.safetensors", seed=3)
+    return "grid_rand.safetensors"

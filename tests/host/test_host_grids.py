@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from comfy_host import FIXTURE_CHECKPOINT_NAME, random_lora, render, txt2img_prompt, saved_pixels
+from comfy_host import FIXTURE_CHECKPOINT_NAME, render, saved_pixels, txt2img_prompt
 from PIL import Image
 
 LOADER = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FIXTURE_CHECKPOINT_NAME}}}
@@ -29,12 +29,6 @@ def grid_cells(comfy, comfy_server, prefix: str, **overrides) -> tuple[list, dic
     return [np.asarray(Image.open(f), dtype=np.int16) for f in files], out["2"]
 
 
-@pytest.fixture(scope="module")
-def rand_lora(comfy_server):
-    """A random LoRA on the fixture's UNet attention and first two CLIP layers (so text encoding changes too)."""
-    ckpt = comfy_server.models / "checkpoints" / FIXTURE_CHECKPOINT_NAME
-    random_lora(ckpt, comfy_server.models / "loras" / "grid_rand.safetensors", seed=3)
-    return "grid_rand.safetensors"
 
 
 @pytest.fixture(scope="module")
