@@ -164,6 +164,7 @@ class CellRenderer:
         self.conds: dict = {}
         self.rendered = 0
         self.reused = 0
+        self.batches = 0  # sampler runs (UNet batches) made
         self.cache_files: list[Path] = []
 
     # --- models and LoRAs ---------------------------------------------------------------------------------------
@@ -365,6 +366,7 @@ class CellRenderer:
         if positive is None:
             positive, negative = positives[0], negatives[0]
         model = self._patched(v, merged)[0]
+        self.batches += 1
         table = [[0.0] * v.unet.slots for _ in specs]
         for row, spec in zip(table, specs):
             for name, strength in spec.loras:

@@ -93,7 +93,8 @@ def render_specs(model, clip, vae, specs: list[CellSpec], *, batch_size: int, re
 
 
 def report(renderer: CellRenderer) -> str:
-    lines = [f"{renderer.rendered} cells rendered, {renderer.reused} reused from an interrupted run."]
+    lines = [f"{renderer.rendered} cells rendered, {renderer.reused} reused from an interrupted run; "
+             f"{renderer.batches} sampler batches."]
     for v in renderer.variants.values():
         for name, why in v.merged_only.items():
             lines.append(f"LoRA {name} is merged into the weights per strength ({why}), not batched.")

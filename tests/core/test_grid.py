@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from atelier.core.draw import load_font, text_block_height, wrap_text
-from atelier.core.grid import (AXIS_KINDS, MIN_COLUMN_FONTS, MISSING_FILL, Axis, draw_grid, grid_metadata, paginate,
-                               parse_grid_metadata, parse_values, plan_cells, read_png_metadata, row_label_width,
-                               save_png_with_metadata)
+from atelier.core.grid import (AXIS_KINDS, MIN_COLUMN_FONTS, MISSING_FILL, Axis, draw_grid, grid_metadata, join_row,
+                               pad_to_common_size, paginate, parse_grid_metadata, parse_values, plan_cells,
+                               read_png_metadata, row_label_width, save_png_with_metadata)
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 LORAS = ["sub/epoch-10.safetensors", "sub/epoch-2.safetensors", "sub/epoch-1.safetensors", "other/style.safetensors"]
@@ -410,3 +410,23 @@ def test_png_without_metadata_reads_none(tmp_path):
     with pytest.raises(ValueError):
         save_png_with_metadata(solid(RED), tmp_path / "bad.png", "{}")
     assert sorted(os.listdir(tmp_path)) == ["plain.png"]
+
+
+def test_join_row_puts_seeds_side_by_side_with_gaps():
+    a, b = Image.new("RGB", (10, 6), (255, 0, 0)), Image.new("RGBA", (8, 9), (0, 0, 255, 0))
+    strip = join_row([a, b], gap=3, background=(0, 255, 0))
+    assert strip.size == (10 + 3 + 8, 9)
+    assert strip.getpixel((0, 0)) == (255, 0, 0) and strip.getpixel((11, 4)) == (0, 255, 0)  # gap shows background
+    assert strip.getpixel((14, 8)) == (0, 255, 0)  # transparent pixels show the background, not hidden colour
+    assert strip.getpixel((5, 8)) == (0, 255, 0)  # below the shorter image
+    assert join_row([a]) is a
+    with pytest.raises(ValueError, match="at least one"):
+        join_row([])
+
+
+def test_pad_to_common_size_keeps_pixels_top_left():
+    small, big = Image.new("RGB", (4, 5), (9, 9, 9)), Image.new("RGB", (7, 3), (1, 2, 3))
+    out = pad_to_common_size([small, big], background=(255, 255, 255))
+    assert [im.size for im in out] == [(7, 5), (7, 5)]
+    assert out[0].getpixel((3, 4)) == (9, 9, 9) and out[0].getpixel((6, 0)) == (255, 255, 255)
+    assert out[1].getpixel((6, 2)) == (1, 2, 3) and out[1].getpixel((0, 4)) == (255, 255, 255)

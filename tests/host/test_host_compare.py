@@ -65,7 +65,7 @@ def test_strength_matrix_mixes_two_loras_in_one_batch(comfy, comfy_server, rand_
     cells, ui = run_sheet(comfy, comfy_server, "AtelierPlotStrengthMatrix", "mix", lora_a=rand_lora,
                           strengths_a="0,1", lora_b=second_lora, strengths_b="0,1", positive="x style",
                           grid_name="mix", batch_size=4, **SAMPLING)
-    assert len(cells) == 4 and "4 cells rendered" in ui["text"][1]
+    assert len(cells) == 4 and "4 cells rendered" in ui["text"][1] and "1 sampler batches" in ui["text"][1]
     base = render(comfy, comfy_server, "x style", seed=1, prefix="mix_base")
     only_a = render(comfy, comfy_server, "x style", seed=1, prefix="mix_a", lora=rand_lora, strength=1.0)
     only_b = render(comfy, comfy_server, "x style", seed=1, prefix="mix_b", lora=second_lora, strength=1.0)

@@ -93,7 +93,7 @@ def test_batched_cells_match_stock_lora_loader_runs(comfy, comfy_server, rand_lo
     """2 seeds x strengths 0, 0.5, 1 in one batch of 6 against 6 stock LoraLoader + KSampler runs."""
     cells, out = grid_cells(comfy, comfy_server, "batched", lora=rand_lora, x_values="0,0.5,1", y_kind="seed",
                             y_values="1,2", batch_size=6)
-    assert "6 cells rendered" in out["text"][-1]
+    assert "6 cells rendered" in out["text"][-1] and "1 sampler batches" in out["text"][-1]
     for k, (seed, strength) in enumerate((s, t) for s in (1, 2) for t in (0.0, 0.5, 1.0)):
         stock = render(comfy, comfy_server, "x style", seed=seed, prefix=f"stock{k}",
                        lora=rand_lora if strength else None, strength=strength)
@@ -109,8 +109,9 @@ def test_batched_cells_match_stock_lora_loader_runs(comfy, comfy_server, rand_lo
 
 def test_ancestral_sampler_cells_get_their_own_noise(comfy, comfy_server, rand_lora):
     """euler_ancestral draws noise every step: batched cells must draw what their seed draws alone."""
-    cells, _ = grid_cells(comfy, comfy_server, "anc", lora=rand_lora, x_kind="seed", x_values="1,2,3",
-                          strength=0.5, sampler="euler_ancestral", batch_size=3)
+    cells, out = grid_cells(comfy, comfy_server, "anc", lora=rand_lora, x_kind="seed", x_values="1,2,3",
+                            strength=0.5, sampler="euler_ancestral", batch_size=3)
+    assert "1 sampler batches" in out["text"][-1]
     for k, seed in enumerate((1, 2, 3)):
         prompt = txt2img_prompt("x style", seed=seed, prefix=f"anc{k}", lora=rand_lora, strength=0.5)
         prompt["5"]["inputs"]["sampler_name"] = "euler_ancestral"
@@ -161,3 +162,16 @@ def test_interrupted_grid_resumes_without_redoing_finished_cells(comfy, comfy_se
     resumed = [np.asarray(Image.open(f), dtype=np.int16) for f in files]
     fresh, _ = grid_cells(comfy, comfy_server, "fresh", lora=rand_lora, x_values="0-1 [6]", steps=6, batch_size=1)
     assert all(np.array_equal(a, b) for a, b in zip(resumed, fresh))
+
+
+def test_prompts_of_different_token_lengths_share_a_batch(comfy, comfy_server):
+    """A 77-token and a 154-token prompt in one batch: the short one is repeated to the common length, as ComfyUI
+    does when it concatenates conds, so both cells match their stock images."""
+    long_text = "x style, " + ", ".join(f"detail {i}" for i in range(60))
+    cells, out = grid_cells(comfy, comfy_server, "lengths", x_kind="prompt_sr", x_values=f'x style, "{long_text}"',
+                            batch_size=2)
+    assert "2 cells rendered" in out["text"][-1] and "1 sampler batches" in out["text"][-1]
+    for k, text in enumerate(("x style", long_text)):
+        stock = render(comfy, comfy_server, text, seed=1, prefix=f"len{k}")
+        assert np.abs(stock - cells[k]).max() <= 1, text[:20]
+    assert np.abs(cells[0] - cells[1]).mean() > 1
