@@ -18,7 +18,6 @@ from .grids import (NONE, check_choice, checked_sampling, common_inputs, lora_ch
                     save_pages, speed_inputs)
 from .host import DATASET
 
-CATEGORY = "atelier/grids"
 
 
 def lora_input(name: str, tooltip: str):
@@ -63,7 +62,8 @@ class AtelierCompareSideBySide(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="AtelierCompareSideBySide", display_name="Side by Side A vs B (Atelier)", category=CATEGORY,
+            node_id="AtelierCompareSideBySide", display_name="Side by Side A vs B (Atelier)",
+            category="atelier/grids",
             description="The same prompts and seeds rendered two ways (LoRA, strength, negative prompt or "
                         "checkpoint), A in the left column and B in the right.",
             inputs=[
@@ -133,7 +133,8 @@ class AtelierPlotStrengthMatrix(io.ComfyNode):
     def define_schema(cls):
         values = "Strengths: '0, 0.5, 1', '0-1 [5]' or '0-1 (+0.25)'."
         return io.Schema(
-            node_id="AtelierPlotStrengthMatrix", display_name="A × B Strength Matrix (Atelier)", category=CATEGORY,
+            node_id="AtelierPlotStrengthMatrix", display_name="A × B Strength Matrix (Atelier)",
+            category="atelier/grids",
             description="Two LoRAs mixed at every pair of strengths (\"style mixing\"): rows are LoRA A's "
                         "strengths, columns LoRA B's; every cell uses both LoRAs at forward time in one batch.",
             inputs=[
@@ -206,7 +207,8 @@ class AtelierCompareRealGenerated(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="AtelierCompareRealGenerated", display_name="Real vs Generated (Atelier)", category=CATEGORY,
+            node_id="AtelierCompareRealGenerated", display_name="Real vs Generated (Atelier)",
+            category="atelier/grids",
             description="Dataset images beside generations from their own captions: real | with the LoRA | "
                         "base model, one row per image.",
             inputs=[
@@ -251,7 +253,8 @@ class AtelierCheckReconstruction(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="AtelierCheckReconstruction", display_name="Reconstruction Check (Atelier)", category=CATEGORY,
+            node_id="AtelierCheckReconstruction", display_name="Reconstruction Check (Atelier)",
+            category="atelier/grids",
             description="Encodes training images, noises them to `denoise`, and regenerates each from its caption "
                         "with and without the LoRA: target | base | LoRA, with each one's distance to the target. "
                         "A LoRA that learned its images lands closer than the base model.",
