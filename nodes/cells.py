@@ -236,16 +236,29 @@ class CellRenderer:
             if any(w is not None for w in adapter.weights[3:]):
                 problem = f"{key}: lora_mid / dora_scale / reshape"
                 break
-        if problem is None:
-            slot_unet, slot_text = v.unet.add_slot(name), v.text.add_slot(name)
+        resolved = []
+        if problem is None:  # every layer must take a forward hook, else the whole file is merged the stock way
+            trial = ForwardLoRA()
+            trial.add_slot(name)
             try:
                 for (part, key), (adapter, root) in found.items():
+                    path = key[: -len(".weight")]
+                    module = root.get_submodule(path)
+                    parent = root.get_submodule(path.rsplit(".", 1)[0]) if "." in path else root
+                    if isinstance(parent, torch.nn.MultiheadAttention):  # reads the weight, never calls forward
+                        raise ValueError(f"{key} belongs to a MultiheadAttention")
                     up, down, alpha = adapter.weights[:3]
-                    module = root.get_submodule(key[: -len(".weight")])
-                    target = v.unet if part == "unet" else v.text
-                    target.add(slot_unet if part == "unet" else slot_text, module, down, up, alpha, where=key)
+                    trial.add(0, module, down, up, alpha, where=key)
+                    resolved.append((part, module, down, up, alpha, key))
             except (ValueError, AttributeError) as err:
-                raise ValueError(f"LoRA '{name}' does not fit this model: {err}") from err
+                problem = str(err).splitlines()[0]
+        if problem is None:
+            slot_unet, slot_text = v.unet.add_slot(name), v.text.add_slot(name)
+            for part, module, down, up, alpha, key in resolved:
+                if part == "unet":
+                    v.unet.add(slot_unet, module, down, up, alpha, where=key)
+                else:
+                    v.text.add(slot_text, module, down, up, alpha, where=key)
             v.slots[name] = slot_unet
         else:
             v.merged_only[name] = problem

@@ -175,3 +175,24 @@ def test_prompts_of_different_token_lengths_share_a_batch(comfy, comfy_server):
         stock = render(comfy, comfy_server, text, seed=1, prefix=f"len{k}")
         assert np.abs(stock - cells[k]).max() <= 1, text[:20]
     assert np.abs(cells[0] - cells[1]).mean() > 1
+
+
+def test_loha_is_merged_the_stock_way_and_still_matches(comfy, comfy_server):
+    """A LoHa cannot be added at forward time: it is merged once per strength, exactly as LoraLoader does."""
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(9)
+    base = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q"
+    t = {f"{base}.hada_w1_a": torch.randn(320, 2, generator=g) * 0.3,
+         f"{base}.hada_w1_b": torch.randn(2, 320, generator=g) * 0.3,
+         f"{base}.hada_w2_a": torch.randn(320, 2, generator=g) * 0.3,
+         f"{base}.hada_w2_b": torch.randn(2, 320, generator=g) * 0.3, f"{base}.alpha": torch.tensor(2.0)}
+    save_file(t, str(comfy_server.models / "loras" / "grid_loha.safetensors"))
+    cells, out = grid_cells(comfy, comfy_server, "loha", lora="grid_loha.safetensors", x_values="0,1", batch_size=1)
+    assert "grid_loha.safetensors is merged into the weights per strength" in out["text"][-1]
+    for k, strength in enumerate((0.0, 1.0)):
+        stock = render(comfy, comfy_server, "x style", seed=1, prefix=f"loha{k}",
+                       lora="grid_loha.safetensors" if strength else None, strength=strength)
+        assert np.array_equal(stock, cells[k])  # the same merge, one cell per batch: bit for bit
+    assert np.abs(cells[0] - cells[1]).mean() > 1
