@@ -39,6 +39,33 @@ def _describe(module: nn.Module) -> str:
     return f"{type(module).__name__}{tuple(module.weight.shape)}"
 
 
+def fit_layer(module: nn.Module, down: torch.Tensor, up: torch.Tensor, *, where: str = ""
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`down` and `up` shaped for `module`'s forward (a 1x1 conv saved as linear and the reverse are reshaped views);
+    raises ValueError when the layer cannot take them at forward time. Copies nothing."""
+    label = where or _describe(module)
+    rank = down.shape[0]
+    if isinstance(module, nn.Conv2d):
+        weight = module.weight
+        if down.ndim == 2 and up.ndim == 2 and tuple(weight.shape[2:]) == (1, 1):  # a 1x1 conv saved as linear
+            down, up = down[:, :, None, None], up[:, :, None, None]
+        ok = (module.groups == 1 and down.ndim == 4 and up.ndim == 4 and down.shape[1] == weight.shape[1]
+              and tuple(down.shape[2:]) == tuple(weight.shape[2:]) and up.shape[0] == weight.shape[0]
+              and up.shape[1] == rank and tuple(up.shape[2:]) == (1, 1))
+    elif isinstance(module, nn.Linear):
+        if down.ndim == 4 and tuple(down.shape[2:]) == (1, 1):  # saved from a 1x1 conv view
+            down, up = down.flatten(1), up.flatten(1)
+        ok = (down.ndim == 2 and up.ndim == 2 and down.shape[1] == module.in_features
+              and up.shape == (module.out_features, rank))
+    else:
+        raise ValueError(f"{label}: forward-time LoRA supports Linear and Conv2d layers; this is a "
+                         f"{type(module).__name__}. Apply this LoRA by merging it into the weights instead.")
+    if not ok:
+        raise ValueError(f"{label}: LoRA down {tuple(down.shape)} / up {tuple(up.shape)} does not fit the layer "
+                         f"{_describe(module)}; the LoRA was made for another model.")
+    return down, up
+
+
 class ForwardLoRA:
     """Several LoRAs ("slots") added to a model's layers at forward time, each with a per-sample strength."""
 
@@ -65,26 +92,8 @@ class ForwardLoRA:
         """Adds one layer of LoRA `slot` to `module` (an nn.Linear or nn.Conv2d); alpha None means alpha = rank."""
         if not 0 <= slot < self.slots:
             raise ValueError(f"ForwardLoRA has slots 0..{self.slots - 1}; got slot {slot}. Call add_slot first.")
-        label = where or _describe(module)
+        down, up = fit_layer(module, down, up, where=where)
         rank = down.shape[0]
-        if isinstance(module, nn.Conv2d):
-            weight = module.weight
-            if down.ndim == 2 and up.ndim == 2 and tuple(weight.shape[2:]) == (1, 1):  # a 1x1 conv saved as linear
-                down, up = down[:, :, None, None], up[:, :, None, None]
-            ok = (module.groups == 1 and down.ndim == 4 and up.ndim == 4 and down.shape[1] == weight.shape[1]
-                  and tuple(down.shape[2:]) == tuple(weight.shape[2:]) and up.shape[0] == weight.shape[0]
-                  and up.shape[1] == rank and tuple(up.shape[2:]) == (1, 1))
-        elif isinstance(module, nn.Linear):
-            if down.ndim == 4 and tuple(down.shape[2:]) == (1, 1):  # saved from a 1x1 conv view
-                down, up = down.flatten(1), up.flatten(1)
-            ok = (down.ndim == 2 and up.ndim == 2 and down.shape[1] == module.in_features
-                  and up.shape == (module.out_features, rank))
-        else:
-            raise ValueError(f"{label}: forward-time LoRA supports Linear and Conv2d layers; this is a "
-                             f"{type(module).__name__}. Apply this LoRA by merging it into the weights instead.")
-        if not ok:
-            raise ValueError(f"{label}: LoRA down {tuple(down.shape)} / up {tuple(up.shape)} does not fit the layer "
-                             f"{_describe(module)}; the LoRA was made for another model.")
         scale = (rank if alpha is None else float(alpha)) / rank
         term = _Term(slot, down.detach().float().contiguous(), up.detach().float().contiguous(), scale, {})
         self._layers.setdefault(module, []).append(term)

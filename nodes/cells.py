@@ -16,6 +16,7 @@ the same settings starts where it stopped; the caller removes them once the grid
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import io
@@ -40,7 +41,7 @@ import folder_paths
 from comfy.weight_adapter.lora import LoRAAdapter
 
 from ..core.dataset_io import atomic_write_bytes
-from ..core.forward_lora import ForwardLoRA
+from ..core.forward_lora import ForwardLoRA, fit_layer
 from ..core.lora_io import load_lora
 from .host import output_subdir
 from .train_adapter import weights_fingerprint
@@ -68,6 +69,7 @@ class CellSpec:
         return {k: (list(map(list, v)) if k == "loras" else v) for k, v in asdict(self).items()}
 
 
+@functools.cache
 def noise_mode(sampler: str) -> str:
     """'fixed' (noise only at the start), 'per_sample' (fresh default noise each step: one generator per sample
     reproduces single runs) or 'single' (its own noise scheme, e.g. a Brownian tree over the whole batch)."""
@@ -125,9 +127,9 @@ def batch_conds(conds: list) -> list:
     return [[joined, merged]]
 
 
-def lora_identity(name: str) -> str:
-    path = folder_paths.get_full_path_or_raise("loras", name)
-    stat = os.stat(path)
+def file_identity(folder_type: str, name: str) -> str:
+    """A model file's name, size and modification time: changes when the file is replaced."""
+    stat = os.stat(folder_paths.get_full_path_or_raise(folder_type, name))
     return f"{name}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
@@ -182,8 +184,7 @@ class CellRenderer:
                                                + hashlib.sha256(repr(patches).encode()).hexdigest()[:8]
                                                + weights_fingerprint(vae.first_stage_model.state_dict()))
             else:
-                stat = os.stat(folder_paths.get_full_path_or_raise("checkpoints", checkpoint))
-                self.identities[checkpoint] = f"{checkpoint}:{stat.st_size}:{stat.st_mtime_ns}"
+                self.identities[checkpoint] = file_identity("checkpoints", checkpoint)
         return self.identities[checkpoint]
 
     def _variant(self, checkpoint) -> _Variant:
@@ -238,8 +239,6 @@ class CellRenderer:
                 break
         resolved = []
         if problem is None:  # every layer must take a forward hook, else the whole file is merged the stock way
-            trial = ForwardLoRA()
-            trial.add_slot(name)
             try:
                 for (part, key), (adapter, root) in found.items():
                     path = key[: -len(".weight")]
@@ -248,7 +247,7 @@ class CellRenderer:
                     if isinstance(parent, torch.nn.MultiheadAttention):  # reads the weight, never calls forward
                         raise ValueError(f"{key} belongs to a MultiheadAttention")
                     up, down, alpha = adapter.weights[:3]
-                    trial.add(0, module, down, up, alpha, where=key)
+                    fit_layer(module, down, up, where=key)
                     resolved.append((part, module, down, up, alpha, key))
             except (ValueError, AttributeError) as err:
                 problem = str(err).splitlines()[0]
@@ -270,14 +269,20 @@ class CellRenderer:
         key = (checkpoint, merged, forward, text)
         if key not in self.conds:
             clip = self._patched(v, merged)[1]
-            row = [0.0] * v.text.slots
-            for name, strength in forward:
-                row[v.slots[name]] += strength
             if v.text.slots:
-                v.text.set_strengths([row])
+                v.text.set_strengths([self._strength_row(v, forward)])
             with v.text.attached():
                 self.conds[key] = clip.encode_from_tokens_scheduled(clip.tokenize(text))
         return self.conds[key]
+
+    @staticmethod
+    def _strength_row(v: _Variant, loras: tuple) -> list[float]:
+        """One sample's strength per forward-time slot (LoRAs merged into the weights count 0 here)."""
+        row = [0.0] * len(v.slots)
+        for name, strength in loras:
+            if name in v.slots:
+                row[v.slots[name]] += strength
+        return row
 
     def _patched(self, v: _Variant, merged: tuple):
         if not merged:
@@ -293,15 +298,18 @@ class CellRenderer:
 
     def cell_key(self, spec: CellSpec) -> str:
         parts = {"spec": spec.describe(), "model": self._identity(spec.checkpoint),
-                 "loras": [lora_identity(n) for n, _ in spec.loras]}
+                 "loras": [file_identity("loras", n) for n, _ in spec.loras]}
         if spec.init is not None:
             parts["init"] = hashlib.sha256(self.init_images[spec.init].cpu().numpy().tobytes()).hexdigest()
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
+    def _cache_path(self, key: str) -> Path:
+        return self.cache_dir / f"{key}.png"
+
     def _cached(self, key: str):
         if self.cache_dir is None:
             return None
-        path = self.cache_dir / f"{key}.png"
+        path = self._cache_path(key)
         self.cache_files.append(path)
         if path.is_file():
             try:
@@ -315,7 +323,7 @@ class CellRenderer:
         if self.cache_dir is not None:
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
-            atomic_write_bytes(self.cache_dir / f"{key}.png", buffer.getvalue())
+            atomic_write_bytes(self._cache_path(key), buffer.getvalue())
 
     def forget_cache(self) -> None:
         """Removes the finished-cell files of this run (call once the grid is saved)."""
@@ -380,13 +388,8 @@ class CellRenderer:
             positive, negative = positives[0], negatives[0]
         model = self._patched(v, merged)[0]
         self.batches += 1
-        table = [[0.0] * v.unet.slots for _ in specs]
-        for row, spec in zip(table, specs):
-            for name, strength in spec.loras:
-                if name in v.slots:
-                    row[v.slots[name]] += strength
         if v.unet.slots:
-            v.unet.set_strengths(table)
+            v.unet.set_strengths([self._strength_row(v, spec.loras) for spec in specs])
 
         channels = model.model.latent_format.latent_channels
         if first.init is None:

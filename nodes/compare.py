@@ -14,8 +14,8 @@ from ..core.images import prepare_image
 from ..core.paths import safe_name
 from ..core.prepare import prepare_sample
 from .cells import CONNECTED, CellSpec
-from .grids import (NONE, check_choice, checked_sampling, common_inputs, lora_choice, render_specs, report,
-                    save_pages, speed_inputs)
+from .grids import (NONE, check_choice, checked_sampling, common_inputs, finish, lora_choice, render_specs,
+                    speed_inputs)
 from .host import DATASET
 
 
@@ -38,13 +38,10 @@ def settings(positive, negative, seed, steps, cfg, sampler, scheduler, width, he
                 scheduler=scheduler, width=width, height=height)
 
 
-def finish(sheet, name: str, axes: dict, cells: list, extra: dict, renderer, images, summary: str = ""):
-    """Saves the sheet with its metadata and returns the node output (sheet, file, cells, text)."""
-    paths = save_pages([sheet], safe_name(name, "grid_name"), [grid_metadata(axes, cells, extra)])
-    renderer.forget_cache()
-    text = [str(paths[0]), report(renderer)] + ([summary] if summary else [])
-    return io.NodeOutput(pil_to_image_tensor([sheet]), str(paths[0]), pil_to_image_tensor(images),
-                         ui={"text": text})
+def finish_sheet(sheet, name: str, axes: dict, cells: list, extra: dict, renderer, images, summary: str = ""):
+    """Saves the one sheet with its metadata and returns the node output (sheet, file, cells, text)."""
+    return finish([sheet], [grid_metadata(axes, cells, extra)], safe_name(name, "grid_name"), renderer, images,
+                  summary)
 
 
 def sheet_outputs():
@@ -125,7 +122,7 @@ class AtelierCompareSideBySide(io.ComfyNode):
                           x_labels=[f"A: {label(la, strength_a, negative_a, None)}",
                                     f"B: {label(lb, strength_b, negative_b, ckpt_b)}"],
                           y_labels=[f"{t[:80]} · seed {seed + k}" for t in lines for k in range(seeds)])
-        return finish(sheet, grid_name, {"x": x, "y": y}, cells, {"seeds": seeds}, renderer, images)
+        return finish_sheet(sheet, grid_name, {"x": x, "y": y}, cells, {"seeds": seeds}, renderer, images)
 
 
 class AtelierPlotStrengthMatrix(io.ComfyNode):
@@ -172,7 +169,7 @@ class AtelierPlotStrengthMatrix(io.ComfyNode):
         cols = len(x.values)
         sheet = draw_grid([images[i:i + cols] for i in range(0, len(images), cols)], x, y,
                           title=f"{positive[:120]} · seed {seed} · {steps} steps · cfg {cfg:g}")
-        return finish(sheet, grid_name, {"x": x, "y": y}, cells, base, renderer, images)
+        return finish_sheet(sheet, grid_name, {"x": x, "y": y}, cells, base, renderer, images)
 
 
 def pick_samples(dataset, count: int) -> list:
@@ -246,7 +243,7 @@ class AtelierCompareRealGenerated(io.ComfyNode):
                           title=f"real vs generated · seed {seed}+row · {steps} steps · cfg {cfg:g}")
         for c in cells:
             c["source"] = str(c["source"]).rsplit("/", 1)[-1]  # the file name only: no server paths in a PNG
-        return finish(sheet, grid_name, {"x": x, "y": y}, cells, base, renderer, images)
+        return finish_sheet(sheet, grid_name, {"x": x, "y": y}, cells, base, renderer, images)
 
 
 class AtelierCheckReconstruction(io.ComfyNode):
@@ -308,7 +305,7 @@ class AtelierCheckReconstruction(io.ComfyNode):
         y = Axis("prompt_sr", tuple(s.item.caption for s in samples), "caption")
         sheet = draw_grid(grid, x, y, x_labels=labels, y_labels=[s.item.caption[:160] for s in samples],
                           captions=captions, title=f"reconstruction at denoise {denoise:g} · {summary}")
-        out = finish(sheet, grid_name, {"x": x, "y": y}, cells, {**base, "denoise": denoise, "base": mean_base,
+        out = finish_sheet(sheet, grid_name, {"x": x, "y": y}, cells, {**base, "denoise": denoise, "base": mean_base,
                                                                  "lora": mean_lora}, renderer, images, summary)
         return io.NodeOutput(*out.args, summary, ui=out.ui)
 

@@ -116,6 +116,17 @@ def save_pages(pages: list, name: str, metadata: list[str]) -> list:
     return paths
 
 
+def finish(sheets: list, metadata: list[str], name: str, renderer: CellRenderer, images: list,
+           summary: str = "") -> io.NodeOutput:
+    """Saves the pages with their metadata, drops the run's resume files, and returns (pages, files, cells) with
+    the files, the renderer's report and an optional summary as the node's text."""
+    paths = save_pages(sheets, name, metadata)
+    renderer.forget_cache()
+    text = [*map(str, paths), report(renderer)] + ([summary] if summary else [])
+    return io.NodeOutput(pil_to_image_tensor(pad_to_common_size(sheets)), "\n".join(map(str, paths)),
+                         pil_to_image_tensor(pad_to_common_size(images)), ui={"text": text})
+
+
 def common_inputs(prompt_default: str = "a starsectorportrait of a person") -> list:
     """Sampler settings shared by the comparison nodes (every cell uses them unless an axis varies them)."""
     return [
@@ -248,7 +259,7 @@ class AtelierXYGrid(io.ComfyNode):
             strips = [[join_row([im for _, im in grid[r][c]]) for c in range(cols)] for r in range(rows)]
             captions = None
             if cell_caption != "none":
-                captions = [[cls_caption(cell_caption, grid[r][c]) for c in range(cols)] for r in range(rows)]
+                captions = [[strip_caption(cell_caption, grid[r][c]) for c in range(cols)] for r in range(rows)]
             page_title = title if z is None else f"{z.label}: {z.labels()[page]} · {title}"
             cell_h = max(im.height for row in strips for im in row)
             cell_w = max(im.width for row in strips for im in row)
@@ -261,14 +272,11 @@ class AtelierXYGrid(io.ComfyNode):
                     **{k: v for k, v in defaults.items() if k != "checkpoint"}, "width": width, "height": height,
                     "baseline": baseline, "seeds_per_cell": seeds_per_cell, "rows": [start, end],
                     "page": page}))
-        paths = save_pages(sheets, name, metadata)
-        renderer.forget_cache()
-        return io.NodeOutput(pil_to_image_tensor(pad_to_common_size(sheets)), "\n".join(map(str, paths)),
-                             pil_to_image_tensor(pad_to_common_size(images)),
-                             ui={"text": [*map(str, paths), report(renderer)]})
+        return finish(sheets, metadata, name, renderer, images)
 
 
-def cls_caption(mode: str, entries: list) -> str:
+def strip_caption(mode: str, entries: list) -> str:
+    """The caption of one grid cell holding (spec, image) for each of its seeds."""
     if not entries:
         return ""
     return cell_caption(mode, entries[0][0], [spec.seed for spec, _ in entries])

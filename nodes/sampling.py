@@ -1,4 +1,4 @@
-"""One image with ComfyUI's own sampler: used by training previews and comparison grids."""
+"""One image with ComfyUI's own sampler, for training previews (comparison grids render in batches: cells.py)."""
 
 from __future__ import annotations
 
