@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-from contextlib import contextmanager
 
 import torch
 
 import comfy.clip_model
 import comfy.model_management
+
+from ..trainers.memory import instance_forwards
 
 UNET_INCLUDE = r"(^|\.)(proj_in|proj_out|transformer_blocks)(\.|$)"  # kohya's default: the transformer blocks
 TE_INCLUDE = r"\.(self_attn|mlp)\."  # kohya's default: attention and MLP of every text-encoder layer
@@ -41,23 +42,16 @@ def thaw(module: torch.nn.Module) -> int:
     return count
 
 
-@contextmanager
 def autograd_friendly_clip(module: torch.nn.Module):
     """CLIP layers with out-of-place residuals while the block runs (ComfyUI's in-place `x +=` breaks backward)."""
-    patched = []
-    for layer in module.modules():
-        if isinstance(layer, comfy.clip_model.CLIPLayer) and "forward" not in layer.__dict__:
-            def forward(x, mask=None, optimized_attention=None, layer=layer):
-                x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
-                return x + layer.mlp(layer.layer_norm2(x))
+    def make_forward(layer):
+        def forward(x, mask=None, optimized_attention=None):
+            x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
+            return x + layer.mlp(layer.layer_norm2(x))
+        return forward
 
-            layer.forward = forward
-            patched.append(layer)
-    try:
-        yield len(patched)
-    finally:
-        for layer in patched:
-            del layer.forward
+    layers = [m for m in module.modules() if isinstance(m, comfy.clip_model.CLIPLayer)]
+    return instance_forwards(layers, make_forward)
 
 
 def text_encoder_roots(clip) -> dict[str, torch.nn.Module]:

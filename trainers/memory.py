@@ -14,23 +14,31 @@ from torch.utils.checkpoint import checkpoint
 
 
 @contextmanager
+def instance_forwards(modules, make_forward):
+    """While active, each module without an instance-level forward of its own runs `make_forward(module)` instead of
+    its class forward (a module someone already wrapped, e.g. by LoRA on a leaf, is left alone); yields how many."""
+    patched = []
+    for module in modules:
+        if "forward" in module.__dict__:
+            continue
+        module.forward = make_forward(module)
+        patched.append(module)
+    try:
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward
+
+
 def gradient_checkpointing(blocks: list[torch.nn.Module]):
     """While active, each block's forward runs under torch.utils.checkpoint (non-reentrant) when grad is enabled."""
-    wrapped = []
-    for block in blocks:
-        if "forward" in block.__dict__:
-            continue  # already wrapped (e.g. by LoRA on a leaf): leave it alone
+    def make_forward(block):
         original = block.forward
 
-        def forward(*args, _original=original, **kwargs):
+        def forward(*args, **kwargs):
             if not torch.is_grad_enabled():
-                return _original(*args, **kwargs)
-            return checkpoint(_original, *args, use_reentrant=False, **kwargs)
+                return original(*args, **kwargs)
+            return checkpoint(original, *args, use_reentrant=False, **kwargs)
+        return forward
 
-        block.forward = forward
-        wrapped.append(block)
-    try:
-        yield len(wrapped)
-    finally:
-        for block in wrapped:
-            del block.forward
+    return instance_forwards(blocks, make_forward)
