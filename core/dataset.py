@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, PREP_MODES, ImageRejected, probe_image
-from .paths import is_inside, natural_key
+from .paths import FileTooLarge, PathRefused, Root, is_inside, natural_key, read_bytes_inside, shown
 
 CAPTION_SOURCES = ("sidecar", "filename", "folder", "fixed")
 MISSING_CAPTION_POLICIES = ("error", "skip", "empty")
@@ -181,10 +181,14 @@ def parse_subset_list(text: str) -> list[str]:
 # ---------------------------------------------------------------- captions
 
 
-def read_caption(path: str | Path, encoding: str = "utf-8") -> str:
-    """Reads a caption sidecar: BOMs honoured (UTF-8, UTF-16), CRLF normalised, lines joined with spaces."""
+MAX_CAPTION_BYTES = 1 << 20  # a caption sidecar is a line of tags; a megabyte is not a caption
+
+
+def read_caption(path: str | Path, encoding: str = "utf-8", roots: list[Root] | None = None) -> str:
+    """Reads a caption sidecar: BOMs honoured (UTF-8, UTF-16), CRLF normalised, lines joined with spaces. The file
+    must lie inside one of `roots` (default: the folder it is in) when it is opened, symlinks included."""
     path = Path(path)
-    data = path.read_bytes()
+    data = read_bytes_inside(path, roots or [Root("folder", path.parent)], "caption file", limit=MAX_CAPTION_BYTES)
     if data.startswith(b"\xff\xfe") or data.startswith(b"\xfe\xff"):
         text = data.decode("utf-16")  # a BOM says UTF-16 whatever the configured encoding
     else:
@@ -246,7 +250,7 @@ def _walk_images(folder: Path, root: Path, recursive: bool, skipped: list[Skippe
             if entry.name.startswith("."):
                 continue
             if entry.is_symlink() and not is_inside(entry.path, root):
-                skipped.append(Skipped(entry.path, f"symlink leads outside the allowed root {root}"))
+                skipped.append(Skipped(entry.path, "symlink leads outside the allowed root; not read"))
                 continue
             if entry.is_dir():
                 if recursive:
@@ -256,7 +260,8 @@ def _walk_images(folder: Path, root: Path, recursive: bool, skipped: list[Skippe
     return sorted(found, key=lambda p: natural_key(str(p)))
 
 
-def scan_folder(folder: str | Path, root: str | Path | None = None, *, name: str | None = None, role: str = "train",
+def scan_folder(folder: str | Path, root: str | Path | Root | None = None, *, name: str | None = None,
+                role: str = "train",
                 repeats: int = 0, recursive: bool = True, caption_source: str = "sidecar",
                 caption_extension: str = ".txt", fixed_caption: str = "", caption_encoding: str = "utf-8",
                 on_missing_caption: str = "error", prior_loss_weight: float = 1.0,
@@ -264,33 +269,42 @@ def scan_folder(folder: str | Path, root: str | Path | None = None, *, name: str
     """Scans one folder into a one-subset dataset; unusable images are skipped and listed, not fatal.
 
     Repeats: `repeats` > 0 wins; otherwise the nearest 'N_name' folder between the image and `folder` (kohya), else 1.
+    Every image and caption file must lie inside `root` when it is opened (symlinks included); one that leads
+    outside is skipped and reported, never read. Reports and the subset's `folders` name places by their root label.
     """
     folder = Path(folder)
-    root = Path(root) if root is not None else folder
+    if not isinstance(root, Root):
+        root = Root(folder.name, folder) if root is None else Root("dataset", Path(root))
+    roots = [root]
     for value, allowed, what in ((role, ROLES, "role"), (caption_source, CAPTION_SOURCES, "caption_source"),
                                  (on_missing_caption, MISSING_CAPTION_POLICIES, "on_missing_caption")):
         if value not in allowed:
             raise DatasetError(f"Unknown {what} '{value}'; expected one of {', '.join(allowed)}.")
     if not folder.is_dir():
-        raise DatasetError(f"Dataset folder '{folder}' does not exist or is not a folder.")
+        raise DatasetError(f"Dataset folder '{shown(folder, roots)}' does not exist or is not a folder.")
     if not caption_extension.startswith("."):
         caption_extension = "." + caption_extension
 
     skipped: list[Skipped] = []
     notes: list[str] = []
     items = []
-    for path in _walk_images(folder, root, recursive, skipped):
+    for path in _walk_images(folder, root.path, recursive, skipped):
         try:
-            w, h = probe_image(path, max_pixels)
+            w, h = probe_image(path, max_pixels, roots)
         except ImageRejected as e:
             skipped.append(Skipped(str(path), e.reason))
             continue
-        caption = _caption_for(path, caption_source, caption_extension, fixed_caption, caption_encoding)
+        try:
+            caption = _caption_for(path, caption_source, caption_extension, fixed_caption, caption_encoding, roots)
+        except (PathRefused, FileTooLarge) as e:  # a sidecar leading outside the root, or not a caption: not read
+            skipped.append(Skipped(str(path), str(e)))
+            continue
         if caption is None:
             sidecar = path.with_suffix(caption_extension).name
             if on_missing_caption == "error":
-                raise DatasetError(f"Image '{path.name}' in '{path.parent}' has no caption file '{sidecar}'. Add one, "
-                                   "or set on_missing_caption to 'skip' or 'empty', or choose another caption_source.")
+                raise DatasetError(f"Image '{path.name}' in '{shown(path.parent, roots)}' has no caption file "
+                                   f"'{sidecar}'. Add one, or set on_missing_caption to 'skip' or 'empty', or choose "
+                                   "another caption_source.")
             if on_missing_caption == "skip":
                 skipped.append(Skipped(str(path), f"no caption file {sidecar}"))
                 continue
@@ -301,10 +315,10 @@ def scan_folder(folder: str | Path, root: str | Path | None = None, *, name: str
                           w, h))
     if not items:
         detail = f" ({len(skipped)} skipped: {skipped[0].reason}{' …' if len(skipped) > 1 else ''})" if skipped else ""
-        raise DatasetError(f"No usable images in '{folder}'{detail}. Supported: "
+        raise DatasetError(f"No usable images in '{shown(folder, roots)}'{detail}. Supported: "
                            f"{', '.join(IMAGE_EXTENSIONS)} files with PNG/JPEG/WEBP/BMP content.")
     subset = Subset(name or caption_from_folder(folder.name) or "subset", role, tuple(items),
-                    prior_loss_weight=prior_loss_weight, folders=(str(folder),))
+                    prior_loss_weight=prior_loss_weight, folders=(shown(folder, roots),))
     return Dataset((subset,), tuple(skipped), tuple(notes))
 
 
@@ -337,7 +351,7 @@ def _folder_repeats(path: Path, top: Path) -> int:
     return 1
 
 
-def _caption_for(path: Path, source: str, ext: str, fixed: str, encoding: str) -> str | None:
+def _caption_for(path: Path, source: str, ext: str, fixed: str, encoding: str, roots: list[Root]) -> str | None:
     if source == "fixed":
         return fixed.strip()
     if source == "filename":
@@ -345,9 +359,11 @@ def _caption_for(path: Path, source: str, ext: str, fixed: str, encoding: str) -
     if source == "folder":
         return caption_from_folder(path.parent.name)
     sidecar = path.with_suffix(ext)
-    if not sidecar.is_file():
+    if not os.path.lexists(sidecar):
         return None
-    return read_caption(sidecar, encoding)
+    if not sidecar.exists():
+        raise PathRefused(f"Caption file '{shown(sidecar, roots)}' is a broken symlink; it was not read.")
+    return read_caption(sidecar, encoding, roots)  # a link is read only while it stays inside the root
 
 
 # ---------------------------------------------------------------- transforms

@@ -8,28 +8,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from .dataset import Dataset
-from .paths import safe_name
+from .paths import atomic_write_bytes, safe_name
 from .prepare import prepare_stream
 
 MANIFEST = "atelier_dataset.json"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Writes through a temp file in the same folder, then renames: readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+__all__ = ["MANIFEST", "atomic_write_bytes", "save_dataset"]  # atomic_write_bytes lives in core.paths
 
 
 def save_dataset(dataset: Dataset, out_dir: Path, *, image_format: str = "png", workers: int | None = None,

@@ -12,6 +12,7 @@ Geometry functions expect RGB images, as `to_rgb` returns them. Pillow's global 
 from __future__ import annotations
 
 import math
+import os
 import re
 import struct
 import threading
@@ -20,6 +21,8 @@ import zlib
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from .paths import PathRefused, resolve_in_roots, verify_fd
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # what a folder scan picks up (lowercase compare)
 # Pillow format names we decode; anything else is refused. MPO is what Pillow calls many phone/camera JPEGs (a JPEG
@@ -75,13 +78,35 @@ def _too_large(path, size_text: str, max_pixels: int) -> ImageRejected:
                                "guard); downscale it before adding it to the dataset")
 
 
-def _open_header(path, max_pixels: int) -> Image.Image:
-    """Opens `path` with Pillow, reading only the header; refuses missing, unidentifiable and huge files."""
+def _opened_as(img: Image.Image, real: str, path) -> Image.Image:
+    """`img` if the file Pillow opened is really `real` (no symlink swapped in after the check), else refused."""
+    fp = getattr(img, "fp", None)
+    try:
+        fd = fp.fileno() if fp is not None else None
+    except (AttributeError, OSError, ValueError):
+        fd = None  # not a real file handle: nothing more to check
+    if fd is not None:
+        try:
+            verify_fd(fd, real, "image")
+        except PathRefused as e:
+            img.close()
+            raise ImageRejected(path, str(e)) from None
+    return img
+
+
+def _open_header(path, max_pixels: int, roots=None) -> Image.Image:
+    """Opens `path` with Pillow, reading only the header; refuses missing, unidentifiable and huge files. With
+    `roots`, the image's real path must lie inside one of them; either way the opened handle must be the file that
+    the real path named when it was checked."""
+    try:
+        real = os.fspath(resolve_in_roots(path, roots, "image")) if roots else os.path.realpath(path)
+    except PathRefused as e:
+        raise ImageRejected(path, str(e)) from None
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
             # Pillow warns for 89-179 MP images; our own limit below decides, so its warning must not escape.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(path)
+            return _opened_as(Image.open(real), real, path)
     except Image.DecompressionBombError as e:
         # Pillow refused before telling us the size; its message carries the pixel count.
         found = re.search(r"\((\d+) pixels\)", str(e))
@@ -121,9 +146,9 @@ def _header_orientation(img: Image.Image) -> int:
     return img.getexif().get(0x0112, 1)  # EXIF Orientation tag
 
 
-def probe_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+def probe_image(path, max_pixels: int = DEFAULT_MAX_PIXELS, roots=None) -> tuple[int, int]:
     """Upright (width, height) from the header alone (EXIF rotation counted), with open_image's header checks."""
-    img = _open_header(path, max_pixels)
+    img = _open_header(path, max_pixels, roots)
     with img:
         _check_header(path, img, max_pixels)
         width, height = img.size

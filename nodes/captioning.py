@@ -333,7 +333,7 @@ class AtelierWriteCaptions(io.ComfyNode):
         out_dir = None
         if destination == "output_folder":
             out_dir = output_subdir("atelier", "captions", safe_name(set_name, "set_name"))
-        report = write_captions(dataset, allowed_roots=[r.path for r in dataset_roots()], extension=caption_extension,
+        report = write_captions(dataset, allowed_roots=dataset_roots(), extension=caption_extension,
                                 dry_run=dry_run, backup=backup, out_dir=out_dir, preview=preview)
         return io.NodeOutput(report, ui={"text": [report]})
 

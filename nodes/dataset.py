@@ -100,7 +100,7 @@ class AtelierLoadDataset(io.ComfyNode):
                 caption_encoding, on_missing_caption, recursive, prior_loss_weight, subset_name, verify_images,
                 dataset=None) -> io.NodeOutput:
         path, root = resolve_dataset_folder(folder, sub_path)
-        loaded = ds.scan_folder(path, root.path, name=subset_name.strip() or None, role=role, repeats=repeats,
+        loaded = ds.scan_folder(path, root, name=subset_name.strip() or None, role=role, repeats=repeats,
                                 recursive=recursive, caption_source=caption_source,
                                 caption_extension=caption_extension, fixed_caption=fixed_caption,
                                 caption_encoding=caption_encoding, on_missing_caption=on_missing_caption,
