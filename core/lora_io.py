@@ -18,6 +18,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .paths import file_mode_for
+
 SAFETENSORS = ".safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 ACCEPTED_SUFFIXES = (SAFETENSORS,) + PICKLE_SUFFIXES
@@ -63,6 +65,7 @@ def save_lora(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadat
             os.fsync(fd)  # on disk before the rename, so a crash leaves the old file or the new one
         finally:
             os.close(fd)
+        os.chmod(tmp, file_mode_for(path))  # a replaced LoRA keeps its mode, a new one gets the umask's
         os.replace(tmp, path)
     except BaseException as e:
         if tmp.exists():

@@ -9,6 +9,7 @@ dependency: without it, loading a model raises TaggerUnavailable saying how to i
 from __future__ import annotations
 
 import csv
+import io
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from PIL import Image
 from .captions import dedupe_tags, join_tags, split_tags
 from .dataset import map_subsets
 from .images import open_image, to_rgb
+from .paths import Root, read_bytes_inside, resolve_in_roots
 
 MODEL_FILE = "model.onnx"
 TAGS_FILE = "selected_tags.csv"
@@ -51,13 +53,25 @@ class TagTable:
         return len(self.names)
 
 
-def load_tag_table(path: str | Path) -> TagTable:
-    """Reads selected_tags.csv; refuses a file without the tag_id,name,category,count header or with bad rows."""
+TAGS_FILE_LIMIT = 64 << 20  # selected_tags.csv is about 300 KB
+
+
+def _model_roots(path: Path, roots: list[Root] | None) -> list[Root]:
+    return roots or [Root("model folder", path.parent)]
+
+
+def load_tag_table(path: str | Path, roots: list[Root] | None = None) -> TagTable:
+    """Reads selected_tags.csv (inside `roots` when opened); refuses a file without the tag_id,name,category,count
+    header or with bad rows."""
     path = Path(path)
     if not path.is_file():
-        raise TaggerError(f"Tag list '{path}' is missing; a WD14 model folder needs {MODEL_FILE} and {TAGS_FILE} "
-                          "(download both from the model's page).")
-    with open(path, newline="", encoding="utf-8") as f:
+        raise TaggerError(f"Tag list '{path.name}' is missing; a WD14 model folder needs {MODEL_FILE} and "
+                          f"{TAGS_FILE} (download both from the model's page).")
+    try:
+        text = read_bytes_inside(path, _model_roots(path, roots), "tag list", TAGS_FILE_LIMIT).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TaggerError(f"Tag list '{path.name}' is not UTF-8 ({e}); download it again.") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in ("name", "category") if c not in (reader.fieldnames or [])]
         if missing:
@@ -145,26 +159,30 @@ def list_models(roots: list[Path]) -> list[str]:
     return sorted(found)
 
 
-def load_tagger(model_dir: str | Path, device: str = "auto") -> Tagger:
-    """The cached tagger for a model folder (one session per model file and device; reloaded if the file changes)."""
+def load_tagger(model_dir: str | Path, device: str = "auto", roots: list[Root] | None = None) -> Tagger:
+    """The cached tagger for a model folder (one session per model file and device; reloaded if the file changes).
+    Both files are read through handles checked to lie inside `roots` (default: the folder the model is in)."""
     model_path, tags_path = model_files(model_dir)
+    roots = _model_roots(Path(model_dir), roots)
     if not model_path.is_file():
-        raise TaggerError(f"Model folder '{model_dir}' has no {MODEL_FILE}; a WD14 model folder holds {MODEL_FILE} "
-                          f"and {TAGS_FILE} (or use '<name>.onnx' with '<name>.csv' beside it).")
+        raise TaggerError(f"Model folder '{Path(model_dir).name}' has no {MODEL_FILE}; a WD14 model folder holds "
+                          f"{MODEL_FILE} and {TAGS_FILE} (or use '<name>.onnx' with '<name>.csv' beside it).")
+    resolve_in_roots(model_path, roots, "tagger model")
     stat = model_path.stat()
     key = (str(model_path.resolve()), stat.st_mtime_ns, stat.st_size, device)
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
-    table = load_tag_table(tags_path)
+    table = load_tag_table(tags_path, roots)
     ort = _onnxruntime()
     providers = choose_providers(ort.get_available_providers(), device)
+    model_bytes = read_bytes_inside(model_path, roots, "tagger model")  # the bytes of the checked file, not a path
     try:
-        session = ort.InferenceSession(str(model_path), providers=providers)
+        session = ort.InferenceSession(model_bytes, providers=providers)
     except Exception as e:  # noqa: BLE001 - a GPU provider that fails to start falls back to the CPU below
         if providers == ["CPUExecutionProvider"]:
-            raise TaggerError(f"onnxruntime cannot load '{model_path}': {e}") from None
-        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+            raise TaggerError(f"onnxruntime cannot load '{model_path.name}': {e}") from None
+        session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     name, size, max_batch = _input_geometry(session, model_path)
     outputs = session.get_outputs()
     width = outputs[0].shape[-1] if outputs and outputs[0].shape else None

@@ -66,7 +66,8 @@ class AtelierTagImages(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, model, **kw) -> io.NodeOutput:
-        tagger = tg.load_tagger(resolve_tagger_model(model), kw["device"])
+        model_path, model_roots = resolve_tagger_model(model)
+        tagger = tg.load_tagger(model_path, kw["device"], model_roots)
         pil = image_tensor_to_pil(images) if images.shape[0] else []
         results = tg.tag_images(tagger, pil, tag_options(kw), kw["batch_size"])
         captions = "\n".join(text for text, _ in results)
@@ -89,7 +90,8 @@ class AtelierTagDataset(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset, caption_mode, model, **kw) -> io.NodeOutput:
-        tagger = tg.load_tagger(resolve_tagger_model(model), kw["device"])
+        model_path, model_roots = resolve_tagger_model(model)
+        tagger = tg.load_tagger(model_path, kw["device"], model_roots)
         n = len({it.source for s in dataset.subsets for it in s.items})
         out, details = tg.tag_dataset(dataset, tagger, tag_options(kw), caption_mode, kw["batch_size"], Progress(n))
         return io.NodeOutput(out, json.dumps(details, indent=1))

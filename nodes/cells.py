@@ -43,7 +43,7 @@ from comfy.weight_adapter.lora import LoRAAdapter
 from ..core.dataset_io import atomic_write_bytes
 from ..core.forward_lora import ForwardLoRA, fit_layer
 from ..core.lora_io import load_lora
-from .host import output_subdir
+from .host import model_file, output_subdir
 from .train_adapter import weights_fingerprint
 
 CONNECTED = None  # CellSpec.checkpoint for "the MODEL / CLIP / VAE wired into the node"
@@ -129,7 +129,7 @@ def batch_conds(conds: list) -> list:
 
 def file_identity(folder_type: str, name: str) -> str:
     """A model file's name, size and modification time: changes when the file is replaced."""
-    stat = os.stat(folder_paths.get_full_path_or_raise(folder_type, name))
+    stat = os.stat(model_file(folder_type, name))
     return f"{name}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
@@ -192,7 +192,7 @@ class CellRenderer:
             if checkpoint is CONNECTED:
                 model, clip, vae = self.connected
             else:
-                path = folder_paths.get_full_path_or_raise("checkpoints", checkpoint)
+                path = model_file("checkpoints", checkpoint)
                 out = comfy.sd.load_checkpoint_guess_config(
                     path, output_vae=True, output_clip=True,
                     embedding_directory=folder_paths.get_folder_paths("embeddings"))
@@ -210,7 +210,7 @@ class CellRenderer:
 
     def _lora_sd(self, name: str) -> dict:
         if name not in self.loras:
-            self.loras[name] = load_lora(folder_paths.get_full_path_or_raise("loras", name))[0]
+            self.loras[name] = load_lora(model_file("loras", name))[0]
         return self.loras[name]
 
     def _attach(self, v: _Variant, name: str) -> None:

@@ -10,7 +10,8 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..core.paths import PathRefused, Root, check_relative, list_folders, resolve_folder, roots_from_env, safe_name
+from ..core.paths import (PathRefused, Root, check_relative, list_folders, quoted, resolve_folder, resolve_in_roots,
+                          roots_from_env, safe_name)
 
 DATASETS_FOLDER_TYPE = "datasets"
 SAVED_DATASETS_SUBDIR = ("atelier", "datasets")
@@ -60,6 +61,22 @@ def model_output_path(folder_type: str, name: str, what: str) -> Path:
     return folder / (name if name.endswith(".safetensors") else f"{name}.safetensors")
 
 
+def model_roots(folder_type: str) -> list[Root]:
+    """Every folder ComfyUI has for a model type (models/loras, extra_model_paths.yaml entries), as roots."""
+    return [Root(f"models/{folder_type}", Path(p)) for p in folder_paths.get_folder_paths(folder_type)]
+
+
+def model_file(folder_type: str, name: str, what: str | None = None) -> Path:
+    """The real path of `name` from a model folder's list. The name must be one the list offers (ComfyUI 0.3.64
+    does not check dropdown values) and its real path must lie inside that type's folders (a symlinked file leading
+    elsewhere is refused): the path policy for models."""
+    what = what or f"{folder_type} file"
+    if not isinstance(name, str) or name not in folder_paths.get_filename_list(folder_type):
+        raise PathRefused(f"No {what} named '{quoted(name)}' in models/{folder_type}; pick one from the list (put the "
+                          f"file in models/{folder_type} and refresh the page if it is new).")
+    return resolve_in_roots(folder_paths.get_full_path_or_raise(folder_type, name), model_roots(folder_type), what)
+
+
 def output_subdir(*parts: str) -> Path:
     """A folder under ComfyUI's output/, each part a plain name (refused otherwise), created if missing."""
     path = output_root().joinpath(*[safe_name(p, "output folder name") for p in parts])
@@ -95,12 +112,14 @@ def tagger_roots() -> list[Path]:
     return [Path(p) for p in folder_paths.get_folder_paths(TAGGER_FOLDER_TYPE)]
 
 
-def resolve_tagger_model(name: str) -> Path:
-    """The model folder or .onnx file called `name` in a wd14_tagger root (a plain name, never a path)."""
+def resolve_tagger_model(name: str) -> tuple[Path, list[Root]]:
+    """The model folder or .onnx file called `name` in a wd14_tagger root (a plain name, never a path), and the
+    roots its files must stay inside when opened."""
     safe_name(name, "tagger model name")
-    for root in tagger_roots():
-        candidate = root / name
+    roots = [Root("models/wd14_tagger", p) for p in tagger_roots()]
+    for root in roots:
+        candidate = root.path / name
         if candidate.exists():
-            return candidate
-    raise PathRefused(f"Tagger model '{name}' not found in {', '.join(map(str, tagger_roots()))}. Put a folder with "
-                      "model.onnx and selected_tags.csv (or '<name>.onnx' + '<name>.csv') in models/wd14_tagger.")
+            return resolve_in_roots(candidate, roots, "tagger model"), roots
+    raise PathRefused(f"Tagger model '{quoted(name)}' not found in models/wd14_tagger. Put a folder with model.onnx "
+                      "and selected_tags.csv (or '<name>.onnx' + '<name>.csv') in models/wd14_tagger.")

@@ -19,7 +19,7 @@ from ..core.lora_io import load_lora, lora_summary, save_lora
 from ..core.lora_math import (apply_block_weights, energy_report_text, extract, join_modules,
                               merge_average_weights, merge_concat, merge_svd, parse_block_weights, resize,
                               split_modules)
-from .host import model_output_path
+from .host import model_file, model_output_path
 from .train_adapter import TE_INCLUDE, UNET_INCLUDE
 from .training import lora_output_path
 
@@ -34,7 +34,7 @@ def lora_choices() -> list[str]:
 
 def load_modules(name: str):
     """(modules, metadata) of a LoRA from the loras folders; LyCORIS-only keys are refused with a clear message."""
-    tensors, meta = load_lora(folder_paths.get_full_path_or_raise("loras", name))
+    tensors, meta = load_lora(model_file("loras", name))
     modules, others = split_modules(tensors)
     if others:
         raise ValueError(f"'{name}' holds {len(others)} keys that are not plain LoRA (e.g. {others[0]}; LyCORIS "
@@ -271,7 +271,7 @@ class AtelierInspectLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora, model=None, clip=None) -> io.NodeOutput:
-        tensors, meta = load_lora(folder_paths.get_full_path_or_raise("loras", lora))
+        tensors, meta = load_lora(model_file("loras", lora))
         summary = lora_summary(tensors, meta)
         bases = sorted({k.split(".")[0] for k in tensors})
         families = [f for f, pattern in (("SDXL (two text encoders)", r"^lora_te[12]_"),
@@ -324,7 +324,7 @@ class AtelierMergeLoRAIntoModel(io.ComfyNode):
             if name == NONE:
                 continue
             weights = parse_block_weights(slots[f"block_weights_{i}"])
-            tensors, _ = load_lora(folder_paths.get_full_path_or_raise("loras", name))
+            tensors, _ = load_lora(model_file("loras", name))
             if weights is not None:  # block weights need plain LoRA modules; other formats go to ComfyUI as they are
                 modules, _ = load_modules(name)
                 tensors = {k: v.float() for k, v in join_modules(apply_block_weights(modules, weights)).items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -19,7 +20,7 @@ import folder_paths
 
 from ..core.draw import line_chart, pil_to_image_tensor
 from ..core.lora_io import load_lora, save_lora
-from ..core.paths import safe_name
+from ..core.paths import Root, is_inside, quoted, resolve_inside, safe_name
 from ..trainers.checkpoint import load_state, save_state
 from ..trainers.data import LatentCache, build_samples, kohya_metadata
 from ..trainers.loop import PRECISIONS, Callbacks, Trainer, TrainConfig, TrainState
@@ -28,7 +29,7 @@ from ..trainers.objectives import LOSSES
 from ..trainers.optim import OPTIMIZERS, SCHEDULERS
 from ..trainers.network import LoRANetwork, NetworkConfig, parse_rank_overrides
 from .dataset import dataset_in
-from .host import model_output_path, output_subdir
+from .host import model_file, model_output_path, output_subdir
 from .train_adapter import (TE_INCLUDE, UNET_INCLUDE, ComfyDenoiser, autograd_friendly_clip, draw_samples,
                             encode_latents, encoder_key, interrupted, make_encoder, text_encoder_roots, thaw,
                             weights_fingerprint)
@@ -57,8 +58,23 @@ def state_root() -> Path:
 
 def resume_options() -> list[str]:
     root = Path(folder_paths.get_output_directory()) / "atelier" / "train_state"
-    names = sorted(p.name for p in root.iterdir() if (p / "state.json").is_file()) if root.is_dir() else []
+    names = sorted(p.name for p in root.iterdir()
+                   if not p.name.startswith(".") and is_inside(p, root) and (p / "state.json").is_file()
+                   ) if root.is_dir() else []
     return [STATE_NONE] + names
+
+
+def resume_folder(resume_state: str) -> Path | None:
+    """The state folder to resume from, checked: a plain name of output/atelier/train_state whose real path stays
+    there (a symlinked state leading elsewhere is refused), holding a state.json."""
+    if resume_state == STATE_NONE:
+        return None
+    root = Root("output/atelier/train_state", state_root())
+    folder = resolve_inside(root, safe_name(resume_state, "resume_state"))
+    if not (folder / "state.json").is_file():
+        raise ValueError(f"No training state named '{quoted(resume_state)}' in output/atelier/train_state; pick one "
+                         "from the list (states are saved there by earlier runs of this node).")
+    return folder
 
 
 def lora_options() -> list[str]:
@@ -71,12 +87,17 @@ def epoch_file(path: Path, epoch: int) -> Path:
 
 
 def prune_epoch_files(path: Path, keep_last: int) -> None:
-    """Deletes all but the newest `keep_last` intermediate files of this run (only files named like ours)."""
+    """Deletes all but the newest `keep_last` intermediate files of this run: exactly `<name>-NNNNNN<suffix>`,
+    matched by comparing names (never a glob built from the user's name), regular files only."""
     if keep_last <= 0:
         return
-    mine = sorted(path.parent.glob(f"{path.stem}-[0-9][0-9][0-9][0-9][0-9][0-9]{path.suffix}"))
+    prefix, suffix = f"{path.stem}-", path.suffix
+    mine = sorted(e.name for e in os.scandir(path.parent)
+                  if e.name.startswith(prefix) and e.name.endswith(suffix)
+                  and len(e.name) == len(prefix) + 6 + len(suffix) and e.name[len(prefix):-len(suffix)].isdigit()
+                  and e.name[len(prefix):-len(suffix)].isascii() and e.is_file(follow_symlinks=False))
     for old in mine[:-keep_last]:
-        old.unlink()
+        os.unlink(path.parent / old)
 
 
 def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig, net_config: NetworkConfig,
@@ -85,9 +106,7 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
     """The shared body of the training nodes: returns (model, clip, losses, report)."""
     path = lora_output_path(output_name)  # refuse a bad name before any work
     config.validate()
-    resume_dir = state_root() / safe_name(resume_state, "resume_state") if resume_state != STATE_NONE else None
-    if resume_dir is not None and not (resume_dir / "state.json").is_file():
-        raise ValueError(f"No training state named '{resume_state}' in {state_root()}; pick one from the list.")
+    resume_dir = resume_folder(resume_state)
     with torch.inference_mode(False):
         mp = model.clone()
         comfy.model_management.load_models_gpu([mp], force_full_load=True)
@@ -122,7 +141,7 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
                                               "lr": info.lr, "samples_per_second": info.samples_per_second})
 
         if continue_from != STATE_NONE:
-            source = folder_paths.get_full_path_or_raise("loras", continue_from)
+            source = model_file("loras", continue_from)
             network.load_kohya_state_dict(load_lora(source)[0])  # another architecture: error listing the keys
         started = time.time()
         saved = []

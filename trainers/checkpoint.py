@@ -14,8 +14,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save_file
 
+from ..core.paths import FileTooLarge, PathRefused, Root, current_umask, read_bytes_inside
 from .loop import TrainConfig, TrainState, config_diff, state_json
 from .optim import load_optimizer_state, optimizer_state_tensors
 
@@ -29,6 +32,7 @@ def save_state(folder: str | Path, trainer, state: TrainState, extra: dict | Non
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; a state folder follows the umask like any other
     try:
         save_file(trainer.network.kohya_state_dict(torch.float32), str(tmp / "lora.safetensors"))
         tensors, meta = optimizer_state_tensors(trainer.optimizer)
@@ -51,12 +55,51 @@ def save_state(folder: str | Path, trainer, state: TrainState, extra: dict | Non
     return folder
 
 
+STATE_JSON_LIMIT = 64 << 20  # step count, losses and the config: far below this even for long runs
+
+
+def _state_bytes(folder: Path, name: str, limit: int | None = None) -> bytes:
+    """One file of a state folder, read only if it really lies in that folder (no symlink leading elsewhere)."""
+    try:
+        return read_bytes_inside(folder / name, [Root(f"state '{folder.name}'", folder)], "state file", limit)
+    except (PathRefused, FileTooLarge) as e:
+        raise ResumeMismatch(f"Resume state '{folder.name}': {e}") from None
+    except FileNotFoundError:
+        raise ResumeMismatch(f"Resume state '{folder.name}' is incomplete: '{name}' is missing. Pick another state, or "
+                             "start a new run.") from None
+
+
+def _state_json(folder: Path, name: str) -> dict:
+    try:
+        value = json.loads(_state_bytes(folder, name, STATE_JSON_LIMIT))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ResumeMismatch(f"Resume state '{folder.name}': '{name}' is not valid JSON ({e}); the state is damaged. "
+                             "Pick another state, or start a new run.") from None
+    if not isinstance(value, dict):
+        raise ResumeMismatch(f"Resume state '{folder.name}': '{name}' holds {type(value).__name__}, not an object; "
+                             "the state is damaged. Pick another state, or start a new run.")
+    return value
+
+
+def _state_tensors(folder: Path, name: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_safetensors_bytes(_state_bytes(folder, name))
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise ResumeMismatch(f"Resume state '{folder.name}': '{name}' is not a readable safetensors file ({e}); the "
+                             "state is damaged. Pick another state, or start a new run.") from None
+
+
 def read_state_config(folder: str | Path) -> dict:
-    path = Path(folder) / "state.json"
-    if not path.is_file():
-        raise ResumeMismatch(f"'{folder}' is not a training state folder (no state.json); point resume at the "
+    folder = Path(folder)
+    if not (folder / "state.json").is_file():
+        raise ResumeMismatch(f"'{folder.name}' is not a training state folder (no state.json); point resume at the "
                              "'state' folder saved beside the LoRA.")
-    return json.loads(path.read_text())
+    saved = _state_json(folder, "state.json")
+    for key, kind in (("config", dict), ("step", int), ("epoch", int), ("batch_in_epoch", int)):
+        if not isinstance(saved.get(key), kind):
+            raise ResumeMismatch(f"Resume state '{folder.name}': state.json has no valid '{key}'; the state is "
+                                 "damaged. Pick another state, or start a new run.")
+    return saved
 
 
 def load_state(folder: str | Path, trainer) -> TrainState:
@@ -68,15 +111,15 @@ def load_state(folder: str | Path, trainer) -> TrainState:
         raise ResumeMismatch("The resume state was saved with different settings; resuming would not continue the "
                              "same run. Differences:\n  " + "\n  ".join(diff)
                              + "\nUse the saved settings, or start a new run.")
+    lora = _state_tensors(folder, "lora.safetensors")
+    optimizer = _state_tensors(folder, "optimizer.safetensors"), _state_json(folder, "optimizer.json")
     try:
-        trainer.network.load_kohya_state_dict(load_file(str(folder / "lora.safetensors")))
-        load_optimizer_state(trainer.optimizer, load_file(str(folder / "optimizer.safetensors")),
-                             json.loads((folder / "optimizer.json").read_text()))
-    except ValueError as e:
-        raise ResumeMismatch(f"The resume state in '{folder}' does not fit this network: {e}") from None
+        trainer.network.load_kohya_state_dict(lora)
+        load_optimizer_state(trainer.optimizer, *optimizer)
+    except (ValueError, KeyError) as e:
+        raise ResumeMismatch(f"The resume state '{folder.name}' does not fit this network: {e}") from None
     if trainer.ema is not None:
-        trainer.ema.load_state(load_file(str(folder / "ema.safetensors")),
-                               json.loads((folder / "ema.json").read_text()))
+        trainer.ema.load_state(_state_tensors(folder, "ema.safetensors"), _state_json(folder, "ema.json"))
     return TrainState(saved["step"], saved["epoch"], saved["batch_in_epoch"], list(saved.get("losses", [])))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import dataclasses
 import hashlib
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Callable
@@ -19,7 +20,7 @@ from safetensors.torch import load_file, save
 
 from ..core.captions import split_tags
 from ..core.dataset import Dataset, DatasetError, Skipped
-from ..core.dataset_io import atomic_write_bytes
+from ..core.paths import atomic_write_bytes, open_resolved
 from ..core.images import flip_horizontal
 from ..core.prepare import prepare_sample_and_mask, prepare_stream
 from .loop import TrainSample
@@ -38,7 +39,7 @@ class LatentCache:
         if src.startswith("memory:"):
             h.update(memory[src].tobytes())
         else:
-            with open(src, "rb") as f:
+            with os.fdopen(open_resolved(src, "image"), "rb") as f:  # the file the scan checked, no swapped link
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
         h.update(f"|{sample.preparation.key()}|{sample.mirrored}|{sample.random_flip}|{self.encoder_key}".encode())
