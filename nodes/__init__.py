@@ -8,6 +8,7 @@ from comfy_api.latest import ComfyExtension, io
 from . import captioning, compare, dataset, grids, lora_tools, training
 from .host import register_folder_types, register_tagger_folder
 from .info import AtelierVersion
+from .messages import guard_messages
 
 register_folder_types()
 register_tagger_folder()
@@ -21,6 +22,8 @@ NODES: list[type[io.ComfyNode]] = [
     *grids.NODES,
     *compare.NODES,
 ]
+for _node in NODES:
+    guard_messages(_node)  # errors and reports shown to clients name folders, never server paths
 
 
 class AtelierExtension(ComfyExtension):

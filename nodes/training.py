@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,6 +21,7 @@ from ..core.draw import line_chart, pil_to_image_tensor
 from ..core.lora_io import load_lora, save_lora
 from ..core.paths import Root, is_inside, quoted, resolve_inside, safe_name
 from ..trainers.checkpoint import load_state, save_state
+from ..trainers.run import epoch_file, prune_epoch_files
 from ..trainers.data import LatentCache, build_samples, kohya_metadata
 from ..trainers.loop import PRECISIONS, Callbacks, Trainer, TrainConfig, TrainState
 from ..trainers.memory import gradient_checkpointing
@@ -79,25 +79,6 @@ def resume_folder(resume_state: str) -> Path | None:
 
 def lora_options() -> list[str]:
     return [STATE_NONE] + folder_paths.get_filename_list("loras")
-
-
-def epoch_file(path: Path, epoch: int) -> Path:
-    """kohya's naming for intermediate saves: name-000002.safetensors."""
-    return path.with_name(f"{path.stem}-{epoch:06d}{path.suffix}")
-
-
-def prune_epoch_files(path: Path, keep_last: int) -> None:
-    """Deletes all but the newest `keep_last` intermediate files of this run: exactly `<name>-NNNNNN<suffix>`,
-    matched by comparing names (never a glob built from the user's name), regular files only."""
-    if keep_last <= 0:
-        return
-    prefix, suffix = f"{path.stem}-", path.suffix
-    mine = sorted(e.name for e in os.scandir(path.parent)
-                  if e.name.startswith(prefix) and e.name.endswith(suffix)
-                  and len(e.name) == len(prefix) + 6 + len(suffix) and e.name[len(prefix):-len(suffix)].isdigit()
-                  and e.name[len(prefix):-len(suffix)].isascii() and e.is_file(follow_symlinks=False))
-    for old in mine[:-keep_last]:
-        os.unlink(path.parent / old)
 
 
 def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig, net_config: NetworkConfig,
