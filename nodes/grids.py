@@ -13,8 +13,8 @@ import comfy.utils
 import folder_paths
 
 from ..core.draw import pil_to_image_tensor
-from ..core.grid import (AXIS_KINDS, Axis, draw_grid, grid_metadata, join_row, pad_to_common_size, paginate,
-                         parse_values, plan_cells, save_png_with_metadata)
+from ..core.grid import (AXIS_KINDS, AXIS_RANGES, Axis, draw_grid, grid_metadata, join_row, pad_to_common_size,
+                         paginate, parse_values, plan_cells, save_png_with_metadata)
 from ..core.lora_math import STRENGTH_LIMIT, check_strength
 from ..core.paths import safe_name
 from .cells import CONNECTED, CellRenderer, CellSpec, cell_cache_dir
@@ -23,7 +23,7 @@ from .host import check_choice, check_number, output_subdir
 NONE = "(none)"
 MAX_PAGE_SIDE = 8192
 CAPTIONS = ("none", "seed", "settings")
-CFG_MAX = 30.0
+CFG_MAX = AXIS_RANGES["cfg"][1]
 
 
 def choices_for(kind: str) -> list[str] | None:
