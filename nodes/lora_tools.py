@@ -16,9 +16,9 @@ import folder_paths
 
 from ..core.draw import bar_chart, pil_to_image_tensor
 from ..core.lora_io import check_file_finite, check_same_family, load_lora, lora_family, lora_summary, save_lora
-from ..core.lora_math import (STRENGTH_LIMIT, apply_block_weights, check_strength, energy_report_text, extract,
-                              join_modules, merge_average_weights, merge_concat, merge_svd, parse_block_weights,
-                              resize, split_modules)
+from ..core.lora_math import (EXTRACT_METHODS, STRENGTH_LIMIT, apply_block_weights, check_strength,
+                              energy_report_text, extract, join_modules, merge_average_weights, merge_concat, merge_svd,
+                              parse_block_weights, resize, split_modules)
 from .host import check_choice, check_number, model_output_path
 from .lora_files import TEXT_PREFIXES, fit_lora, read_lora
 from .train_adapter import TE_INCLUDE, UNET_INCLUDE
@@ -27,7 +27,6 @@ from .training import lora_output_path
 NONE = "(none)"
 DYNAMIC = ("none", "sv_ratio", "sv_fro", "sv_cumulative")
 MERGE_MODES = ("concat", "svd", "average_weights")
-EXTRACT_METHODS = ("randomized", "full")
 DYNAMIC_PARAM_MAX = 1000.0
 
 
@@ -313,8 +312,8 @@ class AtelierInspectLoRA(io.ComfyNode):
         if model is not None or clip is not None:
             # Keys for the part that was not given are not counted: a UNet-only check ignores text-encoder keys.
             fit = fit_lora(tensors, lora, model, clip)
-            counted = [k for k in tensors if not k.endswith(".alpha")
-                       and (model is not None if not k.startswith(TEXT_PREFIXES) else clip is not None)]
+            given = {True: clip is not None, False: model is not None}  # keyed by "is a text-encoder key"
+            counted = {k for k in tensors if not k.endswith(".alpha") and given[k.startswith(TEXT_PREFIXES)]}
             missing = [k for k in fit.not_loaded if k in counted]
             report["would_load"] = {"checked": len(counted), "not_loaded": len(missing) + len(fit.mismatched),
                                     "examples": missing[:10], "shape_mismatch": fit.mismatched[:10],
