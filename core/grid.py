@@ -32,11 +32,16 @@ from PIL.PngImagePlugin import PngInfo
 
 from .dataset_io import atomic_write_bytes
 from .draw import draw_lines, flatten_onto, line_height, as_rgb, load_font, text_block_height, wrap_text
+from .lora_math import STRENGTH_LIMIT
 from .paths import natural_key
 
 AXIS_KINDS = ("lora", "strength", "cfg", "steps", "sampler", "scheduler", "seed", "prompt_sr", "negative", "denoise",
               "checkpoint")
 NUMERIC_KINDS = {"strength": float, "cfg": float, "steps": int, "seed": int, "denoise": float}
+# The range of each numeric axis: the same as the node inputs of that name, so an axis cannot reach what a widget
+# cannot (a strength of 1e30, a million steps).
+AXIS_RANGES = {"strength": (-STRENGTH_LIMIT, STRENGTH_LIMIT), "cfg": (0.0, 30.0), "steps": (1, 200),
+               "seed": (0, 2**64 - 1), "denoise": (0.0, 1.0)}
 NAME_KINDS = ("lora", "checkpoint", "sampler", "scheduler")
 BASELINE_KINDS = ("lora", "strength")
 BASELINES = (None, "row", "column")
@@ -148,6 +153,12 @@ def _numeric_values(kind: str, text: str, max_values: int) -> list:
         values.extend(_range(kind, item, ranged, text, max_values))
         if len(values) > max_values:
             break
+    low, high = AXIS_RANGES[kind]
+    outside = [v for v in values if not low <= v <= high]
+    if outside:
+        raise ValueError(f"axis '{kind}': {_format_number(outside[0])} is outside {_format_number(low)} to "
+                         f"{_format_number(high)}, the range of the node's own {kind} input. Use values in that "
+                         "range.")
     return values
 
 

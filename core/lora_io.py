@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import re
 import secrets
 from pathlib import Path
 
@@ -24,10 +25,24 @@ SAFETENSORS = ".safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 ACCEPTED_SUFFIXES = (SAFETENSORS,) + PICKLE_SUFFIXES
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+# (up, down) key suffixes of the LoRA layouts ComfyUI's loader reads: kohya first, then the diffusers / PEFT ones.
+PAIR_SUFFIXES = ((_UP, _DOWN), ("_lora.up.weight", "_lora.down.weight"), (".lora_B.weight", ".lora_A.weight"),
+                 (".lora.up.weight", ".lora.down.weight"),
+                 (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight"),
+                 (".lora_B.default.weight", ".lora_A.default.weight"), (".lora_B", ".lora_A"))
+_MID = ".lora_mid.weight"  # LyCORIS Tucker core between kohya down and up
 
 
 class LoRAWriteError(OSError):
     """A LoRA file that could not be written; no file, partial or temporary, was left behind."""
+
+
+def non_finite_count(t: torch.Tensor) -> int:
+    """How many NaN / inf values a tensor holds (0 for integer and bool tensors)."""
+    if not (t.is_floating_point() or t.is_complex()):
+        return 0
+    checked = t.float() if t.element_size() == 1 else t  # float8 has no isfinite kernel
+    return int((~torch.isfinite(checked)).sum())
 
 
 def _prepared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -55,6 +70,12 @@ def save_lora(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadat
             raise TypeError(f"LoRA metadata '{key}' is {type(value).__name__}; safetensors metadata keys and values "
                             "must be str: convert it (str() or json.dumps()) before saving.")
     prepared = _prepared(tensors)
+    for key, t in prepared.items():  # the last line of defence: a NaN never reaches a file
+        bad = non_finite_count(t)
+        if bad:
+            raise ValueError(f"Refusing to write LoRA '{path.name}': '{key}' holds {bad} NaN/inf values out of "
+                             f"{t.numel()} (a diverged run, or values beyond the range of {t.dtype}). Nothing was "
+                             "written; lower the strengths or fix the source LoRAs.")
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"  # hidden, so folder scans never list it
     try:
         # O_EXCL: never reuse someone's file; mode 0o666 lets the umask decide, as for any new file.
@@ -166,3 +187,113 @@ def lora_summary(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
         "missing_alpha": [b for b in bases if b + _ALPHA not in tensors],
         "other_keys": sorted(k for k in tensors if not k.endswith((_DOWN, _UP, _ALPHA))),
     }
+
+
+def _pair_of(key: str) -> tuple[str, int, str] | None:
+    """(base, layout index, 'up' or 'down') for a LoRA factor key in any layout of PAIR_SUFFIXES, else None."""
+    for i, (up, down) in enumerate(PAIR_SUFFIXES):
+        for side, suffix in (("up", up), ("down", down)):
+            if key.endswith(suffix) and len(key) > len(suffix):
+                return key[: -len(suffix)], i, side
+    return None
+
+
+def check_lora_tensors(tensors: dict[str, torch.Tensor], name: str) -> None:
+    """Raises ValueError naming file `name` and the key when the tensors cannot form LoRA layers: NaN/inf values,
+    an alpha that is not one number, an up without its down (or the reverse), a factor that is not a matrix (0-d,
+    1-d), an integer factor, rank 0, or up and down of different ranks. Every layout ComfyUI reads is checked."""
+
+    def refuse(key: str, problem: str):
+        raise ValueError(f"LoRA '{name}': '{key}' {problem}. The file is damaged or was not written as a LoRA: "
+                         "re-save or re-download it (or choose another file).")
+
+    pairs: dict[tuple[str, int], dict[str, str]] = {}
+    for key, t in tensors.items():
+        bad = non_finite_count(t)
+        if bad:
+            refuse(key, f"holds {bad} NaN/inf values out of {t.numel()} (saved from a diverged run?)")
+        if key.endswith(_ALPHA) and t.numel() != 1:
+            refuse(key, f"should be one number (the network alpha) but has shape {tuple(t.shape)}")
+        found = _pair_of(key)
+        if found:
+            pairs.setdefault(found[:2], {})[found[2]] = key
+    for (base, layout), sides in pairs.items():
+        up_suffix, down_suffix = PAIR_SUFFIXES[layout]
+        if len(sides) == 1:
+            have = next(iter(sides.values()))
+            missing = base + (down_suffix if "up" in sides else up_suffix)
+            refuse(have, f"{tuple(tensors[have].shape)} has no partner '{missing}' (a LoRA layer needs both its "
+                         "up and down factor)")
+        up, down = tensors[sides["up"]], tensors[sides["down"]]
+        for key, t, shape in ((sides["down"], down, "(rank, in_features)"), (sides["up"], up, "(out_features, rank)")):
+            if t.ndim < 2:
+                refuse(key, f"is {t.ndim}-d with shape {tuple(t.shape)}; a LoRA factor is a matrix {shape} (or its "
+                            "conv form with kernel dimensions)")
+            if not t.is_floating_point():
+                refuse(key, f"holds {t.dtype} values; LoRA factors are floating-point")
+        rank = int(down.shape[0])
+        if rank == 0 or int(up.shape[1]) != rank or math.prod(up.shape[2:]) != 1:
+            refuse(sides["up"], f"is {tuple(up.shape)} but '{sides['down']}' is {tuple(down.shape)}: up must be "
+                                f"(out, rank[, 1, 1]) with the rank (>= 1) of down's first dimension")
+        mid = tensors.get(base + _MID) if layout == 0 else None
+        if mid is not None and (mid.ndim < 3 or tuple(mid.shape[:2]) != (rank, rank)):
+            refuse(base + _MID, f"is {tuple(mid.shape)}; a Tucker core of rank {rank} is ({rank}, {rank}, kh, kw)")
+
+
+# Text-conditioning widths of the SD families: the input width of UNet cross-attention keys/values (attn2) or of
+# the text encoder's attention. One width identifies the family even in a UNet-only or text-only LoRA.
+SD_WIDTHS = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
+SD_STYLE = "SD-style"
+_DIT = re.compile(r"double_blocks|single_blocks|single_transformer_blocks|joint_blocks|^lora_transformer_|"
+                  r"^transformer\.")
+_SD_PREFIXES = ("lora_unet_", "lora_te_", "unet.", "text_encoder.")
+_WIDTH_KEY = re.compile(r"(attn2[._]to_[kv]|^lora_te_.*self_attn_[qkv]_proj|^text_encoder\..*self_attn\.[qkv]_proj)")
+
+
+def lora_family(tensors: dict[str, torch.Tensor]) -> str:
+    """The model family a LoRA was made for, from its key names and text-conditioning width: 'SDXL', 'Flux / DiT',
+    'SD1.x', 'SD2.x', 'SD-style (text width N)', 'SD-style' (UNet layers only, no width to read) or 'unknown'."""
+    keys = list(tensors)
+    if any(k.startswith(("lora_te1_", "lora_te2_")) for k in keys):
+        return "SDXL"  # kohya names SDXL's two text encoders te1 / te2
+    if any(_DIT.search(k) for k in keys):
+        return "Flux / DiT"
+    if not any(k.startswith(_SD_PREFIXES) for k in keys):
+        return "unknown"
+    for key in keys:
+        found = _pair_of(key)
+        if found and found[2] == "down" and _WIDTH_KEY.search(found[0]) and tensors[key].ndim >= 2:
+            width = int(tensors[key].shape[1])
+            return SD_WIDTHS.get(width, f"{SD_STYLE} (text width {width})")
+    return SD_STYLE
+
+
+def _families_fit(a: str, b: str) -> bool:
+    """Same family, or one side is SD-style without a width to tell SD1 / SD2 / SDXL apart."""
+    sd = set(SD_WIDTHS.values())
+    return a == b or (SD_STYLE in (a, b) and all(f in sd or f.startswith(SD_STYLE) for f in (a, b)))
+
+
+def check_same_family(named: list[tuple[str, dict[str, torch.Tensor]]]) -> str:
+    """The family shared by (name, tensors) LoRAs; ValueError naming both files and families when two differ."""
+    families = [(name, lora_family(t)) for name, t in named]
+    for i, (name_a, fam_a) in enumerate(families):
+        for name_b, fam_b in families[i + 1:]:
+            if not _families_fit(fam_a, fam_b):
+                raise ValueError(f"LoRA '{name_a}' is for {fam_a} but '{name_b}' is for {fam_b}: a merge of LoRAs for "
+                                 "different model families loads on neither. Merge only LoRAs made for the same base "
+                                 "model.")
+    known = [f for _, f in families if f != SD_STYLE]
+    return known[0] if known else (families[0][1] if families else "unknown")
+
+
+def check_file_finite(path: str | os.PathLike, shown_name: str) -> None:
+    """Raises ValueError when a safetensors file (e.g. a just-written checkpoint) holds a NaN or inf value; reads
+    one tensor at a time, so a large checkpoint never sits in memory twice."""
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        for key in f.keys():
+            bad = non_finite_count(f.get_tensor(key))
+            if bad:
+                raise ValueError(f"'{shown_name}' would hold {bad} NaN/inf values in '{key}' (the merge overflowed "
+                                 "or a source was broken), so it was not saved. Lower the strengths or block weights, "
+                                 "or check the LoRAs with Inspect LoRA.")

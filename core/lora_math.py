@@ -30,6 +30,8 @@ DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 DYNAMIC_METHODS = (None, "sv_ratio", "sv_fro", "sv_cumulative")
 EXTRACT_METHODS = ("randomized", "full")
 _LISTED = 8  # how many offending names an error message lists before "and N more"
+STRENGTH_LIMIT = 10.0  # |strength| a node accepts (the schemas' range too): more is a typo, not a style
+BLOCK_WEIGHT_LIMIT = 10.0  # |block weight| accepted, as for strengths
 
 
 @dataclass(frozen=True)
@@ -546,18 +548,38 @@ BLOCK_LAYOUTS = {
 }
 
 
-def parse_block_weights(text: str) -> list[float] | None:
-    """'1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1' → 17 floats (SD1) or 12 (SDXL); empty text → None (no block weights)."""
-    if not (text or "").strip():
+def check_strength(value, what: str = "strength") -> float:
+    """`value` as a float when it is a finite number within ±STRENGTH_LIMIT; ValueError naming `what` otherwise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number from {-STRENGTH_LIMIT:g} to {STRENGTH_LIMIT:g}; got "
+                         f"{value!r}.") from None
+    if not math.isfinite(number) or abs(number) > STRENGTH_LIMIT:
+        raise ValueError(f"{what} is {number}; expected a finite number from {-STRENGTH_LIMIT:g} to "
+                         f"{STRENGTH_LIMIT:g} (1 = the LoRA as trained). Type a number in that range.")
+    return number
+
+
+def parse_block_weights(text: str, what: str = "Block weights") -> list[float] | None:
+    """'1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1' → 17 floats (SD1) or 12 (SDXL); empty text → None (no block weights).
+    Every weight must be finite and within ±BLOCK_WEIGHT_LIMIT; errors name `what` and the block."""
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be text such as '1,0.5,...'; got a {type(text).__name__}.")
+    if not text.strip():
         return None
     try:
         values = [float(v) for v in text.replace(" ", "").split(",") if v != ""]
     except ValueError:
-        raise ValueError(f"Block weights '{text}' are not comma-separated numbers.") from None
+        raise ValueError(f"{what} '{text[:200]}' are not comma-separated numbers.") from None
     if len(values) not in BLOCK_LAYOUTS:
-        raise ValueError(f"Got {len(values)} block weights; A1111's LoRA Block Weight uses 17 for SD1.x/SD2.x "
-                         f"({','.join(BLOCK_LAYOUTS[17])}), 12 for SDXL ({','.join(BLOCK_LAYOUTS[12])}) or 26 for "
-                         "every block (BASE, IN00-IN11, MID, OUT00-OUT11; LoCon).")
+        raise ValueError(f"{what}: got {len(values)} block weights; A1111's LoRA Block Weight uses 17 for "
+                         f"SD1.x/SD2.x ({','.join(BLOCK_LAYOUTS[17])}), 12 for SDXL ({','.join(BLOCK_LAYOUTS[12])}) "
+                         "or 26 for every block (BASE, IN00-IN11, MID, OUT00-OUT11; LoCon).")
+    for block, value in zip(BLOCK_LAYOUTS[len(values)], values):
+        if not math.isfinite(value) or abs(value) > BLOCK_WEIGHT_LIMIT:
+            raise ValueError(f"{what}: block {block} is {value}; every block weight must be a finite number from "
+                             f"{-BLOCK_WEIGHT_LIMIT:g} to {BLOCK_WEIGHT_LIMIT:g} (1 = unchanged, 0 = off).")
     return values
 
 
@@ -581,3 +603,20 @@ def apply_block_weights(modules: dict[str, LoraModule], weights: list[float]) ->
         w = layout.get(block_of(name), 1.0)
         out[name] = mod if w == 1.0 else LoraModule(down=mod.down, up=mod.up * w, alpha=mod.alpha)
     return out
+
+
+def fit_problem(base: str, up_shape, down_shape, weight_key: str, weight_shape, mid_shape=None) -> str | None:
+    """Why a LoRA layer (up, down[, Tucker mid]) cannot be added to a weight of `weight_shape`; None when it fits.
+
+    ΔW is (out, in) or (out, in, kh, kw); it fits a weight of exactly that shape, and a linear ΔW fits a 1x1 conv
+    weight (and the reverse), the one reshape ComfyUI's loader and forward-time LoRA both make.
+    """
+    delta = (int(up_shape[0]), *(int(n) for n in down_shape[1:]))
+    if mid_shape is not None:
+        delta = (delta[0], delta[1], *(int(n) for n in mid_shape[2:]))
+    weight = tuple(int(n) for n in weight_shape)
+    as_linear = [s[:2] if len(s) == 4 and s[2:] == (1, 1) else s for s in (delta, weight)]
+    if delta == weight or as_linear[0] == as_linear[1]:
+        return None
+    return (f"'{base}' makes a {delta} change (up {tuple(up_shape)}, down {tuple(down_shape)}) but the layer "
+            f"'{weight_key}' is {weight}")

@@ -30,8 +30,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-import comfy.lora
-import comfy.lora_convert
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
@@ -42,8 +40,8 @@ from comfy.weight_adapter.lora import LoRAAdapter
 
 from ..core.dataset_io import atomic_write_bytes
 from ..core.forward_lora import ForwardLoRA, fit_layer
-from ..core.lora_io import load_lora
 from .host import model_file, output_subdir
+from .lora_files import fit_lora, read_lora
 from .train_adapter import weights_fingerprint
 
 CONNECTED = None  # CellSpec.checkpoint for "the MODEL / CLIP / VAE wired into the node"
@@ -210,25 +208,18 @@ class CellRenderer:
 
     def _lora_sd(self, name: str) -> dict:
         if name not in self.loras:
-            self.loras[name] = load_lora(model_file("loras", name))[0]
+            self.loras[name] = read_lora(name)[0]
         return self.loras[name]
 
     def _attach(self, v: _Variant, name: str) -> None:
         """Installs LoRA `name` on the variant at forward time, or records why it must be merged instead."""
         if name in v.slots or name in v.merged_only:
             return
-        sd = comfy.lora_convert.convert_lora(dict(self._lora_sd(name)))
-        unet_map = comfy.lora.model_lora_keys_unet(v.model.model, {})
-        text_map = comfy.lora.model_lora_keys_clip(v.clip.cond_stage_model, {})
-        found = {}
-        for part, key_map, root in (("unet", unet_map, v.model.model), ("text", text_map, v.clip.cond_stage_model)):
-            for key, adapter in comfy.lora.load_lora(sd, key_map, log_missing=False).items():
-                found[(part, key)] = (adapter, root)
-        loaded = set()
-        for adapter, _ in found.values():
-            loaded.update(getattr(adapter, "loaded_keys", ()))
-        alphas = {k for k in sd if k.endswith(".alpha")}
-        v.unloaded[name] = sorted(k for k in sd if k not in loaded and k not in alphas)
+        fit = fit_lora(self._lora_sd(name), name, v.model, v.clip)
+        fit.check(every_key=False)  # a layer that cannot take the LoRA is an error; unknown keys are reported
+        v.unloaded[name] = fit.not_loaded
+        roots = {"unet": v.model.model, "text": v.clip.cond_stage_model}
+        found = {(part, key): (adapter, roots[part]) for (part, key), adapter in fit.adapters.items()}
         problem = None
         for (part, key), (adapter, root) in found.items():
             if isinstance(key, tuple) or not isinstance(adapter, LoRAAdapter) or not key.endswith(".weight"):

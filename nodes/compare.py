@@ -11,12 +11,13 @@ import folder_paths
 from ..core.draw import pil_to_image_tensor
 from ..core.grid import Axis, draw_grid, grid_metadata, parse_values
 from ..core.images import prepare_image
+from ..core.lora_math import STRENGTH_LIMIT, check_strength
 from ..core.paths import safe_name
 from ..core.prepare import prepare_sample
 from .cells import CONNECTED, CellSpec
 from .grids import (NONE, check_choice, checked_sampling, common_inputs, finish, lora_choice, render_specs,
                     speed_inputs)
-from .host import DATASET
+from .host import DATASET, check_number
 
 
 
@@ -33,7 +34,7 @@ def short(name: str | None) -> str:
 
 
 def settings(positive, negative, seed, steps, cfg, sampler, scheduler, width, height) -> dict:
-    checked_sampling(sampler, scheduler)
+    checked_sampling(sampler, scheduler, cfg)
     return dict(positive=positive, negative=negative, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
                 scheduler=scheduler, width=width, height=height)
 
@@ -68,11 +69,11 @@ class AtelierCompareSideBySide(io.ComfyNode):
                 io.String.Input("prompts", default="a starsectorportrait of a person", multiline=True,
                                 tooltip="One prompt per line; each line becomes a row per seed."),
                 lora_input("lora_a", "LoRA of side A ((none) = the base model)."),
-                io.Float.Input("strength_a", default=1.0, min=-10.0, max=10.0, step=0.01,
+                io.Float.Input("strength_a", default=1.0, min=-STRENGTH_LIMIT, max=STRENGTH_LIMIT, step=0.01,
                                tooltip="LoRA strength of side A."),
                 io.String.Input("negative_a", default="", multiline=True, tooltip="Negative prompt of side A."),
                 lora_input("lora_b", "LoRA of side B ((none) = the base model)."),
-                io.Float.Input("strength_b", default=1.0, min=-10.0, max=10.0, step=0.01,
+                io.Float.Input("strength_b", default=1.0, min=-STRENGTH_LIMIT, max=STRENGTH_LIMIT, step=0.01,
                                tooltip="LoRA strength of side B."),
                 io.String.Input("negative_b", default="", multiline=True, tooltip="Negative prompt of side B."),
                 io.Combo.Input("checkpoint_b", options=[NONE] + folder_paths.get_filename_list("checkpoints"),
@@ -95,6 +96,8 @@ class AtelierCompareSideBySide(io.ComfyNode):
             raise ValueError("Side by Side needs at least one prompt: write one prompt per line.")
         base = settings("", "", seed, steps, cfg, sampler, scheduler, width, height)
         la, lb = lora_choice(lora_a), lora_choice(lora_b)
+        strength_a = check_strength(strength_a, "strength_a")
+        strength_b = check_strength(strength_b, "strength_b")
         ckpt_b = None if checkpoint_b == NONE else check_choice(
             "checkpoint_b", checkpoint_b, folder_paths.get_filename_list("checkpoints"))
         sides = [((la, strength_a), negative_a, CONNECTED), ((lb, strength_b), negative_b, ckpt_b or CONNECTED)]
@@ -196,7 +199,8 @@ def dataset_inputs():
     return [DATASET.Input("dataset", tooltip="Training images with their captions (from Load / Prepare Dataset)."),
             io.Int.Input("count", default=4, min=1, max=64, tooltip="Images to compare, spread over the dataset."),
             lora_input("lora", "The LoRA trained on this dataset."),
-            io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip="LoRA strength."),
+            io.Float.Input("strength", default=1.0, min=-STRENGTH_LIMIT, max=STRENGTH_LIMIT, step=0.01,
+                           tooltip="LoRA strength."),
             io.String.Input("prefix", default="", tooltip="Text put before every caption (e.g. a trigger word).")]
 
 
@@ -224,6 +228,7 @@ class AtelierCompareRealGenerated(io.ComfyNode):
         name = lora_choice(lora)
         if name is None:
             raise ValueError("Real vs Generated compares a LoRA with its dataset: choose the LoRA.")
+        strength = check_strength(strength, "strength")
         base = settings("", negative, seed, steps, cfg, sampler, scheduler, width, height)
         samples = pick_samples(dataset, count)
         variants = [((name, float(strength)),)] + ([()] if include_base else [])
@@ -274,6 +279,8 @@ class AtelierCheckReconstruction(io.ComfyNode):
         name = lora_choice(lora)
         if name is None:
             raise ValueError("The reconstruction check measures a LoRA: choose the LoRA.")
+        strength = check_strength(strength, "strength")
+        denoise = check_number("denoise", denoise, 0.05, 1.0)
         base = settings("", negative, seed, steps, cfg, sampler, scheduler, width, height)
         samples = pick_samples(dataset, count)
         targets = [real_image(dataset, s, width, height) for s in samples]

@@ -13,15 +13,17 @@ import comfy.utils
 import folder_paths
 
 from ..core.draw import pil_to_image_tensor
-from ..core.grid import (AXIS_KINDS, Axis, draw_grid, grid_metadata, join_row, pad_to_common_size, paginate,
-                         parse_values, plan_cells, save_png_with_metadata)
+from ..core.grid import (AXIS_KINDS, AXIS_RANGES, Axis, draw_grid, grid_metadata, join_row, pad_to_common_size,
+                         paginate, parse_values, plan_cells, save_png_with_metadata)
+from ..core.lora_math import STRENGTH_LIMIT, check_strength
 from ..core.paths import safe_name
 from .cells import CONNECTED, CellRenderer, CellSpec, cell_cache_dir
-from .host import output_subdir
+from .host import check_choice, check_number, output_subdir
 
 NONE = "(none)"
 MAX_PAGE_SIDE = 8192
 CAPTIONS = ("none", "seed", "settings")
+CFG_MAX = AXIS_RANGES["cfg"][1]
 
 
 def choices_for(kind: str) -> list[str] | None:
@@ -34,14 +36,6 @@ def choices_for(kind: str) -> list[str] | None:
     if kind == "scheduler":
         return list(comfy.samplers.KSampler.SCHEDULERS)
     return None
-
-
-def check_choice(name: str, value: str, options: list[str]) -> str:
-    """ComfyUI 0.3.64 does not check V3 combo values, so every enum is checked here."""
-    if value not in options:
-        raise ValueError(f"{name} {value!r} is not available. Valid values: {', '.join(options[:40])}"
-                         f"{' ...' if len(options) > 40 else ''}.")
-    return value
 
 
 def cell_settings(cell: dict, axes: dict, defaults: dict) -> dict:
@@ -136,7 +130,7 @@ def common_inputs(prompt_default: str = "a starsectorportrait of a person") -> l
         io.Int.Input("seed", default=0, min=0, max=2**63 - 1,
                      tooltip="Seed of every cell (same seed = comparable cells); extra seeds count up from it."),
         io.Int.Input("steps", default=20, min=1, max=200, tooltip="Sampling steps."),
-        io.Float.Input("cfg", default=7.0, min=0.0, max=30.0, step=0.1, tooltip="CFG scale."),
+        io.Float.Input("cfg", default=7.0, min=0.0, max=CFG_MAX, step=0.1, tooltip="CFG scale."),
         io.Combo.Input("sampler", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
                        tooltip="ComfyUI sampler (euler_ancestral = A1111's Euler a)."),
         io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="normal",
@@ -157,9 +151,11 @@ def speed_inputs() -> list:
     ]
 
 
-def checked_sampling(sampler: str, scheduler: str) -> None:
+def checked_sampling(sampler: str, scheduler: str, cfg: float) -> None:
+    """The shared sampler settings re-checked: combo values against their lists, cfg finite (NaN passes ComfyUI)."""
     check_choice("sampler", sampler, list(comfy.samplers.KSampler.SAMPLERS))
     check_choice("scheduler", scheduler, list(comfy.samplers.KSampler.SCHEDULERS))
+    check_number("cfg", cfg, 0.0, CFG_MAX)
 
 
 def lora_choice(name: str) -> str | None:
@@ -193,7 +189,7 @@ class AtelierXYGrid(io.ComfyNode):
                 io.String.Input("y_values", default="*", tooltip=axis_help),
                 io.Combo.Input("lora", options=[NONE] + folder_paths.get_filename_list("loras"), default=NONE,
                                tooltip="The LoRA of every cell when no axis chooses LoRA files."),
-                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01,
+                io.Float.Input("strength", default=1.0, min=-STRENGTH_LIMIT, max=STRENGTH_LIMIT, step=0.01,
                                tooltip="LoRA strength of every cell when no axis varies it."),
                 io.Combo.Input("baseline", options=["none", "row", "column"], default="row",
                                tooltip="Add a first row / column without the LoRA (the y / x axis must be LoRA or "
@@ -224,7 +220,9 @@ class AtelierXYGrid(io.ComfyNode):
                 baseline, seed, steps, cfg, sampler, scheduler, denoise, width, height, grid_name, z_kind="none",
                 z_values="", seeds_per_cell=1, cell_caption="none", batch_size=4, resume=True) -> io.NodeOutput:
         name = safe_name(grid_name, "grid_name")
-        checked_sampling(sampler, scheduler)
+        checked_sampling(sampler, scheduler, cfg)
+        check_strength(strength, "strength")
+        check_number("denoise", denoise, 0.0, 1.0)
         check_choice("baseline", baseline, ["none", "row", "column"])
         check_choice("cell_caption", cell_caption, list(CAPTIONS))
         kinds = ["none"] + list(AXIS_KINDS)

@@ -15,17 +15,19 @@ import comfy.sd
 import folder_paths
 
 from ..core.draw import bar_chart, pil_to_image_tensor
-from ..core.lora_io import load_lora, lora_summary, save_lora
-from ..core.lora_math import (apply_block_weights, energy_report_text, extract, join_modules,
-                              merge_average_weights, merge_concat, merge_svd, parse_block_weights, resize,
-                              split_modules)
-from .host import model_file, model_output_path
+from ..core.lora_io import check_file_finite, check_same_family, load_lora, lora_family, lora_summary, save_lora
+from ..core.lora_math import (EXTRACT_METHODS, STRENGTH_LIMIT, apply_block_weights, check_strength,
+                              energy_report_text, extract, join_modules, merge_average_weights, merge_concat, merge_svd,
+                              parse_block_weights, resize, split_modules)
+from .host import check_choice, check_number, model_output_path
+from .lora_files import TEXT_PREFIXES, fit_lora, read_lora
 from .train_adapter import TE_INCLUDE, UNET_INCLUDE
 from .training import lora_output_path
 
 NONE = "(none)"
 DYNAMIC = ("none", "sv_ratio", "sv_fro", "sv_cumulative")
 MERGE_MODES = ("concat", "svd", "average_weights")
+DYNAMIC_PARAM_MAX = 1000.0
 
 
 def lora_choices() -> list[str]:
@@ -34,16 +36,33 @@ def lora_choices() -> list[str]:
 
 def load_modules(name: str):
     """(modules, metadata) of a LoRA from the loras folders; LyCORIS-only keys are refused with a clear message."""
-    tensors, meta = load_lora(model_file("loras", name))
+    tensors, meta = read_lora(name)
+    return plain_modules(name, tensors), meta
+
+
+def plain_modules(name: str, tensors: dict) -> dict:
+    """The plain LoRA modules of file `name`; keys of other formats are refused with a clear message."""
     modules, others = split_modules(tensors)
     if others:
         raise ValueError(f"'{name}' holds {len(others)} keys that are not plain LoRA (e.g. {others[0]}; LyCORIS "
                          "LoHa/LoKr or DoRA). Merging or resizing those is not supported; merge such a file into the "
                          "model with ComfyUI's LoraLoader instead.")
-    return modules, meta
+    return modules
 
 
 SLOTS = 4
+
+
+def chosen_slots(slots: dict) -> list[tuple[int, str, float]]:
+    """(slot number, LoRA name, strength) of the slots in use, each name re-checked against the loras list and
+    each strength finite and within range (ComfyUI's own range check lets NaN through)."""
+    options = [NONE] + lora_choices()
+    chosen = []
+    for i in range(1, SLOTS + 1):
+        name = check_choice(f"lora_{i}", slots[f"lora_{i}"], options)
+        if name != NONE:
+            chosen.append((i, name, check_strength(slots[f"strength_{i}"], f"strength_{i}")))
+    return chosen
 
 
 def lora_slots(strength_tooltip: str, block_weights: bool = False) -> list:
@@ -52,7 +71,7 @@ def lora_slots(strength_tooltip: str, block_weights: bool = False) -> list:
     for i in range(1, SLOTS + 1):
         slots += [io.Combo.Input(f"lora_{i}", options=[NONE] + lora_choices(), default=NONE,
                                  tooltip=f"LoRA {i} to merge ((none) = unused)."),
-                  io.Float.Input(f"strength_{i}", default=1.0, min=-10.0, max=10.0, step=0.01,
+                  io.Float.Input(f"strength_{i}", default=1.0, min=-STRENGTH_LIMIT, max=STRENGTH_LIMIT, step=0.01,
                                  tooltip=strength_tooltip.format(i=i))]
         if block_weights:
             slots.append(io.String.Input(
@@ -64,6 +83,8 @@ def lora_slots(strength_tooltip: str, block_weights: bool = False) -> list:
 
 
 def dynamic_kwargs(method: str, param: float, max_rank: int) -> dict:
+    check_choice("dynamic_method", method, list(DYNAMIC))
+    check_number("dynamic_param", param, 0.0, DYNAMIC_PARAM_MAX)
     return {} if method == "none" else {"dynamic": method, "dynamic_param": param, "max_rank": max_rank}
 
 
@@ -80,7 +101,7 @@ def rank_inputs(default_rank: int):
         io.Combo.Input("dynamic_method", options=list(DYNAMIC), default="none",
                        tooltip="Choose the rank per layer: sv_ratio keeps σ ≥ σmax/param; sv_fro keeps param of the "
                                "Frobenius norm; sv_cumulative keeps param of the sum of σ; none = fixed rank."),
-        io.Float.Input("dynamic_param", default=0.9, min=0.0, max=1000.0, step=0.01,
+        io.Float.Input("dynamic_param", default=0.9, min=0.0, max=DYNAMIC_PARAM_MAX, step=0.01,
                        tooltip="Parameter of the dynamic method: sv_fro and sv_cumulative take 0–1 (e.g. 0.9); "
                                "sv_ratio takes ≥ 1 (e.g. 20). Ignored when dynamic_method is none."),
     ]
@@ -123,16 +144,19 @@ class AtelierMergeLoRAs(io.ComfyNode):
 
     @classmethod
     def execute(cls, mode, rank, dynamic_method, dynamic_param, output_name, **slots) -> io.NodeOutput:
-        chosen = [(slots[f"lora_{i}"], slots[f"strength_{i}"]) for i in range(1, SLOTS + 1)
-                  if slots[f"lora_{i}"] != NONE]
+        check_choice("mode", mode, list(MERGE_MODES))
+        dynamic = dynamic_kwargs(dynamic_method, dynamic_param, rank)
+        chosen = [(name, strength) for _, name, strength in chosen_slots(slots)]
         if not chosen:
             raise ValueError("Choose at least one LoRA to merge.")
-        loaded = [(load_modules(name)[0], strength) for name, strength in chosen]
+        files = [(name, read_lora(name)[0]) for name, _ in chosen]  # every file checked before any work
+        check_same_family(files)
+        loaded = [(plain_modules(name, tensors), strength) for (name, tensors), (_, strength) in zip(files, chosen)]
         report = {}
         if mode == "concat":
             modules = merge_concat(loaded)
         elif mode == "svd":
-            modules, report = merge_svd(loaded, rank, **dynamic_kwargs(dynamic_method, dynamic_param, rank))
+            modules, report = merge_svd(loaded, rank, **dynamic)
         else:
             modules = merge_average_weights(loaded)
         path = write(output_name, modules, {"ss_output_name": Path(output_name).stem, "ss_training_comment":
@@ -158,8 +182,9 @@ class AtelierResizeLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora, rank, dynamic_method, dynamic_param, output_name) -> io.NodeOutput:
-        modules, meta = load_modules(lora)
-        resized, report = resize(modules, rank, **dynamic_kwargs(dynamic_method, dynamic_param, rank))
+        dynamic = dynamic_kwargs(dynamic_method, dynamic_param, rank)
+        modules, meta = load_modules(check_choice("lora", lora, lora_choices()))
+        resized, report = resize(modules, rank, **dynamic)
         meta = {**meta, "ss_network_dim": str(rank), "ss_network_alpha": str(rank),
                 "atelier_resized_from": lora, "ss_output_name": Path(output_name).stem}
         path = write(output_name, resized, meta)
@@ -217,7 +242,7 @@ class AtelierExtractLoRA(io.ComfyNode):
                     io.Float.Input("clamp_quantile", default=1.0, min=0.5, max=1.0, step=0.001,
                                    tooltip="Clamp outlier factor values at this quantile; 1.0 = off (ComfyUI's "
                                            "extractor always uses 0.99)."),
-                    io.Combo.Input("method", options=["randomized", "full"], default="randomized",
+                    io.Combo.Input("method", options=list(EXTRACT_METHODS), default="randomized",
                                    tooltip="randomized: fast low-rank SVD; full: exact SVD of each whole matrix "
                                            "(slow, the reference)."),
                     io.String.Input("output_name", default="extracted", tooltip="File name in models/loras/atelier.")],
@@ -228,6 +253,10 @@ class AtelierExtractLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, tuned_model, base_model, rank, dynamic_method, dynamic_param, include_convs, min_diff,
                 clamp_quantile, method, output_name, tuned_clip=None, base_clip=None) -> io.NodeOutput:
+        check_choice("method", method, list(EXTRACT_METHODS))
+        check_number("min_diff", min_diff, 0.0, 1.0)
+        check_number("clamp_quantile", clamp_quantile, 0.5, 1.0)
+        dynamic_kwargs(dynamic_method, dynamic_param, rank)  # checks both before any layer is read
         pairs = [(tuned_model, base_model, comfy.lora.model_lora_keys_unet(base_model.model, {}), "lora_unet_",
                   UNET_INCLUDE)]
         if tuned_clip is not None and base_clip is not None:
@@ -271,25 +300,24 @@ class AtelierInspectLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora, model=None, clip=None) -> io.NodeOutput:
-        tensors, meta = load_lora(model_file("loras", lora))
+        tensors, meta = read_lora(check_choice("lora", lora, lora_choices()))
         summary = lora_summary(tensors, meta)
         bases = sorted({k.split(".")[0] for k in tensors})
         families = [f for f, pattern in (("SDXL (two text encoders)", r"^lora_te[12]_"),
                                          ("Flux / DiT", r"double_blocks|single_blocks"),
                                          ("SD-style UNet", r"^lora_unet_(input|middle|output|down|mid|up)_"))
                     if any(re.search(pattern, b) for b in bases)]
-        report = {"file": lora, **summary, "families": families,
+        report = {"file": lora, **summary, "family": lora_family(tensors), "families": families,
                   "metadata": {k: v for k, v in meta.items() if k not in ("ss_tag_frequency", "ss_dataset_dirs")}}
         if model is not None or clip is not None:
-            key_map = {}
-            if model is not None:
-                key_map = comfy.lora.model_lora_keys_unet(model.model, key_map)
-            if clip is not None:
-                key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
-            checked = [b for b in bases if (b.startswith("lora_unet") and model is not None)
-                       or (b.startswith("lora_te") and clip is not None)]
-            missing = [b for b in checked if b not in key_map]
-            report["would_load"] = {"checked": len(checked), "not_loaded": len(missing), "examples": missing[:10]}
+            # Keys for the part that was not given are not counted: a UNet-only check ignores text-encoder keys.
+            fit = fit_lora(tensors, lora, model, clip)
+            given = {True: clip is not None, False: model is not None}  # keyed by "is a text-encoder key"
+            counted = {k for k in tensors if not k.endswith(".alpha") and given[k.startswith(TEXT_PREFIXES)]}
+            missing = [k for k in fit.not_loaded if k in counted]
+            report["would_load"] = {"checked": len(counted), "not_loaded": len(missing) + len(fit.mismatched),
+                                    "examples": missing[:10], "shape_mismatch": fit.mismatched[:10],
+                                    "loads_cleanly": not missing and not fit.mismatched}
         text = json.dumps(report, indent=1, default=str)
         return io.NodeOutput(text, ui={"text": [text]})
 
@@ -318,29 +346,30 @@ class AtelierMergeLoRAIntoModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, checkpoint_name, vae=None, **slots) -> io.NodeOutput:
-        merged = []
-        for i in range(1, SLOTS + 1):
-            name = slots[f"lora_{i}"]
-            if name == NONE:
-                continue
-            weights = parse_block_weights(slots[f"block_weights_{i}"])
-            tensors, _ = load_lora(model_file("loras", name))
+        planned = []  # every slot is checked (name, strength, block weights, file, fit) before anything is merged
+        for i, name, strength in chosen_slots(slots):
+            weights = parse_block_weights(slots[f"block_weights_{i}"], f"block_weights_{i}")
+            tensors, _ = read_lora(name)
+            fit_lora(tensors, name, model, clip).check(every_key=True)
             if weights is not None:  # block weights need plain LoRA modules; other formats go to ComfyUI as they are
-                modules, _ = load_modules(name)
-                tensors = {k: v.float() for k, v in join_modules(apply_block_weights(modules, weights)).items()}
-            strength = slots[f"strength_{i}"]
+                modules = plain_modules(name, tensors)
+                tensors = join_modules(apply_block_weights(modules, weights), torch.float32)
+            planned.append((name, strength, weights, tensors))
+        if not planned:
+            raise ValueError("Choose at least one LoRA to merge.")
+        path = model_output_path("checkpoints", checkpoint_name, "checkpoint_name") if checkpoint_name.strip() else None
+        merged = []
+        for name, strength, weights, tensors in planned:
             model, clip = comfy.sd.load_lora_for_models(model, clip, tensors, strength, strength)
             merged.append({"lora": name, "strength": strength, "block_weights": weights})
-        if not merged:
-            raise ValueError("Choose at least one LoRA to merge.")
         report = {"merged": merged}
-        if checkpoint_name.strip():
-            path = model_output_path("checkpoints", checkpoint_name, "checkpoint_name")
+        if path is not None:
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             try:
                 comfy.sd.save_checkpoint(str(tmp), model, clip, vae,
                                          metadata={"atelier_merged_loras": json.dumps(merged),
                                                    "modelspec.title": path.stem})
+                check_file_finite(tmp, f"atelier/{path.name}")  # an overflowing merge never becomes a checkpoint
                 os.replace(tmp, path)  # atomic: the checkpoints list never shows a half-written file
             finally:
                 if tmp.exists():

@@ -18,7 +18,7 @@ import comfy.utils
 import folder_paths
 
 from ..core.draw import line_chart, pil_to_image_tensor
-from ..core.lora_io import load_lora, save_lora
+from ..core.lora_io import save_lora
 from ..core.paths import Root, is_inside, quoted, resolve_inside, safe_name
 from ..trainers.checkpoint import load_state, save_state
 from ..trainers.run import epoch_file, prune_epoch_files
@@ -29,7 +29,8 @@ from ..trainers.objectives import LOSSES
 from ..trainers.optim import OPTIMIZERS, SCHEDULERS
 from ..trainers.network import LoRANetwork, NetworkConfig, parse_rank_overrides
 from .dataset import dataset_in
-from .host import model_file, model_output_path, output_subdir
+from .host import model_output_path, output_subdir
+from .lora_files import read_lora
 from .train_adapter import (TE_INCLUDE, UNET_INCLUDE, ComfyDenoiser, autograd_friendly_clip, draw_samples,
                             encode_latents, encoder_key, interrupted, make_encoder, text_encoder_roots, thaw,
                             weights_fingerprint)
@@ -122,8 +123,8 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
                                               "lr": info.lr, "samples_per_second": info.samples_per_second})
 
         if continue_from != STATE_NONE:
-            source = model_file("loras", continue_from)
-            network.load_kohya_state_dict(load_lora(source)[0])  # another architecture: error listing the keys
+            # read_lora refuses malformed files by name; another architecture: an error listing the keys
+            network.load_kohya_state_dict(read_lora(continue_from)[0])
         started = time.time()
         saved = []
         base_hash = weights_fingerprint(mp.model.diffusion_model.state_dict())

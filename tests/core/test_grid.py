@@ -3,6 +3,7 @@ module docstring says, pages split as documented, and metadata survives a real P
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -430,3 +431,12 @@ def test_pad_to_common_size_keeps_pixels_top_left():
     assert [im.size for im in out] == [(7, 5), (7, 5)]
     assert out[0].getpixel((3, 4)) == (9, 9, 9) and out[0].getpixel((6, 0)) == (255, 255, 255)
     assert out[1].getpixel((6, 2)) == (1, 2, 3) and out[1].getpixel((0, 4)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("kind, text, shown", [("strength", "0, 1e30", "1e+30"), ("strength", "-11", "-11"),
+                                               ("cfg", "1-40 (+10)", "31"), ("steps", "1000000", "1000000"),
+                                               ("steps", "0", "0"), ("denoise", "0-2 [3]", "2"),
+                                               ("seed", "-1", "-1")])
+def test_numeric_axes_stay_within_their_node_input_range(kind, text, shown):
+    with pytest.raises(ValueError, match=f"axis '{kind}': {re.escape(shown)} is outside"):
+        parse_values(kind, text)

@@ -85,7 +85,7 @@ def test_bad_axes_are_refused_with_the_reason(comfy, epoch_loras):
 
     assert "no values" in err(x_values="")
     assert "euler" in err(x_kind="sampler", x_values="eulerr")  # the message lists the valid samplers
-    assert "10000 cells" in err(x_values="1-100", y_kind="seed", y_values="1-100")
+    assert "10000 cells" in err(x_values="0-1 [100]", y_kind="seed", y_values="1-100")
     assert "matched none of the" in err(x_kind="lora", x_values="nothing_here/*")  # a LoRA folder with no files
 
 

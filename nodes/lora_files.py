@@ -1,0 +1,113 @@
+"""LoRA files from ComfyUI's loras folders: validated as they are read, and checked against the MODEL / CLIP they
+will change with ComfyUI's own key maps and loader, so a LoRA that does not fit is an error naming the layer and
+both shapes, never only a line on the server console."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import comfy.lora
+import comfy.lora_convert
+from comfy.weight_adapter.lora import LoRAAdapter
+
+from ..core.lora_io import check_lora_tensors, load_lora
+from ..core.lora_math import fit_problem
+from .host import model_file
+
+LISTED = 6  # problems an error message lists before "and N more"
+TEXT_PREFIXES = ("lora_te", "text_encoder", "te_", "te1_", "te2_")  # keys meant for the CLIP, not the MODEL
+
+
+def read_lora(name: str) -> tuple[dict, dict]:
+    """(tensors, metadata) of `name` in the loras folders; malformed files are refused with a message naming it."""
+    tensors, meta = load_lora(model_file("loras", name))  # listed, and inside the loras folders
+    check_lora_tensors(tensors, name)
+    return tensors, meta
+
+
+class _Reads(dict):
+    """A LoRA dict that records which keys ComfyUI's loader reads: the keys it loads."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        if key in self:
+            self.read.add(key)
+        return super().get(key, default)
+
+
+def _listing(items: list[str]) -> str:
+    return "; ".join(items[:LISTED]) + (f"; and {len(items) - LISTED} more" if len(items) > LISTED else "")
+
+
+@dataclass
+class LoraFit:
+    """What ComfyUI's LoRA loader would do with one file on a MODEL and/or CLIP."""
+
+    name: str
+    adapters: dict = field(default_factory=dict)  # (part "unet" / "text", weight key) -> ComfyUI's patch
+    not_loaded: list = field(default_factory=list)  # file keys no layer takes ("lora key not loaded"), alphas aside
+    mismatched: list = field(default_factory=list)  # one line per layer whose shape cannot take the LoRA
+
+    def check(self, *, every_key: bool) -> None:
+        """ValueError when a layer's shape does not fit, and (every_key) when some keys would not load at all."""
+        if self.mismatched:
+            raise ValueError(f"LoRA '{self.name}' does not fit this model: {_listing(self.mismatched)}. It was made "
+                             "for another base model (or is damaged); choose a LoRA trained on this model.")
+        if every_key and self.not_loaded:
+            raise ValueError(f"LoRA '{self.name}': {len(self.not_loaded)} keys match no layer of this model or its "
+                             f"CLIP (e.g. {_listing(self.not_loaded)}), so ComfyUI would skip them. It was made for "
+                             "another model family; choose a LoRA trained on this model.")
+
+
+def _target_shape(target, shapes: dict):
+    """(weight key, shape the patch must have): a (key, (dim, offset, size)) target patches a slice of the weight."""
+    if isinstance(target, tuple):
+        key, (dim, _, size) = target
+        shape = list(shapes[key])
+        shape[dim] = size
+        return key, tuple(shape)
+    return target, shapes[target]
+
+
+def _problem(patch, target, bases: list[str], sd: dict, shapes: dict) -> str | None:
+    key, shape = _target_shape(target, shapes)
+    if isinstance(patch, LoRAAdapter):
+        up, down, _, mid, _, reshape = patch.weights
+        if reshape is not None:
+            return None  # ComfyUI pads the weight to the shape the file gives first
+        base = next((b for b in bases if any(k.startswith((b + ".", b + "_lora.")) for k in sd)), bases[0])
+        return fit_problem(base, up.shape, down.shape, key, shape, None if mid is None else mid.shape)
+    if isinstance(patch, tuple) and patch[0] == "diff" and tuple(patch[1][0].shape) != tuple(shape):
+        return f"'{bases[0]}' is a full {tuple(patch[1][0].shape)} difference but the layer '{key}' is {tuple(shape)}"
+    return None  # LoHa, LoKr, OFT ...: ComfyUI builds their change itself
+
+
+def fit_lora(tensors: dict, name: str, model=None, clip=None) -> LoraFit:
+    """Runs ComfyUI's key maps and loader on the file (as LoraLoader does) and checks every layer it would patch
+    for shape fit; nothing is patched."""
+    sd = _Reads(comfy.lora_convert.convert_lora(dict(tensors)))
+    fit = LoraFit(name)
+    parts = []
+    if model is not None:
+        parts.append(("unet", comfy.lora.model_lora_keys_unet(model.model, {}), model.model))
+    if clip is not None:
+        parts.append(("text", comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {}), clip.cond_stage_model))
+    for part, key_map, root in parts:
+        shapes = {k: tuple(v.shape) for k, v in root.state_dict().items()}
+        bases: dict = {}
+        for base, target in key_map.items():
+            bases.setdefault(target, []).append(base)
+        for target, patch in comfy.lora.load_lora(sd, key_map, log_missing=False).items():
+            fit.adapters[(part, target)] = patch
+            problem = _problem(patch, target, bases.get(target, ["?"]), sd, shapes)
+            if problem:
+                fit.mismatched.append(problem)
+    fit.not_loaded = sorted(k for k in sd if k not in sd.read and not k.endswith(".alpha"))
+    return fit
