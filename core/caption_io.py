@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .caption_text import check_caption_extension
 from .captions import caption_diff
 from .dataset import Dataset, read_caption
 from .dataset_io import atomic_write_bytes
@@ -38,7 +39,7 @@ def plan_writes(dataset: Dataset, extension: str = ".txt", out_dir: Path | None 
                 encoding: str = "utf-8") -> tuple[list[CaptionWrite], list[str]]:
     """The sidecar each item's caption goes to (beside its image, or under `out_dir/<subset>/`), and its current
     text."""
-    ext = extension if extension.startswith(".") else "." + extension
+    ext = check_caption_extension(extension)  # an allow-list: '', '.', '../x' or '.txt/../x' never reach a path
     writes, notes, seen = [], [], set()
     for subset in dataset.subsets:
         for it in subset.items:
