@@ -272,6 +272,7 @@ class AtelierDedupeDataset(io.ComfyNode):
     @classmethod
     def execute(cls, dataset, threshold, keep, flip_aware, border_aware, report_name) -> io.NodeOutput:
         check_choice(keep, KEEP_POLICIES, "keep")
+        check_names(report_name=report_name)
         name = safe_name(report_name, "report_name")
         out, report = dedupe_dataset(dataset, threshold, keep, flip_aware, border_aware,
                                      on_progress=Progress(len(unique_source_samples(dataset))))
@@ -414,6 +415,7 @@ class AtelierSaveDataset(io.ComfyNode):
     @classmethod
     def execute(cls, dataset, name, image_format) -> io.NodeOutput:
         check_choice(image_format, IMAGE_FORMATS, "image_format")
+        check_names(name=name)
         out_dir = output_subdir("atelier", "datasets", name)
         manifest = save_dataset(dataset, out_dir, image_format=image_format,
                                 on_progress=Progress(len(dataset.samples())))

@@ -32,7 +32,7 @@ from .host import model_output_path, output_subdir
 from .train_adapter import (TE_INCLUDE, UNET_INCLUDE, ComfyDenoiser, autograd_friendly_clip, draw_samples,
                             encode_latents, encoder_key, interrupted, make_encoder, text_encoder_roots, thaw,
                             weights_fingerprint)
-from .validate import check_choice
+from .validate import check_choice, check_names
 
 def send_event(event: str, data: dict) -> None:
     """Websocket event for the web/ chart (no-op outside a server)."""
@@ -84,6 +84,7 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
                node_id=None, resume_state: str = STATE_NONE, continue_from: str = STATE_NONE, keep_last: int = 0,
                sampling: dict | None = None, cache_latents: bool = True, checkpointing: bool = False):
     """The shared body of the training nodes: returns (model, clip, losses, report)."""
+    check_names(output_name=output_name)  # a 5,000-character name is refused now, not after training
     path = lora_output_path(output_name)  # refuse a bad name before any work
     config.validate()
     resume_dir = state_root() / safe_name(resume_state, "resume_state") if resume_state != STATE_NONE else None

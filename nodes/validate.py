@@ -3,7 +3,9 @@ so any client can POST a value no dropdown offers ('mode': 'bogus'). Plain Pytho
 
 from __future__ import annotations
 
-from ..core.paths import safe_name
+from ..core.paths import PathRefused, safe_name
+
+MAX_NAME_BYTES = 200  # file systems allow 255 bytes per name; suffixes such as '-000001.safetensors' need the rest
 
 
 def check_choice(value, options, what: str):
@@ -22,5 +24,9 @@ def check_names(**names: str) -> None:
     for what, name in names.items():
         if not isinstance(name, str):
             raise ValueError(f"{what} must be text, got {type(name).__name__}.")
+        size = len(name.strip().encode("utf-8", "surrogatepass"))
+        if size > MAX_NAME_BYTES:  # before safe_name, whose message would echo the whole name
+            raise PathRefused(f"{what} is {size:,} bytes long ('{name[:24]}…'); use a name of at most "
+                              f"{MAX_NAME_BYTES} bytes.")
         if name.strip():
             safe_name(name, what)
