@@ -357,7 +357,7 @@ def test_truncate_a_long_caption_with_the_real_tokenizer_is_quick(comfy, comfy_s
         "3": {"class_type": "AtelierTruncateCaptions", "inputs": {"dataset": ["2", 0], "max_tokens": 75,
                                                                   "keep_first": 1, "clip": ["1", 1], **FILTERS}},
         "4": {"class_type": "AtelierTagFrequency", "inputs": {"dataset": ["3", 0], "top": 5}}}, timeout=300)
-    assert time.monotonic() - start < 60
+    assert time.monotonic() - start < 15  # ~1 s; re-tokenizing once per dropped tag took 37 s here
     kept = out["4"]["text"][0].splitlines()
     assert 10 <= len(kept) <= 40 and any(line.endswith("trigger") for line in kept), kept
 
@@ -366,7 +366,7 @@ def test_training_on_a_long_caption_is_quick(comfy, comfy_server):  # train-long
     long_caption_folder(comfy_server, "bad_long_train")
     start = time.monotonic()
     out = comfy.run(train_prompt("bad_long_caption", dataset=load_node("input/bad_long_train")), timeout=600)
-    assert time.monotonic() - start < 120
+    assert time.monotonic() - start < 30  # ~2 s; encoding all ~60 CLIP windows of the caption took 61 s here
     assert json.loads(out["4"]["text"][0])["steps"] == 1
 
 
