@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .caption_text import check_caption_extension
 from .captions import caption_diff
 from .dataset import MAX_CAPTION_BYTES, Dataset, read_caption
 from .paths import (PathRefused, Root, atomic_write_bytes, file_mode_for, make_folder_inside, read_bytes_inside,
@@ -43,7 +44,7 @@ def plan_writes(dataset: Dataset, extension: str = ".txt", out_dir: Path | None 
                 encoding: str = "utf-8", roots: list[Root] | None = None) -> tuple[list[CaptionWrite], list[str]]:
     """The sidecar each item's caption goes to (beside its image, or under `out_dir/<subset>/`), and its current
     text; every sidecar is resolved inside `roots` before it is read (PathRefused otherwise)."""
-    ext = extension if extension.startswith(".") else "." + extension
+    ext = check_caption_extension(extension)  # an allow-list: '', '.', '../x' or '.txt/../x' never reach a path
     roots = roots if roots is not None else [Root("output", out_dir)] if out_dir is not None else []
     writes, notes, seen = [], [], set()
     for subset in dataset.subsets:

@@ -13,12 +13,14 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from .dataset import map_subsets
+from .caption_text import caption_size_problem
+from .dataset import DatasetError, map_subsets
 
 MATCH_MODES = ("exact", "wildcard", "regex")
 POSITIONS = ("start", "end")
 SORT_ORDERS = ("alphabetical", "keep")
 CLIP_TOKEN_BUDGET = 75  # CLIP's 77-token context minus the start and end tokens
+MAX_PATTERNS = 1_000  # wildcard and regex patterns are tried one by one against every tag: their number is bounded
 
 
 def split_tags(caption: str) -> list[str]:
@@ -38,6 +40,9 @@ def _matcher(patterns: list[str], mode: str) -> Callable[[str], bool]:
     if mode == "exact":
         wanted = {p.strip().lower() for p in patterns}
         return lambda tag: tag.lower() in wanted
+    if len(patterns) > MAX_PATTERNS:
+        raise ValueError(f"Got {len(patterns):,} {mode} patterns; at most {MAX_PATTERNS:,} are allowed (each one is "
+                         "tried against every tag). Use match mode 'exact' for long tag lists, or combine patterns.")
     if mode == "wildcard":
         return lambda tag: any(fnmatch.fnmatchcase(tag.lower(), p.strip().lower()) for p in patterns)
     compiled = []
@@ -144,12 +149,34 @@ def strip_weights(tags: list[str]) -> list[str]:
 
 
 def truncate_to_budget(tags: list[str], count_tokens: Callable[[str], int], budget: int = CLIP_TOKEN_BUDGET,
-                       keep_first: int = 0) -> list[str]:
-    """Drops tags from the end until the joined caption fits `budget` tokens; the first `keep_first` always stay."""
-    out = list(tags)
-    while len(out) > keep_first and count_tokens(join_tags(out)) > budget:
-        out.pop()
-    return out
+                       keep_first: int = 0, check: Callable[[], None] | None = None) -> list[str]:
+    """Drops tags from the end until the joined caption fits `budget` tokens; the first `keep_first` always stay.
+
+    The longest fitting prefix is found by galloping then bisecting (a prefix never has more tokens than a longer
+    one), so a caption costs O(log n) tokenizations of prefixes at most twice the kept length, not one per dropped
+    tag. `check()` runs before each tokenization (the node's interrupt check).
+    """
+    def fits(n: int) -> bool:
+        if check:
+            check()
+        return count_tokens(join_tags(tags[:n])) <= budget
+
+    lo = min(keep_first, len(tags))  # always kept
+    if lo == len(tags):
+        return list(tags)
+    step, hi = 1, None
+    while hi is None:  # gallop: lo fits (or is the floor); find a prefix length that does not fit
+        probe = min(lo + step, len(tags))
+        if not fits(probe):
+            hi = probe
+        elif probe == len(tags):
+            return list(tags)
+        else:
+            lo, step = probe, step * 2
+    while hi - lo > 1:  # invariant: prefix lo fits (or is the keep_first floor), prefix hi does not
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return list(tags[:lo])
 
 
 def approx_token_count(text: str) -> int:
@@ -192,8 +219,10 @@ def caption_diff(before: list[tuple[str, str]], after: list[tuple[str, str]], li
     lines = [f"{len(changed)} of {len(before)} captions change"]
     for src, a, b in changed[:limit]:
         name = re.split(r"[\\/]", src)[-1]
-        removed = [t for t in split_tags(a) if t.lower() not in {x.lower() for x in split_tags(b)}]
-        added = [t for t in split_tags(b) if t.lower() not in {x.lower() for x in split_tags(a)}]
+        tags_a, tags_b = split_tags(a), split_tags(b)
+        lower_a, lower_b = {t.lower() for t in tags_a}, {t.lower() for t in tags_b}  # built once: linear diff
+        removed = [t for t in tags_a if t.lower() not in lower_b]
+        added = [t for t in tags_b if t.lower() not in lower_a]
         detail = "; ".join(x for x in (("-" + ", -".join(removed)) if removed else "",
                                        ("+" + ", +".join(added)) if added else "") if x) or "reordered"
         lines.append(f"{name}: {detail}\n    before: {a}\n    after:  {b}")
@@ -203,8 +232,12 @@ def caption_diff(before: list[tuple[str, str]], after: list[tuple[str, str]], li
 
 
 def apply_to_dataset(dataset, op: Callable[[list[str]], list[str]], where: CaptionFilter | None = None,
-                     subsets: list[str] | None = None):
-    """A new dataset with `op` applied to the tags of each matching item, and the diff text of what changed."""
+                     subsets: list[str] | None = None, on_progress: Callable[[int], None] | None = None):
+    """A new dataset with `op` applied to the tags of each matching item, and the diff text of what changed.
+
+    `on_progress(done)` runs after each item (the node's progress bar and interrupt check). An edit that makes a
+    caption longer than the caption limits is refused, naming the file.
+    """
     before, after = [], []
 
     def edit(subset):
@@ -212,6 +245,13 @@ def apply_to_dataset(dataset, op: Callable[[list[str]], list[str]], where: Capti
         for it in subset.items:
             tags = split_tags(it.caption)
             new = join_tags(op(tags)) if where is None or where.matches(it.source, tags) else it.caption
+            problem = caption_size_problem(new) if new != it.caption else None
+            if problem:
+                name = re.split(r"[\\/]", it.source)[-1]
+                raise DatasetError(f"This edit would make the caption of '{name}' too long: {problem}. Add fewer "
+                                   "tags, or prune the caption first.")
+            if on_progress:
+                on_progress(len(before) + 1)
             before.append((it.source, it.caption))
             after.append((it.source, new))
             items.append(replace(it, caption=new) if new != it.caption else it)

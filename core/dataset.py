@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, PREP_MODES, ImageRejected, probe_image
+from .caption_text import (MAX_CAPTION_BYTES, MAX_CAPTION_CHARS, CaptionRefused, caption_size_problem,
+                           check_caption_encoding, check_caption_extension, check_caption_size, clean_caption,
+                           cleaning_note)
+from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, PREP_MODES, ImageRejected, aspect_problem, image_info
 from .paths import FileTooLarge, PathRefused, Root, is_inside, natural_key, read_bytes_inside, shown
 
 CAPTION_SOURCES = ("sidecar", "filename", "folder", "fixed")
@@ -181,9 +184,6 @@ def parse_subset_list(text: str) -> list[str]:
 # ---------------------------------------------------------------- captions
 
 
-MAX_CAPTION_BYTES = 1 << 20  # a caption sidecar is a line of tags; a megabyte is not a caption
-
-
 def read_caption(path: str | Path, encoding: str = "utf-8", roots: list[Root] | None = None) -> str:
     """Reads a caption sidecar: BOMs honoured (UTF-8, UTF-16), CRLF normalised, lines joined with spaces. The file
     must lie inside one of `roots` (default: the folder it is in) when it is opened, symlinks included."""
@@ -280,25 +280,41 @@ def scan_folder(folder: str | Path, root: str | Path | Root | None = None, *, na
                                  (on_missing_caption, MISSING_CAPTION_POLICIES, "on_missing_caption")):
         if value not in allowed:
             raise DatasetError(f"Unknown {what} '{value}'; expected one of {', '.join(allowed)}.")
+    caption_extension = check_caption_extension(caption_extension)  # refused before any file is read
+    check_caption_encoding(caption_encoding)
+    if caption_source == "fixed":
+        fixed_caption = clean_caption(check_caption_size(fixed_caption, "fixed_caption"))[0]
     if not folder.is_dir():
         raise DatasetError(f"Dataset folder '{shown(folder, roots)}' does not exist or is not a folder.")
-    if not caption_extension.startswith("."):
-        caption_extension = "." + caption_extension
 
     skipped: list[Skipped] = []
     notes: list[str] = []
-    items = []
+    items, cleaned, animated, strips = [], {}, [], []
     for path in _walk_images(folder, root.path, recursive, skipped):
         try:
-            w, h = probe_image(path, max_pixels, roots)
+            w, h, frames, fmt = image_info(path, max_pixels, roots)
         except ImageRejected as e:
             skipped.append(Skipped(str(path), e.reason))
             continue
+        rel = os.path.relpath(path, folder)
         try:
-            caption = _caption_for(path, caption_source, caption_extension, fixed_caption, caption_encoding, roots)
-        except (PathRefused, FileTooLarge) as e:  # a sidecar leading outside the root, or not a caption: not read
+            caption = _caption_for(path, caption_source, caption_extension, fixed_caption, caption_encoding,
+                                   roots)
+        except (CaptionRefused, PathRefused, FileTooLarge) as e:  # outside the root, or not a caption: not read
             skipped.append(Skipped(str(path), str(e)))
             continue
+        if caption is not None:
+            problem = caption_size_problem(caption)
+            if problem:
+                skipped.append(Skipped(str(path), f"{path.with_suffix(caption_extension).name}: {problem}"))
+                continue
+            caption, removed = clean_caption(caption)
+            if removed:
+                cleaned[path.with_suffix(caption_extension).name if caption_source == "sidecar" else rel] = removed
+        if frames > 1:
+            animated.append(f"{rel} ({fmt}, frame 1 of {frames} used)")
+        if aspect_problem(w, h):
+            strips.append(f"{rel}: {aspect_problem(w, h)}")
         if caption is None:
             sidecar = path.with_suffix(caption_extension).name
             if on_missing_caption == "error":
@@ -316,7 +332,12 @@ def scan_folder(folder: str | Path, root: str | Path | Root | None = None, *, na
     if not items:
         detail = f" ({len(skipped)} skipped: {skipped[0].reason}{' …' if len(skipped) > 1 else ''})" if skipped else ""
         raise DatasetError(f"No usable images in '{shown(folder, roots)}'{detail}. Supported: "
-                           f"{', '.join(IMAGE_EXTENSIONS)} files with PNG/JPEG/WEBP/BMP content.")
+                           f"{', '.join(IMAGE_EXTENSIONS)} files with PNG/JPEG/WEBP/BMP/GIF content.")
+    if animated:
+        notes.append(f"animated: {len(animated)} image(s) use their first frame: {', '.join(animated[:10])}"
+                     + (f" and {len(animated) - 10} more" if len(animated) > 10 else ""))
+    notes += [f"warning: {w}" for w in strips]
+    notes += [n for n in [cleaning_note(cleaned)] if n]
     subset = Subset(name or caption_from_folder(folder.name) or "subset", role, tuple(items),
                     prior_loss_weight=prior_loss_weight, folders=(shown(folder, roots),))
     return Dataset((subset,), tuple(skipped), tuple(notes))
@@ -363,6 +384,9 @@ def _caption_for(path: Path, source: str, ext: str, fixed: str, encoding: str, r
         return None
     if not sidecar.exists():
         raise PathRefused(f"Caption file '{shown(sidecar, roots)}' is a broken symlink; it was not read.")
+    if sidecar.stat().st_size > MAX_CAPTION_BYTES:  # refused from its size: a huge file is never read into memory
+        raise CaptionRefused(f"caption file {sidecar.name} is {sidecar.stat().st_size:,} bytes, more than "
+                             f"{MAX_CAPTION_CHARS:,} characters can take; shorten it (CLIP reads ~75 tokens)")
     return read_caption(sidecar, encoding, roots)  # a link is read only while it stays inside the root
 
 
@@ -411,10 +435,13 @@ def from_arrays(images: list[np.ndarray], captions: list[str], *, name: str = "g
     """A dataset of in-memory images (HWC uint8 RGB arrays), e.g. images generated earlier in the graph."""
     if len(images) == 0:
         raise DatasetError("The IMAGE batch is empty; connect a batch with at least one image.")
+    if role not in ROLES:
+        raise DatasetError(f"Unknown role '{str(role)[:40]}'; expected one of {', '.join(ROLES)}.")
     if captions and len(captions) not in (1, len(images)):
         raise DatasetError(f"Got {len(captions)} captions for {len(images)} images; give one caption per image, or "
                            "one caption for all.")
     captions = list(captions) * len(images) if len(captions) == 1 else list(captions) or [""] * len(images)
+    captions, notes = graph_captions(captions)
     memory, items = {}, []
     for i, (arr, cap) in enumerate(zip(images, captions)):
         key = f"memory:{key_prefix}/{i:05d}"
@@ -422,7 +449,20 @@ def from_arrays(images: list[np.ndarray], captions: list[str], *, name: str = "g
         items.append(Item(key, cap.strip(), max(repeats, 1), int(arr.shape[1]), int(arr.shape[0])))
     # Graph images already have the size the graph made them; keep it unless a Prepare node says otherwise.
     keep = Preparation(mode="none", width=max(8, items[0].width), height=max(8, items[0].height))
-    return Dataset((Subset(name, role, tuple(items), preparation=keep),), memory=memory)
+    return Dataset((Subset(name, role, tuple(items), preparation=keep),), notes=notes, memory=memory)
+
+
+def graph_captions(captions: list[str]) -> tuple[list[str], tuple[str, ...]]:
+    """Captions that arrive from the graph, size-checked (refused, naming the position) and cleaned of control
+    characters (noted)."""
+    out, cleaned = [], {}
+    for i, text in enumerate(captions):
+        check_caption_size(str(text), f"caption {i + 1} of {len(captions)}")
+        text, removed = clean_caption(str(text).strip())
+        if removed:
+            cleaned[f"caption {i + 1}"] = removed
+        out.append(text)
+    return out, tuple(n for n in [cleaning_note(cleaned)] if n)
 
 
 def describe(dataset: Dataset, max_skipped: int = 30) -> str:
@@ -450,7 +490,7 @@ def attach_captions(dataset: Dataset, captions: list[str]) -> Dataset:
     or one per item across subsets."""
     sources = list(dict.fromkeys(it.source for s in dataset.subsets for it in s.items))
     items = [it for s in dataset.subsets for it in s.items]
-    texts = [c.strip() for c in captions]
+    texts, notes = graph_captions(captions)
     if len(texts) == len(sources):
         by_source = dict(zip(sources, texts))
         pick = iter([by_source[it.source] for it in items])
@@ -460,4 +500,4 @@ def attach_captions(dataset: Dataset, captions: list[str]) -> Dataset:
         raise DatasetError(f"Got {len(texts)} captions; this dataset has {len(sources)} distinct images and "
                            f"{len(items)} items across subsets. Give one caption per image, in dataset order.")
     subsets = tuple(replace(s, items=tuple(replace(it, caption=next(pick)) for it in s.items)) for s in dataset.subsets)
-    return replace(dataset, subsets=subsets)
+    return replace(dataset, subsets=subsets, notes=tuple(dict.fromkeys(dataset.notes + notes)))

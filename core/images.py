@@ -24,10 +24,13 @@ from PIL import Image, ImageOps
 
 from .paths import PathRefused, resolve_in_roots, verify_fd
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # what a folder scan picks up (lowercase compare)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")  # what a folder scan picks up (lowercase)
 # Pillow format names we decode; anything else is refused. MPO is what Pillow calls many phone/camera JPEGs (a JPEG
-# whose first frame is the photo); we read that first frame.
-ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "MPO")
+# whose first frame is the photo); we read that first frame. Animated GIF, WebP and PNG (APNG) files give their first
+# frame too, as kohya's loader does; a scan notes them (see `image_info`).
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "MPO", "GIF")
+ANIMATED_FORMATS = ("GIF", "WEBP", "PNG")  # where more than one frame means an animation (MPO frames are previews)
+MAX_ASPECT = 8.0  # a crop of an image longer than 8:1 keeps less than an eighth of it: noted at load, skipped in crop
 DEFAULT_MAX_PIXELS = 80_000_000  # decompression-bomb guard, checked from the header before decoding
 FILTERS = ("lanczos", "area", "bicubic", "bilinear", "nearest")
 PREP_MODES = ("crop", "letterbox", "buckets", "none")
@@ -146,8 +149,9 @@ def _header_orientation(img: Image.Image) -> int:
     return img.getexif().get(0x0112, 1)  # EXIF Orientation tag
 
 
-def probe_image(path, max_pixels: int = DEFAULT_MAX_PIXELS, roots=None) -> tuple[int, int]:
-    """Upright (width, height) from the header alone (EXIF rotation counted), with open_image's header checks."""
+def image_info(path, max_pixels: int = DEFAULT_MAX_PIXELS, roots=None) -> tuple[int, int, int, str]:
+    """Upright (width, height), frame count and format from headers alone (EXIF rotation counted), with open_image's
+    header checks. Counting a GIF's frames walks its blocks without decoding pixels."""
     img = _open_header(path, max_pixels, roots)
     with img:
         _check_header(path, img, max_pixels)
@@ -156,7 +160,26 @@ def probe_image(path, max_pixels: int = DEFAULT_MAX_PIXELS, roots=None) -> tuple
             orientation = _header_orientation(img)
         except _DECODE_ERRORS:
             orientation = 1  # unreadable EXIF: open_image reports it when the pixels are decoded
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # 5-8 turn the image by 90°
+        try:
+            frames = int(getattr(img, "n_frames", 1)) if img.format in ANIMATED_FORMATS else 1
+        except _DECODE_ERRORS:
+            frames = 1  # a damaged later frame: the first one is what we use, and decoding it checks it
+    size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)  # 5-8 turn the image by 90°
+    return size[0], size[1], frames, img.format
+
+
+def probe_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """Upright (width, height) from the header alone (EXIF rotation counted), with open_image's header checks."""
+    return image_info(path, max_pixels)[:2]
+
+
+def aspect_problem(width: int, height: int, limit: float = MAX_ASPECT) -> str | None:
+    """A warning for a strip longer than `limit`:1 (a centre crop would keep a sliver of it), or None."""
+    ratio = max(width, height) / max(1, min(width, height))
+    if ratio <= limit:
+        return None
+    return (f"extreme aspect ratio {width}×{height} ({ratio:,.0f}:1): a centre crop keeps less than 1/{limit:g} of it; "
+            "use letterbox mode, or crop the image into pieces")
 
 
 def open_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from .dataset import Dataset, Sample, Skipped
-from .images import (ImageRejected, flip_horizontal, make_buckets, open_image, prepare_image, target_size,
-                     to_rgb)
+from .images import (MAX_ASPECT, ImageRejected, crop_box_for_aspect, flip_horizontal, make_buckets, open_image,
+                     prepare_image, target_size, to_rgb)
 
 
 @dataclass
@@ -64,6 +64,7 @@ def _prepare(sample: Sample, memory: dict | None, with_mask: bool) -> tuple[Imag
     rgb, alpha = load_rgb(sample, memory or {})
     buckets = buckets_for(prep.width, prep.height, prep.bucket_step) if prep.mode == "buckets" else None
     geometry = dict(buckets=buckets, no_upscale=prep.no_upscale)
+    check_crop_keeps_enough(sample, rgb.width, rgb.height, buckets)
     out = prepare_image(rgb, prep.mode, prep.width, prep.height, pad_color=prep.pad_color, filter=prep.filter,
                         **geometry)
     mask = None
@@ -74,6 +75,22 @@ def _prepare(sample: Sample, memory: dict | None, with_mask: bool) -> tuple[Imag
         out = flip_horizontal(out)
         mask = flip_horizontal(mask) if mask is not None else None
     return out, mask
+
+
+def check_crop_keeps_enough(sample: Sample, width: int, height: int, buckets=None) -> None:
+    """Refuses (ImageRejected) a crop or bucket that would keep less than 1/MAX_ASPECT of the image: a 65000×10 strip
+    cropped to a square is a 10×10 sliver upscaled, not training data."""
+    prep = sample.preparation
+    if prep.mode not in ("crop", "buckets"):
+        return
+    out_w, out_h = target_size(width, height, prep.mode, prep.width, prep.height, buckets=buckets,
+                               no_upscale=prep.no_upscale)
+    left, top, right, bottom = crop_box_for_aspect(width, height, out_w, out_h)
+    kept = (right - left) * (bottom - top) / (width * height)
+    if kept < 1 / MAX_ASPECT:
+        raise ImageRejected(sample.item.source, f"{prep.mode} to {out_w}×{out_h} would keep only {kept:.2%} of this "
+                                                f"{width}×{height} image (extreme aspect ratio); use letterbox mode "
+                                                "for this subset, or cut the image into pieces")
 
 
 def sample_size(sample: Sample) -> tuple[int, int]:

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from .captions import dedupe_tags, join_tags, split_tags
-from .dataset import map_subsets
-from .images import open_image, to_rgb
+from .dataset import drop_sources, map_subsets
+from .images import ImageRejected, open_image, to_rgb
 from .paths import Root, read_bytes_inside, resolve_in_roots
 
 MODEL_FILE = "model.onnx"
@@ -351,22 +351,40 @@ def merge_caption(old: str, new: str, mode: str) -> str:
 
 def tag_dataset(dataset, tagger: Tagger, options: TagOptions, mode: str = "replace", batch_size: int = 8,
                 on_progress=None):
-    """A new dataset whose captions come from the tagger (per distinct source), plus {source: probabilities}."""
+    """A new dataset whose captions come from the tagger (per distinct source), plus {source: probabilities}.
+
+    An image that cannot be decoded is dropped from the dataset and listed in its skipped files (and in the details
+    under "skipped"), like every other pass over a dataset; only a dataset with no decodable image at all fails.
+    """
+    if mode not in MERGE_MODES:  # refused before any image is decoded
+        raise ValueError(f"Unknown caption mode '{mode}'; expected one of {', '.join(MERGE_MODES)}.")
     sources = list(dict.fromkeys(it.source for s in dataset.subsets for it in s.items))
-    captions, details, done = {}, {}, 0
+    captions, details, bad = {}, {}, {}
     for start in range(0, len(sources), batch_size):
-        chunk = sources[start:start + batch_size]
-        images = [Image.fromarray(dataset.memory[src]) if src.startswith("memory:") else open_image(src)
-                  for src in chunk]  # raw pixels: WD14 puts transparency on white itself
-        for src, (text, result) in zip(chunk, tag_images(tagger, images, options, batch_size)):
+        chunk, images = [], []
+        for src in sources[start:start + batch_size]:
+            try:  # raw pixels: WD14 puts transparency on white itself
+                images.append(Image.fromarray(dataset.memory[src]) if src.startswith("memory:") else open_image(src))
+                chunk.append(src)
+            except ImageRejected as e:
+                bad[src] = e.reason
+        for src, (text, result) in zip(chunk, tag_images(tagger, images, options, batch_size) if images else []):
             captions[src] = text
             details[src] = result.probabilities()
-        done += len(chunk)
+        done = min(start + batch_size, len(sources))
         if on_progress:
             on_progress(done)
 
     def edit(subset):
-        return replace(subset, items=tuple(replace(it, caption=merge_caption(it.caption, captions[it.source],
-                                                                                    mode)) for it in subset.items))
+        return replace(subset, items=tuple(replace(it, caption=merge_caption(it.caption, captions[it.source], mode))
+                                           for it in subset.items if it.source in captions))
 
-    return map_subsets(dataset, None, edit), details
+    out = map_subsets(dataset, None, edit)
+    for reason in sorted(set(bad.values())):
+        out = drop_sources(out, {k for k, v in bad.items() if v == reason}, reason)
+    if bad and not out.subsets:
+        raise ValueError("No image of the dataset could be decoded for tagging: "
+                         + "; ".join(f"{os.path.basename(k)}: {v}" for k, v in list(bad.items())[:5]))
+    if bad:
+        details["skipped"] = {os.path.basename(k): v for k, v in bad.items()}
+    return out, details

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import comfy.model_management
 from comfy_api.latest import io
 
 from ..core import captions as cap
+from ..core.caption_text import CAPTION_EXTENSIONS, check_caption_extension
 from ..core import tagger as tg
 from ..core.caption_io import write_captions
 from ..core.dataset import attach_captions, parse_subset_list
@@ -14,6 +16,10 @@ from ..core.draw import bar_chart, image_tensor_to_pil, pil_to_image_tensor
 from ..core.paths import safe_name
 from .dataset import dataset_in, dataset_out, subsets_in
 from .host import Progress, dataset_roots, output_subdir, resolve_tagger_model, tagger_roots
+from .validate import check_choice, check_names
+
+TAGGER_DEVICES = ("auto", "cpu")
+DESTINATIONS = ("beside_images", "output_folder")
 
 
 def tagger_inputs():
@@ -41,12 +47,14 @@ def tagger_inputs():
         io.Combo.Input("sort", options=list(tg.SORT_ORDERS), default="confidence",
                        tooltip="Order of tags in the caption: by confidence or alphabetical."),
         io.Int.Input("batch_size", default=8, min=1, max=256, tooltip="Images per ONNX run (one cached session)."),
-        io.Combo.Input("device", options=["auto", "cpu"], default="auto",
+        io.Combo.Input("device", options=list(TAGGER_DEVICES), default="auto",
                        tooltip="auto: CUDA/DirectML when onnxruntime offers it, falling back to the CPU."),
     ]
 
 
 def tag_options(kw) -> tg.TagOptions:
+    check_choice(kw["sort"], tg.SORT_ORDERS, "sort")
+    check_choice(kw["device"], TAGGER_DEVICES, "device")
     return tg.TagOptions(kw["general_threshold"], kw["character_threshold"], kw["general_mcut"], kw["character_mcut"],
                          kw["include_characters"], kw["escape_brackets"], kw["underscores_to_spaces"],
                          tuple(cap.parse_tag_list(kw["exclude_tags"])), kw["sort"])
@@ -66,10 +74,11 @@ class AtelierTagImages(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, model, **kw) -> io.NodeOutput:
+        options = tag_options(kw)  # refuses bad dropdown values before the model loads
         model_path, model_roots = resolve_tagger_model(model)
         tagger = tg.load_tagger(model_path, kw["device"], model_roots)
         pil = image_tensor_to_pil(images) if images.shape[0] else []
-        results = tg.tag_images(tagger, pil, tag_options(kw), kw["batch_size"])
+        results = tg.tag_images(tagger, pil, options, kw["batch_size"])
         captions = "\n".join(text for text, _ in results)
         probs = json.dumps([r.probabilities() for _, r in results], indent=1)
         return io.NodeOutput(captions, probs, ui={"text": [captions]})
@@ -90,11 +99,15 @@ class AtelierTagDataset(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset, caption_mode, model, **kw) -> io.NodeOutput:
+        check_choice(caption_mode, tg.MERGE_MODES, "caption_mode")
+        options = tag_options(kw)
         model_path, model_roots = resolve_tagger_model(model)
         tagger = tg.load_tagger(model_path, kw["device"], model_roots)
         n = len({it.source for s in dataset.subsets for it in s.items})
-        out, details = tg.tag_dataset(dataset, tagger, tag_options(kw), caption_mode, kw["batch_size"], Progress(n))
-        return io.NodeOutput(out, json.dumps(details, indent=1))
+        out, details = tg.tag_dataset(dataset, tagger, options, caption_mode, kw["batch_size"], Progress(n))
+        skipped = details.get("skipped", {})
+        text = f"tagged {n - len(skipped)} image(s)" + "".join(f"\nskipped {k}: {v}" for k, v in skipped.items())
+        return io.NodeOutput(out, json.dumps(details, indent=1), ui={"text": [text]})
 
 
 def filter_inputs():
@@ -118,7 +131,8 @@ def edit_outputs():
 def apply_edit(dataset, op, only_filenames, only_with_tags, only_without_tags, subsets) -> io.NodeOutput:
     where = cap.CaptionFilter(only_filenames.strip(), tuple(cap.parse_tag_list(only_with_tags)),
                               tuple(cap.parse_tag_list(only_without_tags)))
-    out, diff = cap.apply_to_dataset(dataset, op, where, parse_subset_list(subsets))
+    out, diff = cap.apply_to_dataset(dataset, op, where, parse_subset_list(subsets),
+                                     on_progress=Progress(len(dataset)))  # progress bar + Cancel per caption
     return io.NodeOutput(out, diff, ui={"text": [diff]})
 
 
@@ -139,6 +153,7 @@ class AtelierRemoveTags(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset, tags, match, **f) -> io.NodeOutput:
+        check_choice(match, cap.MATCH_MODES, "match")
         patterns = cap.parse_tag_list(tags)
         cap.remove_tags([], patterns, match)  # a bad pattern fails before any caption is touched
         return apply_edit(dataset, lambda t: cap.remove_tags(t, patterns, match), **f)
@@ -179,6 +194,7 @@ class AtelierAddTags(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset, tags, position, **f) -> io.NodeOutput:
+        check_choice(position, cap.POSITIONS, "position")
         new = cap.parse_tag_list(tags)
         return apply_edit(dataset, lambda t: cap.add_tags(t, new, position), **f)
 
@@ -260,7 +276,8 @@ class AtelierTruncateCaptions(io.ComfyNode):
     @classmethod
     def execute(cls, dataset, max_tokens, keep_first, clip=None, **f) -> io.NodeOutput:
         count = clip_token_counter(clip) if clip is not None else cap.approx_token_count
-        return apply_edit(dataset, lambda t: cap.truncate_to_budget(t, count, max_tokens, keep_first), **f)
+        check = comfy.model_management.throw_exception_if_processing_interrupted  # Cancel between tokenizations
+        return apply_edit(dataset, lambda t: cap.truncate_to_budget(t, count, max_tokens, keep_first, check), **f)
 
 
 class AtelierTagFrequency(io.ComfyNode):
@@ -318,12 +335,13 @@ class AtelierWriteCaptions(io.ComfyNode):
                     io.Boolean.Input("backup", default=True,
                                      tooltip="Copy each caption file to .atelier_caption_backup/<time>/ beside it "
                                              "before overwriting."),
-                    io.Combo.Input("destination", options=["beside_images", "output_folder"], default="beside_images",
+                    io.Combo.Input("destination", options=list(DESTINATIONS), default="beside_images",
                                    tooltip="beside_images: update the dataset's own caption files; output_folder: a "
                                            "new set in output/atelier/captions/<set_name>."),
                     io.String.Input("set_name", default="captions",
                                     tooltip="Folder name when destination is output_folder."),
-                    io.String.Input("caption_extension", default=".txt", tooltip="Extension of the caption files."),
+                    io.String.Input("caption_extension", default=".txt",
+                                    tooltip=f"Extension of the caption files: one of {', '.join(CAPTION_EXTENSIONS)}."),
                     io.Int.Input("preview", default=20, min=0, max=10000,
                                  tooltip="How many changed files the report lists.")],
             outputs=[io.String.Output("report", tooltip="The diff and what was written.")],
@@ -332,6 +350,9 @@ class AtelierWriteCaptions(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset, dry_run, backup, destination, set_name, caption_extension, preview) -> io.NodeOutput:
+        check_choice(destination, DESTINATIONS, "destination")  # 'bogus' must not fall through to beside_images
+        check_caption_extension(caption_extension)
+        check_names(set_name=set_name)
         out_dir = None
         if destination == "output_folder":
             out_dir = output_subdir("atelier", "captions", safe_name(set_name, "set_name"))

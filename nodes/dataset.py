@@ -8,6 +8,7 @@ import numpy as np
 from comfy_api.latest import io
 
 from ..core import dataset as ds
+from ..core.caption_text import CAPTION_ENCODINGS, CAPTION_EXTENSIONS, check_caption_encoding, check_caption_extension
 from ..core.dataset_io import atomic_write_bytes, save_dataset
 from ..core.dataset_ops import dedupe_dataset, unique_source_samples, verify_dataset
 from ..core.dedupe import KEEP_POLICIES
@@ -16,6 +17,9 @@ from ..core.images import FILTERS, PREP_MODES, parse_color
 from ..core.paths import safe_name
 from ..core.summary import dataset_statistics, prepared_batch, preview_sheet
 from .host import DATASET, PathRefused, Progress, dataset_folder_options, output_subdir, resolve_dataset_folder
+from .validate import check_choice, check_names
+
+IMAGE_FORMATS = ("png", "jpg", "webp")
 
 SUBSETS_TOOLTIP = "Comma-separated subset names this applies to; empty = every subset."
 
@@ -59,13 +63,15 @@ class AtelierLoadDataset(io.ComfyNode):
                                tooltip="sidecar: same-name text file; filename: the file name without counter "
                                        "suffix, '_' → space; folder: the folder name without 'N_'; fixed: "
                                        "fixed_caption."),
-                io.String.Input("caption_extension", default=".txt", tooltip="Extension of sidecar caption files."),
+                io.String.Input("caption_extension", default=".txt",
+                                tooltip=f"Extension of sidecar caption files: one of {', '.join(CAPTION_EXTENSIONS)}."),
                 io.String.Input("fixed_caption", default="",
                                 tooltip="Caption for every image when caption_source is 'fixed' (e.g. "
                                         "'starsectorportrait')."),
                 io.String.Input("caption_encoding", default="utf-8",
                                 tooltip="Text encoding of caption files (utf-8; cp1252 for old Windows files). "
-                                        "UTF-8 and UTF-16 byte-order marks are always honoured."),
+                                        "UTF-8 and UTF-16 byte-order marks are always honoured. Allowed: "
+                                        f"{', '.join(CAPTION_ENCODINGS)}."),
                 io.Combo.Input("on_missing_caption", options=list(ds.MISSING_CAPTION_POLICIES), default="error",
                                tooltip="An image without its caption file: error (stop and name it), skip (list "
                                        "it in the report), or empty (train with an empty caption)."),
@@ -99,6 +105,12 @@ class AtelierLoadDataset(io.ComfyNode):
     def execute(cls, folder, sub_path, role, repeats, caption_source, caption_extension, fixed_caption,
                 caption_encoding, on_missing_caption, recursive, prior_loss_weight, subset_name, verify_images,
                 dataset=None) -> io.NodeOutput:
+        check_choice(role, ds.ROLES, "role")  # every refusal before the folder is scanned
+        check_choice(caption_source, ds.CAPTION_SOURCES, "caption_source")
+        check_choice(on_missing_caption, ds.MISSING_CAPTION_POLICIES, "on_missing_caption")
+        check_caption_extension(caption_extension)
+        check_caption_encoding(caption_encoding)
+        check_names(subset_name=subset_name)
         path, root = resolve_dataset_folder(folder, sub_path)
         loaded = ds.scan_folder(path, root, name=subset_name.strip() or None, role=role, repeats=repeats,
                                 recursive=recursive, caption_source=caption_source,
@@ -150,6 +162,8 @@ class AtelierPrepareDataset(io.ComfyNode):
     @classmethod
     def execute(cls, dataset, mode, width, height, pad_color, background, filter, bucket_step, no_upscale,
                 subsets) -> io.NodeOutput:
+        check_choice(mode, PREP_MODES, "mode")
+        check_choice(filter, FILTERS, "filter")
         prep = ds.Preparation(mode=mode, width=width, height=height, pad_color=parse_color(pad_color),
                               background=parse_color(background), filter=filter, bucket_step=bucket_step,
                               no_upscale=no_upscale)
@@ -178,6 +192,7 @@ class AtelierMirrorDataset(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset, mode, subsets, exclude_subsets) -> io.NodeOutput:
+        check_choice(mode, ds.FLIP_MODES, "mode")
         return io.NodeOutput(ds.with_flip(dataset, mode, ds.parse_subset_list(subsets),
                                           ds.parse_subset_list(exclude_subsets)))
 
@@ -256,6 +271,8 @@ class AtelierDedupeDataset(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset, threshold, keep, flip_aware, border_aware, report_name) -> io.NodeOutput:
+        check_choice(keep, KEEP_POLICIES, "keep")
+        check_names(report_name=report_name)
         name = safe_name(report_name, "report_name")
         out, report = dedupe_dataset(dataset, threshold, keep, flip_aware, border_aware,
                                      on_progress=Progress(len(unique_source_samples(dataset))))
@@ -342,6 +359,8 @@ class AtelierImagesToDataset(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, captions, subset_name, role, repeats, dataset=None) -> io.NodeOutput:
+        check_choice(role, ds.ROLES, "role")
+        check_names(subset_name=subset_name)
         arrays = [np.asarray(im) for im in image_tensor_to_pil(images)] if images.shape[0] else []
         lines = [l for l in captions.splitlines() if l.strip()] if captions.strip() else []
         made = ds.from_arrays(arrays, lines, name=subset_name.strip() or "graph", role=role, repeats=repeats,
@@ -386,7 +405,7 @@ class AtelierSaveDataset(io.ComfyNode):
             inputs=[
                 dataset_in(),
                 io.String.Input("name", default="prepared", tooltip="Folder name under output/atelier/datasets."),
-                io.Combo.Input("image_format", options=["png", "jpg", "webp"], default="png",
+                io.Combo.Input("image_format", options=list(IMAGE_FORMATS), default="png",
                                tooltip="png is lossless; jpg/webp at quality 95 are smaller."),
             ],
             outputs=[io.String.Output("report", tooltip="Where the set was written and how many files.")],
@@ -395,6 +414,8 @@ class AtelierSaveDataset(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset, name, image_format) -> io.NodeOutput:
+        check_choice(image_format, IMAGE_FORMATS, "image_format")
+        check_names(name=name)
         out_dir = output_subdir("atelier", "datasets", name)
         manifest = save_dataset(dataset, out_dir, image_format=image_format,
                                 on_progress=Progress(len(dataset.samples())))

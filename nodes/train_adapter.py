@@ -19,6 +19,7 @@ import torch
 import comfy.clip_model
 import comfy.model_management
 
+from ..core.caption_text import ENCODE_MAX_WINDOWS, caption_for_encoder
 from ..trainers.memory import instance_forwards
 
 UNET_INCLUDE = r"(^|\.)(proj_in|proj_out|transformer_blocks)(\.|$)"  # kohya's default: the transformer blocks
@@ -99,6 +100,14 @@ class ComfyDenoiser:
         return self.unet(xc, t, context=cond.to(self.dtype), **kwargs, **extra).float()
 
 
+def bounded_tokens(clip, caption: str) -> dict:
+    """The caption's tokens with the work bounded: at most ENCODE_MAX_CHARS tokenized, at most ENCODE_MAX_WINDOWS
+    77-token windows per encoder kept (a 10,000-tag caption would otherwise encode hundreds of windows per step)."""
+    tokens = clip.tokenize(caption_for_encoder(caption))
+    return {key: value[:ENCODE_MAX_WINDOWS] if isinstance(value, list) and value and isinstance(value[0], list)
+            else value for key, value in tokens.items()}
+
+
 def make_encoder(clip, pooled: bool = False):
     """encode(captions) → (cond (B, T, D), extra); conds of different lengths are tiled to a common length (their
     LCM, as ComfyUI does when it batches prompts of different lengths); extra holds `pooled_output` (B, P) when
@@ -106,11 +115,12 @@ def make_encoder(clip, pooled: bool = False):
     def encode(captions):
         conds, pools = [], []
         for c in captions:
+            tokens = bounded_tokens(clip, c)
             if pooled:
-                cond, pool = clip.encode_from_tokens(clip.tokenize(c), return_pooled=True)
+                cond, pool = clip.encode_from_tokens(tokens, return_pooled=True)
                 pools.append(pool.float())
             else:
-                cond = clip.encode_from_tokens(clip.tokenize(c))  # (1, 77·k, D)
+                cond = clip.encode_from_tokens(tokens)  # (1, 77·k, D), k <= ENCODE_MAX_WINDOWS
             conds.append(cond)
         target = math.lcm(*[c.shape[1] for c in conds])
         cond = torch.cat([c.repeat(1, target // c.shape[1], 1) for c in conds]).float()

@@ -23,7 +23,7 @@ from ..core.paths import Root, is_inside, quoted, resolve_inside, safe_name
 from ..trainers.checkpoint import load_state, save_state
 from ..trainers.run import epoch_file, prune_epoch_files
 from ..trainers.data import LatentCache, build_samples, kohya_metadata
-from ..trainers.loop import PRECISIONS, Callbacks, Trainer, TrainConfig, TrainState
+from ..trainers.loop import CONFIG_RANGES, PRECISIONS, Callbacks, Trainer, TrainConfig, TrainState
 from ..trainers.memory import gradient_checkpointing
 from ..trainers.objectives import LOSSES
 from ..trainers.optim import OPTIMIZERS, SCHEDULERS
@@ -34,6 +34,7 @@ from .lora_files import read_lora
 from .train_adapter import (TE_INCLUDE, UNET_INCLUDE, ComfyDenoiser, autograd_friendly_clip, draw_samples,
                             encode_latents, encoder_key, interrupted, make_encoder, text_encoder_roots, thaw,
                             weights_fingerprint)
+from .validate import check_choice, check_names
 
 def send_event(event: str, data: dict) -> None:
     """Websocket event for the web/ chart (no-op outside a server)."""
@@ -86,6 +87,7 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
                node_id=None, resume_state: str = STATE_NONE, continue_from: str = STATE_NONE, keep_last: int = 0,
                sampling: dict | None = None, cache_latents: bool = True, checkpointing: bool = False):
     """The shared body of the training nodes: returns (model, clip, losses, report)."""
+    check_names(output_name=output_name)  # a 5,000-character name is refused now, not after training
     path = lora_output_path(output_name)  # refuse a bad name before any work
     config.validate()
     resume_dir = resume_folder(resume_state)
@@ -322,6 +324,9 @@ NETWORK_TOOLTIPS = {
     "module_dropout": "Skips a whole LoRA module for a step with this probability.",
 }
 CHOICES = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "loss": LOSSES, "precision": PRECISIONS}
+NETWORK_RANGES = {"rank": (1, 1024), "alpha": (0.0, 1024.0), "conv_rank": (0, 1024), "conv_alpha": (0.0, 1024.0),
+                  "dropout": (0.0, 0.99), "rank_dropout": (0.0, 0.99), "module_dropout": (0.0, 0.99)}
+RANGES = {**CONFIG_RANGES, **NETWORK_RANGES}  # every numeric widget's real range (a pasted config_json too)
 FLOAT_STEPS = {"unet_lr": 1e-6, "te_lr": 1e-6, "weight_decay": 1e-3, "min_timestep_percent": 0.01,
                "max_timestep_percent": 0.01, "ema_decay": 1e-4}
 
@@ -338,19 +343,32 @@ def widgets_for(cls, tooltips: dict, skip=()) -> list:
         elif isinstance(default, bool):
             out.append(io.Boolean.Input(f.name, default=default, tooltip=tip))
         elif isinstance(default, int):
-            out.append(io.Int.Input(f.name, default=default, min=0, max=2**31 - 1, tooltip=tip))
+            low, high = RANGES[f.name]
+            out.append(io.Int.Input(f.name, default=default, min=low, max=high, tooltip=tip))
         else:
-            out.append(io.Float.Input(f.name, default=default, min=0.0, max=1e6, step=FLOAT_STEPS.get(f.name, 0.01),
+            low, high = RANGES[f.name]
+            out.append(io.Float.Input(f.name, default=default, min=low, max=high, step=FLOAT_STEPS.get(f.name, 0.01),
                                       tooltip=tip))
     return out
 
 
 def config_from(widgets: dict, config_json: str) -> TrainConfig:
-    """The widgets' TrainConfig, or the one in config_json (a saved report's "config") when given."""
+    """The widgets' TrainConfig, or the one in config_json (a saved report's "config") when given; every value is
+    type- and range-checked, naming the setting."""
+    if not isinstance(config_json, str):
+        raise ValueError(f"config_json must be text holding a JSON object, got {type(config_json).__name__}.")
     if config_json.strip():
-        data = json.loads(config_json)
-        return TrainConfig.from_dict(data.get("config", data))
-    return TrainConfig(**{f.name: widgets[f.name] for f in dataclasses.fields(TrainConfig) if f.name in widgets})
+        try:
+            data = json.loads(config_json)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config_json is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); paste "
+                             "a JSON object such as the \"config\" of an earlier report, or leave it empty to use "
+                             "the widgets.") from None
+        if isinstance(data, dict) and isinstance(data.get("config"), dict):
+            data = data["config"]  # a whole report pasted: its "config" part
+        return TrainConfig.from_dict(data)
+    return TrainConfig.from_dict({f.name: widgets[f.name] for f in dataclasses.fields(TrainConfig)
+                                  if f.name in widgets})
 
 
 class AtelierTrainLoRAAdvanced(io.ComfyNode):
@@ -417,7 +435,12 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
                 gradient_checkpointing, cache_latents, keep_last, resume_state, continue_from, config_json,
                 sample_prompts, sample_negative, sample_seed, sample_steps, sample_cfg, sample_sampler,
                 sample_scheduler, sample_width, sample_height, **widgets) -> io.NodeOutput:
+        for name, options in CHOICES.items():  # ComfyUI does not check V3 combo values; refuse before any work
+            check_choice(widgets[name], options, name)
+        check_choice(sample_sampler, comfy.samplers.KSampler.SAMPLERS, "sample_sampler")
+        check_choice(sample_scheduler, comfy.samplers.KSampler.SCHEDULERS, "sample_scheduler")
         config = config_from(widgets, config_json)
+        config.validate()
         lines = lambda text: tuple(line.strip() for line in text.splitlines() if line.strip())
         net = NetworkConfig(**{k: widgets[k] for k in NETWORK_TOOLTIPS}, include=lines(target_patterns),
                             exclude=lines(exclude_patterns), rank_overrides=parse_rank_overrides(rank_overrides))

@@ -23,6 +23,16 @@ from . import objectives as ob
 from .optim import EMA, OPTIMIZERS, SCHEDULERS, lr_multiplier, make_optimizer
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# The real range of every numeric setting: the Advanced node's widgets and a pasted config_json share these bounds.
+CONFIG_RANGES = {
+    "epochs": (0, 100_000), "max_steps": (0, 10_000_000), "batch_size": (1, 1024), "grad_accum": (1, 1024),
+    "unet_lr": (0.0, 1.0), "te_lr": (0.0, 1.0), "weight_decay": (0.0, 10.0), "warmup_steps": (0, 10_000_000),
+    "num_cycles": (1, 1000), "power": (0.01, 100.0), "huber_delta": (0.0001, 100.0), "min_snr_gamma": (0.0, 100.0),
+    "noise_offset": (0.0, 1.0), "min_timestep_percent": (0.0, 1.0), "max_timestep_percent": (0.0, 1.0),
+    "max_grad_norm": (0.0, 10_000.0), "seed": (0, 2**31 - 1), "ema_decay": (0.0, 0.99999), "keep_tokens": (0, 1000),
+    "caption_dropout": (0.0, 0.99), "tag_dropout": (0.0, 0.99), "save_every_steps": (0, 10_000_000),
+    "save_every_epochs": (0, 100_000), "sample_every_steps": (0, 10_000_000), "sample_every_epochs": (0, 100_000),
+}
 
 
 @dataclass(frozen=True)
@@ -88,15 +98,48 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
+        """A config from JSON-like data, each value checked for its type and range (naming the setting)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"A training config must be a JSON object such as {{\"epochs\": 10, \"unet_lr\": 1e-4}}, "
+                             f"got {_json_type(data)}.")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"Unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+            raise ValueError(f"Unknown training setting(s) {', '.join(map(str, unknown))[:300]}; known: "
+                             f"{', '.join(sorted(known))}.")
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                _check_setting(f.name, data[f.name], f.default)
         return cls(**data)
 
     # Settings that may change between an interrupted run and its resumption without changing the maths.
     RESUMABLE_CHANGES = ("epochs", "max_steps", "save_every_steps", "save_every_epochs", "sample_every_steps",
                          "sample_every_epochs")
+
+
+def _json_type(value) -> str:
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "text", list: "a list", dict: "an object",
+             type(None): "null"}
+    return f"{names.get(type(value), type(value).__name__)} ({json.dumps(value, default=str)[:60]})"
+
+
+def _check_setting(name: str, value, default) -> None:
+    """Refuses a setting of the wrong type (true/false, integer, number, text) or outside CONFIG_RANGES."""
+    if isinstance(default, bool):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        expected = "a finite number"
+    else:
+        ok, expected = isinstance(value, str), "text"
+    if not ok:
+        raise ValueError(f"Training setting '{name}' must be {expected}, got {_json_type(value)}.")
+    if name in CONFIG_RANGES:
+        low, high = CONFIG_RANGES[name]
+        if not low <= value <= high:
+            raise ValueError(f"Training setting '{name}' must be between {low} and {high}, got {value}.")
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ def _psd_header():
     return head + struct.pack(">III", 0, 0, 0) + struct.pack(">H", 0) + bytes(48)
 
 
-@pytest.mark.parametrize("real", ["TIFF", "GIF", "EPS", "PSD"])
+@pytest.mark.parametrize("real", ["TIFF", "PPM", "EPS", "PSD"])
 def test_open_image_refuses_other_formats_named_png(tmp_path, real):
     path = tmp_path / "looks_fine.png"
     if real == "PSD":

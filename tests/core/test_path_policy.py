@@ -105,7 +105,7 @@ def test_huge_sidecar_is_skipped_with_the_limit_named(tree):
     root, _ = tree
     (root.path / "ds" / "a.txt").write_bytes(b"tag, " * (ds.MAX_CAPTION_BYTES // 4))
     loaded = ds.scan_folder(root.path / "ds", root)
-    assert len(loaded.subsets[0].items) == 1 and "larger than" in ds.describe(loaded)
+    assert len(loaded.subsets[0].items) == 1 and "a.txt is 100,005 bytes" in ds.describe(loaded)
 
 
 def test_write_captions_refuses_a_caption_linked_outside_and_leaks_nothing(tree):
