@@ -146,6 +146,7 @@ def list_folders(roots: list[Root], depth: int = 2, limit: int = 1000) -> list[s
 
 
 MAX_NAME_CHARS = 120  # file names we create: well under every filesystem's 255-byte limit, with room for suffixes
+MAX_NAME_BYTES = 200  # the same limit in UTF-8 bytes, leaving room for suffixes such as '-000001.safetensors'
 GLOB_CHARS = "*?[]"
 WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 
@@ -172,8 +173,9 @@ def safe_name(name: str, what: str = "name") -> str:
             "'..' or control characters")
     if not text or text in (".", ".."):
         raise PathRefused(f"Invalid {what} '{quoted(name)}': {rule}.")
-    if len(text) > MAX_NAME_CHARS:
-        raise PathRefused(f"Invalid {what}: it is {len(text)} characters long; {rule}.")
+    if len(text) > MAX_NAME_CHARS or len(text.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise PathRefused(f"Invalid {what}: it is {len(text):,} characters ({len(text.encode('utf-8', 'replace')):,} "
+                          f"bytes) long; {rule} (and {MAX_NAME_BYTES} bytes).")
     bad = [ch for ch in text if _unsafe_char(ch)]
     if bad:
         raise PathRefused(f"Invalid {what} '{quoted(name)}': it contains {ascii(bad[0])}; {rule}.")

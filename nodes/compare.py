@@ -17,7 +17,8 @@ from ..core.prepare import prepare_sample
 from .cells import CONNECTED, CellSpec
 from .grids import (NONE, check_choice, checked_sampling, common_inputs, finish, lora_choice, render_specs,
                     speed_inputs)
-from .host import DATASET, check_number
+from .host import DATASET
+from .validate import check_number
 
 
 
@@ -99,7 +100,7 @@ class AtelierCompareSideBySide(io.ComfyNode):
         strength_a = check_strength(strength_a, "strength_a")
         strength_b = check_strength(strength_b, "strength_b")
         ckpt_b = None if checkpoint_b == NONE else check_choice(
-            "checkpoint_b", checkpoint_b, folder_paths.get_filename_list("checkpoints"))
+            checkpoint_b, folder_paths.get_filename_list("checkpoints"), "checkpoint_b")
         sides = [((la, strength_a), negative_a, CONNECTED), ((lb, strength_b), negative_b, ckpt_b or CONNECTED)]
         specs, cells = [], []
         for row, (text, k) in enumerate((t, k) for t in lines for k in range(seeds)):

@@ -18,7 +18,8 @@ from ..core.grid import (AXIS_KINDS, AXIS_RANGES, Axis, draw_grid, grid_metadata
 from ..core.lora_math import STRENGTH_LIMIT, check_strength
 from ..core.paths import safe_name
 from .cells import CONNECTED, CellRenderer, CellSpec, cell_cache_dir
-from .host import check_choice, check_number, output_subdir
+from .validate import check_choice, check_number
+from .host import output_subdir
 
 NONE = "(none)"
 MAX_PAGE_SIDE = 8192
@@ -153,15 +154,15 @@ def speed_inputs() -> list:
 
 def checked_sampling(sampler: str, scheduler: str, cfg: float) -> None:
     """The shared sampler settings re-checked: combo values against their lists, cfg finite (NaN passes ComfyUI)."""
-    check_choice("sampler", sampler, list(comfy.samplers.KSampler.SAMPLERS))
-    check_choice("scheduler", scheduler, list(comfy.samplers.KSampler.SCHEDULERS))
+    check_choice(sampler, list(comfy.samplers.KSampler.SAMPLERS), "sampler")
+    check_choice(scheduler, list(comfy.samplers.KSampler.SCHEDULERS), "scheduler")
     check_number("cfg", cfg, 0.0, CFG_MAX)
 
 
 def lora_choice(name: str) -> str | None:
     if name in (None, "", NONE):
         return None
-    return check_choice("LoRA", name, folder_paths.get_filename_list("loras"))
+    return check_choice(name, folder_paths.get_filename_list("loras"), "LoRA")
 
 
 class AtelierXYGrid(io.ComfyNode):
@@ -223,12 +224,12 @@ class AtelierXYGrid(io.ComfyNode):
         checked_sampling(sampler, scheduler, cfg)
         check_strength(strength, "strength")
         check_number("denoise", denoise, 0.0, 1.0)
-        check_choice("baseline", baseline, ["none", "row", "column"])
-        check_choice("cell_caption", cell_caption, list(CAPTIONS))
+        check_choice(baseline, ["none", "row", "column"], "baseline")
+        check_choice(cell_caption, list(CAPTIONS), "cell_caption")
         kinds = ["none"] + list(AXIS_KINDS)
         axes = {}
         for axis_name, kind, text in (("x", x_kind, x_values), ("y", y_kind, y_values), ("z", z_kind, z_values)):
-            check_choice(f"{axis_name}_kind", kind, kinds if axis_name != "x" else list(AXIS_KINDS))
+            check_choice(kind, kinds if axis_name != "x" else list(AXIS_KINDS), f"{axis_name}_kind")
             axes[axis_name] = None if kind == "none" else Axis(kind, tuple(parse_values(kind, text,
                                                                                      choices=choices_for(kind))))
         x, y, z = axes["x"], axes["y"], axes["z"]

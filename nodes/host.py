@@ -124,22 +124,3 @@ def resolve_tagger_model(name: str) -> tuple[Path, list[Root]]:
     raise PathRefused(f"Tagger model '{quoted(name)}' not found in models/wd14_tagger. Put a folder with model.onnx "
                       "and selected_tags.csv (or '<name>.onnx' + '<name>.csv') in models/wd14_tagger.")
 
-
-def check_choice(name: str, value, options: list[str]) -> str:
-    """`value` when it is one of `options`; ComfyUI 0.3.64 does not check V3 combo values, so every node does."""
-    if value not in options:
-        raise ValueError(f"{name} {str(value)[:200]!r} is not available. Valid values: "
-                         f"{', '.join(map(str, options[:40]))}{' ...' if len(options) > 40 else ''}. Pick one of them.")
-    return value
-
-
-def check_number(name: str, value, low: float, high: float) -> float:
-    """`value` when it is a finite number in [low, high]; ComfyUI's range check lets NaN through (NaN < min is
-    false), so nodes whose numbers reach a merge, a sampler or a file check them again."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = None
-    if number is None or not low <= number <= high:  # also false for NaN
-        raise ValueError(f"{name} is {value!r}; expected a finite number from {low:g} to {high:g}.")
-    return number

@@ -19,7 +19,8 @@ from ..core.lora_io import check_file_finite, check_same_family, load_lora, lora
 from ..core.lora_math import (EXTRACT_METHODS, STRENGTH_LIMIT, apply_block_weights, check_strength,
                               energy_report_text, extract, join_modules, merge_average_weights, merge_concat, merge_svd,
                               parse_block_weights, resize, split_modules)
-from .host import check_choice, check_number, model_output_path
+from .validate import check_choice, check_number
+from .host import model_output_path
 from .lora_files import TEXT_PREFIXES, fit_lora, read_lora
 from .train_adapter import TE_INCLUDE, UNET_INCLUDE
 from .training import lora_output_path
@@ -59,7 +60,7 @@ def chosen_slots(slots: dict) -> list[tuple[int, str, float]]:
     options = [NONE] + lora_choices()
     chosen = []
     for i in range(1, SLOTS + 1):
-        name = check_choice(f"lora_{i}", slots[f"lora_{i}"], options)
+        name = check_choice(slots[f"lora_{i}"], options, f"lora_{i}")
         if name != NONE:
             chosen.append((i, name, check_strength(slots[f"strength_{i}"], f"strength_{i}")))
     return chosen
@@ -83,7 +84,7 @@ def lora_slots(strength_tooltip: str, block_weights: bool = False) -> list:
 
 
 def dynamic_kwargs(method: str, param: float, max_rank: int) -> dict:
-    check_choice("dynamic_method", method, list(DYNAMIC))
+    check_choice(method, list(DYNAMIC), "dynamic_method")
     check_number("dynamic_param", param, 0.0, DYNAMIC_PARAM_MAX)
     return {} if method == "none" else {"dynamic": method, "dynamic_param": param, "max_rank": max_rank}
 
@@ -144,7 +145,7 @@ class AtelierMergeLoRAs(io.ComfyNode):
 
     @classmethod
     def execute(cls, mode, rank, dynamic_method, dynamic_param, output_name, **slots) -> io.NodeOutput:
-        check_choice("mode", mode, list(MERGE_MODES))
+        check_choice(mode, list(MERGE_MODES), "mode")
         dynamic = dynamic_kwargs(dynamic_method, dynamic_param, rank)
         chosen = [(name, strength) for _, name, strength in chosen_slots(slots)]
         if not chosen:
@@ -183,7 +184,7 @@ class AtelierResizeLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, lora, rank, dynamic_method, dynamic_param, output_name) -> io.NodeOutput:
         dynamic = dynamic_kwargs(dynamic_method, dynamic_param, rank)
-        modules, meta = load_modules(check_choice("lora", lora, lora_choices()))
+        modules, meta = load_modules(check_choice(lora, lora_choices(), "lora"))
         resized, report = resize(modules, rank, **dynamic)
         meta = {**meta, "ss_network_dim": str(rank), "ss_network_alpha": str(rank),
                 "atelier_resized_from": lora, "ss_output_name": Path(output_name).stem}
@@ -253,7 +254,7 @@ class AtelierExtractLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, tuned_model, base_model, rank, dynamic_method, dynamic_param, include_convs, min_diff,
                 clamp_quantile, method, output_name, tuned_clip=None, base_clip=None) -> io.NodeOutput:
-        check_choice("method", method, list(EXTRACT_METHODS))
+        check_choice(method, list(EXTRACT_METHODS), "method")
         check_number("min_diff", min_diff, 0.0, 1.0)
         check_number("clamp_quantile", clamp_quantile, 0.5, 1.0)
         dynamic_kwargs(dynamic_method, dynamic_param, rank)  # checks both before any layer is read
@@ -300,7 +301,7 @@ class AtelierInspectLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora, model=None, clip=None) -> io.NodeOutput:
-        tensors, meta = read_lora(check_choice("lora", lora, lora_choices()))
+        tensors, meta = read_lora(check_choice(lora, lora_choices(), "lora"))
         summary = lora_summary(tensors, meta)
         bases = sorted({k.split(".")[0] for k in tensors})
         families = [f for f, pattern in (("SDXL (two text encoders)", r"^lora_te[12]_"),

@@ -3,9 +3,7 @@ so any client can POST a value no dropdown offers ('mode': 'bogus'). Plain Pytho
 
 from __future__ import annotations
 
-from ..core.paths import PathRefused, safe_name
-
-MAX_NAME_BYTES = 200  # file systems allow 255 bytes per name; suffixes such as '-000001.safetensors' need the rest
+from ..core.paths import safe_name
 
 
 def check_choice(value, options, what: str):
@@ -24,9 +22,17 @@ def check_names(**names: str) -> None:
     for what, name in names.items():
         if not isinstance(name, str):
             raise ValueError(f"{what} must be text, got {type(name).__name__}.")
-        size = len(name.strip().encode("utf-8", "surrogatepass"))
-        if size > MAX_NAME_BYTES:  # before safe_name, whose message would echo the whole name
-            raise PathRefused(f"{what} is {size:,} bytes long ('{name[:24]}…'); use a name of at most "
-                              f"{MAX_NAME_BYTES} bytes.")
-        if name.strip():
+        if name.strip():  # safe_name refuses long names without echoing them
             safe_name(name, what)
+
+
+def check_number(name: str, value, low: float, high: float) -> float:
+    """`value` when it is a finite number in [low, high]; ComfyUI's range check lets NaN through (NaN < min is
+    false), so nodes whose numbers reach a merge, a sampler or a file check them again."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not low <= number <= high:  # also false for NaN
+        raise ValueError(f"{name} is {value!r}; expected a finite number from {low:g} to {high:g}.")
+    return number
