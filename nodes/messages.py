@@ -2,8 +2,9 @@
 
 ComfyUI sends a node's exception text and its `ui` output to every client (the error dialog, /history). Core code
 already names files by root label; this is the last line at the node boundary: every Atelier node's `execute` is
-wrapped so that any absolute path left in an error or a ui text is rewritten to '<folder label>/<relative>' for
-ComfyUI's own folders (input, output, models/<type>, ...) or to '…/<file name>' for anything else.
+wrapped so that any absolute path left in an error, a ui text or a report output (which a Preview node shows) is
+rewritten to '<folder label>/<relative>' for ComfyUI's own folders (input, output, models/<type>, ...) or to
+'…/<file name>' for anything else. Captions and other data outputs pass through untouched.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import folder_paths
 
 from ..core.paths import roots_from_env
 
+REPORT_OUTPUTS = ("report", "changes", "notes", "text", "table", "file")  # STRING outputs that describe, not carry data
 # An absolute POSIX path of at least two parts, not inside a word or a URL ('http://x/y' stays as it is).
 _ABSOLUTE = re.compile(r"(?<![\w/.~-])(?:/[^\s/'\"`;,()\[\]{}<>|]+){2,}/?")
 # A Windows drive path: C:\x\y or C:/x/y.
@@ -71,6 +73,8 @@ def _scrub_ui(ui):
 def guard_messages(node_cls):
     """Wraps `node_cls.execute` so its errors and ui texts name no server path; returns the class."""
     original = node_cls.__dict__["execute"].__func__
+    outputs = [getattr(o, "id", None) for o in node_cls.define_schema().outputs or []]
+    reports = [i for i, name in enumerate(outputs) if name in REPORT_OUTPUTS]
 
     @functools.wraps(original)
     def execute(cls, *args, **kwargs):
@@ -82,6 +86,9 @@ def guard_messages(node_cls):
         ui = getattr(out, "ui", None)
         if isinstance(ui, dict):
             out.ui = _scrub_ui(ui)
+        values = getattr(out, "args", None)
+        if reports and isinstance(values, tuple):
+            out.args = tuple(scrub(v) if i in reports and isinstance(v, str) else v for i, v in enumerate(values))
         return out
 
     node_cls.execute = classmethod(execute)
