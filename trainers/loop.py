@@ -222,7 +222,7 @@ class Trainer:
                                          / config.grad_accum)
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self._text_cache: dict[str, tuple[torch.Tensor, dict]] = {}
-        self.last_saved: tuple[int, int] | None = None  # (step, epoch) of the newest checkpoint, for error messages
+        self.last_saved: int | None = None  # the step of the newest checkpoint, for error messages
 
     # ------------------------------------------------------------------ one micro-batch
 
@@ -309,7 +309,7 @@ class Trainer:
         """Trains until total_steps (or a stop request); returns the state to save or resume from."""
         cfg, state = self.cfg, state or TrainState()
         if state.step > 0:
-            self.last_saved = (state.step, state.epoch)  # resumed: the state it came from is a saved checkpoint
+            self.last_saved = state.step  # resumed: the state it came from is a saved checkpoint
         self.network.train()
         smoothed, started, seen = None, time.perf_counter(), 0
         with self.network.applied():
@@ -359,15 +359,14 @@ class Trainer:
 
     def _checkpoint(self, state: TrainState) -> None:
         self.callbacks.on_checkpoint(state.step, state.epoch, False)
-        self.last_saved = (state.step, state.epoch)
+        self.last_saved = state.step
 
     def _saved_sentence(self) -> str:
         """What a failure leaves on disk: the newest checkpoint of this run, or that there is none yet."""
         if self.last_saved is None:
             return ("no checkpoint of this run was saved before it (set save_every_steps or save_every_epochs to keep "
                     "intermediate ones).")
-        step, epoch = self.last_saved
-        return f"the last checkpoint, saved at step {step} (epoch {epoch}), is intact."
+        return f"the last checkpoint, saved after step {self.last_saved}, is intact."
 
     def _sample(self, state: TrainState) -> None:
         """Preview samples with the current weights: dropout off, no gradients, training mode restored after."""
