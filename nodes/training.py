@@ -94,7 +94,8 @@ def is_run_file_name(name: str, path: Path) -> bool:
 
 def stopped_message(step: int, total: int, path: Path, state_dir: Path, advanced: bool) -> str:
     """What a cancelled run kept and how to continue it, in names relative to ComfyUI's folders."""
-    how = (f"set resume_state to '{state_dir.name}' (same settings) and run again" if advanced else
+    how = (f"set resume_state to '{state_dir.name}' (same settings; press R if the list does not show it yet) and "
+           "run again" if advanced else
            f"use Train LoRA Advanced with resume_state '{state_dir.name}' and the same settings")
     return (f"Training stopped at step {step} of {total} because it was cancelled. The LoRA so far is saved as "
             f"{shown(path)} and the resume state as {shown(state_dir)}; to continue, {how}.")

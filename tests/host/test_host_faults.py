@@ -15,6 +15,8 @@ HEX = "0123abcd"
 BAD_INPUTS = [
     ("cancel_training", "Cancel during training: /history carries 'Training stopped at step N' with the LoRA and "
                         "state named relative to their roots and the resume_state to set; the resume continues"),
+    ("resume_other_threads", "Resume of a state saved with another torch thread count: the report warns that the "
+                             "result will differ slightly from an uninterrupted run"),
     ("cancel_extract", "Cancel during Extract LoRA: the prompt ends interrupted and no LoRA (or temp) is written"),
     ("cancel_merge_into_model", "Cancel during Merge LoRA into Model's checkpoint save: no checkpoint, no temp"),
     ("stale_temp_lora", "A killed LoRA save's temp (dead pid) beside the LoRA: the next save removes it, similarly "
@@ -57,11 +59,20 @@ def test_cancel_training_tells_history_what_was_kept_and_how_to_resume(comfy, co
     step = int(text.split("Training stopped at step ")[1].split(" ")[0])
     assert 2 <= step < 200
 
-    # the message's instruction works: resume for one more step
+    # the state records the setup exactness depends on; pretend it was saved on a machine with 7 threads
+    state_file = comfy_server.output_dir / "atelier" / "train_state" / "fault_cancel" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["environment"]["device"] == "cpu" and state["environment"]["torch_threads"] >= 1
+    state["environment"]["torch_threads"] = 7
+    state_file.write_text(json.dumps(state))
+
+    # the message's instruction works: resume for one more step, with a note that the thread count changed
     out = comfy.run(advanced_prompt("fault_cancel", max_steps=step + 1, resume_state="fault_cancel"), timeout=600)
     report = json.loads(out["4"]["text"][0])
     assert report["steps"] == step + 1 and len(report["losses"]) == step + 1
-    assert report["skipped_steps"] == {"count": 0, "steps": []} and report["warnings"] == []
+    assert report["skipped_steps"] == {"count": 0, "steps": []}
+    (warning,) = report["warnings"]
+    assert "torch threads 7 then" in warning and "differ slightly (~1e-5) from an uninterrupted run" in warning
 
 
 @pytest.fixture(scope="module")
