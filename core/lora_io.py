@@ -12,14 +12,15 @@ import math
 import os
 import pickle
 import re
-import secrets
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .paths import file_mode_for
+from .temps import remove_stale_temps, temp_path
 
 SAFETENSORS = ".safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -65,35 +66,47 @@ def save_lora(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadat
     path = Path(path)
     if path.suffix.lower() != SAFETENSORS:
         raise ValueError(f"LoRA files are written as safetensors; '{path}' should end in '.safetensors'.")
+    write_safetensors(path, _prepared(tensors), metadata, what="LoRA")
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *,
+                      what: str = "file", before_replace: Callable[[], None] | None = None) -> None:
+    """Writes tensors to `path` through a hidden temp file (fsync, then os.replace), removing dead writers' temps first.
+
+    before_replace runs after the data is on disk and before it becomes visible: raising there (a cancel) leaves
+    no file. Tensors must already be contiguous, each with its own storage.
+    """
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"LoRA metadata '{key}' is {type(value).__name__}; safetensors metadata keys and values "
+            raise TypeError(f"{what} metadata '{key}' is {type(value).__name__}; safetensors metadata keys and values "
                             "must be str: convert it (str() or json.dumps()) before saving.")
-    prepared = _prepared(tensors)
-    for key, t in prepared.items():  # the last line of defence: a NaN never reaches a file
+    for key, t in tensors.items():  # the last line of defence: a NaN never reaches a file
         bad = non_finite_count(t)
         if bad:
-            raise ValueError(f"Refusing to write LoRA '{path.name}': '{key}' holds {bad} NaN/inf values out of "
+            raise ValueError(f"Refusing to write {what} '{path.name}': '{key}' holds {bad} NaN/inf values out of "
                              f"{t.numel()} (a diverged run, or values beyond the range of {t.dtype}). Nothing was "
                              "written; lower the strengths or fix the source LoRAs.")
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"  # hidden, so folder scans never list it
+    tmp = temp_path(path)  # hidden, so folder scans never list it; the pid lets a later save tell if it is dead
     try:
+        remove_stale_temps(path.parent, path.name)  # what a killed earlier save of this same file left behind
         # O_EXCL: never reuse someone's file; mode 0o666 lets the umask decide, as for any new file.
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        save_file(prepared, str(tmp), metadata=dict(metadata))
+        save_file(tensors, str(tmp), metadata=dict(metadata))
         fd = os.open(tmp, os.O_RDWR)  # fsync needs a writable handle on Windows
         try:
             os.fsync(fd)  # on disk before the rename, so a crash leaves the old file or the new one
         finally:
             os.close(fd)
-        os.chmod(tmp, file_mode_for(path))  # a replaced LoRA keeps its mode, a new one gets the umask's
+        os.chmod(tmp, file_mode_for(path))  # a replaced file keeps its mode, a new one gets the umask's
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException as e:
         if tmp.exists():
             tmp.unlink()
         if isinstance(e, (OSError, SafetensorError)):
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            raise LoRAWriteError(f"Could not write LoRA file '{path}': {reason}. Nothing was written; check that "
+            raise LoRAWriteError(f"Could not write {what} '{path}': {reason}. Nothing was written; check that "
                                  "the folder exists, is writable and has free space.") from e
         raise
 

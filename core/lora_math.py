@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -458,19 +459,23 @@ def extract_module(diff: Tensor, rank: int | None = None, *, dynamic: str | None
 
 
 def extract(tuned: dict[str, Tensor], base: dict[str, Tensor], names: dict[str, str], *, rank: int | None = None,
-            min_diff: float = 0.0, **kw) -> tuple[dict[str, LoraModule], dict[str, dict], list[str]]:
+            min_diff: float = 0.0, on_layer: Callable[[int, int], None] | None = None,
+            **kw) -> tuple[dict[str, LoraModule], dict[str, dict], list[str]]:
     """extract_module for every mapped weight (names: weight key -> kohya base): (modules, report, skipped keys).
 
     A layer whose largest change max|tuned − base| is at most min_diff is skipped (listed), so unchanged layers
     (diff exactly 0 with the default 0.0) give no module. kw goes to extract_module (dynamic, dynamic_param,
     max_rank, method, clamp_quantile, generator); without a generator one local generator seeded 0 serves all
-    layers, so a run is reproducible.
+    layers, so a run is reproducible. on_layer(done, total) runs before each layer and after the last one: the
+    host's progress and cancel check (raising there stops the extraction, nothing is returned).
     """
     kw = dict(kw)
     if kw.get("generator") is None:
         kw["generator"] = torch.Generator().manual_seed(0)
     modules, report, skipped = {}, {}, []
-    for key, lora_name in names.items():
+    for done, (key, lora_name) in enumerate(names.items()):
+        if on_layer is not None:
+            on_layer(done, len(names))
         missing = [side for side, sd in (("tuned", tuned), ("base", base)) if key not in sd]
         if missing:
             raise ValueError(f"Weight '{key}' is not in the {' and '.join(missing)} model; the name map and the "
@@ -492,6 +497,8 @@ def extract(tuned: dict[str, Tensor], base: dict[str, Tensor], names: dict[str, 
             skipped.append(key)
             continue
         modules[lora_name], report[lora_name] = module, rep
+    if on_layer is not None:
+        on_layer(len(names), len(names))
     return modules, report, skipped
 
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import os
 import re
 import stat
-import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+
+from .temps import remove_stale_temps, temp_path
 
 ROOTS_ENV = "ATELIER_DATASET_ROOTS"
 HOW_TO_ADD_ROOT = (
@@ -303,28 +304,23 @@ def file_mode_for(path: str | Path, default: int = 0o666) -> int:
     return default & ~current_umask()
 
 
-TEMP_SUFFIX = ".tmp"
-
-
-def temp_prefix(name: str) -> str:
-    """The hidden temp-file prefix of writes to `name` (folder scans skip dot files; stale ones are recognised)."""
-    return f".{name}."
-
-
 def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Writes through a temp file in the same folder, then renames: readers never see a half-written file. The file
-    gets the replaced file's mode or the umask's (never the 0600 of a temp file); the target itself is never
-    followed if it is a symlink (the link is replaced, not what it points to)."""
+    """Writes through a hidden temp file in the same folder, then renames: readers never see a half-written file.
+    The file gets the replaced file's mode or the umask's (never the 0600 of a temp file); the target itself is never
+    followed if it is a symlink (the link is replaced, not what it points to). Temps a killed earlier write of the
+    same name left behind are removed first."""
     path = Path(path)
     if mode is None:  # a symlink's target is not ours to copy a mode from: a new file's mode then
         mode = 0o666 & ~current_umask() if path.is_symlink() else file_mode_for(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX)
+    remove_stale_temps(path.parent, path.name)
+    tmp = temp_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, mode)  # mkstemp made it 0600
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
         raise

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
 import re
 from pathlib import Path
 
@@ -11,16 +11,18 @@ import torch
 from comfy_api.latest import io
 
 import comfy.lora
+import comfy.model_management
 import comfy.sd
 import folder_paths
 
 from ..core.draw import bar_chart, pil_to_image_tensor
-from ..core.lora_io import check_file_finite, check_same_family, load_lora, lora_family, lora_summary, save_lora
+from ..core.lora_io import (check_same_family, load_lora, lora_family, lora_summary, save_lora,
+                            write_safetensors)
 from ..core.lora_math import (EXTRACT_METHODS, STRENGTH_LIMIT, apply_block_weights, check_strength,
                               energy_report_text, extract, join_modules, merge_average_weights, merge_concat, merge_svd,
                               parse_block_weights, resize, split_modules)
 from .validate import check_choice, check_number
-from .host import model_output_path
+from .host import Progress, model_output_path
 from .lora_files import TEXT_PREFIXES, fit_lora, read_lora
 from .train_adapter import TE_INCLUDE, UNET_INCLUDE
 from .training import lora_output_path
@@ -203,11 +205,14 @@ def lora_name_map(key_map: dict, weight_keys: set[str], prefix_re: str) -> dict[
     return out
 
 
-def effective_weights(patcher, keys) -> dict[str, torch.Tensor]:
-    """The weights a ModelPatcher would run with (its LoRA patches applied), as float32 CPU tensors."""
+def effective_weights(patcher, keys, tick=lambda: None) -> dict[str, torch.Tensor]:
+    """The weights a ModelPatcher would run with (its LoRA patches applied), as float32 CPU tensors.
+
+    tick() runs before each layer (progress and the cancel check)."""
     patches = patcher.get_key_patches()
     out = {}
     for k in keys:
+        tick()
         (weight, convert), *rest = patches[k]
         w = convert(weight.float().clone().cpu(), inplace=False) if rest else weight.float().cpu()
         out[k] = comfy.lora.calculate_weight(rest, w, k) if rest else w.clone()
@@ -266,13 +271,18 @@ class AtelierExtractLoRA(io.ComfyNode):
         modules, report, skipped = {}, {}, []
         kw = dict(dynamic_kwargs(dynamic_method, dynamic_param, rank), method=method, min_diff=min_diff,
                   clamp_quantile=None if clamp_quantile >= 1.0 else clamp_quantile)
+        plans = []
         for tuned, base, key_map, prefix, include in pairs:
             sd = base.model_state_dict()
             names = lora_name_map(key_map, set(sd), prefix)
             keys = target_keys(sd, names, include, include_convs)
-            tuned_w, base_w = effective_weights(tuned, keys), effective_weights(base, keys)
-            m, r, s = extract(tuned_w, base_w, {k: names[k] for k in keys}, rank=None if kw.get("dynamic") else rank,
-                              **kw)
+            plans.append((tuned, base, keys, {k: names[k] for k in keys}))
+        # one bar over every layer: tuned weights, base weights, extraction (+1 per pair for extract's last call)
+        progress, ticks = Progress(sum(3 * len(p[2]) + 1 for p in plans)), itertools.count(1)
+        tick = lambda *_: progress(next(ticks))  # also raises ComfyUI's interrupt on Cancel: nothing is written
+        for tuned, base, keys, names in plans:
+            tuned_w, base_w = effective_weights(tuned, keys, tick), effective_weights(base, keys, tick)
+            m, r, s = extract(tuned_w, base_w, names, rank=None if kw.get("dynamic") else rank, on_layer=tick, **kw)
             modules.update(m)
             report.update(r)
             skipped += s
@@ -360,24 +370,42 @@ class AtelierMergeLoRAIntoModel(io.ComfyNode):
             raise ValueError("Choose at least one LoRA to merge.")
         path = model_output_path("checkpoints", checkpoint_name, "checkpoint_name") if checkpoint_name.strip() else None
         merged = []
-        for name, strength, weights, tensors in planned:
+        progress = Progress(len(planned))
+        for n, (name, strength, weights, tensors) in enumerate(planned):
+            progress(n)  # Cancel stops here, between LoRAs
             model, clip = comfy.sd.load_lora_for_models(model, clip, tensors, strength, strength)
             merged.append({"lora": name, "strength": strength, "block_weights": weights})
         report = {"merged": merged}
         if path is not None:
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            try:
-                comfy.sd.save_checkpoint(str(tmp), model, clip, vae,
-                                         metadata={"atelier_merged_loras": json.dumps(merged),
-                                                   "modelspec.title": path.stem})
-                check_file_finite(tmp, f"atelier/{path.name}")  # an overflowing merge never becomes a checkpoint
-                os.replace(tmp, path)  # atomic: the checkpoints list never shows a half-written file
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
+            save_checkpoint_file(path, model, clip, vae, {"atelier_merged_loras": json.dumps(merged),
+                                                          "modelspec.title": path.stem})
             report["checkpoint"] = str(path)
         text = json.dumps(report, indent=1)
         return io.NodeOutput(model, clip, text, ui={"text": [text]})
+
+
+def save_checkpoint_file(path: Path, model, clip, vae, metadata: dict[str, str]) -> None:
+    """comfy.sd.save_checkpoint's layout, written by us: a cancel check per tensor, NaN/inf refused, and one hidden
+    temp file (removed on any failure, and by the next save of this name if a kill left it) renamed into place."""
+    clip_sd, load = None, [model]
+    if clip is not None:
+        load.append(clip.load_model())
+        clip_sd = clip.get_sd()  # the CLIP's own tensors: patched in place by the load below, as ComfyUI does
+    vae_sd = vae.get_sd() if vae is not None else None
+    comfy.model_management.load_models_gpu(load, force_patch_weights=True)  # bake the LoRA patches into weights
+    sd = model.model.state_dict_for_saving(clip_sd, vae_sd, None)
+    progress = Progress(len(sd) + 1)
+    tensors = {}
+    for i, (key, t) in enumerate(sd.items()):
+        progress(i)  # Cancel stops here: nothing has been written yet
+        checked = t.float() if t.is_floating_point() and t.element_size() == 1 else t  # float8 has no isfinite
+        if t.is_floating_point() and not bool(torch.isfinite(checked).all()):
+            raise ValueError(f"The merged weight '{key}' has NaN or inf values, so checkpoint '{path.name}' was not "
+                             "saved: a LoRA strength or block weight is too large or not a number. Lower it and "
+                             "merge again.")
+        tensors[key] = t.contiguous()
+    # the last cancel check runs after the data is on disk and before it is renamed into the checkpoints list
+    write_safetensors(path, tensors, metadata, what="checkpoint", before_replace=lambda: progress(len(sd)))
 
 
 NODES = [AtelierMergeLoRAs, AtelierResizeLoRA, AtelierExtractLoRA, AtelierInspectLoRA, AtelierMergeLoRAIntoModel]

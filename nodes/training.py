@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -20,10 +21,12 @@ import folder_paths
 from ..core.draw import line_chart, pil_to_image_tensor
 from ..core.lora_io import save_lora
 from ..core.paths import Root, is_inside, quoted, resolve_inside, safe_name
-from ..trainers.checkpoint import load_state, save_state
-from ..trainers.run import epoch_file, prune_epoch_files
+from ..core.temps import remove_stale_temps
+from ..trainers.checkpoint import load_state, resume_warnings, run_environment, save_state
 from ..trainers.data import LatentCache, build_samples, kohya_metadata
-from ..trainers.loop import CONFIG_RANGES, PRECISIONS, Callbacks, Trainer, TrainConfig, TrainState
+from ..trainers.loop import (CONFIG_RANGES, PRECISIONS, Callbacks, Trainer, TrainConfig, TrainingDiverged,
+                             TrainingStopped, TrainState)
+from ..trainers.run import epoch_file, prune_epoch_files
 from ..trainers.memory import gradient_checkpointing
 from ..trainers.objectives import LOSSES
 from ..trainers.optim import OPTIMIZERS, SCHEDULERS
@@ -83,12 +86,44 @@ def lora_options() -> list[str]:
     return [STATE_NONE] + folder_paths.get_filename_list("loras")
 
 
+def shown(path: Path) -> str:
+    """A saved file's name as users see it (output/..., models/loras/...), never an absolute server path."""
+    path = Path(path)
+    places = [("output", folder_paths.get_output_directory())]
+    places += [(f"models/{kind}", root) for kind in ("loras", "checkpoints")
+               for root in folder_paths.get_folder_paths(kind)]
+    for label, root in places:
+        if path.is_relative_to(root):
+            return f"{label}/{path.relative_to(root).as_posix()}"
+    return path.name
+
+
+def is_run_file_name(name: str, path: Path) -> bool:
+    """Whether `name` is this run's LoRA file name or one of its epoch files (name-000002.safetensors)."""
+    if name == path.name:
+        return True
+    middle = name[len(path.stem) + 1:-len(path.suffix)] if name.endswith(path.suffix) else ""
+    return name.startswith(f"{path.stem}-") and len(middle) == 6 and middle.isdigit()
+
+
+def stopped_message(step: int, total: int, path: Path, state_dir: Path, advanced: bool) -> str:
+    """What a cancelled run kept and how to continue it, in names relative to ComfyUI's folders."""
+    how = (f"set resume_state to '{state_dir.name}' (same settings; press R if the list does not show it yet) and "
+           "run again" if advanced else
+           f"use Train LoRA Advanced with resume_state '{state_dir.name}' and the same settings")
+    return (f"Training stopped at step {step} of {total} because it was cancelled. The LoRA so far is saved as "
+            f"{shown(path)} and the resume state as {shown(state_dir)}; to continue, {how}.")
+
+
 def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig, net_config: NetworkConfig,
                node_id=None, resume_state: str = STATE_NONE, continue_from: str = STATE_NONE, keep_last: int = 0,
-               sampling: dict | None = None, cache_latents: bool = True, checkpointing: bool = False):
+               sampling: dict | None = None, cache_latents: bool = True, checkpointing: bool = False,
+               advanced: bool = False):
     """The shared body of the training nodes: returns (model, clip, losses, report)."""
     check_names(output_name=output_name)  # a 5,000-character name is refused now, not after training
     path = lora_output_path(output_name)  # refuse a bad name before any work
+    # temps of this run's LoRA and epoch files left by a killed save (their own saves clean only their exact name)
+    remove_stale_temps(path.parent, lambda name: is_run_file_name(name, path))
     config.validate()
     resume_dir = resume_folder(resume_state)
     with torch.inference_mode(False):
@@ -122,7 +157,8 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
                 stop["requested"] = True
             send_event("atelier.train.step", {"node": node_id, "step": info.step, "total": info.total_steps,
                                               "epoch": info.epoch, "loss": info.loss, "smoothed": info.smoothed_loss,
-                                              "lr": info.lr, "samples_per_second": info.samples_per_second})
+                                              "lr": info.lr, "samples_per_second": info.samples_per_second,
+                                              "skipped": info.skipped, "skipped_steps": info.skipped_steps})
 
         if continue_from != STATE_NONE:
             # read_lora refuses malformed files by name; another architecture: an error listing the keys
@@ -139,9 +175,11 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
             save_lora(target, shipped_weights(trainer, network), meta)
             saved.append(str(target))
 
+        environment: dict = {}  # threads, device, dtypes (what exact resume depends on), once the trainer exists
+
         def on_checkpoint(step: int, epoch: int, final: bool) -> None:
             save_lora_file(epoch_file(path, epoch), step, epoch)
-            save_state(state_root() / path.stem, trainer, trainer_state["current"])
+            save_state(state_root() / path.stem, trainer, trainer_state["current"], environment=environment)
             prune_epoch_files(path, keep_last)
 
         sample_files = []
@@ -164,33 +202,56 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
                           make_encoder(clip, pooled=denoise.needs_pooled),
                           Callbacks(on_step=on_step, should_stop=lambda: stop["requested"] or interrupted(),
                                     on_checkpoint=on_checkpoint, on_sample=on_sample), device=device)
+        environment.update(run_environment(trainer, str(mp.model.get_dtype())))
         with torch.no_grad():
             trainer.precompute_text()  # frozen text encoder: every caption encoded once, as data preparation
         train_started = time.perf_counter()
         sizes = [tuple(s.latent.shape[-2:]) for s in samples]
         resolution = (max(w for _, w in sizes) * 8, max(h for h, _ in sizes) * 8)
         state = load_state(resume_dir, trainer) if resume_dir is not None else None
+        warnings = resume_warnings(resume_dir, environment) if resume_dir is not None else []
+        for warning in warnings:
+            logging.warning("[Atelier] %s", warning)
         trainer_state["current"] = state = state or TrainState()
         blocks = checkpoint_blocks(mp.model.diffusion_model) if checkpointing else []
-        with autograd_friendly_clip(clip.cond_stage_model) if config.train_text_encoder else nullcontext(), \
-                gradient_checkpointing(blocks):
-            state = trainer.run(state)
+        try:
+            with autograd_friendly_clip(clip.cond_stage_model) if config.train_text_encoder else nullcontext(), \
+                    gradient_checkpointing(blocks):
+                state = trainer.run(state)
+        except TrainingDiverged as e:  # name the file the last checkpoint went to (nothing of this step is saved)
+            where = f" The last saved LoRA is {shown(Path(saved[-1]))}." if saved else ""
+            raise TrainingDiverged(f"{e}{where}") from None
         train_seconds = time.perf_counter() - train_started
         save_lora_file(path, state.step, state.epoch)
         lora_sd = shipped_weights(trainer, network)
-        state_dir = save_state(state_root() / path.stem, trainer, state)
-        if state.step < trainer.total_steps:  # interrupted from ComfyUI: everything is saved, then report it
-            raise comfy.model_management.InterruptProcessingException(
-                f"Training stopped at step {state.step} of {trainer.total_steps}; the LoRA so far is {path} and the "
-                f"resume state is {state_dir}.")
+        state_dir = save_state(state_root() / path.stem, trainer, state, environment=environment)
+        if state.step < trainer.total_steps:  # cancelled from ComfyUI: everything is saved, then say so
+            message = stopped_message(state.step, trainer.total_steps, path, state_dir, advanced)
+            send_event("atelier.train.stopped", {"node": node_id, "step": state.step, "message": message})
+            # ComfyUI 0.3.64 shows an InterruptProcessingException only as "Processing interrupted", dropping its
+            # text; a RuntimeError's message reaches the error dialog and /history (execution_error), and the
+            # failure still stops every node downstream.
+            raise TrainingStopped(message)
         loaded = {k: v.float() for k, v in lora_sd.items()}
         model_out, clip_out = comfy.sd.load_lora_for_models(model, clip, loaded, 1.0, 1.0)
     report = {"lora": str(path), "saved": saved, "state": str(state_dir), "steps": state.step, "epochs": state.epoch,
               "train_seconds": round(train_seconds, 3), "samples": sample_files,
               "latent_cache": {"hits": cache.hits, "misses": cache.misses} if cache else None,
               "config": config.to_dict(), "network": {k: v for k, v in net.__dict__.items() if k != "include"},
-              "skipped": [f"{s.path}: {s.reason}" for s in skipped], "losses": state.losses}
+              "skipped": [f"{s.path}: {s.reason}" for s in skipped], "losses": state.losses,
+              "skipped_steps": {"count": len(state.skipped_steps), "steps": state.skipped_steps[:100]},
+              "warnings": warnings + skipped_steps_warning(state.skipped_steps, state.step)}
     return model_out, clip_out, state.losses, report
+
+
+def skipped_steps_warning(skipped: list[int], steps: int) -> list[str]:
+    """A sentence for the report when the fp16 loss scaler skipped steps (nothing is applied on such a step)."""
+    if not skipped:
+        return []
+    listed = ", ".join(map(str, skipped[:10])) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+    return [f"{len(skipped)} of {steps} steps were skipped by the fp16 loss scaler (inf/nan gradients; nothing was "
+            f"applied on steps {listed}). A few at the start are normal while it finds its scale; many mean the "
+            "run learned less than its step count says: use bf16, or lower the learning rate."]
 
 
 def shipped_weights(trainer, network) -> dict:
@@ -451,7 +512,7 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
         return training_result(*train_lora(
             model, clip, vae, dataset, output_name, config, net, node_id=cls.hidden.unique_id if cls.hidden else None,
             resume_state=resume_state, continue_from=continue_from, keep_last=keep_last, sampling=sampling,
-            cache_latents=cache_latents, checkpointing=gradient_checkpointing))
+            cache_latents=cache_latents, checkpointing=gradient_checkpointing, advanced=True))
 
 
 NODES = [AtelierTrainLoRA, AtelierTrainLoRAAdvanced]

@@ -1,8 +1,10 @@
 """Resumable training state on disk: safetensors for tensors, JSON for the rest. Nothing here knows ComfyUI.
 
 A state folder holds lora.safetensors (fp32 LoRA weights), optimizer.safetensors + optimizer.json, ema.safetensors
-+ ema.json when EMA is on, and state.json (step, epoch, batch cursor, losses, the full config). It is written into
-a temp folder beside the target and renamed over it, so a crash never leaves a half-written state. No pickle.
++ ema.json when EMA is on, and state.json (step, epoch, batch cursor, losses, the full config, the fp16 loss
+scaler, and the setup that bit-exactness depends on: torch threads, device, dtypes, torch version). It is written
+into a hidden temp folder beside the target and renamed over it, so a crash never leaves a half-written state; the
+next save of the same state removes temps whose process died. No pickle.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 
 from ..core.paths import FileTooLarge, PathRefused, Root, current_umask, read_bytes_inside
+from ..core.temps import remove_stale_temps, temp_path
 from .loop import TrainConfig, TrainState, config_diff, state_json
 from .optim import load_optimizer_state, optimizer_state_tensors
 
@@ -27,12 +29,46 @@ class ResumeMismatch(ValueError):
     """A saved state that belongs to a different configuration or network."""
 
 
-def save_state(folder: str | Path, trainer, state: TrainState, extra: dict | None = None) -> Path:
+def run_environment(trainer, model_dtype: str | None = None) -> dict:
+    """What a bit-identical resume depends on besides the config: torch threads, device, dtypes, torch version."""
+    env = {"torch_threads": torch.get_num_threads(), "device": str(trainer.device),
+           "lora_dtype": str(trainer.params[0].dtype).replace("torch.", "") if trainer.params else None,
+           "torch": torch.__version__}
+    if model_dtype is not None:
+        env["model_dtype"] = model_dtype.replace("torch.", "")
+    return env
+
+
+ENVIRONMENT_LABELS = {"torch_threads": "torch threads", "device": "device", "lora_dtype": "LoRA weights dtype",
+                      "model_dtype": "model weights dtype", "torch": "torch version"}
+
+
+def resume_warnings(folder: str | Path, environment: dict) -> list[str]:
+    """Sentences naming each setting that differs from the one the state was saved with (empty when all match)."""
+    saved = read_state_config(folder).get("environment")
+    if not saved:
+        return []  # saved before the setup was recorded: nothing to compare
+    changed = [f"{label} {saved[key]} then, {environment[key]} now" for key, label in ENVIRONMENT_LABELS.items()
+               if key in saved and key in environment and saved[key] != environment[key]]
+    if not changed:
+        return []
+    return [f"Resumed on a different setup than the state was saved with ({'; '.join(changed)}): the result will "
+            "differ slightly (~1e-5) from an uninterrupted run. Resume with the saved setup (e.g. the same "
+            "OMP_NUM_THREADS) for a bit-identical result."]
+
+
+def save_state(folder: str | Path, trainer, state: TrainState, extra: dict | None = None,
+               environment: dict | None = None) -> Path:
     """Writes the trainer's full state for `state` into `folder` (replaced atomically)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; a state folder follows the umask like any other
+    remove_stale_temps(folder.parent, folder.name)  # temp folders of a save that was killed
+    tmp = temp_path(folder)
+    tmp.mkdir()  # fails if the name exists: never write into someone else's folder
+    os.chmod(tmp, 0o777 & ~current_umask())  # a state folder follows the umask like any other folder
+    extra = {**(extra or {}), "environment": environment or run_environment(trainer)}
+    if trainer.scaler is not None:
+        extra["scaler"] = trainer.scaler.state_dict()  # scale and growth tracker: fp16 resumes exactly
     try:
         save_file(trainer.network.kohya_state_dict(torch.float32), str(tmp / "lora.safetensors"))
         tensors, meta = optimizer_state_tensors(trainer.optimizer)
@@ -44,7 +80,7 @@ def save_state(folder: str | Path, trainer, state: TrainState, extra: dict | Non
         (tmp / "state.json").write_text(state_json(state, trainer.cfg, extra))
         old = None
         if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            old = temp_path(folder, "old")
             os.replace(folder, old)
         os.replace(tmp, folder)
         if old is not None:
@@ -120,7 +156,10 @@ def load_state(folder: str | Path, trainer) -> TrainState:
         raise ResumeMismatch(f"The resume state '{folder.name}' does not fit this network: {e}") from None
     if trainer.ema is not None:
         trainer.ema.load_state(_state_tensors(folder, "ema.safetensors"), _state_json(folder, "ema.json"))
-    return TrainState(saved["step"], saved["epoch"], saved["batch_in_epoch"], list(saved.get("losses", [])))
+    if trainer.scaler is not None and saved.get("scaler"):
+        trainer.scaler.load_state_dict(saved["scaler"])
+    return TrainState(saved["step"], saved["epoch"], saved["batch_in_epoch"], list(saved.get("losses", [])),
+                      list(saved.get("skipped_steps", [])))
 
 
 def saved_config(folder: str | Path) -> TrainConfig:

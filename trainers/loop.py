@@ -169,6 +169,8 @@ class StepInfo:
     smoothed_loss: float
     lr: float
     samples_per_second: float
+    skipped: bool = False  # fp16: the loss scaler found inf/nan gradients and did not apply this step
+    skipped_steps: int = 0  # how many steps of the run so far were skipped that way
 
 
 @dataclass
@@ -185,10 +187,16 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0  # next micro-batch of `epoch` to run
     losses: list[float] = field(default_factory=list)
+    skipped_steps: list[int] = field(default_factory=list)  # fp16 steps the loss scaler did not apply (inf/nan grads)
 
 
 class TrainingDiverged(RuntimeError):
     """Loss became NaN or infinite."""
+
+
+class TrainingStopped(RuntimeError):
+    """A run stopped on request before its last step, after saving; the message says what was kept and how to
+    resume (a RuntimeError, not the host's interrupt type, so hosts that hide an interrupt's text still show it)."""
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -257,6 +265,7 @@ class Trainer:
                                          / config.grad_accum)
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self._text_cache: dict[str, tuple[torch.Tensor, dict]] = {}
+        self.last_saved: int | None = None  # the step of the newest checkpoint, for error messages
 
     # ------------------------------------------------------------------ one micro-batch
 
@@ -342,6 +351,8 @@ class Trainer:
     def run(self, state: TrainState | None = None) -> TrainState:
         """Trains until total_steps (or a stop request); returns the state to save or resume from."""
         cfg, state = self.cfg, state or TrainState()
+        if state.step > 0:
+            self.last_saved = state.step  # resumed: the state it came from is a saved checkpoint
         self.network.train()
         smoothed, started, seen = None, time.perf_counter(), 0
         with self.network.applied():
@@ -359,12 +370,14 @@ class Trainer:
                         if not torch.isfinite(loss):
                             raise TrainingDiverged(
                                 f"Loss became {loss.item()} at step {state.step + 1} (epoch {state.epoch + 1}); "
-                                "nothing from this step was applied and the last saved checkpoint is intact. Lower "
-                                "the learning rate, use bf16 instead of fp16, or set max_grad_norm.")
+                                f"nothing from this step was applied; {self._saved_sentence()} Lower the learning "
+                                "rate, use bf16 instead of fp16, or set max_grad_norm.")
                         (self.scaler.scale(loss) if self.scaler else loss).backward()
                         total += loss.item()
-                    self._optimizer_step()
+                    applied = self._optimizer_step()
                     state.step += 1
+                    if not applied:
+                        state.skipped_steps.append(state.step)
                     state.batch_in_epoch += len(group)
                     state.losses.append(total)
                     seen += divisor
@@ -372,9 +385,9 @@ class Trainer:
                     if self.callbacks.on_step:
                         rate = seen / max(time.perf_counter() - started, 1e-9)
                         self.callbacks.on_step(StepInfo(state.step, self.total_steps, state.epoch + 1, total, smoothed,
-                                                        lr, rate))
+                                                        lr, rate, not applied, len(state.skipped_steps)))
                     if cfg.save_every_steps and state.step % cfg.save_every_steps == 0 and self.callbacks.on_checkpoint:
-                        self.callbacks.on_checkpoint(state.step, state.epoch, False)
+                        self._checkpoint(state)
                     if cfg.sample_every_steps and state.step % cfg.sample_every_steps == 0:
                         self._sample(state)
                 if state.batch_in_epoch >= len(batches):
@@ -382,10 +395,21 @@ class Trainer:
                     state.batch_in_epoch = 0
                     if (cfg.save_every_epochs and state.epoch % cfg.save_every_epochs == 0
                             and state.step < self.total_steps and self.callbacks.on_checkpoint):
-                        self.callbacks.on_checkpoint(state.step, state.epoch, False)
+                        self._checkpoint(state)
                     if cfg.sample_every_epochs and state.epoch % cfg.sample_every_epochs == 0:
                         self._sample(state)
         return state
+
+    def _checkpoint(self, state: TrainState) -> None:
+        self.callbacks.on_checkpoint(state.step, state.epoch, False)
+        self.last_saved = state.step
+
+    def _saved_sentence(self) -> str:
+        """What a failure leaves on disk: the newest checkpoint of this run, or that there is none yet."""
+        if self.last_saved is None:
+            return ("no checkpoint of this run was saved before it (set save_every_steps or save_every_epochs to keep "
+                    "intermediate ones).")
+        return f"the last checkpoint, saved after step {self.last_saved}, is intact."
 
     def _sample(self, state: TrainState) -> None:
         """Preview samples with the current weights: dropout off, no gradients, training mode restored after."""
@@ -398,19 +422,24 @@ class Trainer:
         finally:
             self.network.train()
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self) -> bool:
+        """One optimizer step; False when the fp16 loss scaler skipped it (inf/nan gradients, nothing applied)."""
+        applied = True
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if self.cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         if self.scaler:
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            applied = self.scaler.get_scale() >= scale  # the scaler backs off exactly when it skipped the step
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema:
+        if self.ema and applied:  # a skipped step changed no weight, so the average must not move either
             self.ema.update(self.params)
+        return applied
 
 
 def config_diff(saved: dict, current: dict) -> list[str]:
@@ -422,4 +451,5 @@ def config_diff(saved: dict, current: dict) -> list[str]:
 
 def state_json(state: TrainState, config: TrainConfig, extra: dict | None = None) -> str:
     return json.dumps({"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
-                       "losses": state.losses, "config": config.to_dict(), **(extra or {})}, indent=1)
+                       "losses": state.losses, "skipped_steps": state.skipped_steps, "config": config.to_dict(),
+                       **(extra or {})}, indent=1)
