@@ -190,7 +190,7 @@ class CellRenderer:
             if checkpoint is CONNECTED:
                 model, clip, vae = self.connected
             else:
-                path = model_file("checkpoints", checkpoint)
+                path = str(model_file("checkpoints", checkpoint))
                 out = comfy.sd.load_checkpoint_guess_config(
                     path, output_vae=True, output_clip=True,
                     embedding_directory=folder_paths.get_folder_paths("embeddings"))

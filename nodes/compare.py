@@ -92,6 +92,7 @@ class AtelierCompareSideBySide(io.ComfyNode):
     def execute(cls, model, clip, vae, prompts, lora_a, strength_a, negative_a, lora_b, strength_b, negative_b,
                 checkpoint_b, seeds, seed, steps, cfg, sampler, scheduler, width, height, grid_name, batch_size=4,
                 resume=True) -> io.NodeOutput:
+        safe_name(grid_name, "grid_name")  # a bad name is refused before any cell is rendered
         lines = [p.strip() for p in prompts.splitlines() if p.strip()]
         if not lines:
             raise ValueError("Side by Side needs at least one prompt: write one prompt per line.")
@@ -154,6 +155,7 @@ class AtelierPlotStrengthMatrix(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, lora_a, strengths_a, lora_b, strengths_b, positive, negative, seed, steps,
                 cfg, sampler, scheduler, width, height, grid_name, batch_size=4, resume=True) -> io.NodeOutput:
+        safe_name(grid_name, "grid_name")  # a bad name is refused before any cell is rendered
         la, lb = lora_choice(lora_a), lora_choice(lora_b)
         if la is None or lb is None or la == lb:
             raise ValueError("The strength matrix mixes two different LoRAs: choose lora_a and lora_b (not (none), "
@@ -226,6 +228,7 @@ class AtelierCompareRealGenerated(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, dataset, count, lora, strength, prefix, include_base, negative, seed, steps,
                 cfg, sampler, scheduler, width, height, grid_name, batch_size=4, resume=True) -> io.NodeOutput:
+        safe_name(grid_name, "grid_name")  # a bad name is refused before any cell is rendered
         name = lora_choice(lora)
         if name is None:
             raise ValueError("Real vs Generated compares a LoRA with its dataset: choose the LoRA.")
@@ -277,6 +280,7 @@ class AtelierCheckReconstruction(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, dataset, count, lora, strength, prefix, denoise, negative, seed, steps, cfg,
                 sampler, scheduler, width, height, grid_name, batch_size=4, resume=True) -> io.NodeOutput:
+        safe_name(grid_name, "grid_name")  # a bad name is refused before any cell is rendered
         name = lora_choice(lora)
         if name is None:
             raise ValueError("The reconstruction check measures a LoRA: choose the LoRA.")

@@ -147,6 +147,7 @@ class AtelierMergeLoRAs(io.ComfyNode):
 
     @classmethod
     def execute(cls, mode, rank, dynamic_method, dynamic_param, output_name, **slots) -> io.NodeOutput:
+        lora_output_path(output_name)  # a bad name is refused before any work
         check_choice(mode, list(MERGE_MODES), "mode")
         dynamic = dynamic_kwargs(dynamic_method, dynamic_param, rank)
         chosen = [(name, strength) for _, name, strength in chosen_slots(slots)]
@@ -185,6 +186,7 @@ class AtelierResizeLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora, rank, dynamic_method, dynamic_param, output_name) -> io.NodeOutput:
+        lora_output_path(output_name)  # a bad name is refused before any work
         dynamic = dynamic_kwargs(dynamic_method, dynamic_param, rank)
         modules, meta = load_modules(check_choice(lora, lora_choices(), "lora"))
         resized, report = resize(modules, rank, **dynamic)
@@ -259,6 +261,7 @@ class AtelierExtractLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, tuned_model, base_model, rank, dynamic_method, dynamic_param, include_convs, min_diff,
                 clamp_quantile, method, output_name, tuned_clip=None, base_clip=None) -> io.NodeOutput:
+        lora_output_path(output_name)  # a bad name is refused before any layer is read
         check_choice(method, list(EXTRACT_METHODS), "method")
         check_number("min_diff", min_diff, 0.0, 1.0)
         check_number("clamp_quantile", clamp_quantile, 0.5, 1.0)

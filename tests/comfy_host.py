@@ -244,6 +244,12 @@ class ComfyServer:
     def output_dir(self) -> Path:
         return self.workdir / "output"
 
+    def file(self, shown: str) -> Path:
+        """The file a node's report names as '<folder>/<relative>' (reports never show server paths)."""
+        folder, _, rest = str(shown).strip().partition("/")
+        base = {"output": self.output_dir, "input": self.input_dir, "models": self.models}
+        return base[folder] / rest
+
     @property
     def log_path(self) -> Path:
         return self.workdir / "server.log"

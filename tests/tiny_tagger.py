@@ -61,3 +61,12 @@ def write_tiny_tagger(folder: Path, size: int = 32, batch_dim="N", input_shape=N
         rows = [header] + [f"{i},{name},{cat},{1000 - i}" for i, (name, cat, _, _) in enumerate(TAGS)]
         (folder / "selected_tags.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return folder
+
+
+def tagger_widgets(model, **overrides):
+    """The WD14 nodes' widgets with test defaults (thresholds the tiny model crosses)."""
+    w = dict(model=model, general_threshold=0.5, character_threshold=0.85, general_mcut=False, character_mcut=False,
+             include_characters=True, escape_brackets=True, underscores_to_spaces=True, exclude_tags="",
+             sort="confidence", batch_size=4, device="auto")
+    w.update(overrides)
+    return w

@@ -72,3 +72,15 @@ def rand_lora(comfy_server):
     ckpt = comfy_server.models / "checkpoints" / FIXTURE_CHECKPOINT_NAME
     random_lora(ckpt, comfy_server.models / "loras" / "grid_rand.safetensors", seed=3)
     return "grid_rand.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tagger_model(comfy_server):
+    """The tiny WD14 model in the server's models/wd14_tagger (needs onnx here and onnxruntime in the host)."""
+    pytest.importorskip("onnx", reason="onnx is in the test extra: pip install -e '.[test]'")
+    if not comfy_server.has_module("onnxruntime"):
+        pytest.skip(f"the host's Python ({comfy_server.python}) has no onnxruntime; pip install onnxruntime there")
+    from tiny_tagger import write_tiny_tagger
+
+    write_tiny_tagger(comfy_server.models / "wd14_tagger" / "tiny-wd14")
+    return "tiny-wd14"

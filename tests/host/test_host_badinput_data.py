@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from comfy_host import FIXTURE_CHECKPOINT_NAME, ComfyError
+from tiny_tagger import tagger_widgets
 
 BAD_INPUTS = [
     ("load-ext-empty", "Load Dataset caption_extension ''"),
@@ -156,7 +157,7 @@ def assert_no_server_path(comfy_server, message):
      "Unknown caption_source 'bogus'; expected one of sidecar, filename, folder, fixed"),
     ("load-on-missing", {"on_missing_caption": "bogus"},
      "Unknown on_missing_caption 'bogus'; expected one of error, skip, empty"),
-    ("load-subset-name-long", {"subset_name": LONG}, "subset_name is 5,000 bytes long"),
+    ("load-subset-name-long", {"subset_name": LONG}, "subset_name: it is 5,000 characters (5,000 bytes) long"),
 ]))
 def test_load_dataset_refuses(comfy, comfy_server, small_folder, case, overrides, expected):
     message = failure(comfy, {"1": load_node(**overrides), "2": stats(["1", 0])})
@@ -192,13 +193,13 @@ def graph_images() -> dict:
         "report_name": "bad"}}, "Unknown keep 'bogus'; expected one of"),
     ("dedupe-report-name-long", {"class_type": "AtelierDedupeDataset", "inputs": {
         "dataset": ["1", 0], "threshold": 6, "keep": "largest", "flip_aware": True, "border_aware": True,
-        "report_name": LONG}}, "report_name is 5,000 bytes long"),
+        "report_name": LONG}}, "report_name: it is 5,000 characters (5,000 bytes) long"),
     ("images-role", {"class_type": "AtelierImagesToDataset", "inputs": {
         "images": ["9", 0], "captions": "a", "subset_name": "g", "role": "bogus", "repeats": 1}},
      "Unknown role 'bogus'; expected one of train, regularization"),
     ("images-subset-name-long", {"class_type": "AtelierImagesToDataset", "inputs": {
         "images": ["9", 0], "captions": "a", "subset_name": LONG, "role": "train", "repeats": 1}},
-     "subset_name is 5,000 bytes long"),
+     "subset_name: it is 5,000 characters (5,000 bytes) long"),
     ("remove-match", {"class_type": "AtelierRemoveTags", "inputs": {
         "dataset": ["1", 0], "tags": "pose 1", "match": "bogus", **FILTERS}},
      "Unknown match 'bogus'; expected one of exact, wildcard, regex"),
@@ -216,7 +217,7 @@ def test_dataset_and_caption_nodes_refuse(comfy, comfy_server, small_folder, cas
 
 @pytest.mark.parametrize("case, widgets, expected", cases([
     ("save-format", {"name": "bad_save", "image_format": "gif"}, "Unknown image_format 'gif'; expected one of png"),
-    ("save-name-long", {"name": LONG, "image_format": "png"}, "name is 5,000 bytes long"),
+    ("save-name-long", {"name": LONG, "image_format": "png"}, "name: it is 5,000 characters (5,000 bytes) long"),
 ]))
 def test_save_dataset_refuses(comfy, comfy_server, small_folder, case, widgets, expected):
     message = failure(comfy, {"1": load_node(), "2": {"class_type": "AtelierSaveDataset", "inputs": {
@@ -233,7 +234,8 @@ def test_save_dataset_refuses(comfy, comfy_server, small_folder, case, widgets, 
      "Unknown destination 'bogus'; expected one of beside_images, output_folder"),
     ("write-ext-nested", {"caption_extension": ".txt/../../x"}, "caption_extension '.txt/../../x' is not allowed"),
     ("write-ext-empty", {"caption_extension": ""}, "caption_extension '' is not allowed"),
-    ("write-set-name-long", {"destination": "output_folder", "set_name": LONG}, "set_name is 5,000 bytes long"),
+    ("write-set-name-long", {"destination": "output_folder", "set_name": LONG},
+     "set_name: it is 5,000 characters (5,000 bytes) long"),
 ]))
 def test_write_captions_refuses_and_writes_nothing(comfy, comfy_server, small_folder, case, widgets, expected):
     before = {p.name: p.read_bytes() for p in small_folder.iterdir()}
@@ -250,25 +252,6 @@ def test_write_captions_refuses_and_writes_nothing(comfy, comfy_server, small_fo
 
 
 # ---------------------------------------------------------------- taggers
-
-@pytest.fixture(scope="module")
-def tagger_model(comfy_server):
-    pytest.importorskip("onnx", reason="onnx is in the test extra: pip install -e '.[test]'")
-    if not comfy_server.has_module("onnxruntime"):
-        pytest.skip(f"the host's Python ({comfy_server.python}) has no onnxruntime; pip install onnxruntime there")
-    from tiny_tagger import write_tiny_tagger
-
-    write_tiny_tagger(comfy_server.models / "wd14_tagger" / "tiny-wd14")
-    return "tiny-wd14"
-
-
-def tagger_widgets(model, **overrides):
-    w = dict(model=model, general_threshold=0.5, character_threshold=0.85, general_mcut=False, character_mcut=False,
-             include_characters=True, escape_brackets=True, underscores_to_spaces=True, exclude_tags="",
-             sort="confidence", batch_size=4, device="auto")
-    w.update(overrides)
-    return w
-
 
 @pytest.mark.parametrize("case, node_type, overrides, expected", cases([
     ("tag-caption-mode", "AtelierTagDataset", {"caption_mode": "bogus"},
@@ -408,7 +391,7 @@ def train_prompt(output_name, dataset=None, **overrides):
     ("train-optimizer", {"optimizer": "bogus"}, "Unknown optimizer 'bogus'; expected one of adamw, adafactor"),
     ("train-precision", {"precision": "fp8"}, "Unknown precision 'fp8'; expected one of fp32, bf16, fp16"),
     ("train-sampler", {"sample_sampler": "bogus"}, "Unknown sample_sampler 'bogus'; expected one of euler"),
-    ("train-output-name-long", {"output_name": LONG}, "output_name is 5,000 bytes long"),
+    ("train-output-name-long", {"output_name": LONG}, "output_name: it is 5,000 characters (5,000 bytes) long"),
 ]))
 def test_training_refuses_before_any_work(comfy, comfy_server, small_folder, case, overrides, expected):
     start = time.monotonic()

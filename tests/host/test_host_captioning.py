@@ -6,27 +6,11 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("onnx", reason="onnx is in the test extra: pip install -e '.[test]'")
-from tiny_tagger import write_tiny_tagger  # noqa: E402
+from tiny_tagger import tagger_widgets  # noqa: E402
 
 from comfy_host import FIXTURE_CHECKPOINT_NAME  # noqa: E402
 
 FILTERS = {"only_filenames": "", "only_with_tags": "", "only_without_tags": "", "subsets": ""}
-
-
-@pytest.fixture(scope="module")
-def tagger_model(comfy_server):
-    if not comfy_server.has_module("onnxruntime"):
-        pytest.skip(f"the host's Python ({comfy_server.python}) has no onnxruntime; pip install onnxruntime there")
-    write_tiny_tagger(comfy_server.models / "wd14_tagger" / "tiny-wd14")
-    return "tiny-wd14"
-
-
-def tagger_widgets(model, **overrides):
-    w = dict(model=model, general_threshold=0.5, character_threshold=0.85, general_mcut=False, character_mcut=False,
-             include_characters=True, escape_brackets=True, underscores_to_spaces=True, exclude_tags="",
-             sort="confidence", batch_size=4, device="auto")
-    w.update(overrides)
-    return w
 
 
 def edit(class_type, source, **widgets):

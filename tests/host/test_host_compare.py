@@ -57,7 +57,7 @@ def test_side_by_side_uses_the_same_seeds_on_both_sides(comfy, comfy_server, ran
         assert np.abs(cells[2 * row + 1] - stock).max() <= 1
         assert np.abs(cells[2 * row] - cells[2 * row + 1]).mean() > 5
     assert np.abs(cells[1] - cells[5]).mean() > 1  # another prompt, same seed: another image
-    with Image.open(ui["text"][0]) as sheet:
+    with Image.open(comfy_server.file(ui["text"][0])) as sheet:
         assert sheet.width > 2 * 64 and sheet.height > 4 * 64
 
 
@@ -89,7 +89,7 @@ def test_real_vs_generated_puts_dataset_images_beside_their_captions(comfy, comf
     assert len(cells) == 4  # two images x (LoRA, base)
     from atelier.core.grid import read_png_metadata
 
-    meta = read_png_metadata(ui["text"][0])
+    meta = read_png_metadata(comfy_server.file(ui["text"][0]))
     prompts = [c["settings"]["positive"] for c in meta["cells"]]
     assert prompts == ["red fox", "red fox", "green frog", "green frog"]  # first and last of three, evenly spread
     stock = render(comfy, comfy_server, "green frog", seed=2, prefix="rvg_stock")  # row 1 uses seed + 1

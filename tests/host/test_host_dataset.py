@@ -67,7 +67,7 @@ def test_dataset_workflow_loads_dedupes_buckets_previews_and_counts(comfy, comfy
     dedupe_text = out["3"]["text"][0]
     assert "img_2_mirror.png" in dedupe_text and "1 dropped" in dedupe_text.replace("dropped: 1", "1 dropped")
     report_path = re.search(r"report: (.+\.json)", dedupe_text).group(1)
-    report = json.loads(open(report_path, encoding="utf-8").read())
+    report = json.loads(comfy_server.file(report_path).read_text(encoding="utf-8"))
     assert [os.path.basename(d["key"]) for d in report["dropped"]] == ["img_2_mirror.png"]
     assert (korra_folder / "img_2_mirror.png").exists()  # never deletes sources
     stats = out["4"]["text"][0]

@@ -56,8 +56,8 @@ def test_epoch_by_strength_grid_with_baseline(comfy, comfy_server, epoch_loras):
             baseline="row", seed=1, steps=2, cfg=4.0, sampler="euler", scheduler="normal", denoise=1.0, width=64,
             height=64, grid_name="epochs")},
     }, timeout=600)
-    path = out["2"]["text"][0]
-    assert path.endswith(".png") and "/atelier/grids/epochs_" in path
+    path = comfy_server.file(out["2"]["text"][0])  # the ui names it under output/, never by its server path
+    assert out["2"]["text"][0].startswith("output/atelier/grids/epochs_") and path.suffix == ".png"
     from atelier.core.grid import read_png_metadata  # the PNG is read directly, as any script would
 
     meta = read_png_metadata(path)
@@ -128,8 +128,8 @@ def test_z_pages_seeds_per_cell_and_checkpoint_axis(comfy, comfy_server):
                             z_values="3,5", seeds_per_cell=2, cell_caption="settings", steps=2)
     from atelier.core.grid import read_png_metadata
 
-    pages = out["text"][:2]
-    assert len(pages) == 2 and all(p.endswith(".png") for p in pages) and len(cells) == 8
+    pages = [comfy_server.file(p) for p in out["text"][:2]]
+    assert len(pages) == 2 and all(p.suffix == ".png" for p in pages) and len(cells) == 8
     metas = [read_png_metadata(p) for p in pages]
     assert [m["extra"]["page"] for m in metas] == [0, 1]
     assert [c["settings"]["cfg"] for c in metas[1]["cells"]] == [5.0] * 4

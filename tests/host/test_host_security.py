@@ -269,3 +269,21 @@ def test_glob_output_name_with_keep_last_deletes_no_other_run(comfy, hostile):
     victims = hostile["work"] / "models" / "loras" / "atelier"
     assert sorted(p.name for p in victims.glob("victimrun-*")) == ["victimrun-000001.safetensors",
                                                                    "victimrun-000002.safetensors"]
+
+
+def test_shipped_files_follow_the_umask_and_name_no_server_path(comfy_server, source_lora):
+    """A trained LoRA and its state get the umask's permissions (not a temp file's 0600), and the LoRA's metadata
+    names its dataset folder by root label, never by the server's path."""
+    from safetensors import safe_open
+
+    mask = os.umask(0o022)
+    os.umask(mask)  # the server inherited this process's umask
+    lora = comfy_server.models / "loras" / source_lora
+    state = comfy_server.output_dir / "atelier" / "train_state" / Path(source_lora).stem
+    assert oct(os.stat(lora).st_mode & 0o777) == oct(0o666 & ~mask)
+    assert oct(os.stat(state).st_mode & 0o777) == oct(0o777 & ~mask)
+    assert oct(os.stat(state / "state.json").st_mode & 0o777) == oct(0o666 & ~mask)
+    with safe_open(str(lora), "pt") as f:
+        meta = f.metadata()
+    assert str(comfy_server.workdir) not in json.dumps(meta)
+    assert json.loads(meta["ss_dataset_dirs"])["x"]["folder"] == "input/tools_src"
