@@ -328,19 +328,26 @@ def reduce_rank(module: LoraModule, rank: int | None = None, *, dynamic: str | N
     return LoraModule(down=new_down, up=new_up, alpha=float(k)), report
 
 
-def resize(modules: dict[str, LoraModule], rank: int | None = None,
+def resize(modules: dict[str, LoraModule], rank: int | None = None, *,
+           on_layer: Callable[[int, int], None] | None = None,
            **dynamic) -> tuple[dict[str, LoraModule], dict[str, dict]]:
-    """reduce_rank on every module: (new modules, per-module report)."""
+    """reduce_rank on every module: (new modules, per-module report). on_layer(done, total) runs before each module
+    and after the last (a host checks Cancel there)."""
     out, report = {}, {}
-    for base, m in modules.items():
+    for done, (base, m) in enumerate(modules.items()):
+        if on_layer is not None:
+            on_layer(done, len(modules))
         out[base], report[base] = reduce_rank(m, rank, **dynamic)
+    if on_layer is not None:
+        on_layer(len(modules), len(modules))
     return out, report
 
 
-def merge_svd(loras: list[tuple[dict[str, LoraModule], float]], rank: int,
+def merge_svd(loras: list[tuple[dict[str, LoraModule], float]], rank: int, *,
+              on_layer: Callable[[int, int], None] | None = None,
               **dynamic) -> tuple[dict[str, LoraModule], dict[str, dict]]:
     """Exact concat merge, then each module re-factorised to `rank` (or a dynamic rank) by reduce_rank."""
-    return resize(merge_concat(loras), rank, **dynamic)
+    return resize(merge_concat(loras), rank, on_layer=on_layer, **dynamic)
 
 
 def _lu_normalise(y: Tensor) -> Tensor:

@@ -110,6 +110,19 @@ def rank_inputs(default_rank: int):
     ]
 
 
+def layer_progress():
+    """An on_layer(done, total) callback for the core loops: a progress bar sized on its first call that checks
+    Cancel before every layer."""
+    bars = []
+
+    def on_layer(done: int, total: int) -> None:
+        if not bars:
+            bars.append(Progress(total))
+        bars[0](done)
+
+    return on_layer
+
+
 def tool_outputs():
     return [io.String.Output("report", tooltip="What was written and the per-layer retained energy."),
             io.Image.Output("chart", tooltip="Retained energy of the least-kept layers (percent).")]
@@ -160,7 +173,7 @@ class AtelierMergeLoRAs(io.ComfyNode):
         if mode == "concat":
             modules = merge_concat(loaded)
         elif mode == "svd":
-            modules, report = merge_svd(loaded, rank, **dynamic)
+            modules, report = merge_svd(loaded, rank, on_layer=layer_progress(), **dynamic)
         else:
             modules = merge_average_weights(loaded)
         path = write(output_name, modules, {"ss_output_name": Path(output_name).stem, "ss_training_comment":
@@ -189,7 +202,7 @@ class AtelierResizeLoRA(io.ComfyNode):
         lora_output_path(output_name)  # a bad name is refused before any work
         dynamic = dynamic_kwargs(dynamic_method, dynamic_param, rank)
         modules, meta = load_modules(check_choice(lora, lora_choices(), "lora"))
-        resized, report = resize(modules, rank, **dynamic)
+        resized, report = resize(modules, rank, on_layer=layer_progress(), **dynamic)
         meta = {**meta, "ss_network_dim": str(rank), "ss_network_alpha": str(rank),
                 "atelier_resized_from": lora, "ss_output_name": Path(output_name).stem}
         path = write(output_name, resized, meta)

@@ -394,3 +394,22 @@ def test_block_weights_follow_a1111_layouts():
     every = apply_block_weights({"lora_unet_output_blocks_0_1_proj_in": mods["lora_unet_input_blocks_1_1_proj_in"]},
                                 parse_block_weights(",".join(["1"] * 14 + ["0"] + ["1"] * 11)))  # OUT00 = 0
     assert torch.equal(every["lora_unet_output_blocks_0_1_proj_in"].delta(), torch.zeros(4, 4))
+
+
+def test_resize_and_svd_merge_report_each_layer_and_stop_when_the_callback_raises():
+    g = gen(0)
+    modules = {f"lora_unet_m{i}": LoraModule(down=torch.randn(4, 8, generator=g), up=torch.randn(6, 4, generator=g),
+                                             alpha=4.0) for i in range(3)}
+    seen = []
+    resize(modules, 2, on_layer=lambda done, total: seen.append((done, total)))
+    assert seen == [(0, 3), (1, 3), (2, 3), (3, 3)]
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_at_two(done, total):
+        if done == 2:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        merge_svd([(modules, 1.0)], 2, on_layer=cancel_at_two)
