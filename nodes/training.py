@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,15 +20,12 @@ import comfy.utils
 import folder_paths
 
 from ..core.draw import line_chart, pil_to_image_tensor
-from ..core.lora_io import save_lora
 from ..core.paths import Root, is_inside, quoted, resolve_inside, safe_name
-from ..core.temps import remove_stale_temps
-from ..trainers.checkpoint import load_state, resume_warnings, run_environment, save_state
+from ..trainers.checkpoint import run_environment
 from ..trainers.data import LatentCache, build_samples, kohya_metadata
-from ..trainers.loop import (CONFIG_RANGES, PRECISIONS, Callbacks, Trainer, TrainConfig, TrainingDiverged,
-                             TrainingStopped, TrainState)
-from ..trainers.run import epoch_file, prune_epoch_files
-from ..trainers.memory import gradient_checkpointing
+from ..trainers.loop import CONFIG_RANGES, PRECISIONS, Callbacks, Trainer, TrainConfig, TrainingStopped
+from ..trainers.memory import gradient_checkpointing as checkpointed
+from ..trainers.run import RunFiles, TrainingRun
 from ..trainers.objectives import LOSSES
 from ..trainers.optim import OPTIMIZERS, SCHEDULERS
 from ..trainers.network import LoRANetwork, NetworkConfig, parse_rank_overrides
@@ -98,168 +96,166 @@ def shown(path: Path) -> str:
     return path.name
 
 
-def is_run_file_name(name: str, path: Path) -> bool:
-    """Whether `name` is this run's LoRA file name or one of its epoch files (name-000002.safetensors)."""
-    if name == path.name:
-        return True
-    middle = name[len(path.stem) + 1:-len(path.suffix)] if name.endswith(path.suffix) else ""
-    return name.startswith(f"{path.stem}-") and len(middle) == 6 and middle.isdigit()
+def resume_hint(state_dir: Path, advanced: bool) -> str:
+    """How to continue a stopped run, in the words of the node the user is looking at."""
+    if advanced:
+        return (f"set resume_state to '{state_dir.name}' (same settings; press R if the list does not show it yet) "
+                "and run again")
+    return f"use Train LoRA Advanced with resume_state '{state_dir.name}' and the same settings"
 
 
-def stopped_message(step: int, total: int, path: Path, state_dir: Path, advanced: bool) -> str:
-    """What a cancelled run kept and how to continue it, in names relative to ComfyUI's folders."""
-    how = (f"set resume_state to '{state_dir.name}' (same settings; press R if the list does not show it yet) and "
-           "run again" if advanced else
-           f"use Train LoRA Advanced with resume_state '{state_dir.name}' and the same settings")
-    return (f"Training stopped at step {step} of {total} because it was cancelled. The LoRA so far is saved as "
-            f"{shown(path)} and the resume state as {shown(state_dir)}; to continue, {how}.")
+@dataclass
+class HostModel:
+    """The MODEL (and CLIP) made trainable for one run: a clone with ordinary frozen weights, the LoRA roots, the
+    denoiser and the device."""
+
+    patcher: object
+    roots: dict
+    denoise: ComfyDenoiser
+    device: torch.device
+
+
+def trainable_host(model, clip, train_text_encoder: bool) -> HostModel:
+    """Loads and thaws a clone of MODEL (and CLIP's text encoders when they train), never changing the inputs."""
+    mp = model.clone()
+    comfy.model_management.load_models_gpu([mp], force_full_load=True)
+    thaw(mp.model.diffusion_model)
+    roots = {"lora_unet": mp.model.diffusion_model}
+    if train_text_encoder:
+        clip.load_model()
+        thaw(clip.cond_stage_model)
+        roots.update(text_encoder_roots(clip))
+    return HostModel(mp, roots, ComfyDenoiser(mp), next(mp.model.diffusion_model.parameters()).device)
+
+
+def encoded_dataset(dataset, vae, host: HostModel, config: TrainConfig, cache_latents: bool, node_id):
+    """(samples, skipped, cache): every image prepared and VAE-encoded once (or read from the latent cache)."""
+    bar = comfy.utils.ProgressBar(max(len(dataset.samples()), 1), node_id=node_id)
+    cache = (LatentCache(output_subdir("atelier", "cache", "latents"), encoder_key(vae, host.patcher))
+             if cache_latents else None)
+    samples, skipped = build_samples(dataset, lambda imgs: encode_latents(vae, host.patcher, imgs),
+                                     on_progress=lambda n: bar.update_absolute(n), cache=cache,
+                                     masks=config.masked_loss)
+    return samples, skipped, cache
+
+
+def lora_network(host: HostModel, net_config: NetworkConfig, seed: int, continue_from: str):
+    """The run's LoRA over the host's roots (kohya's default blocks unless the user chose targets), optionally
+    starting from an existing LoRA's weights; returns (network, the network config used)."""
+    net = (net_config if net_config.include  # the user's own targets, else kohya's default blocks
+           else NetworkConfig(**{**net_config.__dict__, "include": (UNET_INCLUDE, TE_INCLUDE)}))
+    network = LoRANetwork(host.roots, net, seed=seed).to(host.device)
+    if continue_from != STATE_NONE:
+        # read_lora refuses malformed files by name; another architecture: an error listing the keys
+        network.load_kohya_state_dict(read_lora(continue_from)[0])
+    return network, net
+
+
+class TrainingEvents:
+    """The run's callbacks on the host side: ComfyUI's progress bar, Cancel, websocket events, preview samples."""
+
+    def __init__(self, node_id, name: str, host: HostModel, clip, vae, sampling: dict | None):
+        self.node_id, self.name, self.host = node_id, name, host
+        self.clip, self.vae, self.sampling = clip, vae, sampling
+        self.bar = comfy.utils.ProgressBar(1, node_id=node_id)
+        self.stop_requested = False
+        self.sample_files: list[str] = []
+
+    def on_step(self, info) -> None:
+        try:
+            self.bar.update_absolute(info.step, info.total_steps)
+        except comfy.model_management.InterruptProcessingException:
+            # ComfyUI's progress hook raises on cancel (and clears the flag): finish this step, save, then stop
+            self.stop_requested = True
+        send_event("atelier.train.step", {"node": self.node_id, "step": info.step, "total": info.total_steps,
+                                          "epoch": info.epoch, "loss": info.loss, "smoothed": info.smoothed_loss,
+                                          "lr": info.lr, "samples_per_second": info.samples_per_second,
+                                          "skipped": info.skipped, "skipped_steps": info.skipped_steps})
+
+    def should_stop(self) -> bool:
+        return self.stop_requested or interrupted()
+
+    def on_sample(self, step: int, epoch: int) -> None:
+        if not self.sampling or not self.sampling["prompts"]:
+            return
+        folder = output_subdir("atelier", "samples", self.name)
+        sent = []
+        for i, img in enumerate(draw_samples(self.host.patcher, self.clip, self.vae, **self.sampling)):
+            target = folder / f"e{epoch:04d}_s{step:06d}_{i:02d}.png"
+            img.save(target)
+            self.sample_files.append(shown(target))
+            sent.append({"filename": target.name, "subfolder": f"atelier/samples/{self.name}", "type": "output"})
+        send_event("atelier.train.sample", {"node": self.node_id, "step": step, "epoch": epoch, "images": sent})
+
+    def callbacks(self) -> Callbacks:
+        return Callbacks(on_step=self.on_step, should_stop=self.should_stop, on_sample=self.on_sample)
 
 
 def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig, net_config: NetworkConfig,
                node_id=None, resume_state: str = STATE_NONE, continue_from: str = STATE_NONE, keep_last: int = 0,
-               sampling: dict | None = None, cache_latents: bool = True, checkpointing: bool = False,
+               sampling: dict | None = None, cache_latents: bool = True, gradient_checkpointing: bool = False,
                advanced: bool = False):
-    """The shared body of the training nodes: returns (model, clip, losses, report)."""
+    """The shared body of the training nodes: host wiring around trainers.run; returns (model, clip, losses,
+    report)."""
     check_names(output_name=output_name)  # a 5,000-character name is refused now, not after training
     path = lora_output_path(output_name)  # refuse a bad name before any work
-    # temps of this run's LoRA and epoch files left by a killed save (their own saves clean only their exact name)
-    remove_stale_temps(path.parent, lambda name: is_run_file_name(name, path))
     config.validate()
     resume_dir = resume_folder(resume_state)
     with torch.inference_mode(False):
-        mp = model.clone()
-        comfy.model_management.load_models_gpu([mp], force_full_load=True)
-        thaw(mp.model.diffusion_model)
-        roots = {"lora_unet": mp.model.diffusion_model}
-        if config.train_text_encoder:
-            clip.load_model()
-            thaw(clip.cond_stage_model)
-            roots.update(text_encoder_roots(clip))
-        denoise = ComfyDenoiser(mp)
-        device = next(mp.model.diffusion_model.parameters()).device
-        prep_bar = comfy.utils.ProgressBar(max(len(dataset.samples()), 1), node_id=node_id)
-        cache = (LatentCache(output_subdir("atelier", "cache", "latents"), encoder_key(vae, mp)) if cache_latents
-                 else None)
-        samples, skipped = build_samples(dataset, lambda imgs: encode_latents(vae, mp, imgs),
-                                         on_progress=lambda n: prep_bar.update_absolute(n), cache=cache,
-                                         masks=config.masked_loss)
-        net = (net_config if net_config.include  # the user's own targets, else kohya's default blocks
-               else NetworkConfig(**{**net_config.__dict__, "include": (UNET_INCLUDE, TE_INCLUDE)}))
-        network = LoRANetwork(roots, net, seed=config.seed).to(device)
-        bar = comfy.utils.ProgressBar(1, node_id=node_id)
-        stop = {"requested": False}
-
-        def on_step(info):
-            try:
-                bar.update_absolute(info.step, info.total_steps)
-            except comfy.model_management.InterruptProcessingException:
-                # ComfyUI's progress hook raises on cancel (and clears the flag): finish this step, save, then stop
-                stop["requested"] = True
-            send_event("atelier.train.step", {"node": node_id, "step": info.step, "total": info.total_steps,
-                                              "epoch": info.epoch, "loss": info.loss, "smoothed": info.smoothed_loss,
-                                              "lr": info.lr, "samples_per_second": info.samples_per_second,
-                                              "skipped": info.skipped, "skipped_steps": info.skipped_steps})
-
-        if continue_from != STATE_NONE:
-            # read_lora refuses malformed files by name; another architecture: an error listing the keys
-            network.load_kohya_state_dict(read_lora(continue_from)[0])
-        started = time.time()
-        saved = []
-        base_hash = weights_fingerprint(mp.model.diffusion_model.state_dict())
-
-        def save_lora_file(target: Path, step: int, epoch: int) -> None:
-            meta = kohya_metadata(config=config, network_config=net, dataset=dataset, output_name=path.stem,
-                                  base_model=type(model.model).__name__, base_model_hash=base_hash,
-                                  steps=step, epoch=epoch, started=started, finished=time.time(),
-                                  resolution=resolution)
-            save_lora(target, shipped_weights(trainer, network), meta)
-            saved.append(str(target))
-
-        environment: dict = {}  # threads, device, dtypes (what exact resume depends on), once the trainer exists
-
-        def on_checkpoint(step: int, epoch: int, final: bool) -> None:
-            save_lora_file(epoch_file(path, epoch), step, epoch)
-            save_state(state_root() / path.stem, trainer, trainer_state["current"], environment=environment)
-            prune_epoch_files(path, keep_last)
-
-        sample_files = []
-
-        def on_sample(step: int, epoch: int) -> None:
-            if not sampling or not sampling["prompts"]:
-                return
-            folder = output_subdir("atelier", "samples", path.stem)
-            images = draw_samples(mp, clip, vae, **sampling)
-            sent = []
-            for i, img in enumerate(images):
-                target = folder / f"e{epoch:04d}_s{step:06d}_{i:02d}.png"
-                img.save(target)
-                sample_files.append(str(target))
-                sent.append({"filename": target.name, "subfolder": f"atelier/samples/{path.stem}", "type": "output"})
-            send_event("atelier.train.sample", {"node": node_id, "step": step, "epoch": epoch, "images": sent})
-
-        trainer_state = {"current": None}
-        trainer = Trainer(config, network, denoise, denoise.model_sampling, samples,
-                          make_encoder(clip, pooled=denoise.needs_pooled),
-                          Callbacks(on_step=on_step, should_stop=lambda: stop["requested"] or interrupted(),
-                                    on_checkpoint=on_checkpoint, on_sample=on_sample), device=device)
-        environment.update(run_environment(trainer, str(mp.model.get_dtype())))
-        with torch.no_grad():
-            trainer.precompute_text()  # frozen text encoder: every caption encoded once, as data preparation
-        train_started = time.perf_counter()
-        sizes = [tuple(s.latent.shape[-2:]) for s in samples]
-        resolution = (max(w for _, w in sizes) * 8, max(h for h, _ in sizes) * 8)
-        state = load_state(resume_dir, trainer) if resume_dir is not None else None
-        warnings = resume_warnings(resume_dir, environment) if resume_dir is not None else []
-        for warning in warnings:
+        host = trainable_host(model, clip, config.train_text_encoder)
+        samples, skipped, cache = encoded_dataset(dataset, vae, host, config, cache_latents, node_id)
+        network, net = lora_network(host, net_config, config.seed, continue_from)
+        events = TrainingEvents(node_id, path.stem, host, clip, vae, sampling)
+        trainer = Trainer(config, network, host.denoise, host.denoise.model_sampling, samples,
+                          make_encoder(clip, pooled=host.denoise.needs_pooled), events.callbacks(),
+                          device=host.device)
+        metadata = lora_metadata(config, net, dataset, path, model, host, samples)
+        run = TrainingRun(trainer, RunFiles(path, state_root() / path.stem, keep_last, shown), metadata,
+                          run_environment(trainer, str(host.patcher.model.get_dtype())))
+        blocks = checkpoint_blocks(host.patcher.model.diffusion_model) if gradient_checkpointing else []
+        contexts = [autograd_friendly_clip(clip.cond_stage_model) if config.train_text_encoder else nullcontext(),
+                    checkpointed(blocks)]
+        result = run.train(resume_dir, contexts)
+        for warning in result.warnings:
             logging.warning("[Atelier] %s", warning)
-        trainer_state["current"] = state = state or TrainState()
-        blocks = checkpoint_blocks(mp.model.diffusion_model) if checkpointing else []
-        try:
-            with autograd_friendly_clip(clip.cond_stage_model) if config.train_text_encoder else nullcontext(), \
-                    gradient_checkpointing(blocks):
-                state = trainer.run(state)
-        except TrainingDiverged as e:  # name the file the last checkpoint went to (nothing of this step is saved)
-            where = f" The last saved LoRA is {shown(Path(saved[-1]))}." if saved else ""
-            raise TrainingDiverged(f"{e}{where}") from None
-        train_seconds = time.perf_counter() - train_started
-        save_lora_file(path, state.step, state.epoch)
-        lora_sd = shipped_weights(trainer, network)
-        state_dir = save_state(state_root() / path.stem, trainer, state, environment=environment)
-        if state.step < trainer.total_steps:  # cancelled from ComfyUI: everything is saved, then say so
-            message = stopped_message(state.step, trainer.total_steps, path, state_dir, advanced)
-            send_event("atelier.train.stopped", {"node": node_id, "step": state.step, "message": message})
+        if result.stopped:  # cancelled from ComfyUI: everything is saved, then say so
+            message = run.stopped_message(result, resume_hint(result.state_dir, advanced))
+            send_event("atelier.train.stopped", {"node": node_id, "step": result.state.step, "message": message})
             # ComfyUI 0.3.64 shows an InterruptProcessingException only as "Processing interrupted", dropping its
             # text; a RuntimeError's message reaches the error dialog and /history (execution_error), and the
             # failure still stops every node downstream.
             raise TrainingStopped(message)
-        loaded = {k: v.float() for k, v in lora_sd.items()}
+        loaded = {k: v.float() for k, v in result.shipped.items()}
         model_out, clip_out = comfy.sd.load_lora_for_models(model, clip, loaded, 1.0, 1.0)
-    report = {"lora": str(path), "saved": saved, "state": str(state_dir), "steps": state.step, "epochs": state.epoch,
-              "train_seconds": round(train_seconds, 3), "samples": sample_files,
-              "latent_cache": {"hits": cache.hits, "misses": cache.misses} if cache else None,
-              "config": config.to_dict(), "network": {k: v for k, v in net.__dict__.items() if k != "include"},
-              "skipped": [f"{s.path}: {s.reason}" for s in skipped], "losses": state.losses,
-              "skipped_steps": {"count": len(state.skipped_steps), "steps": state.skipped_steps[:100]},
-              "warnings": warnings + skipped_steps_warning(state.skipped_steps, state.step)}
-    return model_out, clip_out, state.losses, report
+    return model_out, clip_out, result.state.losses, training_report(result, path, config, net, events, cache, skipped)
 
 
-def skipped_steps_warning(skipped: list[int], steps: int) -> list[str]:
-    """A sentence for the report when the fp16 loss scaler skipped steps (nothing is applied on such a step)."""
-    if not skipped:
-        return []
-    listed = ", ".join(map(str, skipped[:10])) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
-    return [f"{len(skipped)} of {steps} steps were skipped by the fp16 loss scaler (inf/nan gradients; nothing was "
-            f"applied on steps {listed}). A few at the start are normal while it finds its scale; many mean the "
-            "run learned less than its step count says: use bf16, or lower the learning rate."]
+def lora_metadata(config: TrainConfig, net: NetworkConfig, dataset, path: Path, model, host: HostModel, samples):
+    """metadata(step, epoch) for the run's files: kohya's ss_* keys with this run's facts."""
+    started = time.time()
+    base_hash = weights_fingerprint(host.patcher.model.diffusion_model.state_dict())
+    sizes = [tuple(s.latent.shape[-2:]) for s in samples]
+    resolution = (max(w for _, w in sizes) * 8, max(h for h, _ in sizes) * 8)
+
+    def metadata(step: int, epoch: int) -> dict[str, str]:
+        return kohya_metadata(config=config, network_config=net, dataset=dataset, output_name=path.stem,
+                              base_model=type(model.model).__name__, base_model_hash=base_hash, steps=step,
+                              epoch=epoch, started=started, finished=time.time(), resolution=resolution)
+    return metadata
 
 
-def shipped_weights(trainer, network) -> dict:
-    """The LoRA tensors to write: the EMA average when EMA is on (that is its purpose), else the weights as trained."""
-    if trainer.ema is None:
-        return network.kohya_state_dict(torch.float16)
-    with trainer.ema.swapped(trainer.params):
-        return network.kohya_state_dict(torch.float16)
+def training_report(result, path: Path, config: TrainConfig, net: NetworkConfig, events: TrainingEvents, cache,
+                    skipped) -> dict:
+    """The node's report: what was saved (by folder label), steps, losses, the config to reuse, what was skipped."""
+    state = result.state
+    return {"lora": shown(path), "saved": [shown(p) for p in result.saved], "state": shown(result.state_dir),
+            "steps": state.step, "epochs": state.epoch, "train_seconds": round(result.train_seconds, 3),
+            "samples": events.sample_files,
+            "latent_cache": {"hits": cache.hits, "misses": cache.misses} if cache else None,
+            "config": config.to_dict(), "network": {k: v for k, v in net.__dict__.items() if k != "include"},
+            "skipped": [f"{s.path}: {s.reason}" for s in skipped], "losses": state.losses,
+            "skipped_steps": {"count": len(state.skipped_steps), "steps": state.skipped_steps[:100]},
+            "warnings": result.warnings}
 
 
 def checkpoint_blocks(unet: torch.nn.Module) -> list[torch.nn.Module]:
@@ -512,7 +508,7 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
         return training_result(*train_lora(
             model, clip, vae, dataset, output_name, config, net, node_id=cls.hidden.unique_id if cls.hidden else None,
             resume_state=resume_state, continue_from=continue_from, keep_last=keep_last, sampling=sampling,
-            cache_latents=cache_latents, checkpointing=gradient_checkpointing, advanced=True))
+            cache_latents=cache_latents, gradient_checkpointing=gradient_checkpointing, advanced=True))
 
 
 NODES = [AtelierTrainLoRA, AtelierTrainLoRAAdvanced]

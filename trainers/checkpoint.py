@@ -70,7 +70,7 @@ def save_state(folder: str | Path, trainer, state: TrainState, extra: dict | Non
     if trainer.scaler is not None:
         extra["scaler"] = trainer.scaler.state_dict()  # scale and growth tracker: fp16 resumes exactly
     try:
-        save_file(trainer.network.kohya_state_dict(torch.float32), str(tmp / "lora.safetensors"))
+        save_file(trainer.network.state_tensors(), str(tmp / "lora.safetensors"))
         tensors, meta = optimizer_state_tensors(trainer.optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(meta))
@@ -150,7 +150,7 @@ def load_state(folder: str | Path, trainer) -> TrainState:
     lora = _state_tensors(folder, "lora.safetensors")
     optimizer = _state_tensors(folder, "optimizer.safetensors"), _state_json(folder, "optimizer.json")
     try:
-        trainer.network.load_kohya_state_dict(lora)
+        trainer.network.load_state_tensors(lora)
         load_optimizer_state(trainer.optimizer, *optimizer)
     except (ValueError, KeyError) as e:
         raise ResumeMismatch(f"The resume state '{folder.name}' does not fit this network: {e}") from None

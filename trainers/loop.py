@@ -1,4 +1,4 @@
-"""The LoRA training loop: batches, objective, optimisation, checkpoints, resume. Nothing here knows ComfyUI.
+"""The training loop: batches, objective, optimisation, checkpoints, resume. Nothing here knows ComfyUI.
 
 The model is reached only through the denoiser contract `denoise(x_t, sigma, cond, **extra) -> raw output` and a
 model-sampling object (see objectives.py); text goes through `encode(captions) -> (cond, extra)`. Progress leaves
@@ -21,6 +21,7 @@ import torch
 
 from . import objectives as ob
 from .optim import EMA, OPTIMIZERS, SCHEDULERS, lr_multiplier, make_optimizer
+from .trainable import Trainable
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 # The real range of every numeric setting: the Advanced node's widgets and a pasted config_json share these bounds.
@@ -176,7 +177,7 @@ class StepInfo:
 @dataclass
 class Callbacks:
     on_step: Callable[[StepInfo], None] | None = None
-    on_checkpoint: Callable[[int, int, bool], None] | None = None  # (step, epoch, final)
+    on_checkpoint: Callable[[int, int, str], None] | None = None  # (step, epoch, by: "step" or "epoch")
     on_sample: Callable[[int, int], None] | None = None  # (step, epoch): draw previews with the current weights
     should_stop: Callable[[], bool] | None = None
 
@@ -236,11 +237,13 @@ def process_caption(caption: str, g: torch.Generator, cfg: TrainConfig) -> str:
 
 
 class Trainer:
-    """Trains a LoRANetwork through the denoiser contract; see the module docstring for the guarantees."""
+    """Trains a Trainable (a LoRA network first) on an Objective through the denoiser contract; see the module
+    docstring for the guarantees."""
 
-    def __init__(self, config: TrainConfig, network, denoise: Denoise, model_sampling: ob.ModelSampling,
+    def __init__(self, config: TrainConfig, network: Trainable, denoise: Denoise, model_sampling: ob.ModelSampling,
                  samples: list[TrainSample], encode: Callable[[list[str]], tuple[torch.Tensor, dict]],
-                 callbacks: Callbacks | None = None, device: torch.device | str = "cpu"):
+                 callbacks: Callbacks | None = None, device: torch.device | str = "cpu",
+                 objective: ob.Objective | None = None):
         config.validate()
         if not samples:
             raise ValueError("No training samples: the dataset is empty.")
@@ -248,13 +251,9 @@ class Trainer:
         self.samples, self.encode = samples, encode
         self.callbacks = callbacks or Callbacks()
         self.device = torch.device(device)
-        groups = [{"params": network.parameters_for("lora_unet"), "lr": config.unet_lr, "name": "unet"}]
-        te_params = [p for p in network.parameters() if not any(p is q for q in groups[0]["params"])]
-        if config.train_text_encoder:
-            groups.append({"params": te_params, "lr": config.te_lr, "name": "te"})
-        else:
-            for p in te_params:
-                p.requires_grad_(False)
+        # the objective: what each sample's loss is (the standard one unless a pair / slider objective is given)
+        self.objective = objective or ob.DenoisingLoss(config.loss, config.huber_delta, config.min_snr_gamma)
+        groups = network.param_groups(config.unet_lr, config.te_lr, config.train_text_encoder)
         self.optimizer = make_optimizer(config.optimizer, groups, weight_decay=config.weight_decay)
         for g in self.optimizer.param_groups:
             g.setdefault("initial_lr", g["lr"])
@@ -300,8 +299,14 @@ class Trainer:
         dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
+    def _denoise_in_precision(self, x_t, sigma, cond, **extra):
+        """The denoiser under the run's autocast (bf16 / fp16), so objectives need not know the precision."""
+        with self._autocast():
+            return self.denoise(x_t, sigma, cond, **extra)
+
     def micro_batch_loss(self, batch: list[tuple[int, int]], epoch: int, divisor: int) -> torch.Tensor:
-        """Sum of weighted per-sample losses / `divisor` (the samples in the whole optimizer step)."""
+        """Sum of the objective's per-sample losses, weighted for prior preservation, / `divisor` (the samples in
+        the whole optimizer step)."""
         cfg = self.cfg
         x0, noise, captions, weights, gens, masks = [], [], [], [], [], []
         for position, index in batch:
@@ -323,20 +328,11 @@ class Trainer:
         sigma = ob.sample_sigmas(self.ms, gens, cfg.min_timestep_percent, cfg.max_timestep_percent).to(self.device)
         x_t = self.ms.noise_scaling(sigma, noise, x0)
         cond, extra = self._conditioning(captions)
-        with self._autocast():
-            out = self.denoise(x_t, sigma, cond.to(self.device), **{k: v.to(self.device) for k, v in extra.items()})
-        target = ob.prediction_target(self.ms, sigma, x_t, x0)
-        elementwise = ob.elementwise_loss(out, target, cfg.loss, cfg.huber_delta)  # (B, C, H, W)
-        if cfg.masked_loss:
-            mask = torch.stack(masks).to(self.device)  # (B, 1, H, W)
-            # mean over the masked area only: a half-transparent render counts as much as a full frame
-            area = (mask.sum(dim=(1, 2, 3)) * out.shape[1]).clamp_min(1e-6)  # masked elements per sample
-            per_sample = (elementwise * mask).sum(dim=(1, 2, 3)) / area
-        else:
-            per_sample = elementwise.mean(dim=(1, 2, 3))  # (B,)
-        w = torch.tensor(weights, dtype=torch.float32, device=self.device)
-        if cfg.min_snr_gamma > 0:
-            w = w * ob.min_snr_weights(self.ms, sigma, cfg.min_snr_gamma).to(self.device)
+        noised = ob.NoisedBatch(x0, noise, sigma, x_t, cond.to(self.device),
+                                {k: v.to(self.device) for k, v in extra.items()},
+                                torch.stack(masks).to(self.device) if cfg.masked_loss else None)
+        per_sample = self.objective(self._denoise_in_precision, self.ms, noised)  # (B,)
+        w = torch.tensor(weights, dtype=torch.float32, device=self.device)  # prior-preservation weights
         return (per_sample * w).sum() / divisor
 
     # ------------------------------------------------------------------ the loop
@@ -386,8 +382,9 @@ class Trainer:
                         rate = seen / max(time.perf_counter() - started, 1e-9)
                         self.callbacks.on_step(StepInfo(state.step, self.total_steps, state.epoch + 1, total, smoothed,
                                                         lr, rate, not applied, len(state.skipped_steps)))
-                    if cfg.save_every_steps and state.step % cfg.save_every_steps == 0 and self.callbacks.on_checkpoint:
-                        self._checkpoint(state)
+                    if (cfg.save_every_steps and state.step % cfg.save_every_steps == 0
+                            and state.step < self.total_steps and self.callbacks.on_checkpoint):
+                        self._checkpoint(state, "step")
                     if cfg.sample_every_steps and state.step % cfg.sample_every_steps == 0:
                         self._sample(state)
                 if state.batch_in_epoch >= len(batches):
@@ -395,13 +392,14 @@ class Trainer:
                     state.batch_in_epoch = 0
                     if (cfg.save_every_epochs and state.epoch % cfg.save_every_epochs == 0
                             and state.step < self.total_steps and self.callbacks.on_checkpoint):
-                        self._checkpoint(state)
+                        self._checkpoint(state, "epoch")
                     if cfg.sample_every_epochs and state.epoch % cfg.sample_every_epochs == 0:
                         self._sample(state)
         return state
 
-    def _checkpoint(self, state: TrainState) -> None:
-        self.callbacks.on_checkpoint(state.step, state.epoch, False)
+    def _checkpoint(self, state: TrainState, by: str) -> None:
+        """An intermediate save; the last step is saved by the run itself as the final file."""
+        self.callbacks.on_checkpoint(state.step, state.epoch, by)
         self.last_saved = state.step
 
     def _saved_sentence(self) -> str:

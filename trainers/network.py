@@ -398,6 +398,30 @@ class LoRANetwork(nn.Module):
         return [p for key, module in self.modules_by_key.items() if key.startswith(prefix)
                 for p in (module.down.weight, module.up.weight)]
 
+    # ------------------------------------------------------------------ the Trainable protocol (trainable.py)
+
+    def param_groups(self, unet_lr: float, te_lr: float, train_text_encoder: bool) -> list[dict]:
+        """The UNet's adapters at unet_lr, and the text encoders' at te_lr when they train (else frozen)."""
+        groups = [{"params": self.parameters_for("lora_unet"), "lr": unet_lr, "name": "unet"}]
+        te_params = [p for p in self.parameters() if not any(p is q for q in groups[0]["params"])]
+        if train_text_encoder:
+            groups.append({"params": te_params, "lr": te_lr, "name": "te"})
+        else:
+            for p in te_params:
+                p.requires_grad_(False)
+        return groups
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The weights in full precision, kohya-keyed (the resume state's lora.safetensors)."""
+        return self.kohya_state_dict(torch.float32)
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.load_kohya_state_dict(tensors)
+
+    def export(self, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+        """The shipped LoRA: kohya keys in `dtype`, which A1111, Forge, kohya and ComfyUI all load."""
+        return self.kohya_state_dict(dtype)
+
     def kohya_state_dict(self, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
         """kohya-format tensors (down, up and alpha, all in `dtype` as kohya saves them), contiguous copies on CPU."""
         out = {}

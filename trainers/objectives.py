@@ -13,7 +13,8 @@ The small classes at the bottom mirror ComfyUI's ε / v / flow samplings so the 
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
 
 import torch
 
@@ -106,6 +107,57 @@ def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l2",
     if kind == "huber":
         return torch.nn.functional.huber_loss(pred.float(), target.float(), reduction="none", delta=huber_delta)
     raise ValueError(f"Unknown loss '{kind}'; expected one of {', '.join(LOSSES)}.")
+
+
+# ------------------------------------------------------------ the objective unit
+
+
+@dataclass
+class NoisedBatch:
+    """One micro-batch as an objective sees it: clean latents, their noise and σ, the noised input, conditioning."""
+
+    x0: torch.Tensor  # (B, C, H, W) clean latents in the model's space
+    noise: torch.Tensor  # (B, C, H, W)
+    sigma: torch.Tensor  # (B,)
+    x_t: torch.Tensor  # (B, C, H, W) = noise_scaling(σ, noise, x0)
+    cond: torch.Tensor  # the text encoder's output for the batch's captions
+    extra: dict = field(default_factory=dict)  # further conditioning the denoiser takes (SDXL's pooled y, ...)
+    mask: torch.Tensor | None = None  # (B, 1, H, W) in 0..1: where the loss counts; None = everywhere
+
+
+class Objective(Protocol):
+    """What a run minimises (k-diffusion's Denoiser.loss shape): a per-sample loss, shape (B,), from the denoiser,
+    the model's sampling description and a noised batch. A pair/difference or slider objective is another unit."""
+
+    def __call__(self, denoise: Callable, ms: ModelSampling, batch: NoisedBatch) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class DenoisingLoss:
+    """The standard objective: the family's raw-output target, an L2 / L1 / Huber distance (masked where a mask
+    says), min-SNR-γ weighted when gamma > 0."""
+
+    loss: str = "l2"
+    huber_delta: float = 0.1
+    min_snr_gamma: float = 0.0
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"Unknown loss '{self.loss}'; expected one of {', '.join(LOSSES)}.")
+
+    def __call__(self, denoise: Callable, ms: ModelSampling, batch: NoisedBatch) -> torch.Tensor:
+        out = denoise(batch.x_t, batch.sigma, batch.cond, **batch.extra)
+        target = prediction_target(ms, batch.sigma, batch.x_t, batch.x0)
+        elementwise = elementwise_loss(out, target, self.loss, self.huber_delta)  # (B, C, H, W)
+        if batch.mask is not None:
+            # mean over the masked area only: a half-transparent render counts as much as a full frame
+            area = (batch.mask.sum(dim=(1, 2, 3)) * out.shape[1]).clamp_min(1e-6)  # masked elements per sample
+            per_sample = (elementwise * batch.mask).sum(dim=(1, 2, 3)) / area
+        else:
+            per_sample = elementwise.mean(dim=(1, 2, 3))  # (B,)
+        if self.min_snr_gamma > 0:
+            per_sample = per_sample * min_snr_weights(ms, batch.sigma, self.min_snr_gamma).to(per_sample.device)
+        return per_sample
 
 
 # ------------------------------------------------------------ reference samplings (mirror ComfyUI's maths)

@@ -1,29 +1,169 @@
-"""The run's files: kohya's naming of intermediate saves and keep-last-N pruning. Nothing here knows ComfyUI.
+"""The run around a Trainer: file naming, periodic saves with keep-last, the state folder, metadata and the report's
+facts. Nothing here knows ComfyUI: the node, a command-line entry or a distributed worker hand it a Trainer, where
+files go, how to build the shipped file's metadata and how messages should name files.
 
-Pruning deletes files, so it never builds a glob or a pattern from the user's run name: it lists the folder and
-compares names exactly, and touches only regular files named `<name>-NNNNNN<suffix>` (six ASCII digits).
+Naming follows kohya: the final file is `<name>.safetensors`, epoch saves `<name>-000002.safetensors`, step saves
+`<name>-step00000100.safetensors`, so step and epoch saves never overwrite each other. Pruning deletes files, so it
+never builds a glob or a pattern from the run's name: it lists the folder and compares names exactly, and touches
+only regular files of this run's two intermediate kinds.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..core.lora_io import save_lora
+from ..core.temps import remove_stale_temps
+from .checkpoint import load_state, resume_warnings, save_state
+from .loop import Trainer, TrainingDiverged, TrainState
+
+EPOCH_DIGITS, STEP_DIGITS = 6, 8  # kohya's widths: name-000002, name-step00000100
 
 
 def epoch_file(path: Path, epoch: int) -> Path:
-    """kohya's naming for intermediate saves: name-000002.safetensors."""
-    return path.with_name(f"{path.stem}-{epoch:06d}{path.suffix}")
+    """kohya's naming for epoch saves: name-000002.safetensors."""
+    return path.with_name(f"{path.stem}-{epoch:0{EPOCH_DIGITS}d}{path.suffix}")
+
+
+def step_file(path: Path, step: int) -> Path:
+    """kohya's naming for step saves: name-step00000100.safetensors."""
+    return path.with_name(f"{path.stem}-step{step:0{STEP_DIGITS}d}{path.suffix}")
+
+
+def intermediate_kind(name: str, path: Path) -> str | None:
+    """"epoch" or "step" when `name` is one of this run's intermediate files, else None (exact comparison)."""
+    prefix, suffix = f"{path.stem}-", path.suffix
+    if not (name.startswith(prefix) and name.endswith(suffix)) or len(name) <= len(prefix) + len(suffix):
+        return None
+    middle = name[len(prefix):len(name) - len(suffix)]
+    if len(middle) == EPOCH_DIGITS and middle.isascii() and middle.isdigit():
+        return "epoch"
+    digits = middle[len("step"):]
+    if middle.startswith("step") and len(digits) == STEP_DIGITS and digits.isascii() and digits.isdigit():
+        return "step"
+    return None
+
+
+def is_run_file_name(name: str, path: Path) -> bool:
+    """Whether `name` is this run's final file or one of its epoch or step files."""
+    return name == path.name or intermediate_kind(name, path) is not None
 
 
 def prune_epoch_files(path: Path, keep_last: int) -> None:
-    """Deletes all but the newest `keep_last` intermediate files of this run: exactly `<name>-NNNNNN<suffix>`,
-    matched by comparing names (never a glob built from the user's name), regular files only."""
+    """Deletes all but the newest `keep_last` intermediate files of each kind (epoch saves, step saves) of this run;
+    regular files only, matched by exact name comparison."""
     if keep_last <= 0:
         return
-    prefix, suffix = f"{path.stem}-", path.suffix
-    mine = sorted(e.name for e in os.scandir(path.parent)
-                  if e.name.startswith(prefix) and e.name.endswith(suffix)
-                  and len(e.name) == len(prefix) + 6 + len(suffix) and e.name[len(prefix):-len(suffix)].isdigit()
-                  and e.name[len(prefix):-len(suffix)].isascii() and e.is_file(follow_symlinks=False))
-    for old in mine[:-keep_last]:
-        os.unlink(path.parent / old)
+    kinds: dict[str, list[str]] = {"epoch": [], "step": []}
+    for entry in os.scandir(path.parent):
+        kind = intermediate_kind(entry.name, path)
+        if kind and entry.is_file(follow_symlinks=False):
+            kinds[kind].append(entry.name)
+    for names in kinds.values():
+        for old in sorted(names)[:-keep_last]:
+            os.unlink(path.parent / old)
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where a run's files go and how messages name them (the host decides both)."""
+
+    final: Path  # <lora folder>/<name>.safetensors
+    state_dir: Path  # <state root>/<name>
+    keep_last: int = 0  # intermediate files of each kind to keep; 0 = all
+    shown: Callable[[Path], str] = lambda p: Path(p).name  # never an absolute server path in a message
+
+
+@dataclass
+class RunResult:
+    state: TrainState
+    shipped: dict[str, torch.Tensor]  # the final file's tensors
+    saved: list[Path] = field(default_factory=list)  # every file written, in order
+    state_dir: Path | None = None
+    train_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    stopped: bool = False  # a stop request ended the run before its last step (everything was saved)
+
+
+class TrainingRun:
+    """Drives one Trainer to the end: resume, periodic and final saves with keep-last, the state folder."""
+
+    def __init__(self, trainer: Trainer, files: RunFiles, metadata: Callable[[int, int], dict[str, str]],
+                 environment: dict | None = None, export_dtype: torch.dtype = torch.float16):
+        self.trainer, self.files, self.metadata = trainer, files, metadata
+        self.environment, self.export_dtype = environment or {}, export_dtype
+        self.saved: list[Path] = []
+        self.state = TrainState()
+        trainer.callbacks.on_checkpoint = self.checkpoint
+
+    def shipped(self) -> dict[str, torch.Tensor]:
+        """The tensors to write: the EMA average when EMA is on (that is its purpose), else the weights as trained."""
+        t = self.trainer
+        if t.ema is None:
+            return t.network.export(self.export_dtype)
+        with t.ema.swapped(t.params):
+            return t.network.export(self.export_dtype)
+
+    def _write(self, target: Path, step: int, epoch: int) -> None:
+        save_lora(target, self.shipped(), self.metadata(step, epoch))
+        self.saved.append(target)
+
+    def checkpoint(self, step: int, epoch: int, by: str) -> None:
+        """An intermediate save ("epoch" or "step"): the file, the resume state, then keep-last pruning."""
+        target = epoch_file(self.files.final, epoch) if by == "epoch" else step_file(self.files.final, step)
+        self._write(target, step, epoch)
+        save_state(self.files.state_dir, self.trainer, self.state, environment=self.environment)
+        prune_epoch_files(self.files.final, self.files.keep_last)
+
+    def train(self, resume_dir: Path | None = None, contexts: list[AbstractContextManager] = ()) -> RunResult:
+        """Resumes (when given a state), trains inside `contexts`, saves the final file and state; a stop request
+        returns with stopped=True after saving, a divergence raises naming the newest saved file."""
+        t = self.trainer
+        remove_stale_temps(self.files.final.parent, lambda name: is_run_file_name(name, self.files.final))
+        with torch.no_grad():
+            t.precompute_text()  # a frozen text encoder: every caption encoded once, as data preparation
+        warnings = resume_warnings(resume_dir, self.environment) if resume_dir is not None else []
+        self.state = load_state(resume_dir, t) if resume_dir is not None else TrainState()
+        started = time.perf_counter()
+        try:
+            with ExitStack() as stack:
+                for context in contexts:
+                    stack.enter_context(context)
+                state = t.run(self.state)
+        except TrainingDiverged as e:  # nothing of the failing step was applied or saved
+            where = f" The last saved file is {self.files.shown(self.saved[-1])}." if self.saved else ""
+            raise TrainingDiverged(f"{e}{where}") from None
+        seconds = time.perf_counter() - started
+        self._write(self.files.final, state.step, finished_epoch(state))
+        state_dir = save_state(self.files.state_dir, t, state, environment=self.environment)
+        return RunResult(state, self.shipped(), list(self.saved), state_dir, seconds,
+                         warnings + skipped_steps_warning(state.skipped_steps, state.step),
+                         stopped=state.step < t.total_steps)
+
+    def stopped_message(self, result: RunResult, resume_hint: str) -> str:
+        """What a stopped run kept and how to continue it (`resume_hint` says how, in the host's words)."""
+        return (f"Training stopped at step {result.state.step} of {self.trainer.total_steps} because it was "
+                f"cancelled. The file so far is saved as {self.files.shown(self.files.final)} and the resume state "
+                f"as {self.files.shown(result.state_dir)}; to continue, {resume_hint}.")
+
+
+def finished_epoch(state: TrainState) -> int:
+    """The epoch a file was saved in, as kohya counts it: completed epochs, or the running one when partway."""
+    return state.epoch + (1 if state.batch_in_epoch else 0)
+
+
+def skipped_steps_warning(skipped: list[int], steps: int) -> list[str]:
+    """A sentence for the report when the fp16 loss scaler skipped steps (nothing is applied on such a step)."""
+    if not skipped:
+        return []
+    listed = ", ".join(map(str, skipped[:10])) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+    return [f"{len(skipped)} of {steps} steps were skipped by the fp16 loss scaler (inf/nan gradients; nothing was "
+            f"applied on steps {listed}). A few at the start are normal while it finds its scale; many mean the "
+            "run learned less than its step count says: use bf16, or lower the learning rate."]
