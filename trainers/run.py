@@ -118,7 +118,7 @@ class TrainingRun:
     def checkpoint(self, step: int, epoch: int, by: str) -> None:
         """An intermediate save ("epoch" or "step"): the file, the resume state, then keep-last pruning."""
         target = epoch_file(self.files.final, epoch) if by == "epoch" else step_file(self.files.final, step)
-        self._write(target, step, epoch)
+        self._write(target, step, finished_epoch(self.state))  # a step save mid-epoch is in the running epoch
         save_state(self.files.state_dir, self.trainer, self.state, environment=self.environment)
         prune_epoch_files(self.files.final, self.files.keep_last)
 

@@ -156,6 +156,33 @@ def test_epoch_saves_keep_last_and_config_json(comfy, comfy_server, train_folder
     assert json.loads(again["4"]["text"][0])["steps"] == 5
 
 
+def test_step_saves_inside_an_epoch_are_each_kept_and_loadable(comfy, comfy_server, train_folder):
+    """save_every_steps inside an epoch: every step file and every epoch file is there (none overwritten), each
+    loads in stock LoraLoader with zero unloaded keys, and each records its own step."""
+    import json
+
+    out = comfy.run(advanced_prompt("adv_steps", epochs=2, max_steps=0, batch_size=8, save_every_steps=2,
+                                    save_every_epochs=1), timeout=600)
+    report = json.loads(out["4"]["text"][0])
+    assert report["steps"] == 10  # 40 samples per epoch / 8
+    loras = comfy_server.models / "loras" / "atelier"
+    names = sorted(p.name for p in loras.glob("adv_steps*"))
+    assert names == sorted(["adv_steps.safetensors", "adv_steps-000001.safetensors"]
+                           + [f"adv_steps-step{s:08d}.safetensors" for s in (2, 4, 6, 8)])
+    assert report["saved"][-1] == "models/loras/atelier/adv_steps.safetensors"
+    steps = {}
+    for name in names:
+        with safe_open(str(loras / name), "pt") as f:
+            steps[name] = (f.metadata()["ss_steps"], f.metadata()["ss_epoch"])
+    assert steps["adv_steps-step00000004.safetensors"] == ("4", "1")
+    assert steps["adv_steps-000001.safetensors"] == ("5", "1")
+    assert steps["adv_steps.safetensors"] == ("10", "2")
+    log_before = len(comfy_server.log_text())
+    for name in names:
+        comfy.run(sample_prompt(f"atelier/{name}", 1.0, f"load_{name[:-12]}"))
+    assert "lora key not loaded" not in comfy_server.log_text()[log_before:]
+
+
 def test_continue_from_a_lora_of_another_architecture_lists_the_keys(comfy, comfy_server, train_folder):
     import torch
     from safetensors.torch import save_file
