@@ -52,3 +52,16 @@ def scan_nodes(folder: Path = ROOT / "nodes") -> list[NodeSchema]:
                     schema.inputs_without_tooltip.append(name)
             found.append(schema)
     return found
+
+
+def numeric_inputs_without_range(folder: Path = ROOT / "nodes") -> list[str]:
+    """Every `io.Int.Input(...)` / `io.Float.Input(...)` in nodes/ (sub-folders too) that lacks min= or max=."""
+    missing = []
+    for path in sorted(folder.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for call in ast.walk(tree):
+            if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "Input"
+                    and isinstance(call.func.value, ast.Attribute) and call.func.value.attr in ("Int", "Float")
+                    and not {"min", "max"} <= {kw.arg for kw in call.keywords}):
+                missing.append(f"{path.name}:{call.lineno}")
+    return missing

@@ -93,6 +93,9 @@ class TrainConfig:
         for name in ("caption_dropout", "tag_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
+        if not 0.0 <= self.min_timestep_percent < self.max_timestep_percent <= 1.0:
+            raise ValueError(f"min_timestep_percent ({self.min_timestep_percent}) must be below max_timestep_percent "
+                             f"({self.max_timestep_percent}), both in [0, 1]; 0 and 1 train on every noise level.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

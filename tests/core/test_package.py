@@ -12,7 +12,7 @@ import torch
 import atelier
 from atelier.core import __version__
 from atelier.core.report import describe_images
-from node_schemas import inputs_without_tooltip, scan_nodes
+from node_schemas import inputs_without_tooltip, numeric_inputs_without_range, scan_nodes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,6 +72,12 @@ def test_node_conventions():
         assert (s.category or "").startswith("atelier/"), s
         assert s.inputs_without_tooltip == [], f"{s.node_id}: inputs without tooltip {s.inputs_without_tooltip}"
     assert inputs_without_tooltip() == []
+
+
+def test_every_numeric_widget_has_its_real_range():
+    """min and max on every Int / Float input, so the frontend and ComfyUI's validation refuse bad values before
+    queueing (the Advanced node's widgets take theirs from CONFIG_RANGES / NETWORK_RANGES)."""
+    assert numeric_inputs_without_range() == []
 
 
 def test_describe_images():

@@ -265,3 +265,9 @@ def test_fp16_with_loss_scaling_trains():
     before = eval_loss(t)
     t.run()
     assert eval_loss(t) < before
+
+
+@pytest.mark.parametrize("low, high", [(0.5, 0.5), (0.8, 0.2), (-0.1, 1.0), (0.0, 1.5)])
+def test_timestep_range_must_be_an_interval_inside_0_1(low, high):
+    with pytest.raises(ValueError, match="min_timestep_percent"):
+        TrainConfig(min_timestep_percent=low, max_timestep_percent=high).validate()
