@@ -30,13 +30,13 @@ from ..trainers.run import epoch_file, prune_epoch_files
 from ..trainers.memory import gradient_checkpointing
 from ..trainers.objectives import LOSSES
 from ..trainers.optim import OPTIMIZERS, SCHEDULERS
-from ..trainers.network import LoRANetwork, NetworkConfig, parse_rank_overrides
+from ..trainers.network import LoRANetwork, NetworkConfig, parse_rank_overrides, with_default_targets
 from .dataset import dataset_in
 from .host import model_output_path, output_subdir
 from .lora_files import read_lora
-from .train_adapter import (TE_INCLUDE, UNET_INCLUDE, ComfyDenoiser, autograd_friendly_clip, draw_samples,
-                            encode_latents, encoder_key, interrupted, make_encoder, text_encoder_roots, thaw,
-                            weights_fingerprint)
+from .provenance import base_model
+from .train_adapter import (ComfyDenoiser, autograd_friendly_clip, draw_samples, encode_latents, encoder_key,
+                            interrupted, make_encoder, text_encoder_roots, thaw)
 from .validate import check_choice, check_names
 
 def send_event(event: str, data: dict) -> None:
@@ -118,7 +118,7 @@ def stopped_message(step: int, total: int, path: Path, state_dir: Path, advanced
 def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig, net_config: NetworkConfig,
                node_id=None, resume_state: str = STATE_NONE, continue_from: str = STATE_NONE, keep_last: int = 0,
                sampling: dict | None = None, cache_latents: bool = True, checkpointing: bool = False,
-               advanced: bool = False):
+               advanced: bool = False, prompt: dict | None = None):
     """The shared body of the training nodes: returns (model, clip, losses, report)."""
     check_names(output_name=output_name)  # a 5,000-character name is refused now, not after training
     path = lora_output_path(output_name)  # refuse a bad name before any work
@@ -143,8 +143,7 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         samples, skipped = build_samples(dataset, lambda imgs: encode_latents(vae, mp, imgs),
                                          on_progress=lambda n: prep_bar.update_absolute(n), cache=cache,
                                          masks=config.masked_loss)
-        net = (net_config if net_config.include  # the user's own targets, else kohya's default blocks
-               else NetworkConfig(**{**net_config.__dict__, "include": (UNET_INCLUDE, TE_INCLUDE)}))
+        net = with_default_targets(net_config)  # the user's own targets, else kohya's default blocks (LoCon too)
         network = LoRANetwork(roots, net, seed=config.seed).to(device)
         bar = comfy.utils.ProgressBar(1, node_id=node_id)
         stop = {"requested": False}
@@ -165,13 +164,12 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
             network.load_kohya_state_dict(read_lora(continue_from)[0])
         started = time.time()
         saved = []
-        base_hash = weights_fingerprint(mp.model.diffusion_model.state_dict())
+        base = base_model(model, prompt, node_id)  # checkpoint name and hashes, patches carried
 
         def save_lora_file(target: Path, step: int, epoch: int) -> None:
             meta = kohya_metadata(config=config, network_config=net, dataset=dataset, output_name=path.stem,
-                                  base_model=type(model.model).__name__, base_model_hash=base_hash,
-                                  steps=step, epoch=epoch, started=started, finished=time.time(),
-                                  resolution=resolution)
+                                  base=base, steps=step, epoch=epoch, started=started, finished=time.time(),
+                                  total_steps=trainer.total_steps, steps_per_epoch=trainer.steps_per_epoch)
             save_lora(target, shipped_weights(trainer, network), meta)
             saved.append(str(target))
 
@@ -206,8 +204,6 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         with torch.no_grad():
             trainer.precompute_text()  # frozen text encoder: every caption encoded once, as data preparation
         train_started = time.perf_counter()
-        sizes = [tuple(s.latent.shape[-2:]) for s in samples]
-        resolution = (max(w for _, w in sizes) * 8, max(h for h, _ in sizes) * 8)
         state = load_state(resume_dir, trainer) if resume_dir is not None else None
         warnings = resume_warnings(resume_dir, environment) if resume_dir is not None else []
         for warning in warnings:
@@ -325,7 +321,7 @@ class AtelierTrainLoRA(io.ComfyNode):
                              tooltip="Same seed, same data: the same LoRA (deterministic on CPU)."),
             ],
             outputs=training_outputs(),
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
             is_output_node=True,
         )
 
@@ -336,7 +332,8 @@ class AtelierTrainLoRA(io.ComfyNode):
                              train_text_encoder=train_text_encoder, seed=seed, save_every_epochs=0)
         return training_result(*train_lora(model, clip, vae, dataset, output_name, config,
                                            NetworkConfig(rank=rank, alpha=alpha),
-                                           node_id=cls.hidden.unique_id if cls.hidden else None))
+                                           node_id=cls.hidden.unique_id if cls.hidden else None,
+                                           prompt=cls.hidden.prompt if cls.hidden else None))
 
 
 CONFIG_TOOLTIPS = {
@@ -487,7 +484,7 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
                                         "report); when given it replaces the training widgets above."),
             ],
             outputs=training_outputs(),
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
             is_output_node=True,
         )
 
@@ -512,7 +509,8 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
         return training_result(*train_lora(
             model, clip, vae, dataset, output_name, config, net, node_id=cls.hidden.unique_id if cls.hidden else None,
             resume_state=resume_state, continue_from=continue_from, keep_last=keep_last, sampling=sampling,
-            cache_latents=cache_latents, checkpointing=gradient_checkpointing, advanced=True))
+            cache_latents=cache_latents, checkpointing=gradient_checkpointing, advanced=True,
+            prompt=cls.hidden.prompt if cls.hidden else None))
 
 
 NODES = [AtelierTrainLoRA, AtelierTrainLoRAAdvanced]
