@@ -22,7 +22,7 @@ from ..core.lora_meta import tool_metadata
 from ..core.lora_math import (EXTRACT_METHODS, STRENGTH_LIMIT, apply_block_weights, check_strength,
                               energy_report_text, extract, join_modules, merge_average_weights, merge_concat, merge_svd,
                               parse_block_weights, resize, split_modules)
-from ..trainers.network import TE_INCLUDE, UNET_CONV_INCLUDE, UNET_INCLUDE
+from ..trainers.network import TE_INCLUDE, UNET_INCLUDE, extract_targets
 from .host import Progress, model_output_path
 from .lora_files import TEXT_PREFIXES, fit_lora, read_lora
 from .provenance import model_family
@@ -241,19 +241,6 @@ def effective_weights(patcher, keys, tick=lambda: None) -> dict[str, torch.Tenso
     return out
 
 
-def target_keys(sd: dict, names: dict, include: str, convs: bool) -> list[str]:
-    """Weight keys to extract: the layers kohya's LoRA targets (by their dotted path); with convs, every k×k conv
-    plus the linears and 1x1 convs of kohya's LoCon blocks (a ResBlock's emb_layers and skip_connection)."""
-    keep = []
-    for k in names:
-        t = sd[k]
-        pointwise = t.ndim == 2 or (t.ndim == 4 and tuple(t.shape[2:]) == (1, 1))
-        locon = convs and (t.ndim == 4 or (t.ndim == 2 and re.search(UNET_CONV_INCLUDE, k[: -len(".weight")])))
-        if (pointwise and re.search(include, k)) or locon:
-            keep.append(k)
-    return keep
-
-
 class AtelierExtractLoRA(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -300,7 +287,7 @@ class AtelierExtractLoRA(io.ComfyNode):
         for tuned, base, key_map, prefix, include in pairs:
             sd = base.model_state_dict()
             names = lora_name_map(key_map, set(sd), prefix)
-            keys = target_keys(sd, names, include, include_convs)
+            keys = extract_targets({k: tuple(sd[k].shape) for k in names}, include, include_convs)
             plans.append((tuned, base, keys, {k: names[k] for k in keys}))
         # one bar over every layer: tuned weights, base weights, extraction (+1 per pair for extract's last call)
         progress, ticks = Progress(sum(3 * len(p[2]) + 1 for p in plans)), itertools.count(1)

@@ -48,9 +48,10 @@ def patch_summary(model) -> dict:
     return {"patched_keys": len(patches), "patches": sum(len(v) for v in patches.values())}
 
 
-def base_model(model, prompt, node_id, input_name: str = "model") -> BaseModel:
-    """The BaseModel record of the MODEL wired into `input_name` of node `node_id`: checkpoint name and hashes
-    when the prompt shows the loader (hashing is cached per file and checks Cancel), else class and fingerprint."""
+def base_model(model, prompt, node_id, input_name: str = "model", hash_file: bool = True) -> BaseModel:
+    """The BaseModel record of the MODEL wired into `input_name` of node `node_id`: checkpoint name (and, with
+    hash_file, its hashes: cached per file, Cancel checked) when the prompt shows the loader, else class and
+    fingerprint."""
     source = model_source(prompt, node_id, input_name)
     family, v_pred = model_family(model)
     record = dict(model_class=type(model.model).__name__, family=family, v_prediction=v_pred,
@@ -58,6 +59,8 @@ def base_model(model, prompt, node_id, input_name: str = "model") -> BaseModel:
                   patches=patch_summary(model), why=source["why"])
     if source["file"] is None:
         return BaseModel(**record)
+    if not hash_file:
+        return BaseModel(**record, file=source["file"], folder=source["folder"])
     try:
         real = model_file(source["folder"], source["file"])
         hashes = file_hashes(real, cache_file=output_subdir("atelier", "cache") / "file_hashes.json",
@@ -67,3 +70,16 @@ def base_model(model, prompt, node_id, input_name: str = "model") -> BaseModel:
         return BaseModel(**record, file=source["file"], folder=source["folder"])
     return BaseModel(**record, file=source["file"], folder=source["folder"], sha256=hashes["sha256"],
                      legacy_hash=hashes["legacy"])
+
+
+def connected_checkpoint(model, hidden) -> dict:
+    """What a grid's PNG records as the checkpoint of the MODEL wired into the node: its file name when the prompt
+    shows its loader, else "connected MODEL"; with the weights fingerprint and any patches either way (no file hash:
+    a grid does not read the checkpoint file)."""
+    record = base_model(model, getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None),
+                        hash_file=False).record()
+    record.pop("sha256", None)
+    record.pop("autov2", None)
+    if not record["file"]:
+        record["name"] = "connected MODEL"
+    return record

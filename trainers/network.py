@@ -86,6 +86,20 @@ def with_default_targets(config: NetworkConfig) -> NetworkConfig:
     return dataclasses.replace(config, include=include)
 
 
+def extract_targets(shapes: dict[str, tuple[int, ...]], include: str, convs: bool) -> list[str]:
+    """Weight keys ('<module>.weight' -> shape) an extraction adapts: the linears and 1x1 convs that `include`
+    matches (kohya's default targets); with convs also every k×k conv and, as kohya's LoCon, the linears of the
+    ResNet blocks (emb_layers), so their share of ΔW is not dropped."""
+    keep = []
+    for key, shape in shapes.items():
+        pointwise = len(shape) == 2 or (len(shape) == 4 and tuple(shape[2:]) == (1, 1))
+        module = key[: -len(".weight")] if key.endswith(".weight") else key
+        locon = convs and (len(shape) == 4 or (len(shape) == 2 and re.search(UNET_CONV_INCLUDE, module)))
+        if (pointwise and re.search(include, key)) or locon:
+            keep.append(key)
+    return keep
+
+
 def _compile(pattern: str, where: str) -> re.Pattern:
     try:
         return re.compile(pattern)
