@@ -173,9 +173,27 @@ def module_keys(tensors: dict[str, torch.Tensor]) -> list[str]:
 
 
 def _prefix(base: str) -> str:
-    """'lora_unet_input_blocks_1' -> 'lora_unet', 'lora_te1_text_model' -> 'lora_te1'."""
+    """'lora_unet_input_blocks_1' -> 'lora_unet', 'lora_te1_text_model' -> 'lora_te1', ComfyUI's
+    'diffusion_model.input_blocks.1' -> 'diffusion_model', 'text_encoders.clip_l....' -> 'text_encoders'."""
     parts = base.split("_")
-    return "_".join(parts[:2]) if base.startswith("lora_") and len(parts) > 1 else parts[0].split(".")[0]
+    return "_".join(parts[:2]) if base.startswith("lora_") and len(parts) > 1 else base.split(".")[0]
+
+
+# Key layouts ComfyUI's LoraLoader reads, by the prefix of their module names.
+KEY_FORMATS = (("kohya", ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_transformer_")),
+               ("ComfyUI", ("diffusion_model.", "text_encoders.")),
+               ("diffusers / PEFT", ("unet.", "text_encoder.", "text_encoder_2.", "transformer.")))
+
+
+def key_formats(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The key layouts a LoRA file uses: 'kohya' (lora_unet_*), 'ComfyUI' (diffusion_model.* / text_encoders.*, as
+    ComfyUI's LoraSave writes), 'diffusers / PEFT' (unet.* ...), 'other'; one entry per layout present."""
+    found = []
+    for key in tensors:
+        name = next((label for label, prefixes in KEY_FORMATS if key.startswith(prefixes)), "other")
+        if name not in found:
+            found.append(name)
+    return sorted(found, key=lambda n: [label for label, _ in KEY_FORMATS].index(n) if n != "other" else 99)
 
 
 def lora_summary(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict:
@@ -259,16 +277,16 @@ SD_WIDTHS = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
 SD_STYLE = "SD-style"
 _DIT = re.compile(r"double_blocks|single_blocks|single_transformer_blocks|joint_blocks|^lora_transformer_|"
                   r"^transformer\.")
-_SD_PREFIXES = ("lora_unet_", "lora_te_", "unet.", "text_encoder.")
-_WIDTH_KEY = re.compile(r"(attn2[._]to_[kv]|^lora_te_.*self_attn_[qkv]_proj|^text_encoder\..*self_attn\.[qkv]_proj)")
+_SD_PREFIXES = ("lora_unet_", "lora_te_", "unet.", "text_encoder.", "diffusion_model.", "text_encoders.")
+_WIDTH_KEY = re.compile(r"(attn2[._]to_[kv]|^lora_te_.*self_attn_[qkv]_proj|^text_encoders?\..*self_attn\.[qkv]_proj)")
 
 
 def lora_family(tensors: dict[str, torch.Tensor]) -> str:
     """The model family a LoRA was made for, from its key names and text-conditioning width: 'SDXL', 'Flux / DiT',
     'SD1.x', 'SD2.x', 'SD-style (text width N)', 'SD-style' (UNet layers only, no width to read) or 'unknown'."""
     keys = list(tensors)
-    if any(k.startswith(("lora_te1_", "lora_te2_")) for k in keys):
-        return "SDXL"  # kohya names SDXL's two text encoders te1 / te2
+    if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoders.clip_g.")) for k in keys):
+        return "SDXL"  # kohya names SDXL's two text encoders te1 / te2; ComfyUI's format names OpenCLIP-G clip_g
     if any(_DIT.search(k) for k in keys):
         return "Flux / DiT"
     if not any(k.startswith(_SD_PREFIXES) for k in keys):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -335,18 +336,29 @@ def tag_images(tagger: Tagger, images: list[Image.Image], options: TagOptions, b
 
 
 MERGE_MODES = ("replace", "append", "prepend", "only_missing")
+_TRAILING_SEPARATORS = re.compile(r"(?<!\\)[,\s]+$")  # commas / spaces ending a caption (an escaped '\,' stays)
+_LEADING_SEPARATORS = re.compile(r"^[,\s]+")
 
 
 def merge_caption(old: str, new: str, mode: str) -> str:
-    """Combines an existing caption with the tagger's: replace, append / prepend (no repeated tags), or only_missing."""
+    """Combines an existing caption with the tagger's: replace, append / prepend, or only_missing.
+
+    append / prepend keep the existing caption exactly as it was (its order, case, spacing and any repeats); only
+    the tagger's tags that are already in it (compared case-insensitively) or repeated among themselves are dropped.
+    """
     if mode not in MERGE_MODES:
         raise ValueError(f"Unknown caption mode '{mode}'; expected one of {', '.join(MERGE_MODES)}.")
     if mode == "replace" or not old.strip():
         return new
     if mode == "only_missing":
         return old
-    first, second = (split_tags(old), split_tags(new)) if mode == "append" else (split_tags(new), split_tags(old))
-    return join_tags(dedupe_tags(first + second))
+    existing = {t.lower() for t in split_tags(old)}
+    added = join_tags(dedupe_tags([t for t in split_tags(new) if t.lower() not in existing]))
+    if not added:
+        return old
+    if mode == "append":
+        return f"{_TRAILING_SEPARATORS.sub('', old)}, {added}"  # no blank tag where the two meet
+    return f"{added}, {_LEADING_SEPARATORS.sub('', old)}"
 
 
 def tag_dataset(dataset, tagger: Tagger, options: TagOptions, mode: str = "replace", batch_size: int = 8,

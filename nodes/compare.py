@@ -18,6 +18,7 @@ from .cells import CONNECTED, CellSpec
 from .grids import (NONE, check_choice, checked_sampling, common_inputs, finish, lora_choice, render_specs,
                     speed_inputs)
 from .host import DATASET
+from .provenance import connected_checkpoint
 from .validate import check_number
 
 
@@ -40,10 +41,12 @@ def settings(positive, negative, seed, steps, cfg, sampler, scheduler, width, he
                 scheduler=scheduler, width=width, height=height)
 
 
-def finish_sheet(sheet, name: str, axes: dict, cells: list, extra: dict, renderer, images, summary: str = ""):
-    """Saves the one sheet with its metadata and returns the node output (sheet, file, cells, text)."""
-    return finish([sheet], [grid_metadata(axes, cells, extra)], safe_name(name, "grid_name"), renderer, images,
-                  summary)
+def finish_sheet(sheet, name: str, axes: dict, cells: list, extra: dict, renderer, images, summary: str = "", *,
+                 checkpoint: dict):
+    """Saves the one sheet with its metadata (the connected checkpoint included) and returns the node output
+    (sheet, file, cells, text)."""
+    return finish([sheet], [grid_metadata(axes, cells, {**extra, "checkpoint": checkpoint})],
+                  safe_name(name, "grid_name"), renderer, images, summary)
 
 
 def sheet_outputs():
@@ -86,7 +89,8 @@ class AtelierCompareSideBySide(io.ComfyNode):
                                                                              "output/atelier/grids."),
                 *speed_inputs(),
             ],
-            outputs=sheet_outputs(), is_output_node=True)
+            outputs=sheet_outputs(),
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt], is_output_node=True)
 
     @classmethod
     def execute(cls, model, clip, vae, prompts, lora_a, strength_a, negative_a, lora_b, strength_b, negative_b,
@@ -127,7 +131,8 @@ class AtelierCompareSideBySide(io.ComfyNode):
                           x_labels=[f"A: {label(la, strength_a, negative_a, None)}",
                                     f"B: {label(lb, strength_b, negative_b, ckpt_b)}"],
                           y_labels=[f"{t[:80]} · seed {seed + k}" for t in lines for k in range(seeds)])
-        return finish_sheet(sheet, grid_name, {"x": x, "y": y}, cells, {"seeds": seeds}, renderer, images)
+        return finish_sheet(sheet, grid_name, {"x": x, "y": y}, cells, {"seeds": seeds}, renderer, images,
+                            checkpoint=connected_checkpoint(model, cls.hidden))
 
 
 class AtelierPlotStrengthMatrix(io.ComfyNode):
@@ -150,7 +155,8 @@ class AtelierPlotStrengthMatrix(io.ComfyNode):
                                 tooltip="File name prefix in output/atelier/grids."),
                 *speed_inputs(),
             ],
-            outputs=sheet_outputs(), is_output_node=True)
+            outputs=sheet_outputs(),
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt], is_output_node=True)
 
     @classmethod
     def execute(cls, model, clip, vae, lora_a, strengths_a, lora_b, strengths_b, positive, negative, seed, steps,
@@ -175,7 +181,8 @@ class AtelierPlotStrengthMatrix(io.ComfyNode):
         cols = len(x.values)
         sheet = draw_grid([images[i:i + cols] for i in range(0, len(images), cols)], x, y,
                           title=f"{positive[:120]} · seed {seed} · {steps} steps · cfg {cfg:g}")
-        return finish_sheet(sheet, grid_name, {"x": x, "y": y}, cells, base, renderer, images)
+        return finish_sheet(sheet, grid_name, {"x": x, "y": y}, cells, base, renderer, images,
+                            checkpoint=connected_checkpoint(model, cls.hidden))
 
 
 def pick_samples(dataset, count: int) -> list:
@@ -223,7 +230,8 @@ class AtelierCompareRealGenerated(io.ComfyNode):
                                 tooltip="File name prefix in output/atelier/grids."),
                 *speed_inputs(),
             ],
-            outputs=sheet_outputs(), is_output_node=True)
+            outputs=sheet_outputs(),
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt], is_output_node=True)
 
     @classmethod
     def execute(cls, model, clip, vae, dataset, count, lora, strength, prefix, include_base, negative, seed, steps,
@@ -252,7 +260,8 @@ class AtelierCompareRealGenerated(io.ComfyNode):
                           title=f"real vs generated · seed {seed}+row · {steps} steps · cfg {cfg:g}")
         for c in cells:
             c["source"] = str(c["source"]).rsplit("/", 1)[-1]  # the file name only: no server paths in a PNG
-        return finish_sheet(sheet, grid_name, {"x": x, "y": y}, cells, base, renderer, images)
+        return finish_sheet(sheet, grid_name, {"x": x, "y": y}, cells, base, renderer, images,
+                            checkpoint=connected_checkpoint(model, cls.hidden))
 
 
 class AtelierCheckReconstruction(io.ComfyNode):
@@ -275,7 +284,7 @@ class AtelierCheckReconstruction(io.ComfyNode):
             ],
             outputs=[*sheet_outputs(), io.String.Output("report", tooltip="Mean distance to the targets (0..255 "
                                                                           "levels) of the base model and the LoRA.")],
-            is_output_node=True)
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt], is_output_node=True)
 
     @classmethod
     def execute(cls, model, clip, vae, dataset, count, lora, strength, prefix, denoise, negative, seed, steps, cfg,
@@ -318,7 +327,8 @@ class AtelierCheckReconstruction(io.ComfyNode):
         sheet = draw_grid(grid, x, y, x_labels=labels, y_labels=[s.item.caption[:160] for s in samples],
                           captions=captions, title=f"reconstruction at denoise {denoise:g} · {summary}")
         out = finish_sheet(sheet, grid_name, {"x": x, "y": y}, cells, {**base, "denoise": denoise, "base": mean_base,
-                                                                 "lora": mean_lora}, renderer, images, summary)
+                                                                 "lora": mean_lora}, renderer, images, summary,
+                           checkpoint=connected_checkpoint(model, cls.hidden))
         return io.NodeOutput(*out.args, summary, ui=out.ui)
 
 

@@ -20,6 +20,7 @@ from ..core.paths import safe_name
 from .cells import CONNECTED, CellRenderer, CellSpec, cell_cache_dir
 from .validate import check_choice, check_number
 from .host import output_subdir
+from .provenance import connected_checkpoint
 
 NONE = "(none)"
 MAX_PAGE_SIDE = 8192
@@ -213,6 +214,7 @@ class AtelierXYGrid(io.ComfyNode):
                                                       "cell's settings)."),
                      io.Image.Output("cells", tooltip="Every generated image, unlabelled, in grid order (page, row, "
                                                       "column, seed), padded to one size.")],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
             is_output_node=True,
         )
 
@@ -248,6 +250,7 @@ class AtelierXYGrid(io.ComfyNode):
         y_labels = None if y is None else (y.labels() if baseline != "row" else ["no LoRA"] + y.labels())
         title = f"{positive[:120]} · seed {seed} · {steps} steps · cfg {cfg:g} · {sampler}"
         sheets, metadata = [], []
+        checkpoint = connected_checkpoint(model, cls.hidden)  # cells on a checkpoint axis record their own
         for page in range(pages_count):
             grid = [[[] for _ in range(cols)] for _ in range(rows)]
             first = {}
@@ -270,7 +273,7 @@ class AtelierXYGrid(io.ComfyNode):
                 metadata.append(grid_metadata(axes, page_cells, {
                     **{k: v for k, v in defaults.items() if k != "checkpoint"}, "width": width, "height": height,
                     "baseline": baseline, "seeds_per_cell": seeds_per_cell, "rows": [start, end],
-                    "page": page}))
+                    "page": page, "checkpoint": checkpoint}))
         return finish(sheets, metadata, name, renderer, images)
 
 

@@ -16,16 +16,18 @@ import comfy.sd
 import folder_paths
 
 from ..core.draw import bar_chart, pil_to_image_tensor
-from ..core.lora_io import (check_same_family, load_lora, lora_family, lora_summary, save_lora,
+from ..core.lora_io import (check_same_family, key_formats, load_lora, lora_family, lora_summary, save_lora,
                             write_safetensors)
+from ..core.lora_meta import tool_metadata
 from ..core.lora_math import (EXTRACT_METHODS, STRENGTH_LIMIT, apply_block_weights, check_strength,
                               energy_report_text, extract, join_modules, merge_average_weights, merge_concat, merge_svd,
                               parse_block_weights, resize, split_modules)
-from .validate import check_choice, check_number
+from ..trainers.network import TE_INCLUDE, UNET_INCLUDE, extract_targets
 from .host import Progress, model_output_path
 from .lora_files import TEXT_PREFIXES, fit_lora, read_lora
-from .train_adapter import TE_INCLUDE, UNET_INCLUDE
+from .provenance import model_family
 from .training import lora_output_path
+from .validate import check_choice, check_number
 
 NONE = "(none)"
 DYNAMIC = ("none", "sv_ratio", "sv_fro", "sv_cumulative")
@@ -128,10 +130,14 @@ def tool_outputs():
             io.Image.Output("chart", tooltip="Retained energy of the least-kept layers (percent).")]
 
 
-def write(output_name: str, modules: dict, meta: dict) -> Path:
-    """Saves atomically, then reads the file back and checks every module survived (a loadable file or an error)."""
+def write(output_name: str, modules: dict, meta: dict, **minimum) -> Path:
+    """Saves atomically with kohya's minimum keys (core.lora_meta.tool_metadata(**minimum), over `meta`), then reads
+    the file back and checks every module survived (a loadable file or an error)."""
     path = lora_output_path(output_name)
-    save_lora(path, join_modules(modules), {k: str(v) for k, v in meta.items()})
+    tensors = join_modules(modules)
+    stale = ("sshs_model_hash", "sshs_legacy_hash")  # hashes of a source file, not of this one
+    meta = {k: str(v) for k, v in meta.items() if k not in stale}
+    save_lora(path, tensors, {**meta, **tool_metadata(tensors, **minimum)})
     again, others = split_modules(load_lora(path)[0])
     if others or set(again) != set(modules):
         raise OSError(f"'{path}' did not read back as the LoRA that was written ({len(again)} of {len(modules)} "
@@ -166,7 +172,8 @@ class AtelierMergeLoRAs(io.ComfyNode):
         chosen = [(name, strength) for _, name, strength in chosen_slots(slots)]
         if not chosen:
             raise ValueError("Choose at least one LoRA to merge.")
-        files = [(name, read_lora(name)[0]) for name, _ in chosen]  # every file checked before any work
+        read = [read_lora(name) for name, _ in chosen]  # every file checked before any work
+        files = [(name, tensors) for (name, _), (tensors, _) in zip(chosen, read)]
         check_same_family(files)
         loaded = [(plain_modules(name, tensors), strength) for (name, tensors), (_, strength) in zip(files, chosen)]
         report = {}
@@ -178,7 +185,8 @@ class AtelierMergeLoRAs(io.ComfyNode):
             modules = merge_average_weights(loaded)
         path = write(output_name, modules, {"ss_output_name": Path(output_name).stem, "ss_training_comment":
                                             f"merged with Atelier ({mode})",
-                                            "atelier_merge_sources": json.dumps(chosen)})
+                                            "atelier_merge_sources": json.dumps(chosen)},
+                     sources=[meta for _, meta in read], dynamic=bool(dynamic) and mode == "svd")
         text = f"wrote {path} ({len(modules)} modules, mode {mode})\n" + (energy_report_text(report) if report else "")
         return io.NodeOutput(text, energy_chart(report, "retained energy %"), ui={"text": [text]})
 
@@ -203,9 +211,8 @@ class AtelierResizeLoRA(io.ComfyNode):
         dynamic = dynamic_kwargs(dynamic_method, dynamic_param, rank)
         modules, meta = load_modules(check_choice(lora, lora_choices(), "lora"))
         resized, report = resize(modules, rank, on_layer=layer_progress(), **dynamic)
-        meta = {**meta, "ss_network_dim": str(rank), "ss_network_alpha": str(rank),
-                "atelier_resized_from": lora, "ss_output_name": Path(output_name).stem}
-        path = write(output_name, resized, meta)
+        meta = {**meta, "atelier_resized_from": lora, "ss_output_name": Path(output_name).stem}
+        path = write(output_name, resized, meta, sources=[meta], dynamic=bool(dynamic))
         text = f"wrote {path}\n" + energy_report_text(report)
         return io.NodeOutput(text, energy_chart(report, "retained energy %"), ui={"text": [text]})
 
@@ -232,17 +239,6 @@ def effective_weights(patcher, keys, tick=lambda: None) -> dict[str, torch.Tenso
         w = convert(weight.float().clone().cpu(), inplace=False) if rest else weight.float().cpu()
         out[k] = comfy.lora.calculate_weight(rest, w, k) if rest else w.clone()
     return out
-
-
-def target_keys(sd: dict, names: dict, include: str, convs: bool) -> list[str]:
-    """Weight keys to extract: the layers kohya's LoRA targets (by their dotted path), plus k×k convs if asked."""
-    keep = []
-    for k in names:
-        t = sd[k]
-        pointwise = t.ndim == 2 or (t.ndim == 4 and tuple(t.shape[2:]) == (1, 1))
-        if (pointwise and re.search(include, k)) or (convs and t.ndim == 4):
-            keep.append(k)
-    return keep
 
 
 class AtelierExtractLoRA(io.ComfyNode):
@@ -291,7 +287,7 @@ class AtelierExtractLoRA(io.ComfyNode):
         for tuned, base, key_map, prefix, include in pairs:
             sd = base.model_state_dict()
             names = lora_name_map(key_map, set(sd), prefix)
-            keys = target_keys(sd, names, include, include_convs)
+            keys = extract_targets({k: tuple(sd[k].shape) for k in names}, include, include_convs)
             plans.append((tuned, base, keys, {k: names[k] for k in keys}))
         # one bar over every layer: tuned weights, base weights, extraction (+1 per pair for extract's last call)
         progress, ticks = Progress(sum(3 * len(p[2]) + 1 for p in plans)), itertools.count(1)
@@ -304,9 +300,10 @@ class AtelierExtractLoRA(io.ComfyNode):
             skipped += s
         if not modules:
             raise ValueError("The tuned and base models do not differ in any targeted layer (nothing to extract).")
-        path = write(output_name, modules, {"ss_network_dim": str(rank), "ss_network_alpha": str(rank),
-                                            "ss_output_name": Path(output_name).stem,
-                                            "ss_training_comment": f"extracted with Atelier ({method} SVD)"})
+        family, v_prediction = model_family(base_model)
+        path = write(output_name, modules, {"ss_output_name": Path(output_name).stem,
+                                            "ss_training_comment": f"extracted with Atelier ({method} SVD)"},
+                     dynamic=bool(kw.get("dynamic")), family=family, v_prediction=v_prediction)
         text = f"wrote {path}: {len(modules)} modules, {len(skipped)} unchanged layers skipped\n" + \
             energy_report_text(report)
         return io.NodeOutput(text, energy_chart(report, "kept energy %"), ui={"text": [text]})
@@ -329,12 +326,13 @@ class AtelierInspectLoRA(io.ComfyNode):
     def execute(cls, lora, model=None, clip=None) -> io.NodeOutput:
         tensors, meta = read_lora(check_choice(lora, lora_choices(), "lora"))
         summary = lora_summary(tensors, meta)
-        bases = sorted({k.split(".")[0] for k in tensors})
-        families = [f for f, pattern in (("SDXL (two text encoders)", r"^lora_te[12]_"),
+        families = [f for f, pattern in (("SDXL (two text encoders)", r"^(lora_te[12]_|text_encoders\.clip_g\.)"),
                                          ("Flux / DiT", r"double_blocks|single_blocks"),
-                                         ("SD-style UNet", r"^lora_unet_(input|middle|output|down|mid|up)_"))
-                    if any(re.search(pattern, b) for b in bases)]
-        report = {"file": lora, **summary, "family": lora_family(tensors), "families": families,
+                                         ("SD-style UNet", r"^(lora_unet_|diffusion_model\.)(input|middle|output|down"
+                                                           r"|mid|up)_"))
+                    if any(re.search(pattern, k) for k in tensors)]
+        report = {"file": lora, "format": key_formats(tensors), **summary, "family": lora_family(tensors),
+                  "families": families,
                   "metadata": {k: v for k, v in meta.items() if k not in ("ss_tag_frequency", "ss_dataset_dirs")}}
         if model is not None or clip is not None:
             # Keys for the part that was not given are not counted: a UNet-only check ignores text-encoder keys.

@@ -21,9 +21,7 @@ import comfy.model_management
 
 from ..core.caption_text import ENCODE_MAX_WINDOWS, caption_for_encoder
 from ..trainers.memory import instance_forwards
-
-UNET_INCLUDE = r"(^|\.)(proj_in|proj_out|transformer_blocks)(\.|$)"  # kohya's default: the transformer blocks
-TE_INCLUDE = r"\.(self_attn|mlp)\."  # kohya's default: attention and MLP of every text-encoder layer
+from ..trainers.network import TE_INCLUDE, UNET_INCLUDE  # noqa: F401 - re-exported: kohya's default targets
 
 
 def thaw(module: torch.nn.Module) -> int:

@@ -28,13 +28,13 @@ from ..trainers.memory import gradient_checkpointing as checkpointed
 from ..trainers.run import RunFiles, TrainingRun
 from ..trainers.objectives import LOSSES
 from ..trainers.optim import OPTIMIZERS, SCHEDULERS
-from ..trainers.network import LoRANetwork, NetworkConfig, parse_rank_overrides
+from ..trainers.network import LoRANetwork, NetworkConfig, parse_rank_overrides, with_default_targets
 from .dataset import dataset_in
 from .host import model_output_path, output_subdir
 from .lora_files import read_lora
-from .train_adapter import (TE_INCLUDE, UNET_INCLUDE, ComfyDenoiser, autograd_friendly_clip, draw_samples,
-                            encode_latents, encoder_key, interrupted, make_encoder, text_encoder_roots, thaw,
-                            weights_fingerprint)
+from .provenance import base_model
+from .train_adapter import (ComfyDenoiser, autograd_friendly_clip, draw_samples, encode_latents, encoder_key,
+                            interrupted, make_encoder, text_encoder_roots, thaw)
 from .validate import check_choice, check_names
 
 def send_event(event: str, data: dict) -> None:
@@ -142,8 +142,7 @@ def encoded_dataset(dataset, vae, host: HostModel, config: TrainConfig, cache_la
 def lora_network(host: HostModel, net_config: NetworkConfig, seed: int, continue_from: str):
     """The run's LoRA over the host's roots (kohya's default blocks unless the user chose targets), optionally
     starting from an existing LoRA's weights; returns (network, the network config used)."""
-    net = (net_config if net_config.include  # the user's own targets, else kohya's default blocks
-           else NetworkConfig(**{**net_config.__dict__, "include": (UNET_INCLUDE, TE_INCLUDE)}))
+    net = with_default_targets(net_config)  # the user's own targets, else kohya's default blocks (LoCon too)
     network = LoRANetwork(host.roots, net, seed=seed).to(host.device)
     if continue_from != STATE_NONE:
         # read_lora refuses malformed files by name; another architecture: an error listing the keys
@@ -194,9 +193,9 @@ class TrainingEvents:
 def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig, net_config: NetworkConfig,
                node_id=None, resume_state: str = STATE_NONE, continue_from: str = STATE_NONE, keep_last: int = 0,
                sampling: dict | None = None, cache_latents: bool = True, gradient_checkpointing: bool = False,
-               advanced: bool = False):
+               advanced: bool = False, prompt: dict | None = None):
     """The shared body of the training nodes: host wiring around trainers.run; returns (model, clip, losses,
-    report)."""
+    report). `prompt` (the queued graph) tells which checkpoint file the MODEL came from, for the metadata."""
     check_names(output_name=output_name)  # a 5,000-character name is refused now, not after training
     path = lora_output_path(output_name)  # refuse a bad name before any work
     config.validate()
@@ -209,7 +208,8 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         trainer = Trainer(config, network, host.denoise, host.denoise.model_sampling, samples,
                           make_encoder(clip, pooled=host.denoise.needs_pooled), events.callbacks(),
                           device=host.device)
-        metadata = lora_metadata(config, net, dataset, path, model, host, samples)
+        base = base_model(model, prompt, node_id)  # checkpoint name and hashes, patches carried
+        metadata = lora_metadata(config, net, dataset, path, base, trainer)
         run = TrainingRun(trainer, RunFiles(path, state_root() / path.stem, keep_last, shown), metadata,
                           run_environment(trainer, str(host.patcher.model.get_dtype())))
         blocks = checkpoint_blocks(host.patcher.model.diffusion_model) if gradient_checkpointing else []
@@ -230,17 +230,14 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
     return model_out, clip_out, result.state.losses, training_report(result, path, config, net, events, cache, skipped)
 
 
-def lora_metadata(config: TrainConfig, net: NetworkConfig, dataset, path: Path, model, host: HostModel, samples):
+def lora_metadata(config: TrainConfig, net: NetworkConfig, dataset, path: Path, base, trainer: Trainer):
     """metadata(step, epoch) for the run's files: kohya's ss_* keys with this run's facts."""
     started = time.time()
-    base_hash = weights_fingerprint(host.patcher.model.diffusion_model.state_dict())
-    sizes = [tuple(s.latent.shape[-2:]) for s in samples]
-    resolution = (max(w for _, w in sizes) * 8, max(h for h, _ in sizes) * 8)
 
     def metadata(step: int, epoch: int) -> dict[str, str]:
-        return kohya_metadata(config=config, network_config=net, dataset=dataset, output_name=path.stem,
-                              base_model=type(model.model).__name__, base_model_hash=base_hash, steps=step,
-                              epoch=epoch, started=started, finished=time.time(), resolution=resolution)
+        return kohya_metadata(config=config, network_config=net, dataset=dataset, output_name=path.stem, base=base,
+                              steps=step, epoch=epoch, started=started, finished=time.time(),
+                              total_steps=trainer.total_steps, steps_per_epoch=trainer.steps_per_epoch)
     return metadata
 
 
@@ -321,7 +318,7 @@ class AtelierTrainLoRA(io.ComfyNode):
                              tooltip="Same seed, same data: the same LoRA (deterministic on CPU)."),
             ],
             outputs=training_outputs(),
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
             is_output_node=True,
         )
 
@@ -332,7 +329,8 @@ class AtelierTrainLoRA(io.ComfyNode):
                              train_text_encoder=train_text_encoder, seed=seed, save_every_epochs=0)
         return training_result(*train_lora(model, clip, vae, dataset, output_name, config,
                                            NetworkConfig(rank=rank, alpha=alpha),
-                                           node_id=cls.hidden.unique_id if cls.hidden else None))
+                                           node_id=cls.hidden.unique_id if cls.hidden else None,
+                                           prompt=cls.hidden.prompt if cls.hidden else None))
 
 
 CONFIG_TOOLTIPS = {
@@ -483,7 +481,7 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
                                         "report); when given it replaces the training widgets above."),
             ],
             outputs=training_outputs(),
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
             is_output_node=True,
         )
 
@@ -508,7 +506,8 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
         return training_result(*train_lora(
             model, clip, vae, dataset, output_name, config, net, node_id=cls.hidden.unique_id if cls.hidden else None,
             resume_state=resume_state, continue_from=continue_from, keep_last=keep_last, sampling=sampling,
-            cache_latents=cache_latents, gradient_checkpointing=gradient_checkpointing, advanced=True))
+            cache_latents=cache_latents, gradient_checkpointing=gradient_checkpointing, advanced=True,
+            prompt=cls.hidden.prompt if cls.hidden else None))
 
 
 NODES = [AtelierTrainLoRA, AtelierTrainLoRAAdvanced]

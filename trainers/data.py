@@ -7,22 +7,23 @@ real encoding of the mirrored picture rather than a flipped latent.
 
 from __future__ import annotations
 
-import json
 import dataclasses
 import hashlib
+import json
 import os
-from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save
 
-from ..core.captions import split_tags
 from ..core.dataset import Dataset, DatasetError, Skipped
+from ..core.lora_meta import (bucket_metadata, dataset_dirs, epochs_of, image_counts, minimum_metadata,
+                              prior_loss_weight, subsets_record)
 from ..core.paths import atomic_write_bytes, open_resolved
 from ..core.images import flip_horizontal
 from ..core.prepare import prepare_sample_and_mask, prepare_stream
+from ..core.provenance import BaseModel
 from .loop import TrainSample
 
 
@@ -166,41 +167,40 @@ def balance_regularization(samples: list[TrainSample]) -> list[TrainSample]:
     return [s for s in out if s.repeats > 0]
 
 
-def kohya_metadata(*, config, network_config, dataset: Dataset, output_name: str, base_model: str, steps: int,
-                   epoch: int, started: float, finished: float, resolution: tuple[int, int],
-                   base_model_hash: str = "") -> dict[str, str]:
-    """kohya-style `ss_*` training metadata (the safetensors header keys LoRA browsers and A1111 extensions read)."""
-    dirs, tags = {}, {}
-    for s in dataset.subsets:
-        folder = s.folders[0] if s.folders else s.name
-        dirs[s.name] = {"n_repeats": max((it.repeats for it in s.items), default=1), "img_count": len(s.items),
-                        "folder": folder, "role": s.role}
-        counts = Counter(t.lower() for it in s.items for t in split_tags(it.caption))
-        tags[s.name] = dict(counts.most_common())
-    train = sum(len(s.items) for s in dataset.subsets if s.role == "train")
-    reg = sum(len(s.items) for s in dataset.subsets if s.role == "regularization")
-    meta = {
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": str(network_config.rank),
-        "ss_network_alpha": str(network_config.alpha),
-        "ss_network_args": json.dumps({"conv_dim": network_config.conv_rank, "conv_alpha": network_config.conv_alpha,
-                                       "dropout": network_config.dropout, "rank_dropout": network_config.rank_dropout,
-                                       "module_dropout": network_config.module_dropout,
-                                       "include": list(network_config.include), "exclude": list(network_config.exclude),
-                                       "rank_overrides": [list(o) for o in network_config.rank_overrides]}),
+def kohya_metadata(*, config, network_config, dataset: Dataset, output_name: str, steps: int, epoch: int,
+                   started: float, finished: float, resolution: tuple[int, int] | None = None,
+                   base: BaseModel | None = None, total_steps: int | None = None, steps_per_epoch: int | None = None,
+                   base_model: str = "", base_model_hash: str = "") -> dict[str, str]:
+    """kohya-style `ss_*` training metadata (the safetensors header keys LoRA browsers and A1111 extensions read).
+
+    base describes the model trained on (file name and hashes when known, see core.provenance); without it,
+    base_model / base_model_hash name it (a class name and a weights fingerprint). ss_epoch / ss_num_epochs come
+    from the step counts when total_steps and steps_per_epoch are given (kohya's convention), else from epoch and
+    config.epochs. resolution is only a fallback: ss_resolution is read from the subsets' preparation.
+    """
+    base = base or BaseModel(model_class=base_model or "unknown", fingerprint=base_model_hash)
+    train_dirs, reg_dirs, tags = dataset_dirs(dataset)
+    net = network_config
+    meta = minimum_metadata(family=base.family, dim=net.rank, alpha=net.alpha, v_prediction=base.v_prediction,
+                            network_args={"conv_dim": net.conv_rank, "conv_alpha": net.conv_alpha,
+                                          "dropout": net.dropout, "rank_dropout": net.rank_dropout,
+                                          "module_dropout": net.module_dropout, "include": list(net.include),
+                                          "exclude": list(net.exclude),
+                                          "rank_overrides": [list(o) for o in net.rank_overrides]})
+    meta.update({
         "ss_output_name": output_name,
-        "ss_sd_model_name": base_model,
-        "ss_sd_model_hash": base_model_hash,
+        "ss_sd_model_name": base.name,
         "ss_learning_rate": str(config.unet_lr),
         "ss_unet_lr": str(config.unet_lr),
         "ss_text_encoder_lr": str(config.te_lr if config.train_text_encoder else 0.0),
         "ss_network_train_unet_only": str(not config.train_text_encoder),
+        "ss_network_dropout": str(net.dropout),
         "ss_optimizer": config.optimizer,
         "ss_lr_scheduler": config.scheduler,
         "ss_lr_warmup_steps": str(config.warmup_steps),
-        "ss_max_train_steps": str(config.max_steps),
-        "ss_num_epochs": str(config.epochs),
-        "ss_epoch": str(epoch),
+        "ss_max_train_steps": str(total_steps if total_steps is not None else config.max_steps),
+        **(epochs_of(steps, total_steps, steps_per_epoch) if total_steps is not None and steps_per_epoch
+           else {"ss_epoch": str(epoch), "ss_num_epochs": str(max(config.epochs, epoch))}),
         "ss_steps": str(steps),
         "ss_batch_size_per_device": str(config.batch_size),
         "ss_gradient_accumulation_steps": str(config.grad_accum),
@@ -214,14 +214,23 @@ def kohya_metadata(*, config, network_config, dataset: Dataset, output_name: str
         "ss_shuffle_caption": str(config.caption_shuffle),
         "ss_keep_tokens": str(config.keep_tokens),
         "ss_flip_aug": str(any(s.flip == "random" for s in dataset.subsets)),
-        "ss_resolution": f"({resolution[0]}, {resolution[1]})",
-        "ss_num_train_images": str(train),
-        "ss_num_reg_images": str(reg),
-        "ss_dataset_dirs": json.dumps(dirs),
+        **bucket_metadata(dataset),
+        **image_counts(dataset),
+        "ss_prior_loss_weight": prior_loss_weight(dataset),
+        "ss_dataset_dirs": json.dumps(train_dirs),
+        "ss_reg_dataset_dirs": json.dumps(reg_dirs),
         "ss_tag_frequency": json.dumps(tags),
         "ss_training_started_at": str(started),
         "ss_training_finished_at": str(finished),
         "ss_training_comment": "trained with Atelier",
         "atelier_config": json.dumps(config.to_dict()),
-    }
+        "atelier_subsets": subsets_record(dataset),
+        "atelier_base_model": json.dumps(base.record()),
+    })
+    if not dataset.subsets and resolution is not None:
+        meta["ss_resolution"] = f"({resolution[0]}, {resolution[1]})"
+    if base.sha256:  # kohya writes the hashes only when it could read the file
+        meta["ss_sd_model_hash"], meta["ss_new_sd_model_hash"] = base.legacy_hash, base.sha256
+    if base.patches:
+        meta["atelier_base_patches"] = json.dumps({**base.patches, "chain": list(base.chain)})
     return meta

@@ -15,6 +15,7 @@ alpha = rank (scale 1): that is kohya's and ComfyUI's default, and ours.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import re
@@ -24,6 +25,14 @@ import torch
 from torch import nn
 
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+# kohya's default targets in ComfyUI's (LDM) module names: the UNet's transformer blocks (networks/lora.py
+# UNET_TARGET_REPLACE_MODULE) and every text-encoder layer's attention and MLP (TEXT_ENCODER_TARGET_REPLACE_MODULE).
+UNET_INCLUDE = r"(^|\.)(proj_in|proj_out|transformer_blocks)(\.|$)"
+TE_INCLUDE = r"\.(self_attn|mlp)\."
+# With a conv rank, kohya's LoCon adds UNET_TARGET_REPLACE_MODULE_CONV2D_3X3 (ResnetBlock2D, Downsample2D,
+# Upsample2D): a ResBlock's in_layers / out_layers convolutions, its emb_layers linear and 1x1 skip_connection, a
+# Downsample's `op` and an Upsample's `conv`. conv_in / conv_out and the time embedding stay out, as in kohya.
+UNET_CONV_INCLUDE = r"(^|\.)(in_layers|out_layers|emb_layers|skip_connection)(\.|$)|(^|\.)(op|conv)$"
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,29 @@ class NetworkConfig:
             if len(entry) != 3 or not isinstance(entry[1], int) or entry[1] < 0:
                 raise ValueError(f"NetworkConfig.rank_overrides entries are (regex, rank >= 0, alpha), got {entry!r}.")
             _compile(entry[0], "rank_overrides")
+
+
+def with_default_targets(config: NetworkConfig) -> NetworkConfig:
+    """The config itself when it names targets, else with kohya's default ones: transformer blocks and text-encoder
+    attention / MLP, plus (conv_rank > 0, LoCon) the ResNet, down- and up-sample layers."""
+    if config.include:
+        return config
+    include = (UNET_INCLUDE, TE_INCLUDE) + ((UNET_CONV_INCLUDE,) if config.conv_rank > 0 else ())
+    return dataclasses.replace(config, include=include)
+
+
+def extract_targets(shapes: dict[str, tuple[int, ...]], include: str, convs: bool) -> list[str]:
+    """Weight keys ('<module>.weight' -> shape) an extraction adapts: the linears and 1x1 convs that `include`
+    matches (kohya's default targets); with convs also every k×k conv and, as kohya's LoCon, the linears of the
+    ResNet blocks (emb_layers), so their share of ΔW is not dropped."""
+    keep = []
+    for key, shape in shapes.items():
+        pointwise = len(shape) == 2 or (len(shape) == 4 and tuple(shape[2:]) == (1, 1))
+        module = key[: -len(".weight")] if key.endswith(".weight") else key
+        locon = convs and (len(shape) == 4 or (len(shape) == 2 and re.search(UNET_CONV_INCLUDE, module)))
+        if (pointwise and re.search(include, key)) or locon:
+            keep.append(key)
+    return keep
 
 
 def _compile(pattern: str, where: str) -> re.Pattern:

@@ -137,7 +137,7 @@ def test_flat_onnx_plus_csv_layout_and_listing(tmp_path):
 @pytest.mark.parametrize("old, mode, expected", [
     ("korra, smile", "replace", "blue, long hair"),
     ("korra, blue", "append", "korra, blue, long hair"),
-    ("korra, blue", "prepend", "blue, long hair, korra"),
+    ("korra, blue", "prepend", "long hair, korra, blue"),
     ("korra", "only_missing", "korra"),
     ("", "only_missing", "blue, long hair"),
 ])

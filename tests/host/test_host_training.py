@@ -51,7 +51,7 @@ def test_train_with_te_lora_save_and_load_in_stock_lora_loader(comfy, comfy_serv
     assert any(k.startswith("lora_te_text_model_encoder_layers_") for k in keys)
     assert any(k.startswith("lora_unet_") and "transformer_blocks" in k for k in keys)
     assert meta["ss_network_dim"] == "4" and meta["ss_steps"] == "10" and meta["ss_output_name"] == "host_lora"
-    assert '"elf"' in meta["ss_dataset_dirs"] and "blonde elf" in meta["ss_tag_frequency"]
+    assert '"10_elf"' in meta["ss_dataset_dirs"] and "blonde elf" in meta["ss_tag_frequency"]
 
     log_before = len(comfy_server.log_text())
     base = saved_pixels(comfy_server, comfy.run(sample_prompt(prefix="base")))
@@ -230,7 +230,7 @@ def test_targeting_rank_overrides_and_ema_weights_are_what_is_shipped(comfy, com
     assert tensors[next(k for k in tensors if "to_q" in k and k.endswith("lora_down.weight"))].shape[0] == 4
     with safe_open(str(comfy_server.models / "loras" / "atelier" / "adv_target.safetensors"), "pt") as f:
         meta = f.metadata()
-    assert len(meta["ss_sd_model_hash"]) == 16 and '"rank_overrides": [["to_k", 2, 1.0]]' in meta["ss_network_args"]
+    assert len(meta["ss_sd_model_hash"]) == 8 and '"rank_overrides": [["to_k", 2, 1.0]]' in meta["ss_network_args"]
     state = comfy_server.output_dir / "atelier" / "train_state" / "adv_target"
     from safetensors.torch import load_file
 
