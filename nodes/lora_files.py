@@ -10,12 +10,11 @@ import comfy.lora
 import comfy.lora_convert
 from comfy.weight_adapter.lora import LoRAAdapter
 
+from ..core.lora_format import ALPHA, fit_problem
 from ..core.lora_io import check_lora_tensors, load_lora
-from ..core.lora_math import fit_problem
 from .host import model_file
 
 LISTED = 6  # problems an error message lists before "and N more"
-TEXT_PREFIXES = ("lora_te", "text_encoder", "te_", "te1_", "te2_")  # keys meant for the CLIP, not the MODEL
 
 
 def read_lora(name: str) -> tuple[dict, dict]:
@@ -109,5 +108,5 @@ def fit_lora(tensors: dict, name: str, model=None, clip=None) -> LoraFit:
             problem = _problem(patch, target, bases.get(target, ["?"]), sd, shapes)
             if problem:
                 fit.mismatched.append(problem)
-    fit.not_loaded = sorted(k for k in sd if k not in sd.read and not k.endswith(".alpha"))
+    fit.not_loaded = sorted(k for k in sd if k not in sd.read and not k.endswith(ALPHA))
     return fit
