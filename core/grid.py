@@ -18,19 +18,17 @@ Drawing layout (all in pixels, `m` = margin, `fs` = font_size):
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from itertools import product
-from pathlib import Path
 
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
-from .dataset_io import atomic_write_bytes
+from .images import write_image
 from .draw import draw_lines, flatten_onto, line_height, as_rgb, load_font, text_block_height, wrap_text
 from .lora_math import STRENGTH_LIMIT
 from .paths import natural_key
@@ -491,9 +489,7 @@ def save_png_with_metadata(image: Image.Image, path, metadata_json: str) -> None
     parse_grid_metadata(metadata_json)  # refuse to store text that read_png_metadata could not read back
     info = PngInfo()
     info.add_text(METADATA_KEY, metadata_json)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    write_image(path, image, "PNG", pnginfo=info)
 
 
 def read_png_metadata(path) -> dict | None:

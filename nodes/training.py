@@ -19,6 +19,7 @@ import comfy.utils
 import folder_paths
 
 from ..core.draw import line_chart, pil_to_image_tensor
+from ..core.images import write_image
 from ..core.lora_io import save_lora
 from ..core.paths import Root, is_inside, quoted, resolve_inside, safe_name
 from ..core.temps import remove_stale_temps
@@ -192,7 +193,7 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
             sent = []
             for i, img in enumerate(images):
                 target = folder / f"e{epoch:04d}_s{step:06d}_{i:02d}.png"
-                img.save(target)
+                write_image(target, img, "PNG")  # atomic, as every file Atelier writes
                 sample_files.append(str(target))
                 sent.append({"filename": target.name, "subfolder": f"atelier/samples/{path.stem}", "type": "output"})
             send_event("atelier.train.sample", {"node": node_id, "step": step, "epoch": epoch, "images": sent})
