@@ -31,7 +31,7 @@ from PIL.PngImagePlugin import PngInfo
 from .images import write_image
 from .draw import draw_lines, flatten_onto, line_height, as_rgb, load_font, text_block_height, wrap_text
 from .lora_math import STRENGTH_LIMIT
-from .paths import natural_key
+from .paths import base_name, natural_key
 
 AXIS_KINDS = ("lora", "strength", "cfg", "steps", "sampler", "scheduler", "seed", "prompt_sr", "negative", "denoise",
               "checkpoint")
@@ -237,8 +237,9 @@ def _format_number(value) -> str:
     return str(value)
 
 
-def _model_label(name: str) -> str:
-    base = str(name).replace("\\", "/").rsplit("/", 1)[-1]
+def model_label(name: str) -> str:
+    """A model or LoRA file as grids and reports label it: its name without folders or model extension."""
+    base = base_name(name)
     for ext in MODEL_EXTENSIONS:
         if base.lower().endswith(ext):
             return base[: -len(ext)]
@@ -265,7 +266,7 @@ class Axis:
         if self.kind in NUMERIC_KINDS:
             return [_format_number(v) for v in self.values]
         if self.kind in ("lora", "checkpoint"):
-            return [_model_label(v) for v in self.values]
+            return [model_label(v) for v in self.values]
         return [str(v) for v in self.values]
 
 

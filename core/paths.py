@@ -55,6 +55,11 @@ def describe_roots(roots: list[Root]) -> str:
     return ", ".join(dict.fromkeys(r.label for r in roots)) or "none"
 
 
+def base_name(name: str) -> str:
+    """The last part of a path or a listed name with sub-folders, either separator: 'sub\\a.png' -> 'a.png'."""
+    return re.split(r"[\\/]", str(name).rstrip("/\\"))[-1]
+
+
 def shown(path: str | Path, roots: list[Root] | None = None) -> str:
     """A path as a message may show it: '<root label>/<relative>' when it lies under one of `roots` (its real path
     or as written), else just the file's name. Never the server's absolute path."""

@@ -20,7 +20,6 @@ import functools
 import hashlib
 import inspect
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ import comfy.utils
 import folder_paths
 from comfy.weight_adapter.lora import LoRAAdapter
 
+from ..core.conditioning import tile_tokens
 from ..core.draw import image_tensor_to_pil
 from ..core.forward_lora import ForwardLoRA, fit_layer
 from ..core.images import write_image
@@ -95,18 +95,16 @@ def per_sample_noise_sampler(shape, seeds, device, dtype):
 def batch_conds(conds: list) -> list:
     """One CONDITIONING for a batch from one single-prompt CONDITIONING per sample (None when they cannot join).
 
-    Token sequences of different lengths are repeated to their least common multiple, as ComfyUI does when it
-    concatenates conds: attention over a sequence repeated k times gives the same result.
+    Token sequences of different lengths are repeated to their least common multiple (core.conditioning.tile_tokens).
     """
     if any(len(c) != 1 for c in conds):
         return None
     tensors = [c[0][0] for c in conds]
     if len({t.shape[0] for t in tensors}) != 1 or tensors[0].shape[0] != 1 or len({t.shape[2] for t in tensors}) != 1:
         return None
-    length = math.lcm(*[t.shape[1] for t in tensors])
-    if length > 4 * max(t.shape[1] for t in tensors):
+    joined = tile_tokens(tensors, max_growth=4)
+    if joined is None:
         return None
-    joined = torch.cat([t.repeat(1, length // t.shape[1], 1) for t in tensors])
     extras = [c[0][1] for c in conds]
     if len({frozenset(e) for e in extras}) != 1:
         return None

@@ -23,13 +23,12 @@ from ..core.lora_io import (check_same_family, load_lora, lora_family, lora_summ
 from ..core.lora_math import (EXTRACT_METHODS, STRENGTH_LIMIT, apply_block_weights, check_strength,
                               energy_report_text, extract, merge_average_weights, merge_concat, merge_svd,
                               parse_block_weights, resize)
-from .validate import check_choice, check_number
+from .validate import NONE, check_choice, check_number
 from .host import Progress, model_output_path
 from .lora_files import fit_lora, read_lora
 from .train_adapter import TE_INCLUDE, UNET_INCLUDE
 from .training import lora_output_path
 
-NONE = "(none)"
 DYNAMIC = ("none", "sv_ratio", "sv_fro", "sv_cumulative")
 MERGE_MODES = ("concat", "svd", "average_weights")
 DYNAMIC_PARAM_MAX = 1000.0

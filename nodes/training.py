@@ -38,7 +38,7 @@ from .lora_files import read_lora
 from .train_adapter import (TE_INCLUDE, UNET_INCLUDE, ComfyDenoiser, autograd_friendly_clip, draw_samples,
                             encode_latents, encoder_key, interrupted, make_encoder, text_encoder_roots, thaw,
                             weights_fingerprint)
-from .validate import check_choice, check_names
+from .validate import NONE, check_choice, check_names
 
 def send_event(event: str, data: dict) -> None:
     """Websocket event for the web/ chart (no-op outside a server)."""
@@ -55,7 +55,7 @@ def lora_output_path(output_name: str) -> Path:
     return model_output_path("loras", output_name, "output_name")
 
 
-STATE_NONE = "(none)"
+STATE_NONE = NONE  # no resume state / no LoRA to continue from
 
 
 def state_root() -> Path:

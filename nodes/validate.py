@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from ..core.paths import safe_name
 
+NONE = "(none)"  # the dropdown value meaning "no file chosen", in every node that offers one
+
 
 def check_choice(value, options, what: str):
     """`value` when it is one of `options`; otherwise a ValueError naming the widget and listing the allowed values."""
