@@ -208,6 +208,21 @@ def txt2img_prompt(text: str, *, seed: int, prefix: str, ckpt: str = FIXTURE_CHE
     return prompt
 
 
+def load_dataset_node(folder: str, **widgets) -> dict:
+    """An AtelierLoadDataset node reading sidecar captions from `folder`; `widgets` replace the defaults below."""
+    inputs = dict(folder=folder, sub_path="", role="train", repeats=1, caption_source="sidecar",
+                  caption_extension=".txt", fixed_caption="", caption_encoding="utf-8", on_missing_caption="error",
+                  recursive=True, prior_loss_weight=1.0, subset_name="", verify_images=False)
+    return {"class_type": "AtelierLoadDataset", "inputs": {**inputs, **widgets}}
+
+
+def prepare_dataset_node(dataset: list, **widgets) -> dict:
+    """An AtelierPrepareDataset node (centre crop to 64², unless `widgets` say otherwise) fed by link `dataset`."""
+    inputs = dict(dataset=dataset, mode="crop", width=64, height=64, pad_color="black", background="white",
+                  filter="lanczos", bucket_step=64, no_upscale=False, subsets="")
+    return {"class_type": "AtelierPrepareDataset", "inputs": {**inputs, **widgets}}
+
+
 def saved_pixels(server: "ComfyServer", outputs: dict):
     """The image the prompt's SaveImage node (id 7) wrote, as an int16 array (so differences do not wrap)."""
     import numpy as np

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_host import FIXTURE_CHECKPOINT_NAME, ComfyError
+from comfy_host import FIXTURE_CHECKPOINT_NAME, ComfyError, load_dataset_node, prepare_dataset_node
 from tiny_tagger import tagger_widgets
 
 BAD_INPUTS = [
@@ -109,11 +109,7 @@ def small_folder(comfy_server):
 
 
 def load_node(folder="input/bad_small", **overrides):
-    inputs = dict(folder=folder, sub_path="", role="train", repeats=1, caption_source="sidecar",
-                  caption_extension=".txt", fixed_caption="", caption_encoding="utf-8", on_missing_caption="error",
-                  recursive=True, prior_loss_weight=1.0, subset_name="bad", verify_images=False)
-    inputs.update(overrides)
-    return {"class_type": "AtelierLoadDataset", "inputs": inputs}
+    return load_dataset_node(folder, **{"subset_name": "bad", **overrides})
 
 
 def stats(source) -> dict:
@@ -177,13 +173,9 @@ def graph_images() -> dict:
 
 
 @pytest.mark.parametrize("case, node, expected", cases([
-    ("prepare-mode", {"class_type": "AtelierPrepareDataset", "inputs": {
-        "dataset": ["1", 0], "mode": "bogus", "width": 64, "height": 64, "pad_color": "black",
-        "background": "white", "filter": "lanczos", "bucket_step": 64, "no_upscale": False, "subsets": ""}},
+    ("prepare-mode", prepare_dataset_node(["1", 0], mode="bogus"),
      "Unknown mode 'bogus'; expected one of crop, letterbox, buckets, none"),
-    ("prepare-filter", {"class_type": "AtelierPrepareDataset", "inputs": {
-        "dataset": ["1", 0], "mode": "crop", "width": 64, "height": 64, "pad_color": "black",
-        "background": "white", "filter": "bogus", "bucket_step": 64, "no_upscale": False, "subsets": ""}},
+    ("prepare-filter", prepare_dataset_node(["1", 0], filter="bogus"),
      "Unknown filter 'bogus'; expected one of lanczos, area, bicubic, bilinear, nearest"),
     ("mirror-mode", {"class_type": "AtelierMirrorDataset", "inputs": {
         "dataset": ["1", 0], "mode": "bogus", "subsets": "", "exclude_subsets": ""}},
@@ -309,10 +301,7 @@ def test_bad_captions_and_images_are_cleaned_skipped_or_noted(comfy, comfy_serve
     assert_no_server_path(comfy_server, report.split("skipped")[0])
 
     prepared = comfy.run({"1": load_node("input/bad_data", subset_name="bad_data"),
-                          "2": {"class_type": "AtelierPrepareDataset", "inputs": {
-                              "dataset": ["1", 0], "mode": "crop", "width": 64, "height": 64, "pad_color": "black",
-                              "background": "white", "filter": "lanczos", "bucket_step": 64, "no_upscale": False,
-                              "subsets": ""}},
+                          "2": prepare_dataset_node(["1", 0]),
                           "3": {"class_type": "AtelierDatasetToImages", "inputs": {"dataset": ["2", 0],
                                                                                    "max_images": 16}},
                           "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 2]}}})
@@ -372,9 +361,7 @@ def train_prompt(output_name, dataset=None, **overrides):
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FIXTURE_CHECKPOINT_NAME}},
         "2": dataset or load_node(caption_source="fixed", fixed_caption="x style"),
-        "3": {"class_type": "AtelierPrepareDataset", "inputs": dict(
-            dataset=["2", 0], mode="crop", width=64, height=64, pad_color="black", background="white",
-            filter="lanczos", bucket_step=64, no_upscale=False, subsets="")},
+        "3": prepare_dataset_node(["2", 0]),
         "4": {"class_type": "AtelierTrainLoRAAdvanced", "inputs": {
             "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset": ["3", 0], **widgets}},
     }

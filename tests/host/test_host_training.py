@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from comfy_host import FIXTURE_CHECKPOINT_NAME, saved_pixels, txt2img_prompt
+from comfy_host import FIXTURE_CHECKPOINT_NAME, load_dataset_node, prepare_dataset_node, saved_pixels, txt2img_prompt
 from PIL import Image
 from safetensors import safe_open
 
@@ -25,13 +25,8 @@ def train_prompt(output_name, **overrides):
     widgets.update(overrides)
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FIXTURE_CHECKPOINT_NAME}},
-        "2": {"class_type": "AtelierLoadDataset", "inputs": dict(
-            folder="input/train_host", sub_path="", role="train", repeats=0, caption_source="sidecar",
-            caption_extension=".txt", fixed_caption="", caption_encoding="utf-8", on_missing_caption="error",
-            recursive=True, prior_loss_weight=1.0, subset_name="elf", verify_images=True)},
-        "3": {"class_type": "AtelierPrepareDataset", "inputs": dict(
-            dataset=["2", 0], mode="crop", width=64, height=64, pad_color="black", background="white",
-            filter="lanczos", bucket_step=64, no_upscale=False, subsets="")},
+        "2": load_dataset_node("input/train_host", repeats=0, subset_name="elf", verify_images=True),
+        "3": prepare_dataset_node(["2", 0]),
         "4": {"class_type": "AtelierTrainLoRA", "inputs": {"model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2],
                                                            "dataset": ["3", 0], **widgets}},
     }
