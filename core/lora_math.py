@@ -23,17 +23,12 @@ from torch import Tensor
 
 from .lora_format import ALPHA, DOWN, UP, LoraModule, shapes_fit
 from .lora_io import non_finite_count
+from .report import listing
 
 DYNAMIC_METHODS = (None, "sv_ratio", "sv_fro", "sv_cumulative")
 EXTRACT_METHODS = ("randomized", "full")
-_LISTED = 8  # how many offending names an error message lists before "and N more"
 STRENGTH_LIMIT = 10.0  # |strength| a node accepts (the schemas' range too): more is a typo, not a style
 BLOCK_WEIGHT_LIMIT = 10.0  # |block weight| accepted, as for strengths
-
-
-def _listing(items: list[str]) -> str:
-    shown = "; ".join(items[:_LISTED])
-    return shown + (f"; and {len(items) - _LISTED} more" if len(items) > _LISTED else "")
 
 
 def check_finite(sd) -> None:
@@ -70,10 +65,10 @@ def _architecture_check(loras: list[tuple[dict[str, LoraModule], float]]) -> Non
                 kernels.append(f"'{base}' has kernel {first[2:] or 'linear'} in LoRA {j} but "
                                f"{m.shape[2:] or 'linear'} in LoRA {i}")
     if wrong:
-        raise ValueError(f"LoRAs for different architectures: {_listing(wrong)}. Merge only LoRAs trained on the "
+        raise ValueError(f"LoRAs for different architectures: {listing(wrong)}. Merge only LoRAs trained on the "
                          "same base model family.")
     if kernels:
-        raise ValueError(f"Conv modules with different kernel sizes cannot be merged: {_listing(kernels)}. Merge "
+        raise ValueError(f"Conv modules with different kernel sizes cannot be merged: {listing(kernels)}. Merge "
                          "LoRAs made with the same conv settings.")
 
 
@@ -133,7 +128,7 @@ def merge_average_weights(loras: list[tuple[dict[str, LoraModule], float]]) -> d
                              f"{tuple(m.down.shape)} / up {tuple(m.up.shape)} in LoRA {i}")
     if diffs:
         raise ValueError(f"Weight averaging needs LoRAs with identical modules and shapes (epochs of one run): "
-                         f"{_listing(diffs)}. Use the concat or svd merge for different LoRAs.")
+                         f"{listing(diffs)}. Use the concat or svd merge for different LoRAs.")
     out = {}
     for base, a in first.items():
         up = sum((float(w) / total) * (mods[base].alpha / a.alpha if a.alpha else 1.0) * mods[base].up.to(torch.float32)
@@ -414,7 +409,7 @@ def apply_to_weights(weights: dict[str, Tensor], modules: dict[str, LoraModule],
     targeted = {b for k, b in names.items() if k in weights}
     unmapped = [b for b in modules if b not in targeted]
     if unmapped:
-        raise ValueError(f"{len(unmapped)} LoRA modules have no weight in this model: {_listing(unmapped)}. The LoRA "
+        raise ValueError(f"{len(unmapped)} LoRA modules have no weight in this model: {listing(unmapped)}. The LoRA "
                          "is for another model (or the name map is incomplete).")
     out = dict(weights)
     for key, lora_name in names.items():

@@ -12,6 +12,7 @@ from comfy.weight_adapter.lora import LoRAAdapter
 
 from ..core.lora_format import ALPHA, fit_problem
 from ..core.lora_io import check_lora_tensors, load_lora
+from ..core.report import listing
 from .host import model_file
 
 LISTED = 6  # problems an error message lists before "and N more"
@@ -41,10 +42,6 @@ class _Reads(dict):
         return super().get(key, default)
 
 
-def _listing(items: list[str]) -> str:
-    return "; ".join(items[:LISTED]) + (f"; and {len(items) - LISTED} more" if len(items) > LISTED else "")
-
-
 @dataclass
 class LoraFit:
     """What ComfyUI's LoRA loader would do with one file on a MODEL and/or CLIP."""
@@ -57,12 +54,12 @@ class LoraFit:
     def check(self, *, every_key: bool) -> None:
         """ValueError when a layer's shape does not fit, and (every_key) when some keys would not load at all."""
         if self.mismatched:
-            raise ValueError(f"LoRA '{self.name}' does not fit this model: {_listing(self.mismatched)}. It was made "
-                             "for another base model (or is damaged); choose a LoRA trained on this model.")
+            raise ValueError(f"LoRA '{self.name}' does not fit this model: {listing(self.mismatched, LISTED)}. It was "
+                             "made for another base model (or is damaged); choose a LoRA trained on this model.")
         if every_key and self.not_loaded:
             raise ValueError(f"LoRA '{self.name}': {len(self.not_loaded)} keys match no layer of this model or its "
-                             f"CLIP (e.g. {_listing(self.not_loaded)}), so ComfyUI would skip them. It was made for "
-                             "another model family; choose a LoRA trained on this model.")
+                             f"CLIP (e.g. {listing(self.not_loaded, LISTED)}), so ComfyUI would skip them. It was made "
+                             "for another model family; choose a LoRA trained on this model.")
 
 
 def _target_shape(target, shapes: dict):
