@@ -29,7 +29,6 @@ PAIR_SUFFIXES = ((UP, DOWN), ("_lora.up.weight", "_lora.down.weight"), (".lora_B
                  (".lora.up.weight", ".lora.down.weight"),
                  (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight"),
                  (".lora_B.default.weight", ".lora_A.default.weight"), (".lora_B", ".lora_A"))
-UNET_PREFIX = "lora_unet"  # kohya's prefix for the denoiser; text encoders are lora_te (SD1/2), lora_te1/lora_te2
 TEXT_PREFIXES = ("lora_te", "text_encoder", "te_", "te1_", "te2_")  # keys meant for the CLIP, not the MODEL
 
 
