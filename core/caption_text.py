@@ -23,7 +23,7 @@ CAPTION_ENCODINGS = ("utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "
                      "cp1250", "cp1251", "cp1252", "shift_jis", "cp932", "euc_jp", "gbk", "gb18030", "big5",
                      "euc_kr", "cp949", "koi8_r")
 
-_UNESCAPED_COMMA = re.compile(r"(?<!\\),")
+TAG_SEPARATOR = re.compile(r"(?<!\\),")  # a comma not escaped as '\,': the one tag rule
 _WHITESPACE_CONTROLS = {"Zl", "Zp"}  # line and paragraph separators read as spaces, like a newline
 _REMOVED = {"Cc", "Cf", "Cs"}  # controls (ESC, BEL), format characters (U+202E, U+200B), lone surrogates
 
@@ -63,7 +63,7 @@ def check_caption_encoding(encoding: str) -> str:
 
 def count_tags(caption: str) -> int:
     """How many comma-separated tags a caption has (escaped commas '\\,' stay inside a tag), counted without a list."""
-    return len(_UNESCAPED_COMMA.findall(caption)) + 1 if caption.strip() else 0
+    return len(TAG_SEPARATOR.findall(caption)) + 1 if caption.strip() else 0
 
 
 def caption_size_problem(caption: str) -> str | None:

@@ -13,8 +13,9 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from .caption_text import caption_size_problem
+from .caption_text import TAG_SEPARATOR, caption_size_problem
 from .dataset import DatasetError, map_subsets
+from .paths import base_name
 
 MATCH_MODES = ("exact", "wildcard", "regex")
 POSITIONS = ("start", "end")
@@ -25,11 +26,12 @@ MAX_PATTERNS = 1_000  # wildcard and regex patterns are tried one by one against
 
 def split_tags(caption: str) -> list[str]:
     """'a, b,, c ' -> ['a', 'b', 'c']: comma-separated tags, blanks dropped, escaped commas ('\\,') kept in a tag."""
-    parts = re.split(r"(?<!\\),", caption or "")
+    parts = TAG_SEPARATOR.split(caption or "")
     return [p.strip() for p in parts if p.strip()]
 
 
 def join_tags(tags: list[str]) -> str:
+    """['a', 'b'] -> 'a, b': the one way a tag list is written back into a caption."""
     return ", ".join(tags)
 
 
@@ -56,8 +58,8 @@ def _matcher(patterns: list[str], mode: str) -> Callable[[str], bool]:
 
 
 def parse_tag_list(text: str) -> list[str]:
-    """Patterns or tags typed in a widget: separated by commas or new lines."""
-    return [t.strip() for t in re.split(r"[,\n]", text or "") if t.strip()]
+    """Patterns or tags typed in a widget: separated by commas (not '\\,', as in captions) or new lines."""
+    return [tag for line in (text or "").splitlines() for tag in split_tags(line)]
 
 
 def remove_tags(tags: list[str], patterns: list[str], mode: str = "exact") -> list[str]:
@@ -204,7 +206,7 @@ class CaptionFilter:
     lacks_tags: tuple[str, ...] = ()
 
     def matches(self, source: str, tags: list[str]) -> bool:
-        name = re.split(r"[\\/]", source)[-1]
+        name = base_name(source)
         if self.filename_glob and not fnmatch.fnmatch(name.lower(), self.filename_glob.lower()):
             return False
         present = {t.lower() for t in tags}
@@ -218,7 +220,7 @@ def caption_diff(before: list[tuple[str, str]], after: list[tuple[str, str]], li
     changed = [(src, a, b) for (src, a), (_, b) in zip(before, after) if a != b]
     lines = [f"{len(changed)} of {len(before)} captions change"]
     for src, a, b in changed[:limit]:
-        name = re.split(r"[\\/]", src)[-1]
+        name = base_name(src)
         tags_a, tags_b = split_tags(a), split_tags(b)
         lower_a, lower_b = {t.lower() for t in tags_a}, {t.lower() for t in tags_b}  # built once: linear diff
         removed = [t for t in tags_a if t.lower() not in lower_b]
@@ -247,7 +249,7 @@ def apply_to_dataset(dataset, op: Callable[[list[str]], list[str]], where: Capti
             new = join_tags(op(tags)) if where is None or where.matches(it.source, tags) else it.caption
             problem = caption_size_problem(new) if new != it.caption else None
             if problem:
-                name = re.split(r"[\\/]", it.source)[-1]
+                name = base_name(it.source)
                 raise DatasetError(f"This edit would make the caption of '{name}' too long: {problem}. Add fewer "
                                    "tags, or prune the caption first.")
             if on_progress:

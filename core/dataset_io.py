@@ -6,16 +6,15 @@ Folders are named kohya-style `<repeats>_<subset>` so the saved set reloads with
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 from .dataset import Dataset
+from .images import write_image
 from .paths import atomic_write_bytes, safe_name
 from .prepare import prepare_stream
 
 MANIFEST = "atelier_dataset.json"
-__all__ = ["MANIFEST", "atomic_write_bytes", "save_dataset"]  # atomic_write_bytes lives in core.paths
 
 
 def save_dataset(dataset: Dataset, out_dir: Path, *, image_format: str = "png", workers: int | None = None,
@@ -38,10 +37,9 @@ def save_dataset(dataset: Dataset, out_dir: Path, *, image_format: str = "png", 
         while (folder.name, stem) in used:
             stem, n = f"{base}_{n}", n + 1
         used.add((folder.name, stem))
-        buf = io.BytesIO()
-        p.image.save(buf, format={"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[image_format],
-                     **({"quality": 95} if image_format != "png" else {}))
-        atomic_write_bytes(folder / f"{stem}.{image_format}", buf.getvalue())
+        pillow_format = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[image_format]
+        write_image(folder / f"{stem}.{image_format}", p.image, pillow_format,
+                    **({"quality": 95} if image_format != "png" else {}))
         atomic_write_bytes(folder / f"{stem}.txt", s.item.caption.encode("utf-8"))
         files.append({"file": f"{folder.name}/{stem}.{image_format}", "caption": s.item.caption, "subset": s.subset,
                       "role": s.role, "repeats": s.item.repeats, "source": s.item.source, "mirrored": s.mirrored})

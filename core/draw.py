@@ -277,13 +277,19 @@ def pil_to_image_tensor(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays).astype(np.float32) / 255.0)
 
 
+def to_8bit(pixels: torch.Tensor) -> np.ndarray:
+    """0..1 pixels as uint8 exactly as ComfyUI's SaveImage makes them (255·x, clipped, truncated; NaN as 0), so every
+    image Atelier saves or shows has the levels a stock SaveImage file of the same IMAGE has."""
+    values = torch.nan_to_num(pixels.detach().to("cpu", torch.float32), nan=0.0, posinf=1.0, neginf=0.0).numpy()
+    return np.clip(255.0 * values, 0, 255).astype(np.uint8)  # SaveImage: np.clip(255. * i, 0, 255).astype(uint8)
+
+
 def image_tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
     """RGB PIL images from an IMAGE batch (B, H, W, C) with C of 1 (grey), 3 (RGB) or 4 (RGBA, alpha dropped)."""
     if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
         raise ValueError(f"Expected an IMAGE batch of shape (B, H, W, C) with C in 1, 3 or 4; got shape "
                          f"{tuple(images.shape)}. Add a batch dimension with .unsqueeze(0) for a single image.")
-    pixels = torch.nan_to_num(images.detach().to("cpu", torch.float32), nan=0.0).clamp(0.0, 1.0)
-    arrays = (pixels * 255.0).round().to(torch.uint8).numpy()
+    arrays = to_8bit(images)
     result = []
     for a in arrays:
         if a.shape[-1] == 1:

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .lora_format import delta_shape, effective_alpha, pair_problem
+
 
 @dataclass
 class _Term:
@@ -42,25 +44,18 @@ def _describe(module: nn.Module) -> str:
 def fit_layer(module: nn.Module, down: torch.Tensor, up: torch.Tensor, *, where: str = ""
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """`down` and `up` shaped for `module`'s forward (a 1x1 conv saved as linear and the reverse are reshaped views);
-    raises ValueError when the layer cannot take them at forward time. Copies nothing."""
+    raises ValueError when the layer cannot take them at forward time (lora_format's fit rule). Copies nothing."""
     label = where or _describe(module)
-    rank = down.shape[0]
-    if isinstance(module, nn.Conv2d):
-        weight = module.weight
-        if down.ndim == 2 and up.ndim == 2 and tuple(weight.shape[2:]) == (1, 1):  # a 1x1 conv saved as linear
-            down, up = down[:, :, None, None], up[:, :, None, None]
-        ok = (module.groups == 1 and down.ndim == 4 and up.ndim == 4 and down.shape[1] == weight.shape[1]
-              and tuple(down.shape[2:]) == tuple(weight.shape[2:]) and up.shape[0] == weight.shape[0]
-              and up.shape[1] == rank and tuple(up.shape[2:]) == (1, 1))
-    elif isinstance(module, nn.Linear):
-        if down.ndim == 4 and tuple(down.shape[2:]) == (1, 1):  # saved from a 1x1 conv view
-            down, up = down.flatten(1), up.flatten(1)
-        ok = (down.ndim == 2 and up.ndim == 2 and down.shape[1] == module.in_features
-              and up.shape == (module.out_features, rank))
-    else:
+    if not isinstance(module, (nn.Linear, nn.Conv2d)):
         raise ValueError(f"{label}: forward-time LoRA supports Linear and Conv2d layers; this is a "
                          f"{type(module).__name__}. Apply this LoRA by merging it into the weights instead.")
-    if not ok:
+    conv = isinstance(module, nn.Conv2d)
+    if conv and down.ndim == 2 and up.ndim == 2:  # a 1x1 conv saved as linear (fits only a 1x1 kernel, below)
+        down, up = down[:, :, None, None], up[:, :, None, None]
+    elif not conv and down.ndim == 4 and tuple(down.shape[2:]) == (1, 1):  # saved from a 1x1 conv view
+        down, up = down.flatten(1), up.flatten(1)
+    if (conv and module.groups != 1) or pair_problem(down.shape, up.shape) \
+            or delta_shape(up.shape, down.shape) != tuple(module.weight.shape):
         raise ValueError(f"{label}: LoRA down {tuple(down.shape)} / up {tuple(up.shape)} does not fit the layer "
                          f"{_describe(module)}; the LoRA was made for another model.")
     return down, up
@@ -94,7 +89,7 @@ class ForwardLoRA:
             raise ValueError(f"ForwardLoRA has slots 0..{self.slots - 1}; got slot {slot}. Call add_slot first.")
         down, up = fit_layer(module, down, up, where=where)
         rank = down.shape[0]
-        scale = (rank if alpha is None else float(alpha)) / rank
+        scale = effective_alpha(alpha, rank) / rank
         term = _Term(slot, down.detach().float().contiguous(), up.detach().float().contiguous(), scale, {})
         self._layers.setdefault(module, []).append(term)
 

@@ -18,22 +18,20 @@ Drawing layout (all in pixels, `m` = margin, `fs` = font_size):
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from itertools import product
-from pathlib import Path
 
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
-from .dataset_io import atomic_write_bytes
+from .images import write_image
 from .draw import draw_lines, flatten_onto, line_height, as_rgb, load_font, text_block_height, wrap_text
 from .lora_math import STRENGTH_LIMIT
-from .paths import natural_key
+from .paths import base_name, natural_key
 
 AXIS_KINDS = ("lora", "strength", "cfg", "steps", "sampler", "scheduler", "seed", "prompt_sr", "negative", "denoise",
               "checkpoint")
@@ -239,8 +237,9 @@ def _format_number(value) -> str:
     return str(value)
 
 
-def _model_label(name: str) -> str:
-    base = str(name).replace("\\", "/").rsplit("/", 1)[-1]
+def model_label(name: str) -> str:
+    """A model or LoRA file as grids and reports label it: its name without folders or model extension."""
+    base = base_name(name)
     for ext in MODEL_EXTENSIONS:
         if base.lower().endswith(ext):
             return base[: -len(ext)]
@@ -267,7 +266,7 @@ class Axis:
         if self.kind in NUMERIC_KINDS:
             return [_format_number(v) for v in self.values]
         if self.kind in ("lora", "checkpoint"):
-            return [_model_label(v) for v in self.values]
+            return [model_label(v) for v in self.values]
         return [str(v) for v in self.values]
 
 
@@ -491,9 +490,7 @@ def save_png_with_metadata(image: Image.Image, path, metadata_json: str) -> None
     parse_grid_metadata(metadata_json)  # refuse to store text that read_png_metadata could not read back
     info = PngInfo()
     info.add_text(METADATA_KEY, metadata_json)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    write_image(path, image, "PNG", pnginfo=info)
 
 
 def read_png_metadata(path) -> dict | None:

@@ -1,4 +1,5 @@
-"""Image files in, training-ready RGB pixels out: safe decoding, mode conversion, crop / letterbox / buckets.
+"""Image files in, training-ready RGB pixels out: safe decoding, mode conversion, crop / letterbox / buckets; and
+the one way an image file is written (write_image: atomically).
 
 Nothing here knows ComfyUI. This module decodes one image file by its content (never its extension), refuses what it
 will not use with an `ImageRejected` that names the file, turns any Pillow mode into RGB (compositing transparency
@@ -11,6 +12,7 @@ Geometry functions expect RGB images, as `to_rgb` returns them. Pillow's global 
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -22,7 +24,7 @@ import zlib
 import numpy as np
 from PIL import Image, ImageOps
 
-from .paths import PathRefused, resolve_in_roots, verify_fd
+from .paths import PathRefused, atomic_write_bytes, resolve_in_roots, verify_fd
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")  # what a folder scan picks up (lowercase)
 # Pillow format names we decode; anything else is refused. MPO is what Pillow calls many phone/camera JPEGs (a JPEG
@@ -529,3 +531,11 @@ def target_size(width: int, height: int, mode: str, target_width: int, target_he
     if mode == "buckets":
         return _bucket_for(width, height, target_width, target_height, buckets, no_upscale)
     return width, height  # "none"
+
+
+def write_image(path, image: Image.Image, image_format: str = "PNG", **options) -> None:
+    """Encodes `image` in memory (Pillow `options` such as pnginfo or quality) and writes it through
+    core.paths.atomic_write_bytes, so no reader ever sees a half-written image."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -1,9 +1,9 @@
 """Reads and writes LoRA files: safetensors written atomically, legacy .pt/.ckpt/.bin read without unpickling code.
 
 Nothing here knows ComfyUI; the caller picks the path (the nodes put it under ComfyUI's loras/ folder). Nothing
-here builds a network either (trainers/network.py does). Tensors are kohya-format dicts as they come:
-`<base>.lora_down.weight`, `<base>.lora_up.weight`, `<base>.alpha`, and whatever else a file holds (LyCORIS keys
-are listed by lora_summary, not interpreted).
+here builds a network either (trainers/network.py does). Tensors are kohya-format dicts (core/lora_format.py
+spells the keys) as they come, with whatever else a file holds (LyCORIS keys are listed by lora_summary, not
+interpreted).
 """
 
 from __future__ import annotations
@@ -19,19 +19,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .lora_format import ALPHA, DOWN, MID, PAIR_SUFFIXES, UP, base_prefix, module_bases, pair_of
 from .paths import file_mode_for
 from .temps import remove_stale_temps, temp_path
 
 SAFETENSORS = ".safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 ACCEPTED_SUFFIXES = (SAFETENSORS,) + PICKLE_SUFFIXES
-_DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
-# (up, down) key suffixes of the LoRA layouts ComfyUI's loader reads: kohya first, then the diffusers / PEFT ones.
-PAIR_SUFFIXES = ((_UP, _DOWN), ("_lora.up.weight", "_lora.down.weight"), (".lora_B.weight", ".lora_A.weight"),
-                 (".lora.up.weight", ".lora.down.weight"),
-                 (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight"),
-                 (".lora_B.default.weight", ".lora_A.default.weight"), (".lora_B", ".lora_A"))
-_MID = ".lora_mid.weight"  # LyCORIS Tucker core between kohya down and up
 
 
 class LoRAWriteError(OSError):
@@ -159,24 +153,10 @@ def load_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
     else:
         tensors, metadata = _load_pickle(path), {}
     for key, t in tensors.items():
-        if t.is_floating_point() or t.is_complex():
-            checked = t.float() if t.element_size() == 1 else t  # float8 has no isfinite kernel
-            if not bool(torch.isfinite(checked).all()):
-                raise ValueError(f"LoRA file '{path}' has NaN or inf values in '{key}' (shape {tuple(t.shape)}); "
-                                 "it was saved from a diverged run or is damaged: use an earlier checkpoint.")
+        if non_finite_count(t):
+            raise ValueError(f"LoRA file '{path}' has NaN or inf values in '{key}' (shape {tuple(t.shape)}); "
+                             "it was saved from a diverged run or is damaged: use an earlier checkpoint.")
     return tensors, metadata
-
-
-def module_keys(tensors: dict[str, torch.Tensor]) -> list[str]:
-    """kohya base names present, from the `<base>.lora_down.weight` keys, sorted."""
-    return sorted(k[: -len(_DOWN)] for k in tensors if k.endswith(_DOWN))
-
-
-def _prefix(base: str) -> str:
-    """'lora_unet_input_blocks_1' -> 'lora_unet', 'lora_te1_text_model' -> 'lora_te1', ComfyUI's
-    'diffusion_model.input_blocks.1' -> 'diffusion_model', 'text_encoders.clip_l....' -> 'text_encoders'."""
-    parts = base.split("_")
-    return "_".join(parts[:2]) if base.startswith("lora_") and len(parts) > 1 else base.split(".")[0]
 
 
 # Key layouts ComfyUI's LoraLoader reads, by the prefix of their module names.
@@ -203,30 +183,21 @@ def lora_summary(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
     is listed in missing_alpha; loaders use alpha = rank for it (scale 1). other_keys are keys that are not
     lora_down / lora_up / alpha, e.g. LyCORIS `hada_w1_a` or `lokr_w1`, which this format does not describe.
     """
-    bases = module_keys(tensors)
+    bases = module_bases(tensors)
     ranks, prefixes = set(), {}
     for base in bases:
-        ranks.add(int(tensors[base + _DOWN].shape[0]))
-        prefixes[_prefix(base)] = prefixes.get(_prefix(base), 0) + 1
-    alphas = {float(tensors[b + _ALPHA]) for b in bases if b + _ALPHA in tensors and tensors[b + _ALPHA].numel() == 1}
+        ranks.add(int(tensors[base + DOWN].shape[0]))
+        prefixes[base_prefix(base)] = prefixes.get(base_prefix(base), 0) + 1
+    alphas = {float(tensors[b + ALPHA]) for b in bases if b + ALPHA in tensors and tensors[b + ALPHA].numel() == 1}
     return {
         "modules": len(bases),
         "ranks": sorted(ranks),
         "alphas": sorted(a for a in alphas if not math.isnan(a)),
         "prefixes": dict(sorted(prefixes.items())),
-        "has_conv": any(tensors[b + _DOWN].ndim == 4 for b in bases),
-        "missing_alpha": [b for b in bases if b + _ALPHA not in tensors],
-        "other_keys": sorted(k for k in tensors if not k.endswith((_DOWN, _UP, _ALPHA))),
+        "has_conv": any(tensors[b + DOWN].ndim == 4 for b in bases),
+        "missing_alpha": [b for b in bases if b + ALPHA not in tensors],
+        "other_keys": sorted(k for k in tensors if not k.endswith((DOWN, UP, ALPHA))),
     }
-
-
-def _pair_of(key: str) -> tuple[str, int, str] | None:
-    """(base, layout index, 'up' or 'down') for a LoRA factor key in any layout of PAIR_SUFFIXES, else None."""
-    for i, (up, down) in enumerate(PAIR_SUFFIXES):
-        for side, suffix in (("up", up), ("down", down)):
-            if key.endswith(suffix) and len(key) > len(suffix):
-                return key[: -len(suffix)], i, side
-    return None
 
 
 def check_lora_tensors(tensors: dict[str, torch.Tensor], name: str) -> None:
@@ -243,9 +214,9 @@ def check_lora_tensors(tensors: dict[str, torch.Tensor], name: str) -> None:
         bad = non_finite_count(t)
         if bad:
             refuse(key, f"holds {bad} NaN/inf values out of {t.numel()} (saved from a diverged run?)")
-        if key.endswith(_ALPHA) and t.numel() != 1:
+        if key.endswith(ALPHA) and t.numel() != 1:
             refuse(key, f"should be one number (the network alpha) but has shape {tuple(t.shape)}")
-        found = _pair_of(key)
+        found = pair_of(key)
         if found:
             pairs.setdefault(found[:2], {})[found[2]] = key
     for (base, layout), sides in pairs.items():
@@ -266,9 +237,9 @@ def check_lora_tensors(tensors: dict[str, torch.Tensor], name: str) -> None:
         if rank == 0 or int(up.shape[1]) != rank or math.prod(up.shape[2:]) != 1:
             refuse(sides["up"], f"is {tuple(up.shape)} but '{sides['down']}' is {tuple(down.shape)}: up must be "
                                 f"(out, rank[, 1, 1]) with the rank (>= 1) of down's first dimension")
-        mid = tensors.get(base + _MID) if layout == 0 else None
+        mid = tensors.get(base + MID) if layout == 0 else None
         if mid is not None and (mid.ndim < 3 or tuple(mid.shape[:2]) != (rank, rank)):
-            refuse(base + _MID, f"is {tuple(mid.shape)}; a Tucker core of rank {rank} is ({rank}, {rank}, kh, kw)")
+            refuse(base + MID, f"is {tuple(mid.shape)}; a Tucker core of rank {rank} is ({rank}, {rank}, kh, kw)")
 
 
 # Text-conditioning widths of the SD families: the input width of UNet cross-attention keys/values (attn2) or of
@@ -292,7 +263,7 @@ def lora_family(tensors: dict[str, torch.Tensor]) -> str:
     if not any(k.startswith(_SD_PREFIXES) for k in keys):
         return "unknown"
     for key in keys:
-        found = _pair_of(key)
+        found = pair_of(key)
         if found and found[2] == "down" and _WIDTH_KEY.search(found[0]) and tensors[key].ndim >= 2:
             width = int(tensors[key].shape[1])
             return SD_WIDTHS.get(width, f"{SD_STYLE} (text width {width})")

@@ -1,12 +1,7 @@
-"""LoRA arithmetic on kohya-format tensors: split/join, exact merges, exact rank reduction, extraction, baking in.
+"""LoRA arithmetic on kohya-format tensors: exact merges, exact rank reduction, extraction, baking in.
 
-Nothing here knows ComfyUI. A LoRA is a `dict[str, Tensor]` in kohya format: for each module base name B,
-`B.lora_down.weight` (r, in) or (r, in, kh, kw), `B.lora_up.weight` (out, r) or (out, r, 1, 1) and `B.alpha`
-(a scalar; missing means alpha = r). At strength s a module adds
-
-    ΔW = s · (alpha / r) · up @ down        (conv: down flattened to (r, in·kh·kw), ΔW reshaped to the weight's shape)
-
-to its base weight, which is what ComfyUI's LoraLoader does, so "strength" here is LoraLoader's strength.
+Nothing here knows ComfyUI. The format (key names, the module record LoraModule, ΔW, the shape-fit rule) is
+core/lora_format.py; "strength" here is LoraLoader's strength: ΔW = s · (alpha / r) · up @ down.
 
 What is exact and what is not:
 - merge_concat is exact: stacking the factors of several LoRAs gives a LoRA whose ΔW is the strength-weighted sum.
@@ -21,125 +16,19 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-DOWN, UP, ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+from .lora_format import ALPHA, DOWN, UP, LoraModule, shapes_fit
+from .lora_io import non_finite_count
+from .report import listing
+
 DYNAMIC_METHODS = (None, "sv_ratio", "sv_fro", "sv_cumulative")
 EXTRACT_METHODS = ("randomized", "full")
-_LISTED = 8  # how many offending names an error message lists before "and N more"
 STRENGTH_LIMIT = 10.0  # |strength| a node accepts (the schemas' range too): more is a typo, not a style
 BLOCK_WEIGHT_LIMIT = 10.0  # |block weight| accepted, as for strengths
-
-
-@dataclass(frozen=True)
-class LoraModule:
-    """One kohya LoRA module: ΔW = strength · (alpha / rank) · up @ down."""
-
-    down: Tensor  # (r, in) or conv (r, in, kh, kw)
-    up: Tensor  # (out, r) or conv (out, r, 1, 1)
-    alpha: float
-
-    def __post_init__(self):
-        d, u = self.down, self.up
-        if d.ndim not in (2, 4) or u.ndim != d.ndim or u.shape[1] != d.shape[0] or d.shape[0] == 0 \
-                or (u.ndim == 4 and tuple(u.shape[2:]) != (1, 1)):
-            raise ValueError(f"A LoRA module needs down (r, in) with up (out, r), or conv down (r, in, kh, kw) with "
-                             f"up (out, r, 1, 1), r >= 1; got down {tuple(d.shape)} and up {tuple(u.shape)}.")
-
-    @property
-    def rank(self) -> int:
-        return int(self.down.shape[0])
-
-    @property
-    def is_conv(self) -> bool:
-        return self.down.ndim == 4
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """The shape of the base weight this module changes: (out, in) or (out, in, kh, kw)."""
-        return (int(self.up.shape[0]),) + tuple(int(n) for n in self.down.shape[1:])
-
-    def delta(self, strength: float = 1.0) -> Tensor:
-        """ΔW = strength · (alpha / r) · up @ down as float32, in the base weight's shape."""
-        r = self.rank
-        up = self.up.reshape(self.up.shape[0], r).to(torch.float32)  # (out, r)
-        down = self.down.reshape(r, -1).to(torch.float32)  # (r, in·kh·kw)
-        return ((strength * self.alpha / r) * (up @ down)).reshape(self.shape)
-
-
-def _listing(items: list[str]) -> str:
-    shown = "; ".join(items[:_LISTED])
-    return shown + (f"; and {len(items) - _LISTED} more" if len(items) > _LISTED else "")
-
-
-def _owner(key: str, bases: set[str]) -> str | None:
-    """The base in `bases` that `key` is a sub-key of ('B.dora_scale' -> 'B'), or None."""
-    for i, ch in enumerate(key):
-        if ch == "." and key[:i] in bases:
-            return key[:i]
-    return None
-
-
-def split_modules(sd: dict[str, Tensor]) -> tuple[dict[str, LoraModule], list[str]]:
-    """Plain kohya LoRA modules by base name, and the keys that are not plain LoRA (LyCORIS, DoRA, .diff ...).
-
-    A base counts as plain LoRA when its keys are exactly lora_down, lora_up and optionally alpha (missing alpha
-    means alpha = rank, kohya's default). A base that also holds other keys (e.g. `dora_scale`, `lora_mid.weight`)
-    is not applied as plain LoRA by loaders, so all of its keys go to the second list, as do alphas of LyCORIS
-    modules. The input is not modified; the modules hold the input's tensors.
-    """
-    downs = {k[: -len(DOWN)] for k in sd if k.endswith(DOWN)}
-    ups = {k[: -len(UP)] for k in sd if k.endswith(UP)}
-    bases = downs | ups
-    tainted = set()
-    for key in sd:
-        if not key.endswith((DOWN, UP, ALPHA)):
-            owner = _owner(key, bases)
-            if owner is not None:
-                tainted.add(owner)  # e.g. a DoRA module: its down/up are not applied as plain LoRA
-    modules: dict[str, LoraModule] = {}
-    others: list[str] = []
-    for key in sd:
-        base = next((key[: -len(s)] for s in (DOWN, UP, ALPHA) if key.endswith(s)), None)
-        if base is None or base not in bases or base in tainted:
-            others.append(key)
-            continue
-        if base in modules:
-            continue
-        if base not in downs or base not in ups:
-            have, missing = (DOWN, UP) if base in downs else (UP, DOWN)
-            raise ValueError(f"LoRA module '{base}' has '{base}{have}' {tuple(sd[base + have].shape)} but no "
-                             f"'{base}{missing}'; the file is incomplete or damaged: re-save or re-download it.")
-        down, up = sd[base + DOWN], sd[base + UP]
-        if down.ndim not in (2, 4) or up.ndim != down.ndim or up.shape[1] != down.shape[0] or down.shape[0] == 0 \
-                or (up.ndim == 4 and tuple(up.shape[2:]) != (1, 1)):
-            raise ValueError(f"LoRA module '{base}': '{base}{DOWN}' is {tuple(down.shape)} and '{base}{UP}' is "
-                             f"{tuple(up.shape)}; expected down (r, in) with up (out, r), or conv down "
-                             "(r, in, kh, kw) with up (out, r, 1, 1), the same rank r in both. The file is not a "
-                             "kohya LoRA or is damaged.")
-        alpha_t = sd.get(base + ALPHA)
-        if alpha_t is None:
-            alpha = float(down.shape[0])  # kohya's default: alpha = rank, scale 1
-        elif alpha_t.numel() != 1:
-            raise ValueError(f"'{base}{ALPHA}' should be a single number; it has shape {tuple(alpha_t.shape)}.")
-        else:
-            alpha = float(alpha_t.reshape(()).item())
-        modules[base] = LoraModule(down=down, up=up, alpha=alpha)
-    return modules, others
-
-
-def join_modules(modules: dict[str, LoraModule], dtype: torch.dtype = torch.float16) -> dict[str, Tensor]:
-    """Back to kohya keys: down/up in `dtype`, alpha as a 0-d float32 tensor (fp16 would round a fractional alpha)."""
-    out = {}
-    for base, m in modules.items():
-        out[base + DOWN] = m.down.detach().to(dtype).contiguous()
-        out[base + UP] = m.up.detach().to(dtype).contiguous()
-        out[base + ALPHA] = torch.tensor(float(m.alpha), dtype=torch.float32)
-    return out
 
 
 def check_finite(sd) -> None:
@@ -147,8 +36,8 @@ def check_finite(sd) -> None:
     for key, value in sd.items():
         parts = [(key + DOWN, value.down), (key + UP, value.up)] if isinstance(value, LoraModule) else [(key, value)]
         for name, t in parts:
-            if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                bad = int((~torch.isfinite(t)).sum())
+            bad = non_finite_count(t) if isinstance(t, Tensor) else 0
+            if bad:
                 raise ValueError(f"'{name}' holds {bad} NaN/inf values out of {t.numel()}: the LoRA is broken "
                                  "(diverged training or a damaged file); use an earlier epoch or re-train.")
         if isinstance(value, LoraModule) and not math.isfinite(value.alpha):
@@ -176,10 +65,10 @@ def _architecture_check(loras: list[tuple[dict[str, LoraModule], float]]) -> Non
                 kernels.append(f"'{base}' has kernel {first[2:] or 'linear'} in LoRA {j} but "
                                f"{m.shape[2:] or 'linear'} in LoRA {i}")
     if wrong:
-        raise ValueError(f"LoRAs for different architectures: {_listing(wrong)}. Merge only LoRAs trained on the "
+        raise ValueError(f"LoRAs for different architectures: {listing(wrong)}. Merge only LoRAs trained on the "
                          "same base model family.")
     if kernels:
-        raise ValueError(f"Conv modules with different kernel sizes cannot be merged: {_listing(kernels)}. Merge "
+        raise ValueError(f"Conv modules with different kernel sizes cannot be merged: {listing(kernels)}. Merge "
                          "LoRAs made with the same conv settings.")
 
 
@@ -239,7 +128,7 @@ def merge_average_weights(loras: list[tuple[dict[str, LoraModule], float]]) -> d
                              f"{tuple(m.down.shape)} / up {tuple(m.up.shape)} in LoRA {i}")
     if diffs:
         raise ValueError(f"Weight averaging needs LoRAs with identical modules and shapes (epochs of one run): "
-                         f"{_listing(diffs)}. Use the concat or svd merge for different LoRAs.")
+                         f"{listing(diffs)}. Use the concat or svd merge for different LoRAs.")
     out = {}
     for base, a in first.items():
         up = sum((float(w) / total) * (mods[base].alpha / a.alpha if a.alpha else 1.0) * mods[base].up.to(torch.float32)
@@ -315,7 +204,7 @@ def reduce_rank(module: LoraModule, rank: int | None = None, *, dynamic: str | N
     down = module.down.reshape(r, -1).to(torch.float32)  # (r, n), n = in·kh·kw
     q_u, r_u = torch.linalg.qr(up)  # (out, p), (p, r), p = min(out, r)
     q_d, r_d = torch.linalg.qr(down.T)  # (n, q), (q, r), q = min(n, r)
-    core = (r_u.double() @ r_d.double().T) * (module.alpha / r)  # (p, q); float64: it is tiny
+    core = (r_u.double() @ r_d.double().T) * module.scale  # (p, q); float64: it is tiny
     p_mat, s, vh = torch.linalg.svd(core, full_matrices=False)  # (p, t), (t,), (t, q)
     k = _choose_rank(s, rank, dynamic, dynamic_param, max_rank)
     root = s[:k].sqrt()
@@ -514,25 +403,23 @@ def apply_to_weights(weights: dict[str, Tensor], modules: dict[str, LoraModule],
     """A new weights dict with W + strength·ΔW for every mapped key (names: weight key -> kohya base), in W's dtype.
 
     Weights without a module are passed through (the same tensors, untouched); a module that no weight maps to
-    raises, since it would be silently lost (a LoRA for another model). ΔW is reshaped to W's shape when only the
-    layout differs (linear LoRA on a 1x1 conv), as ComfyUI does.
+    raises, since it would be silently lost (a LoRA for another model). ΔW must fit W (lora_format.shapes_fit: equal,
+    or linear vs 1x1 conv, the one reshape ComfyUI makes).
     """
     targeted = {b for k, b in names.items() if k in weights}
     unmapped = [b for b in modules if b not in targeted]
     if unmapped:
-        raise ValueError(f"{len(unmapped)} LoRA modules have no weight in this model: {_listing(unmapped)}. The LoRA "
+        raise ValueError(f"{len(unmapped)} LoRA modules have no weight in this model: {listing(unmapped)}. The LoRA "
                          "is for another model (or the name map is incomplete).")
     out = dict(weights)
     for key, lora_name in names.items():
         if lora_name not in modules or key not in weights:
             continue
         w, m = weights[key], modules[lora_name]
-        delta = m.delta(strength).to(w.device)
-        if delta.shape != w.shape:
-            if delta.numel() != w.numel() or delta.shape[0] != w.shape[0]:
-                raise ValueError(f"LoRA module '{lora_name}' changes a {tuple(delta.shape)} weight but '{key}' is "
-                                 f"{tuple(w.shape)}; the LoRA is for another model.")
-            delta = delta.reshape(w.shape)
+        if not shapes_fit(m.shape, w.shape):
+            raise ValueError(f"LoRA module '{lora_name}' changes a {m.shape} weight but '{key}' is "
+                             f"{tuple(w.shape)}; the LoRA is for another model.")
+        delta = m.delta(strength).to(w.device).reshape(w.shape)  # a linear ΔW on a 1x1 conv: the one reshape
         out[key] = (w.to(torch.float32) + delta).to(w.dtype)
     return out
 
@@ -618,19 +505,3 @@ def apply_block_weights(modules: dict[str, LoraModule], weights: list[float]) ->
         out[name] = mod if w == 1.0 else LoraModule(down=mod.down, up=mod.up * w, alpha=mod.alpha)
     return out
 
-
-def fit_problem(base: str, up_shape, down_shape, weight_key: str, weight_shape, mid_shape=None) -> str | None:
-    """Why a LoRA layer (up, down[, Tucker mid]) cannot be added to a weight of `weight_shape`; None when it fits.
-
-    ΔW is (out, in) or (out, in, kh, kw); it fits a weight of exactly that shape, and a linear ΔW fits a 1x1 conv
-    weight (and the reverse), the one reshape ComfyUI's loader and forward-time LoRA both make.
-    """
-    delta = (int(up_shape[0]), *(int(n) for n in down_shape[1:]))
-    if mid_shape is not None:
-        delta = (delta[0], delta[1], *(int(n) for n in mid_shape[2:]))
-    weight = tuple(int(n) for n in weight_shape)
-    as_linear = [s[:2] if len(s) == 4 and s[2:] == (1, 1) else s for s in (delta, weight)]
-    if delta == weight or as_linear[0] == as_linear[1]:
-        return None
-    return (f"'{base}' makes a {delta} change (up {tuple(up_shape)}, down {tuple(down_shape)}) but the layer "
-            f"'{weight_key}' is {weight}")

@@ -24,6 +24,7 @@ from pathlib import Path
 from .temps import remove_stale_temps, temp_path
 
 ROOTS_ENV = "ATELIER_DATASET_ROOTS"
+NONE = "(none)"  # the dropdown entry meaning "no file" (no LoRA, no state, no checkpoint)
 HOW_TO_ADD_ROOT = (
     "An administrator can add a root with a `datasets:` entry in ComfyUI's extra_model_paths.yaml or with the "
     f"{ROOTS_ENV} environment variable (paths separated by '{os.pathsep}'), then restart ComfyUI."
@@ -53,6 +54,11 @@ def roots_from_env(environ=os.environ) -> list[Root]:
 def describe_roots(roots: list[Root]) -> str:
     """The roots by label only: a network client is never told where they are on the server's disk."""
     return ", ".join(dict.fromkeys(r.label for r in roots)) or "none"
+
+
+def base_name(name: str) -> str:
+    """The last part of a path or a listed name with sub-folders, either separator: 'sub\\a.png' -> 'a.png'."""
+    return re.split(r"[\\/]", str(name).rstrip("/\\"))[-1]
 
 
 def shown(path: str | Path, roots: list[Root] | None = None) -> str:

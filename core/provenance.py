@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .paths import FileTooLarge, PathRefused, Root, atomic_write_bytes, open_resolved, read_bytes_inside
+from .paths import NONE, FileTooLarge, PathRefused, Root, atomic_write_bytes, open_resolved, read_bytes_inside
 
 # inputs holding a model file's name in the loaders -> the model folder type it is listed in
 MODEL_FILE_INPUTS = {"ckpt_name": "checkpoints", "unet_name": "diffusion_models"}
@@ -112,7 +112,7 @@ def model_source(prompt: dict | None, node_id, input_name: str = "model") -> dic
             break
         entry = {"node": cls}
         loras = [_plain_name(v) for k, v in sorted(inputs.items()) if _LORA_INPUT.match(k) and isinstance(v, str)
-                 and v not in ("", "(none)", "None")]
+                 and v not in ("", NONE, "None")]
         strengths = [v for k, v in sorted(inputs.items()) if _STRENGTH_INPUT.match(k) and isinstance(v, (int, float))]
         if loras:
             entry["loras"] = loras

@@ -3,6 +3,12 @@
 import torch
 
 
+def listing(items: list[str], limit: int = 8) -> str:
+    """The first `limit` items joined with '; ', then '; and N more': how error messages list offending names."""
+    shown = "; ".join(items[:limit])
+    return shown + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+
 def describe_environment(atelier_version: str, torch_version: str, comfy_version: str) -> str:
     """One line naming the versions that matter when a user reports a problem."""
     return f"Atelier {atelier_version} · torch {torch_version} · ComfyUI {comfy_version}"

@@ -11,7 +11,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-ROLES = ("train", "regularization")
+from .dataset import ROLES  # one list of subset roles: the dataset's
 
 
 @dataclass

@@ -19,14 +19,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import io
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -38,8 +35,10 @@ import comfy.utils
 import folder_paths
 from comfy.weight_adapter.lora import LoRAAdapter
 
-from ..core.dataset_io import atomic_write_bytes
+from ..core.conditioning import tile_tokens
+from ..core.draw import image_tensor_to_pil
 from ..core.forward_lora import ForwardLoRA, fit_layer
+from ..core.images import write_image
 from .host import model_file, output_subdir
 from .lora_files import fit_lora, read_lora
 from .train_adapter import weights_fingerprint
@@ -96,18 +95,16 @@ def per_sample_noise_sampler(shape, seeds, device, dtype):
 def batch_conds(conds: list) -> list:
     """One CONDITIONING for a batch from one single-prompt CONDITIONING per sample (None when they cannot join).
 
-    Token sequences of different lengths are repeated to their least common multiple, as ComfyUI does when it
-    concatenates conds: attention over a sequence repeated k times gives the same result.
+    Token sequences of different lengths are repeated to their least common multiple (core.conditioning.tile_tokens).
     """
     if any(len(c) != 1 for c in conds):
         return None
     tensors = [c[0][0] for c in conds]
     if len({t.shape[0] for t in tensors}) != 1 or tensors[0].shape[0] != 1 or len({t.shape[2] for t in tensors}) != 1:
         return None
-    length = math.lcm(*[t.shape[1] for t in tensors])
-    if length > 4 * max(t.shape[1] for t in tensors):
+    joined = tile_tokens(tensors, max_growth=4)
+    if joined is None:
         return None
-    joined = torch.cat([t.repeat(1, length // t.shape[1], 1) for t in tensors])
     extras = [c[0][1] for c in conds]
     if len({frozenset(e) for e in extras}) != 1:
         return None
@@ -312,9 +309,7 @@ class CellRenderer:
 
     def _store(self, key: str, image: Image.Image) -> None:
         if self.cache_dir is not None:
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            atomic_write_bytes(self._cache_path(key), buffer.getvalue())
+            write_image(self._cache_path(key), image, "PNG")
 
     def forget_cache(self) -> None:
         """Removes the finished-cell files of this run (call once the grid is saved)."""
@@ -405,8 +400,7 @@ class CellRenderer:
             samples = comfy.sample.sample_custom(model, noise, first.cfg, sampler, sigmas, positive, negative, latent,
                                                  callback=check, disable_pbar=True, seed=first.seed)
         pixels = v.vae.decode(samples)
-        # 8-bit exactly as ComfyUI's SaveImage makes it (255 * x, clipped, truncated), so cells match stock files
-        return [Image.fromarray(np.clip(255.0 * p.cpu().numpy(), 0, 255).astype(np.uint8)) for p in pixels]
+        return image_tensor_to_pil(pixels)  # 8-bit as ComfyUI's SaveImage makes it, so cells match stock files
 
 
 def cell_cache_dir() -> Path:

@@ -9,17 +9,17 @@ from comfy_api.latest import io
 import folder_paths
 
 from ..core.draw import pil_to_image_tensor
-from ..core.grid import Axis, draw_grid, grid_metadata, parse_values
+from ..core.grid import Axis, draw_grid, grid_metadata, model_label, parse_values
 from ..core.images import prepare_image
 from ..core.lora_math import STRENGTH_LIMIT, check_strength
-from ..core.paths import safe_name
+from ..core.paths import base_name, safe_name
 from ..core.prepare import prepare_sample
 from .cells import CONNECTED, CellSpec
-from .grids import (NONE, check_choice, checked_sampling, common_inputs, finish, lora_choice, render_specs,
+from .grids import (check_choice, checked_sampling, common_inputs, finish, lora_choice, render_specs,
                     speed_inputs)
 from .host import DATASET
 from .provenance import connected_checkpoint
-from .validate import check_number
+from .validate import NONE, check_number
 
 
 
@@ -29,10 +29,8 @@ def lora_input(name: str, tooltip: str):
 
 
 def short(name: str | None) -> str:
-    if not name:
-        return "no LoRA"
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    return base[: -len(".safetensors")] if base.endswith(".safetensors") else base
+    """A LoRA's label on a sheet (grids' model_label), or 'no LoRA'."""
+    return model_label(name) if name else "no LoRA"
 
 
 def settings(positive, negative, seed, steps, cfg, sampler, scheduler, width, height) -> dict:
@@ -259,7 +257,7 @@ class AtelierCompareRealGenerated(io.ComfyNode):
         sheet = draw_grid(grid, x, y, x_labels=labels, y_labels=[s.item.caption[:160] for s in samples],
                           title=f"real vs generated · seed {seed}+row · {steps} steps · cfg {cfg:g}")
         for c in cells:
-            c["source"] = str(c["source"]).rsplit("/", 1)[-1]  # the file name only: no server paths in a PNG
+            c["source"] = base_name(c["source"])  # the file name only: no server paths in a PNG
         return finish_sheet(sheet, grid_name, {"x": x, "y": y}, cells, base, renderer, images,
                             checkpoint=connected_checkpoint(model, cls.hidden))
 
@@ -305,7 +303,7 @@ class AtelierCheckReconstruction(io.ComfyNode):
             for col, loras in enumerate(((), ((name, float(strength)),)), 1):
                 specs.append(CellSpec(loras=loras, denoise=float(denoise), init=f"target{row}",
                                       **{**base, "positive": caption, "seed": seed + row}))
-                cells.append({"row": row, "col": col, "source": sample.item.source.rsplit("/", 1)[-1],
+                cells.append({"row": row, "col": col, "source": base_name(sample.item.source),
                               "settings": specs[-1].describe()})
         images, renderer = render_specs(model, clip, vae, specs, batch_size=batch_size, resume=resume,
                                         init_images=inits)

@@ -9,12 +9,12 @@ from comfy_api.latest import io
 
 from ..core import dataset as ds
 from ..core.caption_text import CAPTION_ENCODINGS, CAPTION_EXTENSIONS, check_caption_encoding, check_caption_extension
-from ..core.dataset_io import atomic_write_bytes, save_dataset
+from ..core.dataset_io import save_dataset
 from ..core.dataset_ops import dedupe_dataset, unique_source_samples, verify_dataset
 from ..core.dedupe import KEEP_POLICIES
 from ..core.draw import image_tensor_to_pil, pil_to_image_tensor
 from ..core.images import FILTERS, PREP_MODES, parse_color
-from ..core.paths import safe_name
+from ..core.paths import atomic_write_bytes, safe_name
 from ..core.summary import dataset_statistics, prepared_batch, preview_sheet
 from .host import DATASET, PathRefused, Progress, dataset_folder_options, output_subdir, resolve_dataset_folder
 from .validate import check_choice, check_names

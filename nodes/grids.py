@@ -18,11 +18,10 @@ from ..core.grid import (AXIS_KINDS, AXIS_RANGES, Axis, draw_grid, grid_metadata
 from ..core.lora_math import STRENGTH_LIMIT, check_strength
 from ..core.paths import safe_name
 from .cells import CONNECTED, CellRenderer, CellSpec, cell_cache_dir
-from .validate import check_choice, check_number
+from .validate import NONE, check_choice, check_number
 from .host import output_subdir
 from .provenance import connected_checkpoint
 
-NONE = "(none)"
 MAX_PAGE_SIDE = 8192
 CAPTIONS = ("none", "seed", "settings")
 CFG_MAX = AXIS_RANGES["cfg"][1]

@@ -10,12 +10,12 @@ import comfy.lora
 import comfy.lora_convert
 from comfy.weight_adapter.lora import LoRAAdapter
 
+from ..core.lora_format import ALPHA, fit_problem
 from ..core.lora_io import check_lora_tensors, load_lora
-from ..core.lora_math import fit_problem
+from ..core.report import listing
 from .host import model_file
 
 LISTED = 6  # problems an error message lists before "and N more"
-TEXT_PREFIXES = ("lora_te", "text_encoder", "te_", "te1_", "te2_")  # keys meant for the CLIP, not the MODEL
 
 
 def read_lora(name: str) -> tuple[dict, dict]:
@@ -42,10 +42,6 @@ class _Reads(dict):
         return super().get(key, default)
 
 
-def _listing(items: list[str]) -> str:
-    return "; ".join(items[:LISTED]) + (f"; and {len(items) - LISTED} more" if len(items) > LISTED else "")
-
-
 @dataclass
 class LoraFit:
     """What ComfyUI's LoRA loader would do with one file on a MODEL and/or CLIP."""
@@ -58,12 +54,12 @@ class LoraFit:
     def check(self, *, every_key: bool) -> None:
         """ValueError when a layer's shape does not fit, and (every_key) when some keys would not load at all."""
         if self.mismatched:
-            raise ValueError(f"LoRA '{self.name}' does not fit this model: {_listing(self.mismatched)}. It was made "
-                             "for another base model (or is damaged); choose a LoRA trained on this model.")
+            raise ValueError(f"LoRA '{self.name}' does not fit this model: {listing(self.mismatched, LISTED)}. It was "
+                             "made for another base model (or is damaged); choose a LoRA trained on this model.")
         if every_key and self.not_loaded:
             raise ValueError(f"LoRA '{self.name}': {len(self.not_loaded)} keys match no layer of this model or its "
-                             f"CLIP (e.g. {_listing(self.not_loaded)}), so ComfyUI would skip them. It was made for "
-                             "another model family; choose a LoRA trained on this model.")
+                             f"CLIP (e.g. {listing(self.not_loaded, LISTED)}), so ComfyUI would skip them. It was made "
+                             "for another model family; choose a LoRA trained on this model.")
 
 
 def _target_shape(target, shapes: dict):
@@ -109,5 +105,5 @@ def fit_lora(tensors: dict, name: str, model=None, clip=None) -> LoraFit:
             problem = _problem(patch, target, bases.get(target, ["?"]), sd, shapes)
             if problem:
                 fit.mismatched.append(problem)
-    fit.not_loaded = sorted(k for k in sd if k not in sd.read and not k.endswith(".alpha"))
+    fit.not_loaded = sorted(k for k in sd if k not in sd.read and not k.endswith(ALPHA))
     return fit

@@ -1,4 +1,5 @@
-"""LoRA tool nodes: merge LoRAs, resize, extract from a model difference, inspect. The maths is core/lora_math.py."""
+"""LoRA tool nodes: merge LoRAs, resize, extract from a model difference, inspect. The maths is core/lora_math.py,
+the format core/lora_format.py."""
 
 from __future__ import annotations
 
@@ -16,20 +17,20 @@ import comfy.sd
 import folder_paths
 
 from ..core.draw import bar_chart, pil_to_image_tensor
+from ..core.lora_format import ALPHA, TEXT_PREFIXES, join_modules, split_modules
 from ..core.lora_io import (check_same_family, key_formats, load_lora, lora_family, lora_summary, save_lora,
                             write_safetensors)
 from ..core.lora_meta import tool_metadata
 from ..core.lora_math import (EXTRACT_METHODS, STRENGTH_LIMIT, apply_block_weights, check_strength,
-                              energy_report_text, extract, join_modules, merge_average_weights, merge_concat, merge_svd,
-                              parse_block_weights, resize, split_modules)
+                              energy_report_text, extract, merge_average_weights, merge_concat, merge_svd,
+                              parse_block_weights, resize)
 from ..trainers.network import TE_INCLUDE, UNET_INCLUDE, extract_targets
+from .validate import NONE, check_choice, check_number
 from .host import Progress, model_output_path
-from .lora_files import TEXT_PREFIXES, fit_lora, read_lora
+from .lora_files import fit_lora, read_lora
 from .provenance import model_family
 from .training import lora_output_path
-from .validate import check_choice, check_number
 
-NONE = "(none)"
 DYNAMIC = ("none", "sv_ratio", "sv_fro", "sv_cumulative")
 MERGE_MODES = ("concat", "svd", "average_weights")
 DYNAMIC_PARAM_MAX = 1000.0
@@ -338,7 +339,7 @@ class AtelierInspectLoRA(io.ComfyNode):
             # Keys for the part that was not given are not counted: a UNet-only check ignores text-encoder keys.
             fit = fit_lora(tensors, lora, model, clip)
             given = {True: clip is not None, False: model is not None}  # keyed by "is a text-encoder key"
-            counted = {k for k in tensors if not k.endswith(".alpha") and given[k.startswith(TEXT_PREFIXES)]}
+            counted = {k for k in tensors if not k.endswith(ALPHA) and given[k.startswith(TEXT_PREFIXES)]}
             missing = [k for k in fit.not_loaded if k in counted]
             report["would_load"] = {"checked": len(counted), "not_loaded": len(missing) + len(fit.mismatched),
                                     "examples": missing[:10], "shape_mismatch": fit.mismatched[:10],

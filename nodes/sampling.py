@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from PIL import Image
 
 import comfy.sample
+
+from ..core.draw import image_tensor_to_pil
 
 
 def render_image(model_patcher, positive, negative, vae, *, seed: int, steps: int, cfg: float, sampler: str,
@@ -17,5 +18,5 @@ def render_image(model_patcher, positive, negative, vae, *, seed: int, steps: in
     noise = comfy.sample.prepare_noise(latent, seed)
     samples = comfy.sample.sample(model_patcher, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
                                   denoise=denoise, seed=seed, disable_pbar=True)
-    pixels = vae.decode(samples)[0]  # (H, W, 3) in 0..1
-    return Image.fromarray((pixels.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
+    pixels = vae.decode(samples)  # (1, H, W, 3) in 0..1
+    return image_tensor_to_pil(pixels[:1])[0]  # 8-bit as ComfyUI's SaveImage makes it, as grid cells are

@@ -12,7 +12,6 @@ Host-specific facts live here and nowhere else:
 from __future__ import annotations
 
 import hashlib
-import math
 
 import torch
 
@@ -20,6 +19,7 @@ import comfy.clip_model
 import comfy.model_management
 
 from ..core.caption_text import ENCODE_MAX_WINDOWS, caption_for_encoder
+from ..core.conditioning import tile_tokens
 from ..trainers.memory import instance_forwards
 from ..trainers.network import TE_INCLUDE, UNET_INCLUDE  # noqa: F401 - re-exported: kohya's default targets
 
@@ -120,8 +120,7 @@ def make_encoder(clip, pooled: bool = False):
             else:
                 cond = clip.encode_from_tokens(tokens)  # (1, 77·k, D), k <= ENCODE_MAX_WINDOWS
             conds.append(cond)
-        target = math.lcm(*[c.shape[1] for c in conds])
-        cond = torch.cat([c.repeat(1, target // c.shape[1], 1) for c in conds]).float()
+        cond = tile_tokens(conds).float()  # (B, lcm of the lengths, D)
         return cond, ({"pooled_output": torch.cat(pools)} if pooled else {})
     return encode
 

@@ -20,6 +20,7 @@ import comfy.utils
 import folder_paths
 
 from ..core.draw import line_chart, pil_to_image_tensor
+from ..core.images import write_image
 from ..core.paths import Root, is_inside, quoted, resolve_inside, safe_name
 from ..trainers.checkpoint import run_environment
 from ..trainers.data import LatentCache, build_samples, kohya_metadata
@@ -35,7 +36,7 @@ from .lora_files import read_lora
 from .provenance import base_model
 from .train_adapter import (ComfyDenoiser, autograd_friendly_clip, draw_samples, encode_latents, encoder_key,
                             interrupted, make_encoder, text_encoder_roots, thaw)
-from .validate import check_choice, check_names
+from .validate import NONE, check_choice, check_names
 
 def send_event(event: str, data: dict) -> None:
     """Websocket event for the web/ chart (no-op outside a server)."""
@@ -52,7 +53,7 @@ def lora_output_path(output_name: str) -> Path:
     return model_output_path("loras", output_name, "output_name")
 
 
-STATE_NONE = "(none)"
+STATE_NONE = NONE  # no resume state / no LoRA to continue from
 
 
 def state_root() -> Path:
@@ -181,7 +182,7 @@ class TrainingEvents:
         sent = []
         for i, img in enumerate(draw_samples(self.host.patcher, self.clip, self.vae, **self.sampling)):
             target = folder / f"e{epoch:04d}_s{step:06d}_{i:02d}.png"
-            img.save(target)
+            write_image(target, img, "PNG")  # atomic, as every file Atelier writes
             self.sample_files.append(shown(target))
             sent.append({"filename": target.name, "subfolder": f"atelier/samples/{self.name}", "type": "output"})
         send_event("atelier.train.sample", {"node": self.node_id, "step": step, "epoch": epoch, "images": sent})

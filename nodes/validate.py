@@ -3,7 +3,9 @@ so any client can POST a value no dropdown offers ('mode': 'bogus'). Plain Pytho
 
 from __future__ import annotations
 
-from ..core.paths import safe_name
+from ..core.paths import NONE, safe_name
+
+__all__ = ["NONE", "check_choice", "check_names", "check_number"]  # NONE lives in core.paths
 
 
 def check_choice(value, options, what: str):

@@ -208,6 +208,39 @@ def txt2img_prompt(text: str, *, seed: int, prefix: str, ckpt: str = FIXTURE_CHE
     return prompt
 
 
+def load_dataset_node(folder: str, **widgets) -> dict:
+    """An AtelierLoadDataset node reading sidecar captions from `folder`; `widgets` replace the defaults below."""
+    inputs = dict(folder=folder, sub_path="", role="train", repeats=1, caption_source="sidecar",
+                  caption_extension=".txt", fixed_caption="", caption_encoding="utf-8", on_missing_caption="error",
+                  recursive=True, prior_loss_weight=1.0, subset_name="", verify_images=False)
+    return {"class_type": "AtelierLoadDataset", "inputs": {**inputs, **widgets}}
+
+
+def prepare_dataset_node(dataset: list, **widgets) -> dict:
+    """An AtelierPrepareDataset node (centre crop to 64², unless `widgets` say otherwise) fed by link `dataset`."""
+    inputs = dict(dataset=dataset, mode="crop", width=64, height=64, pad_color="black", background="white",
+                  filter="lanczos", bucket_step=64, no_upscale=False, subsets="")
+    return {"class_type": "AtelierPrepareDataset", "inputs": {**inputs, **widgets}}
+
+
+def advanced_train_widgets(output_name: str, **widgets) -> dict:
+    """Every widget of Train LoRA Advanced: one quick fp32 step at rank 4, nothing saved or sampled on the way;
+    `widgets` replace the defaults below."""
+    defaults = dict(output_name=output_name, rank=4, alpha=4.0, conv_rank=0, conv_alpha=1.0, dropout=0.0,
+                    rank_dropout=0.0, module_dropout=0.0, epochs=1, max_steps=1, batch_size=1, grad_accum=1,
+                    unet_lr=1e-3, te_lr=1e-4, train_text_encoder=False, optimizer="adamw", weight_decay=0.01,
+                    scheduler="constant", warmup_steps=0, num_cycles=1, power=1.0, loss="l2", huber_delta=0.1,
+                    min_snr_gamma=0.0, noise_offset=0.0, min_timestep_percent=0.0, max_timestep_percent=1.0,
+                    max_grad_norm=1.0, precision="fp32", seed=3, ema_decay=0.0, caption_shuffle=True, keep_tokens=1,
+                    caption_dropout=0.0, tag_dropout=0.0, masked_loss=False, save_every_steps=0, save_every_epochs=0,
+                    keep_last=0, sample_every_steps=0, sample_every_epochs=0, sample_prompts="", sample_negative="",
+                    sample_seed=0, sample_steps=2, sample_cfg=4.0, sample_sampler="euler", sample_scheduler="normal",
+                    sample_width=64, sample_height=64, cache_latents=False, gradient_checkpointing=False,
+                    target_patterns="", exclude_patterns="", rank_overrides="",
+                    resume_state="(none)", continue_from="(none)", config_json="")
+    return {**defaults, **widgets}
+
+
 def saved_pixels(server: "ComfyServer", outputs: dict):
     """The image the prompt's SaveImage node (id 7) wrote, as an int16 array (so differences do not wrap)."""
     import numpy as np

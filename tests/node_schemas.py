@@ -16,15 +16,20 @@ class NodeSchema:
     inputs_without_tooltip: list[str] = field(default_factory=list)
 
 
+def node_files(folder: Path = ROOT / "nodes") -> list[Path]:
+    """Every .py file under nodes/, sub-folders included, so a node moved into a sub-package is still checked."""
+    return sorted(folder.rglob("*.py"))
+
+
 def inputs_without_tooltip(folder: Path = ROOT / "nodes") -> list[str]:
-    """Every `X.Input(...)` call anywhere in nodes/*.py (helpers included) that passes no tooltip."""
+    """Every `X.Input(...)` call anywhere in nodes/ and its sub-folders (helpers included) that passes no tooltip."""
     missing = []
-    for path in sorted(folder.glob("*.py")):
+    for path in node_files(folder):
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for call in ast.walk(tree):
             if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "Input"
                     and not any(kw.arg == "tooltip" for kw in call.keywords)):
-                missing.append(f"{path.name}:{call.lineno}")
+                missing.append(f"{path.relative_to(folder).as_posix()}:{call.lineno}")
     return missing
 
 
@@ -36,15 +41,16 @@ def _const(call: ast.Call, name: str):
 
 
 def scan_nodes(folder: Path = ROOT / "nodes") -> list[NodeSchema]:
-    """Every io.Schema(...) call in nodes/*.py with its id, display name, category and untooltipped inputs."""
+    """Every io.Schema(...) call in nodes/ and its sub-folders with its id, display name, category and untooltipped
+    inputs."""
     found = []
-    for path in sorted(folder.glob("*.py")):
+    for path in node_files(folder):
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for call in [n for n in ast.walk(tree) if isinstance(n, ast.Call)]:
             if not (isinstance(call.func, ast.Attribute) and call.func.attr == "Schema"):
                 continue
             schema = NodeSchema(_const(call, "node_id"), _const(call, "display_name"), _const(call, "category"),
-                                path.name)
+                                path.relative_to(folder).as_posix())
             for inner in ast.walk(call):
                 if (isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute)
                         and inner.func.attr == "Input" and not any(kw.arg == "tooltip" for kw in inner.keywords)):

@@ -19,6 +19,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from ..core.captions import join_tags, split_tags
 from . import objectives as ob
 from .optim import EMA, OPTIMIZERS, SCHEDULERS, lr_multiplier, make_optimizer
 from .trainable import Trainable
@@ -230,13 +231,13 @@ def process_caption(caption: str, g: torch.Generator, cfg: TrainConfig) -> str:
         return ""
     if not (cfg.caption_shuffle or cfg.tag_dropout):
         return caption
-    tags = [t.strip() for t in caption.split(",") if t.strip()]
+    tags = split_tags(caption)  # escaped commas ('\,') stay inside a tag, as in every caption tool
     head, tail = tags[:cfg.keep_tokens], tags[cfg.keep_tokens:]
     if cfg.tag_dropout:
         tail = [t for t in tail if torch.rand((), generator=g).item() >= cfg.tag_dropout]
     if cfg.caption_shuffle:
         tail = [tail[j] for j in torch.randperm(len(tail), generator=g).tolist()]
-    return ", ".join(head + tail)
+    return join_tags(head + tail)
 
 
 class Trainer:

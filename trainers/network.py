@@ -5,11 +5,8 @@ Nothing here knows ComfyUI. The caller hands over plain torch modules (ComfyUI's
 "lora_te1", "lora_te2"); the network wraps each targeted layer's forward and never touches its weight, so the host
 keeps owning the model. Not here: optimisers, the training loop, reading or writing files (core/lora_io.py).
 
-Key format (kohya-ss sd-scripts networks/lora.py, read by ComfyUI's LoraLoader, A1111 and Forge): for the module
-`input_blocks.1.1.proj_in` under "lora_unet" the base is `lora_unet_input_blocks_1_1_proj_in`, with tensors
-`<base>.lora_down.weight` (rank, in[, kh, kw]), `<base>.lora_up.weight` (out, rank[, 1, 1]) and `<base>.alpha` (a
-scalar). The merged weight is W' = W + strength * (alpha / rank) * up @ down. A file without `<base>.alpha` means
-alpha = rank (scale 1): that is kohya's and ComfyUI's default, and ours.
+The file format (kohya-ss sd-scripts networks/lora.py: key names, alpha = rank when `.alpha` is missing, ΔW) is
+spelled in core/lora_format.py; kohya_state_dict writes it and load_kohya_state_dict reads it.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-_DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+from ..core.lora_format import ALPHA, DOWN, UP, effective_alpha, kohya_base, lora_delta, module_tensors
 # kohya's default targets in ComfyUI's (LDM) module names: the UNet's transformer blocks (networks/lora.py
 # UNET_TARGET_REPLACE_MODULE) and every text-encoder layer's attention and MLP (TEXT_ENCODER_TARGET_REPLACE_MODULE).
 UNET_INCLUDE = r"(^|\.)(proj_in|proj_out|transformer_blocks)(\.|$)"
@@ -118,30 +115,6 @@ def _inside_backward() -> bool:
     """True while the autograd engine runs, i.e. when gradient checkpointing recomputes a forward."""
     task_id = getattr(torch._C, "_current_graph_task_id", None)  # private, present since torch 1.13
     return task_id is not None and task_id() != -1
-
-
-def lora_delta(down: torch.Tensor, up: torch.Tensor, alpha: float | torch.Tensor | None,
-               base_shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
-    """Strength-1 ΔW of one kohya module, (alpha / rank) * up @ down in the base weight's shape (float32).
-
-    Follows kohya-ss networks/lora.py merge_to: a Conv2d kernel is up (out, r, 1, 1) composed with down
-    (r, in, kh, kw), which is the matrix product over the flattened (in * kh * kw) axis. alpha None means a file
-    without `.alpha`: alpha = rank, scale 1 (kohya's default).
-    """
-    rank = down.shape[0]
-    if up.ndim < 2 or up.shape[1] != rank or any(s != 1 for s in up.shape[2:]):
-        raise ValueError(f"lora_up has shape {tuple(up.shape)} but lora_down has rank {rank} "
-                         f"(shape {tuple(down.shape)}); expected lora_up (out, {rank}[, 1, 1]). "
-                         "The two tensors belong to different modules or the file is damaged.")
-    scale = (rank if alpha is None else float(alpha)) / rank
-    up2 = up.detach().reshape(up.shape[0], rank).float()  # (out, r)
-    down2 = down.detach().reshape(rank, -1).float()  # (r, in * kh * kw)
-    delta = up2 @ down2 * scale  # (out, in * kh * kw)
-    if delta.numel() != math.prod(base_shape) or base_shape[0] != up.shape[0]:
-        raise ValueError(f"LoRA with up {tuple(up.shape)} and down {tuple(down.shape)} gives ΔW {tuple(delta.shape)}, "
-                         f"which does not fit a base weight of shape {tuple(base_shape)}; the LoRA was made for "
-                         "another model.")
-    return delta.reshape(base_shape)
 
 
 def parse_rank_overrides(text: str) -> tuple[tuple[str, int, float], ...]:
@@ -327,7 +300,7 @@ class LoRANetwork(nn.Module):
                 if not (isinstance(layer, nn.Linear) or pointwise or (is_conv and config.conv_rank > 0)):
                     continue
                 candidates.append(f"{prefix}: {name}")
-                key = f"{prefix}_{name.replace('.', '_')}" if name else prefix
+                key = kohya_base(prefix, name)
                 if not selected(name, key):
                     continue
                 if name in mha_children:
@@ -458,9 +431,9 @@ class LoRANetwork(nn.Module):
         """kohya-format tensors (down, up and alpha, all in `dtype` as kohya saves them), contiguous copies on CPU."""
         out = {}
         for key, module in self.modules_by_key.items():
-            out[key + _DOWN] = module.down.weight.detach().to("cpu", dtype=dtype, copy=True).contiguous()
-            out[key + _UP] = module.up.weight.detach().to("cpu", dtype=dtype, copy=True).contiguous()
-            out[key + _ALPHA] = module.alpha.detach().to("cpu", dtype=dtype, copy=True)  # shape ()
+            out.update(module_tensors(key, module.down.weight.detach().to("cpu", dtype=dtype, copy=True).contiguous(),
+                                      module.up.weight.detach().to("cpu", dtype=dtype, copy=True).contiguous(),
+                                      module.alpha.detach().to("cpu", dtype=dtype, copy=True)))  # alpha: shape ()
         return out
 
     def load_kohya_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
@@ -472,9 +445,9 @@ class LoRANetwork(nn.Module):
         """
         expected = {}
         for key, module in self.modules_by_key.items():
-            expected[key + _DOWN] = tuple(module.down.weight.shape)
-            expected[key + _UP] = tuple(module.up.weight.shape)
-        alphas = {key + _ALPHA for key in self.modules_by_key}
+            expected[key + DOWN] = tuple(module.down.weight.shape)
+            expected[key + UP] = tuple(module.up.weight.shape)
+        alphas = {key + ALPHA for key in self.modules_by_key}
         for k, v in sd.items():
             if not isinstance(v, torch.Tensor):
                 raise ValueError(f"LoRA state dict entry '{k}' is {type(v).__name__}, expected a tensor.")
@@ -490,10 +463,9 @@ class LoRANetwork(nn.Module):
                                  "The file is damaged.")
         with torch.no_grad():
             for key, module in self.modules_by_key.items():
-                module.down.weight.copy_(sd[key + _DOWN])
-                module.up.weight.copy_(sd[key + _UP])
-                alpha = sd.get(key + _ALPHA)
-                module.set_alpha(module.rank if alpha is None else float(alpha))
+                module.down.weight.copy_(sd[key + DOWN])
+                module.up.weight.copy_(sd[key + UP])
+                module.set_alpha(effective_alpha(sd.get(key + ALPHA), module.rank))
 
     def _mismatch_message(self, sd, expected, missing, unexpected, mismatched) -> str:
         lines = [f"The LoRA state dict does not match this network ({len(self.modules_by_key)} modules under "
@@ -509,7 +481,7 @@ class LoRANetwork(nn.Module):
             lines.append("other shape: " + ", ".join(f"{k} file {tuple(sd[k].shape)} vs network "
                                                      f"{expected.get(k, '()')}" for k in mismatched[:10])
                          + (" ..." if len(mismatched) > 10 else ""))
-        file_ranks = sorted({sd[k].shape[0] for k in sd if k.endswith(_DOWN) and sd[k].ndim >= 2})
+        file_ranks = sorted({sd[k].shape[0] for k in sd if k.endswith(DOWN) and sd[k].ndim >= 2})
         ours = sorted({m.rank for m in self.modules_by_key.values()})
         if mismatched and file_ranks and file_ranks != ours:
             lines.append(f"The file has rank {file_ranks} and this network {ours}: continuing needs the same rank, "

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from atelier.core.lora_io import LoRAWriteError, load_lora, lora_summary, module_keys, save_lora
+from atelier.core.lora_format import module_bases
+from atelier.core.lora_io import LoRAWriteError, load_lora, lora_summary, save_lora
 from atelier.trainers.network import LoRANetwork, NetworkConfig
 
 
@@ -150,7 +151,7 @@ def test_non_finite_values_are_refused_naming_the_first_bad_key(tmp_path, bad):
         load_lora(tmp_path / "bad.safetensors")
 
 
-def test_summary_and_module_keys_on_a_mixed_file():
+def test_summary_and_module_bases_on_a_mixed_file():
     t = {
         "lora_unet_a.lora_down.weight": torch.zeros(4, 8), "lora_unet_a.lora_up.weight": torch.zeros(16, 4),
         "lora_unet_a.alpha": torch.tensor(2.0),
@@ -162,7 +163,7 @@ def test_summary_and_module_keys_on_a_mixed_file():
         "lora_te2_text_model_q.lora_up.weight": torch.zeros(8, 4), "lora_te2_text_model_q.alpha": torch.tensor(2.0),
         "lora_unet_b.hada_w1_a": torch.zeros(8, 4), "lora_unet_b.alpha": torch.tensor(4.0),
     }
-    assert module_keys(t) == ["lora_te1_text_model_q", "lora_te2_text_model_q", "lora_unet_a", "lora_unet_conv"]
+    assert module_bases(t) == ["lora_te1_text_model_q", "lora_te2_text_model_q", "lora_unet_a", "lora_unet_conv"]
     assert lora_summary(t, {}) == {
         "modules": 4, "ranks": [2, 4, 8], "alphas": [1.0, 2.0],
         "prefixes": {"lora_te1": 1, "lora_te2": 1, "lora_unet": 2}, "has_conv": True,

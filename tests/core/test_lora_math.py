@@ -5,9 +5,9 @@ import time
 import pytest
 import torch
 
-from atelier.core.lora_math import (LoraModule, apply_to_weights, check_finite, energy_report_text, extract,
-                                    extract_module, join_modules, merge_average_weights, merge_concat, merge_svd,
-                                    randomized_svd, reduce_rank, resize, split_modules)
+from atelier.core.lora_format import LoraModule, join_modules, split_modules
+from atelier.core.lora_math import (apply_to_weights, check_finite, energy_report_text, extract, extract_module,
+                                    merge_average_weights, merge_concat, merge_svd, randomized_svd, reduce_rank, resize)
 
 
 def gen(seed):

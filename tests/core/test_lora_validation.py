@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 from atelier.core.lora_io import check_file_finite, check_lora_tensors, check_same_family, lora_family, save_lora
-from atelier.core.lora_math import BLOCK_LAYOUTS, check_strength, fit_problem, parse_block_weights
+from atelier.core.lora_format import fit_problem
+from atelier.core.lora_math import BLOCK_LAYOUTS, check_strength, parse_block_weights
 
 BASE = "lora_unet_input_blocks_1_1_proj_in"
 

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from atelier.trainers.network import LoRAModule, LoRANetwork, NetworkConfig, lora_delta
+from atelier.core.lora_format import lora_delta
+from atelier.trainers.network import LoRAModule, LoRANetwork, NetworkConfig
 
 
 class CastLinear(nn.Linear):

@@ -80,6 +80,29 @@ def test_every_numeric_widget_has_its_real_range():
     assert numeric_inputs_without_range() == []
 
 
+def test_node_scans_walk_sub_folders(tmp_path):
+    nested = tmp_path / "lora" / "tools.py"
+    nested.parent.mkdir()
+    nested.write_text('io.Schema(node_id="AtelierX", inputs=[io.Int.Input("rank", default=4)])\n', encoding="utf-8")
+    (tmp_path / "top.py").write_text('io.Schema(node_id="AtelierY", inputs=[])\n', encoding="utf-8")
+    found = {s.node_id: s for s in scan_nodes(tmp_path)}
+    assert set(found) == {"AtelierX", "AtelierY"}
+    assert found["AtelierX"].file == "lora/tools.py" and found["AtelierX"].inputs_without_tooltip == ["rank"]
+    assert inputs_without_tooltip(tmp_path) == ["lora/tools.py:1"]
+
+
+def test_every_sub_package_ships_in_the_wheel():
+    # setuptools' packages.find cannot prefix what it finds under a root mapped to a name (package-dir atelier = "."):
+    # it would ship core/ as a top-level package. So the list is explicit, and this keeps it complete.
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {"atelier": "."}
+    folders = {p.parent for d in ("core", "trainers", "nodes") for p in (ROOT / d).rglob("*.py")}
+    without_init = sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists())
+    assert without_init == [], f"folders of Python files without __init__.py (left out of a wheel): {without_init}"
+    packages = {"atelier"} | {".".join(("atelier",) + f.relative_to(ROOT).parts) for f in folders}
+    assert sorted(setuptools["packages"]) == sorted(packages), "list every package in pyproject.toml's packages"
+
+
 def test_describe_images():
     images = torch.zeros(2, 48, 64, 3)
     images[1, 0, 0, 0] = 1.0

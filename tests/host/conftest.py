@@ -7,7 +7,7 @@ import pytest
 
 import numpy as np
 from comfy_host import (FIXTURE_CHECKPOINT_NAME, ComfyServer, find_checkout, find_python, fixture_checkpoint,
-                        random_lora)
+                        load_dataset_node, prepare_dataset_node, random_lora)
 from PIL import Image
 
 CHECKOUT, WHY_NOT = find_checkout()
@@ -51,13 +51,9 @@ def source_lora(comfy, comfy_server):
         Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).resize((64, 64)).save(folder / f"{i}.png")
     comfy.run({
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FIXTURE_CHECKPOINT_NAME}},
-        "2": {"class_type": "AtelierLoadDataset", "inputs": dict(
-            folder="input/tools_src", sub_path="", role="train", repeats=0, caption_source="fixed",
-            caption_extension=".txt", fixed_caption="x style", caption_encoding="utf-8", on_missing_caption="error",
-            recursive=True, prior_loss_weight=1.0, subset_name="x", verify_images=False)},
-        "3": {"class_type": "AtelierPrepareDataset", "inputs": dict(
-            dataset=["2", 0], mode="crop", width=64, height=64, pad_color="black", background="white",
-            filter="lanczos", bucket_step=64, no_upscale=False, subsets="")},
+        "2": load_dataset_node("input/tools_src", repeats=0, caption_source="fixed", fixed_caption="x style",
+                               subset_name="x"),
+        "3": prepare_dataset_node(["2", 0]),
         "4": {"class_type": "AtelierTrainLoRA", "inputs": {
             "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset": ["3", 0], "output_name": "tools_src",
             "rank": 4, "alpha": 4.0, "unet_lr": 5e-2, "epochs": 1, "max_steps": 4, "batch_size": 2,

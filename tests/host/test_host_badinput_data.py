@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_host import FIXTURE_CHECKPOINT_NAME, ComfyError
+from comfy_host import (FIXTURE_CHECKPOINT_NAME, ComfyError, advanced_train_widgets, load_dataset_node,
+                        prepare_dataset_node)
 from tiny_tagger import tagger_widgets
 
 BAD_INPUTS = [
@@ -109,11 +110,7 @@ def small_folder(comfy_server):
 
 
 def load_node(folder="input/bad_small", **overrides):
-    inputs = dict(folder=folder, sub_path="", role="train", repeats=1, caption_source="sidecar",
-                  caption_extension=".txt", fixed_caption="", caption_encoding="utf-8", on_missing_caption="error",
-                  recursive=True, prior_loss_weight=1.0, subset_name="bad", verify_images=False)
-    inputs.update(overrides)
-    return {"class_type": "AtelierLoadDataset", "inputs": inputs}
+    return load_dataset_node(folder, **{"subset_name": "bad", **overrides})
 
 
 def stats(source) -> dict:
@@ -177,13 +174,9 @@ def graph_images() -> dict:
 
 
 @pytest.mark.parametrize("case, node, expected", cases([
-    ("prepare-mode", {"class_type": "AtelierPrepareDataset", "inputs": {
-        "dataset": ["1", 0], "mode": "bogus", "width": 64, "height": 64, "pad_color": "black",
-        "background": "white", "filter": "lanczos", "bucket_step": 64, "no_upscale": False, "subsets": ""}},
+    ("prepare-mode", prepare_dataset_node(["1", 0], mode="bogus"),
      "Unknown mode 'bogus'; expected one of crop, letterbox, buckets, none"),
-    ("prepare-filter", {"class_type": "AtelierPrepareDataset", "inputs": {
-        "dataset": ["1", 0], "mode": "crop", "width": 64, "height": 64, "pad_color": "black",
-        "background": "white", "filter": "bogus", "bucket_step": 64, "no_upscale": False, "subsets": ""}},
+    ("prepare-filter", prepare_dataset_node(["1", 0], filter="bogus"),
      "Unknown filter 'bogus'; expected one of lanczos, area, bicubic, bilinear, nearest"),
     ("mirror-mode", {"class_type": "AtelierMirrorDataset", "inputs": {
         "dataset": ["1", 0], "mode": "bogus", "subsets": "", "exclude_subsets": ""}},
@@ -309,10 +302,7 @@ def test_bad_captions_and_images_are_cleaned_skipped_or_noted(comfy, comfy_serve
     assert_no_server_path(comfy_server, report.split("skipped")[0])
 
     prepared = comfy.run({"1": load_node("input/bad_data", subset_name="bad_data"),
-                          "2": {"class_type": "AtelierPrepareDataset", "inputs": {
-                              "dataset": ["1", 0], "mode": "crop", "width": 64, "height": 64, "pad_color": "black",
-                              "background": "white", "filter": "lanczos", "bucket_step": 64, "no_upscale": False,
-                              "subsets": ""}},
+                          "2": prepare_dataset_node(["1", 0]),
                           "3": {"class_type": "AtelierDatasetToImages", "inputs": {"dataset": ["2", 0],
                                                                                    "max_images": 16}},
                           "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 2]}}})
@@ -356,25 +346,11 @@ def test_training_on_a_long_caption_is_quick(comfy, comfy_server):  # train-long
 # ---------------------------------------------------------------- training
 
 def train_prompt(output_name, dataset=None, **overrides):
-    widgets = dict(output_name=output_name, rank=4, alpha=4.0, conv_rank=0, conv_alpha=1.0, dropout=0.0,
-                   rank_dropout=0.0, module_dropout=0.0, epochs=1, max_steps=1, batch_size=1, grad_accum=1,
-                   unet_lr=1e-3, te_lr=1e-4, train_text_encoder=False, optimizer="adamw", weight_decay=0.01,
-                   scheduler="constant", warmup_steps=0, num_cycles=1, power=1.0, loss="l2", huber_delta=0.1,
-                   min_snr_gamma=0.0, noise_offset=0.0, min_timestep_percent=0.0, max_timestep_percent=1.0,
-                   max_grad_norm=1.0, precision="fp32", seed=3, ema_decay=0.0, caption_shuffle=True, keep_tokens=1,
-                   caption_dropout=0.0, tag_dropout=0.0, masked_loss=False, save_every_steps=0, save_every_epochs=0,
-                   keep_last=0, sample_every_steps=0, sample_every_epochs=0, sample_prompts="", sample_negative="",
-                   sample_seed=0, sample_steps=2, sample_cfg=4.0, sample_sampler="euler", sample_scheduler="normal",
-                   sample_width=64, sample_height=64, cache_latents=False, gradient_checkpointing=False,
-                   target_patterns="", exclude_patterns="", rank_overrides="",
-                   resume_state="(none)", continue_from="(none)", config_json="")
-    widgets.update(overrides)
+    widgets = advanced_train_widgets(output_name, **overrides)
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FIXTURE_CHECKPOINT_NAME}},
         "2": dataset or load_node(caption_source="fixed", fixed_caption="x style"),
-        "3": {"class_type": "AtelierPrepareDataset", "inputs": dict(
-            dataset=["2", 0], mode="crop", width=64, height=64, pad_color="black", background="white",
-            filter="lanczos", bucket_step=64, no_upscale=False, subsets="")},
+        "3": prepare_dataset_node(["2", 0]),
         "4": {"class_type": "AtelierTrainLoRAAdvanced", "inputs": {
             "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset": ["3", 0], **widgets}},
     }

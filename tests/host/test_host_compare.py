@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from comfy_host import FIXTURE_CHECKPOINT_NAME, random_lora, render
+from comfy_host import FIXTURE_CHECKPOINT_NAME, load_dataset_node, prepare_dataset_node, random_lora, render
 from PIL import Image
 
 LOADER = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FIXTURE_CHECKPOINT_NAME}}}
@@ -36,13 +36,8 @@ def dataset_nodes(comfy_server):
         Image.fromarray((rng.random((4, 4, 3)) * 255).astype(np.uint8)).resize((96, 80)).save(folder / f"{i}.png")
         (folder / f"{i}.txt").write_text(caption)
     return {
-        "10": {"class_type": "AtelierLoadDataset", "inputs": dict(
-            folder="input/compare_ds", sub_path="", role="train", repeats=1, caption_source="sidecar",
-            caption_extension=".txt", fixed_caption="", caption_encoding="utf-8", on_missing_caption="error",
-            recursive=False, prior_loss_weight=1.0, subset_name="cmp", verify_images=False)},
-        "11": {"class_type": "AtelierPrepareDataset", "inputs": dict(
-            dataset=["10", 0], mode="crop", width=64, height=64, pad_color="black", background="white",
-            filter="lanczos", bucket_step=64, no_upscale=False, subsets="")},
+        "10": load_dataset_node("input/compare_ds", recursive=False, subset_name="cmp"),
+        "11": prepare_dataset_node(["10", 0]),
     }
 
 

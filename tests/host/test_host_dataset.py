@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+from comfy_host import load_dataset_node, prepare_dataset_node
 from PIL import Image
 
 
@@ -29,11 +30,7 @@ def korra_folder(comfy_server):
 
 
 def load_node(folder="input/korra_host", **overrides):
-    inputs = dict(folder=folder, sub_path="", role="train", repeats=0, caption_source="sidecar",
-                  caption_extension=".txt", fixed_caption="", caption_encoding="utf-8", on_missing_caption="error",
-                  recursive=True, prior_loss_weight=1.0, subset_name="korra", verify_images=True)
-    inputs.update(overrides)
-    return {"class_type": "AtelierLoadDataset", "inputs": inputs}
+    return load_dataset_node(folder, **{"repeats": 0, "subset_name": "korra", "verify_images": True, **overrides})
 
 
 def with_stats(load: dict) -> dict:
@@ -45,9 +42,7 @@ def with_stats(load: dict) -> dict:
 def test_dataset_workflow_loads_dedupes_buckets_previews_and_counts(comfy, comfy_server, korra_folder):
     prompt = {
         "1": load_node(),
-        "2": {"class_type": "AtelierPrepareDataset", "inputs": {
-            "dataset": ["1", 0], "mode": "buckets", "width": 128, "height": 128, "pad_color": "black",
-            "background": "white", "filter": "lanczos", "bucket_step": 32, "no_upscale": False, "subsets": ""}},
+        "2": prepare_dataset_node(["1", 0], mode="buckets", width=128, height=128, bucket_step=32),
         "3": {"class_type": "AtelierDedupeDataset", "inputs": {
             "dataset": ["2", 0], "threshold": 8, "keep": "largest", "flip_aware": True, "border_aware": True,
             "report_name": "host_dedupe"}},

@@ -7,22 +7,22 @@ from pathlib import Path
 from comfy_host import ROOT
 
 
+def host_script(comfy_server, name: str, timeout: int) -> dict:
+    """Runs tests/host/<name> in the host's Python from its checkout; the JSON object on its last output line."""
+    proc = subprocess.run([comfy_server.python, str(Path(__file__).with_name(name)), str(ROOT)],
+                          cwd=comfy_server.checkout, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_targets_from_comfyui_model_sampling(comfy_server):
-    script = Path(__file__).with_name("objectives_parity.py")
-    proc = subprocess.run([comfy_server.python, str(script), str(ROOT)], cwd=comfy_server.checkout,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    errors = host_script(comfy_server, "objectives_parity.py", 120)
     assert set(errors) == {f"{f}{s}" for f in ("eps", "v", "flow") for s in ("", "_sigma", "_denoised")}
     assert all(v < 1e-4 for v in errors.values()), errors
 
 
 def test_sdxl_adm_conditioning_and_training_through_the_adapter(comfy_server):
-    script = Path(__file__).with_name("sdxl_adapter_check.py")
-    proc = subprocess.run([comfy_server.python, str(script), str(ROOT)], cwd=comfy_server.checkout,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = host_script(comfy_server, "sdxl_adapter_check.py", 300)
     assert r["out_shape"] == [2, 4, 8, 8] and r["needs_pooled"]
     assert r["pooled_matters"] > 0 and r["size_matters"] > 0  # y carries the pooled text and the image size
     assert "needs the text encoder's pooled output" in r["missing_pooled_error"]

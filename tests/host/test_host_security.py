@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from comfy_host import FIXTURE_CHECKPOINT_NAME, ComfyError
+from comfy_host import FIXTURE_CHECKPOINT_NAME, ComfyError, load_dataset_node, prepare_dataset_node
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -119,13 +119,8 @@ def node_prompt(info: dict, class_type: str, **overrides) -> dict:
     spec = info[class_type]
     prompt = {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FIXTURE_CHECKPOINT_NAME}},
-        "load": {"class_type": "AtelierLoadDataset", "inputs": dict(
-            folder="input/sec_ok", sub_path="", role="train", repeats=1, caption_source="sidecar",
-            caption_extension=".txt", fixed_caption="", caption_encoding="utf-8", on_missing_caption="empty",
-            recursive=True, prior_loss_weight=1.0, subset_name="", verify_images=False)},
-        "prep": {"class_type": "AtelierPrepareDataset", "inputs": dict(
-            dataset=["load", 0], mode="crop", width=64, height=64, pad_color="black", background="white",
-            filter="lanczos", bucket_step=64, no_upscale=False, subsets="")},
+        "load": load_dataset_node("input/sec_ok", on_missing_caption="empty"),
+        "prep": prepare_dataset_node(["load", 0]),
         "imgs": {"class_type": "AtelierDatasetToImages", "inputs": {"dataset": ["prep", 0], "max_images": 2}},
     }
     link_for = {"MODEL": ["ckpt", 0], "CLIP": ["ckpt", 1], "VAE": ["ckpt", 2], "ATELIER_DATASET": ["prep", 0],

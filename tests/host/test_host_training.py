@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from comfy_host import FIXTURE_CHECKPOINT_NAME, saved_pixels, txt2img_prompt
+from comfy_host import (FIXTURE_CHECKPOINT_NAME, advanced_train_widgets, load_dataset_node, prepare_dataset_node,
+                        saved_pixels, txt2img_prompt)
 from PIL import Image
 from safetensors import safe_open
 
@@ -25,13 +26,8 @@ def train_prompt(output_name, **overrides):
     widgets.update(overrides)
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FIXTURE_CHECKPOINT_NAME}},
-        "2": {"class_type": "AtelierLoadDataset", "inputs": dict(
-            folder="input/train_host", sub_path="", role="train", repeats=0, caption_source="sidecar",
-            caption_extension=".txt", fixed_caption="", caption_encoding="utf-8", on_missing_caption="error",
-            recursive=True, prior_loss_weight=1.0, subset_name="elf", verify_images=True)},
-        "3": {"class_type": "AtelierPrepareDataset", "inputs": dict(
-            dataset=["2", 0], mode="crop", width=64, height=64, pad_color="black", background="white",
-            filter="lanczos", bucket_step=64, no_upscale=False, subsets="")},
+        "2": load_dataset_node("input/train_host", repeats=0, subset_name="elf", verify_images=True),
+        "3": prepare_dataset_node(["2", 0]),
         "4": {"class_type": "AtelierTrainLoRA", "inputs": {"model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2],
                                                            "dataset": ["3", 0], **widgets}},
     }
@@ -88,20 +84,8 @@ def test_interrupt_mid_run_leaves_a_loadable_lora(comfy, comfy_server, train_fol
 
 
 def advanced_prompt(output_name, **overrides):
-    widgets = dict(output_name=output_name, rank=4, alpha=4.0, conv_rank=0, conv_alpha=1.0, dropout=0.0,
-                   rank_dropout=0.0, module_dropout=0.0, epochs=1, max_steps=6, batch_size=2, grad_accum=1,
-                   unet_lr=1e-3, te_lr=1e-4, train_text_encoder=False, optimizer="adamw", weight_decay=0.01,
-                   scheduler="constant", warmup_steps=0, num_cycles=1, power=1.0, loss="l2", huber_delta=0.1,
-                   min_snr_gamma=5.0, noise_offset=0.05, min_timestep_percent=0.0, max_timestep_percent=1.0,
-                   max_grad_norm=1.0, precision="fp32", seed=3, ema_decay=0.0, caption_shuffle=True, keep_tokens=1,
-                   caption_dropout=0.0, tag_dropout=0.0, masked_loss=False, save_every_steps=0, save_every_epochs=0,
-                   keep_last=0,
-                   sample_every_steps=0, sample_every_epochs=0, sample_prompts="", sample_negative="",
-                   sample_seed=0, sample_steps=2, sample_cfg=4.0, sample_sampler="euler", sample_scheduler="normal",
-                   sample_width=64, sample_height=64, cache_latents=True, gradient_checkpointing=False,
-                   target_patterns="", exclude_patterns="", rank_overrides="",
-                   resume_state="(none)", continue_from="(none)", config_json="")
-    widgets.update(overrides)
+    widgets = advanced_train_widgets(output_name, **{"max_steps": 6, "batch_size": 2, "min_snr_gamma": 5.0,
+                                                     "noise_offset": 0.05, "cache_latents": True, **overrides})
     prompt = train_prompt(output_name)
     prompt["4"] = {"class_type": "AtelierTrainLoRAAdvanced", "inputs": {
         "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset": ["3", 0], **widgets}}
