@@ -58,7 +58,7 @@ def run_ours(patcher, latents, conds, batch, steps, device):
     denoise = ComfyDenoiser(patcher)
     samples = [TrainSample(latent=latents[i], caption=f"c{i}") for i in range(len(latents))]
     network = LoRANetwork({"lora_unet": patcher.model.diffusion_model},
-                          NetworkConfig(rank=32, alpha=16.0, include=(UNET_INCLUDE,))).to(device)
+                          NetworkConfig(rank=32, alpha=16.0, target_patterns=(UNET_INCLUDE,))).to(device)
     encode = lambda caps: (torch.stack([conds[int(c[1:])] for c in caps]), {})
     cfg = TrainConfig(max_steps=steps, batch_size=batch, unet_lr=1e-4, save_every_epochs=0,
                       precision="bf16" if device.type == "cuda" else "fp32")

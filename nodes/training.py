@@ -250,7 +250,7 @@ def training_report(result, path: Path, config: TrainConfig, net: NetworkConfig,
             "steps": state.step, "epochs": state.epoch, "train_seconds": round(result.train_seconds, 3),
             "samples": events.sample_files,
             "latent_cache": {"hits": cache.hits, "misses": cache.misses} if cache else None,
-            "config": config.to_dict(), "network": {k: v for k, v in net.__dict__.items() if k != "include"},
+            "config": config.to_dict(), "network": {k: v for k, v in net.__dict__.items() if k != "target_patterns"},
             "skipped": [f"{s.path}: {s.reason}" for s in skipped], "losses": state.losses,
             "skipped_steps": {"count": len(state.skipped_steps), "steps": state.skipped_steps[:100]},
             "warnings": result.warnings}
@@ -498,8 +498,9 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
         config = config_from(widgets, config_json)
         config.validate()
         lines = lambda text: tuple(line.strip() for line in text.splitlines() if line.strip())
-        net = NetworkConfig(**{k: widgets[k] for k in NETWORK_TOOLTIPS}, include=lines(target_patterns),
-                            exclude=lines(exclude_patterns), rank_overrides=parse_rank_overrides(rank_overrides))
+        net = NetworkConfig(**{k: widgets[k] for k in NETWORK_TOOLTIPS}, target_patterns=lines(target_patterns),
+                            exclude_patterns=lines(exclude_patterns),
+                            rank_overrides=parse_rank_overrides(rank_overrides))
         sampling = {"prompts": [p.strip() for p in sample_prompts.splitlines() if p.strip()],
                     "negative": sample_negative, "seed": sample_seed, "steps": sample_steps, "cfg": sample_cfg,
                     "sampler": sample_sampler, "scheduler": sample_scheduler, "width": sample_width,

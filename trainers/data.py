@@ -184,8 +184,9 @@ def kohya_metadata(*, config, network_config, dataset: Dataset, output_name: str
     meta = minimum_metadata(family=base.family, dim=net.rank, alpha=net.alpha, v_prediction=base.v_prediction,
                             network_args={"conv_dim": net.conv_rank, "conv_alpha": net.conv_alpha,
                                           "dropout": net.dropout, "rank_dropout": net.rank_dropout,
-                                          "module_dropout": net.module_dropout, "include": list(net.include),
-                                          "exclude": list(net.exclude),
+                                          "module_dropout": net.module_dropout,
+                                          "target_patterns": list(net.target_patterns),
+                                          "exclude_patterns": list(net.exclude_patterns),
                                           "rank_overrides": [list(o) for o in net.rank_overrides]})
     meta.update({
         "ss_output_name": output_name,

@@ -43,13 +43,13 @@ class NetworkConfig:
     dropout: float = 0.0  # neuron dropout on the down projection's output (kohya network_dropout)
     rank_dropout: float = 0.0  # drops whole rank channels per sample, rescaled (kohya rank_dropout)
     module_dropout: float = 0.0  # skips the whole adapter for a step with this probability (training only)
-    include: tuple[str, ...] = ()  # regexes (re.search) on the module name or its kohya key; empty = all layers
-    exclude: tuple[str, ...] = ()  # regexes, same matching; exclude wins over include
+    target_patterns: tuple[str, ...] = ()  # regexes (re.search) on the module name or its kohya key; empty = all
+    exclude_patterns: tuple[str, ...] = ()  # regexes, same matching; an exclusion wins over a target
     rank_overrides: tuple[tuple[str, int, float], ...] = ()  # (regex, rank, alpha): first match wins; rank 0 skips
 
     def __post_init__(self):
         # Lists from a UI or JSON become tuples so the config stays hashable; the caller's lists are not touched.
-        for name in ("include", "exclude"):
+        for name in ("target_patterns", "exclude_patterns"):
             value = getattr(self, name)
             # A lone string is one pattern, not a sequence of one-character patterns.
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
@@ -66,8 +66,8 @@ class NetworkConfig:
             p = getattr(self, name)
             if not 0.0 <= float(p) < 1.0:
                 raise ValueError(f"NetworkConfig.{name} must be in [0, 1), got {p!r}; use 0 to turn it off.")
-        for pattern in self.include + self.exclude:
-            _compile(pattern, "include/exclude")
+        for pattern in self.target_patterns + self.exclude_patterns:
+            _compile(pattern, "target_patterns/exclude_patterns")
         for entry in self.rank_overrides:
             if len(entry) != 3 or not isinstance(entry[1], int) or entry[1] < 0:
                 raise ValueError(f"NetworkConfig.rank_overrides entries are (regex, rank >= 0, alpha), got {entry!r}.")
@@ -77,10 +77,10 @@ class NetworkConfig:
 def with_default_targets(config: NetworkConfig) -> NetworkConfig:
     """The config itself when it names targets, else with kohya's default ones: transformer blocks and text-encoder
     attention / MLP, plus (conv_rank > 0, LoCon) the ResNet, down- and up-sample layers."""
-    if config.include:
+    if config.target_patterns:
         return config
     include = (UNET_INCLUDE, TE_INCLUDE) + ((UNET_CONV_INCLUDE,) if config.conv_rank > 0 else ())
-    return dataclasses.replace(config, include=include)
+    return dataclasses.replace(config, target_patterns=include)
 
 
 def extract_targets(shapes: dict[str, tuple[int, ...]], include: str, convs: bool) -> list[str]:
@@ -274,8 +274,8 @@ class LoRANetwork(nn.Module):
                                  f"{type(root).__name__}.")
         self.config, self.seed = config, seed
         self._prefixes = sorted(roots)
-        include = [_compile(p, "include") for p in config.include]
-        exclude = [_compile(p, "exclude") for p in config.exclude]
+        include = [_compile(p, "target_patterns") for p in config.target_patterns]
+        exclude = [_compile(p, "exclude_patterns") for p in config.exclude_patterns]
         overrides = [(_compile(p, "rank_overrides"), r, a) for p, r, a in config.rank_overrides]
 
         def selected(name: str, key: str) -> bool:
@@ -347,9 +347,10 @@ class LoRANetwork(nn.Module):
             kinds = "Linear or Conv2d" if config.conv_rank else "Linear"
             found = (f"{len(candidates)} {kinds} layers such as " + ", ".join(candidates[:6]) if candidates
                      else f"no {kinds} layers at all")
-            raise ValueError(f"No layer matched for LoRA in roots {sorted(roots)}: found {found}; include="
-                             f"{list(config.include)}, exclude={list(config.exclude)}. Patterns are re.search on "
-                             "the module name (e.g. 'attn1\\.to_q') or its kohya key (e.g. 'lora_unet_.*attn1').")
+            raise ValueError(f"No layer matched for LoRA in roots {sorted(roots)}: found {found}; "
+                             f"target_patterns={list(config.target_patterns)}, "
+                             f"exclude_patterns={list(config.exclude_patterns)}. Patterns are re.search on the module "
+                             "name (e.g. 'attn1\\.to_q') or its kohya key (e.g. 'lora_unet_.*attn1').")
         self.lora = nn.ModuleDict({key: built[key] for key in sorted(built)})
         self.modules_by_key: dict[str, LoRAModule] = dict(self.lora.items())
         self._applied = False

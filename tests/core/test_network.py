@@ -133,8 +133,10 @@ def test_remove_puts_back_an_instance_forward_and_context_manager_removes_on_err
 
 
 def test_include_exclude_and_rank_overrides_select_and_size_modules():
-    config = NetworkConfig(rank=4, alpha=4.0, conv_rank=3, include=(r"proj", r"conv", r"grouped", r"strided"),
-                           exclude=(r"blocks\.1\.",), rank_overrides=((r"strided", 0, 1.0), (r"conv$", 2, 0.5)))
+    config = NetworkConfig(rank=4, alpha=4.0, conv_rank=3,
+                           target_patterns=(r"proj", r"conv", r"grouped", r"strided"),
+                           exclude_patterns=(r"blocks\.1\.",),
+                           rank_overrides=((r"strided", 0, 1.0), (r"conv$", 2, 0.5)))
     net = LoRANetwork({"lora_unet": unet()}, config)
     assert list(net.modules_by_key) == ["lora_unet_blocks_0_conv", "lora_unet_blocks_0_proj"]
     conv, proj = net.modules_by_key["lora_unet_blocks_0_conv"], net.modules_by_key["lora_unet_blocks_0_proj"]
@@ -152,20 +154,20 @@ def test_default_targets_every_linear_and_convs_only_with_conv_rank():
     assert len(locon.modules_by_key) == 8 and [n for n, _ in locon.skipped] == ["blocks.0.grouped", "blocks.1.grouped"]
     # kohya keys also match patterns, so a pattern can pick a root
     roots = {"lora_unet": unet(), "lora_te": text_encoder()}
-    te_only = LoRANetwork(roots, NetworkConfig(rank=2, include=("^lora_te",)))
+    te_only = LoRANetwork(roots, NetworkConfig(rank=2, target_patterns=("^lora_te",)))
     assert sorted(te_only.modules_by_key) == ["lora_te_text_model_layers_0", "lora_te_text_model_layers_1"]
 
 
 def test_no_match_and_rank_too_large_errors_name_what_to_change():
-    with pytest.raises(ValueError, match=r"No layer matched.*blocks\.0\.proj.*include=\['nothing'\]"):
-        LoRANetwork({"lora_unet": unet()}, NetworkConfig(include=("nothing",)))
+    with pytest.raises(ValueError, match=r"No layer matched.*blocks\.0\.proj.*target_patterns=\['nothing'\]"):
+        LoRANetwork({"lora_unet": unet()}, NetworkConfig(target_patterns=("nothing",)))
     with pytest.raises(ValueError, match=r"'blocks\.0\.proj' \(lora_unet\) is Linear\(8 -> 16\): rank 9 .* = 8"):
-        LoRANetwork({"lora_unet": unet()}, NetworkConfig(rank=9, include=("proj",)))
+        LoRANetwork({"lora_unet": unet()}, NetworkConfig(rank=9, target_patterns=("proj",)))
     with pytest.raises(ValueError, match=r"'blocks\.0\.conv' .*Conv2d\(4, 6, kernel 3x3\): rank 7 .*exclude"):
-        LoRANetwork({"lora_unet": unet()}, NetworkConfig(rank=4, conv_rank=7, include=("conv",)))
+        LoRANetwork({"lora_unet": unet()}, NetworkConfig(rank=4, conv_rank=7, target_patterns=("conv",)))
     with pytest.raises(ValueError, match=r"Invalid regular expression '\('"):
-        NetworkConfig(exclude=("(",))
-    assert NetworkConfig(include="attn", exclude=["x"]).include == ("attn",)
+        NetworkConfig(exclude_patterns=("(",))
+    assert NetworkConfig(target_patterns="attn", exclude_patterns=["x"]).target_patterns == ("attn",)
     with pytest.raises(ValueError, match="rank_dropout must be in"):
         NetworkConfig(rank_dropout=1.0)
 

@@ -109,3 +109,15 @@ def test_describe_images():
     assert describe_images(images) == "images: 2 × 64×48, 3 channels, values 0.000..1.000"
     with pytest.raises(ValueError, match=r"\(B, H, W, C\).*\(3, 4\)"):
         describe_images(torch.zeros(3, 4))
+
+
+def test_node_functions_stay_wiring_sized():
+    """nodes/ reads like wiring: no function there grows past ~60 lines (the logic lives in core/ and trainers/)."""
+    import ast
+
+    long = []
+    for path in sorted((ROOT / "nodes").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert long == []

@@ -280,8 +280,8 @@ def test_locon_with_default_targets_adapts_resnet_and_sampling_convs_like_kohya(
     assert tuple(down.shape) == (3, 16, 3, 3)  # conv_rank, 3×3 kernel
     assert state["lora_unet_input_blocks_1_0_emb_layers_1.lora_down.weight"].shape == (2, 32)  # linear: main rank
     assert state["lora_unet_output_blocks_0_0_skip_connection.lora_down.weight"].shape == (2, 32, 1, 1)
-    assert with_default_targets(NetworkConfig(include=("attn2",), conv_rank=3)).include == ("attn2",)
-    assert with_default_targets(NetworkConfig()).include == (UNET_INCLUDE, TE_INCLUDE)
+    assert with_default_targets(NetworkConfig(target_patterns=("attn2",), conv_rank=3)).target_patterns == ("attn2",)
+    assert with_default_targets(NetworkConfig()).target_patterns == (UNET_INCLUDE, TE_INCLUDE)
 
 
 def test_extraction_with_convs_keeps_the_resnet_linears():

@@ -62,7 +62,8 @@ def encode(captions):
 
 
 samples = [TrainSample(latent=torch.randn(4, 8, 8, generator=g), caption=f"caption {i}") for i in range(2)]
-network = LoRANetwork({"lora_unet": model.diffusion_model}, NetworkConfig(rank=4, alpha=4.0, include=(UNET_INCLUDE,)))
+network = LoRANetwork({"lora_unet": model.diffusion_model},
+                      NetworkConfig(rank=4, alpha=4.0, target_patterns=(UNET_INCLUDE,)))
 trainer = Trainer(TrainConfig(max_steps=3, batch_size=2, unet_lr=1e-2, save_every_epochs=0), network, denoise,
                   denoise.model_sampling, samples, encode)
 state = trainer.run()

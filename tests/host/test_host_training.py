@@ -222,3 +222,17 @@ def test_targeting_rank_overrides_and_ema_weights_are_what_is_shipped(comfy, com
     key = next(k for k in tensors if k.endswith("lora_up.weight"))
     assert not torch_equal(raw[key].half(), tensors[key])  # the shipped file holds the EMA average, not the raw weights
     assert json.loads(out["4"]["text"][0])["steps"] == 3 and ema
+
+
+def test_advanced_widget_names_are_the_config_fields(comfy):
+    """A workflow JSON reads like the Python call: every TrainConfig and NetworkConfig field is a widget of the same
+    name on the Advanced node."""
+    import dataclasses
+
+    from atelier.trainers.loop import TrainConfig
+    from atelier.trainers.network import NetworkConfig
+
+    info = comfy.object_info()["AtelierTrainLoRAAdvanced"]["input"]
+    widgets = set(info["required"]) | set(info.get("optional", {}))
+    fields = {f.name for cls in (TrainConfig, NetworkConfig) for f in dataclasses.fields(cls)}
+    assert fields - widgets == set()
