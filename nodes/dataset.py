@@ -324,7 +324,7 @@ class AtelierPreviewDataset(io.ComfyNode):
                 io.Int.Input("count", default=16, min=1, max=256, tooltip="How many samples to show."),
                 io.Int.Input("columns", default=4, min=1, max=32, tooltip="Thumbnails per row."),
                 io.Int.Input("cell", default=256, min=64, max=1024, step=16, tooltip="Thumbnail box size in pixels."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                io.Int.Input("seed", default=0, control_after_generate=False, min=0, max=2**31 - 1,
                              tooltip="Which samples are picked (same seed, same pick)."),
             ],
             outputs=[io.Image.Output("sheet", tooltip="The contact sheet (connect Preview Image or Save Image)."),

@@ -128,7 +128,7 @@ def common_inputs(prompt_default: str = "a starsectorportrait of a person") -> l
         io.String.Input("positive", default=prompt_default, multiline=True,
                         tooltip="Prompt of every cell (prompt_sr axes replace parts of it)."),
         io.String.Input("negative", default="", multiline=True, tooltip="Negative prompt of every cell."),
-        io.Int.Input("seed", default=0, min=0, max=2**63 - 1,
+        io.Int.Input("seed", default=0, control_after_generate=False, min=0, max=2**63 - 1,
                      tooltip="Seed of every cell (same seed = comparable cells); extra seeds count up from it."),
         io.Int.Input("steps", default=20, min=1, max=200, tooltip="Sampling steps."),
         io.Float.Input("cfg", default=7.0, min=0.0, max=CFG_MAX, step=0.1, tooltip="CFG scale."),

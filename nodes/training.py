@@ -315,7 +315,7 @@ class AtelierTrainLoRA(io.ComfyNode):
                                  tooltip="Also train LoRA on the text encoder (attention + MLP layers)."),
                 io.Float.Input("te_lr", default=2e-5, min=0.0, max=1.0, step=1e-6,
                                tooltip="Text-encoder learning rate when train_text_encoder is on (guides: 2e-5)."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                io.Int.Input("seed", default=0, control_after_generate=False, min=0, max=2**31 - 1,
                              tooltip="Same seed, same data: the same LoRA (deterministic on CPU)."),
             ],
             outputs=training_outputs(),
@@ -400,7 +400,9 @@ def widgets_for(cls, tooltips: dict, skip=()) -> list:
             out.append(io.Boolean.Input(f.name, default=default, tooltip=tip))
         elif isinstance(default, int):
             low, high = RANGES[f.name]
-            out.append(io.Int.Input(f.name, default=default, min=low, max=high, tooltip=tip))
+            # a seed stays as set (no "randomize after generate"): a second Run must not train a new LoRA
+            out.append(io.Int.Input(f.name, default=default, min=low, max=high, tooltip=tip,
+                                    control_after_generate=False if f.name == "seed" else None))
         else:
             low, high = RANGES[f.name]
             out.append(io.Float.Input(f.name, default=default, min=low, max=high, step=FLOAT_STEPS.get(f.name, 0.01),
@@ -467,7 +469,7 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
                                         "samples/<name> and shown as they arrive)."),
                 io.String.Input("sample_negative", default="", multiline=True,
                                 tooltip="Negative prompt for the samples (e.g. 'blur, vignette, instagram')."),
-                io.Int.Input("sample_seed", default=0, min=0, max=2**31 - 1,
+                io.Int.Input("sample_seed", default=0, control_after_generate=False, min=0, max=2**31 - 1,
                              tooltip="Fixed seed, so samples of different epochs are comparable."),
                 io.Int.Input("sample_steps", default=20, min=1, max=200, tooltip="Sampling steps of the previews."),
                 io.Float.Input("sample_cfg", default=7.0, min=0.0, max=30.0, step=0.1, tooltip="CFG of the previews."),

@@ -63,6 +63,20 @@ def test_object_info_lists_every_node_with_tooltips(comfy):
     assert ours == sorted(s.node_id for s in expected)
 
 
+def test_seeds_stay_fixed_between_runs(comfy):
+    """No Atelier seed gets the frontend's "control after generate: randomize" (which it adds to any INT named seed
+    unless the schema says otherwise), so a second Run of an unchanged graph is served from ComfyUI's cache instead
+    of training or rendering again."""
+    seeds = {}
+    for node_id, entry in comfy.object_info().items():
+        if node_id.startswith("Atelier"):
+            for section in ("required", "optional"):
+                for name, spec in entry["input"].get(section, {}).items():
+                    if name.endswith("seed"):
+                        seeds[f"{node_id}.{name}"] = (spec[1] or {}).get("control_after_generate")
+    assert len(seeds) >= 8 and all(value is False for value in seeds.values()), seeds
+
+
 def test_txt2img_workflow_runs_into_atelier_node(comfy):
     outputs = comfy.run(txt2img_prompt(), timeout=300)
     text = outputs["7"]["text"][0]

@@ -236,3 +236,15 @@ def test_advanced_widget_names_are_the_config_fields(comfy):
     widgets = set(info["required"]) | set(info.get("optional", {}))
     fields = {f.name for cls in (TrainConfig, NetworkConfig) for f in dataclasses.fields(cls)}
     assert fields - widgets == set()
+
+
+def test_a_second_run_of_an_unchanged_graph_trains_nothing(comfy, comfy_server, train_folder):
+    """Queued twice, the same graph is served from ComfyUI's cache: no second training, the LoRA file untouched."""
+    prompt = train_prompt("host_twice", max_steps=2, train_text_encoder=False)
+    comfy.run(prompt, timeout=600)
+    path = comfy_server.models / "loras" / "atelier" / "host_twice.safetensors"
+    stamp = path.stat().st_mtime_ns
+    entry = comfy.wait(comfy.queue(prompt), timeout=600)
+    cached = [m[1]["nodes"] for m in entry["status"]["messages"] if m[0] == "execution_cached"]
+    assert entry["status"]["status_str"] == "success" and cached and "4" in cached[0]
+    assert path.stat().st_mtime_ns == stamp
