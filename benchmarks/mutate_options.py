@@ -225,6 +225,16 @@ def run_pytest(root: Path, files: list[str], timeout: float) -> tuple[str, str, 
     return "failed", failed[0] if failed else f"pytest exit {proc.returncode}: {proc.stdout[-300:]}", seconds
 
 
+def machine() -> str:
+    """CPU model and core count (Linux /proc/cpuinfo), else the platform's own description."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", default=[], help="mutant names to run (default: all)")
@@ -289,7 +299,7 @@ def main() -> int:
     if args.json:
         summary = {"mutants": len(results), "options": len(options), "killed": len(killed),
                    "survived": [r["name"] for r in survived], "stale": [r["name"] for r in stale],
-                   "machine": platform.processor() or platform.machine(), "python": platform.python_version(),
+                   "machine": machine(), "python": platform.python_version(),
                    "date": time.strftime("%Y-%m-%d"), "host_files": args.host, "ref": args.ref or "working tree",
                    "results": results}
         Path(args.json).write_text(json.dumps(summary, indent=1), encoding="utf-8")
