@@ -2,7 +2,6 @@
 animated and extreme-aspect images, a broken image during tagging, and a pasted training config."""
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -168,9 +167,7 @@ def test_truncate_tokenizes_log_many_short_prefixes():
         chars.append(len(text))
         return cap.approx_token_count(text)
 
-    start = time.perf_counter()
     kept = cap.truncate_to_budget(tags, count, 75, 1)
-    assert time.perf_counter() - start < 1.0
     assert kept == naive_truncate(tags[:200], cap.approx_token_count, 75, 1)
     assert len(calls) <= 2 * math.ceil(math.log2(len(tags))) + 2
     assert max(chars) <= 4 * len(cap.join_tags(kept)) + 10  # never the whole 10,000-tag caption
@@ -204,10 +201,10 @@ def test_caption_diff_is_linear():
     big = [f"tag{i}" for i in range(2000)]
     before = [(f"{i}.png", cap.join_tags(big)) for i in range(20)]
     after = [(f"{i}.png", cap.join_tags(big[::-1][:1500])) for i in range(20)]
-    start = time.perf_counter()
     diff = cap.caption_diff(before, after)
-    assert time.perf_counter() - start < 1.0  # the old per-tag set rebuild took seconds per caption
     assert diff.startswith("20 of 20 captions change")
+    removed = "-" + ", -".join(f"tag{i}" for i in range(500))  # reversed and cut to the last 1,500: nothing added
+    assert diff.count(f".png: {removed}\n") == 20
 
 
 def test_encoder_text_is_bounded():

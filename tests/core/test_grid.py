@@ -156,8 +156,12 @@ def test_axis_labels():
 
 def test_axis_defaults_and_checks():
     axis = Axis("cfg", [4.0, 5.0])
-    assert axis.values == (4.0, 5.0) and axis.label == "cfg"
-    assert Axis("cfg", (1.0,), "guidance").label == "guidance"
+    assert axis.values == (4.0, 5.0) and axis.label == "cfg"  # a list becomes a tuple; the label defaults to the kind
+    cells = [[solid(RED)]]
+    plain, same = draw_grid(cells, Axis("cfg", (1.0,))), draw_grid(cells, Axis("cfg", (1.0,), "cfg"))
+    named = draw_grid(cells, Axis("cfg", (1.0,), "guidance"))
+    assert np.array_equal(np.asarray(plain), np.asarray(same))  # the default label is the kind, drawn as such
+    assert named.size != plain.size or not np.array_equal(np.asarray(named), np.asarray(plain))  # another label
     with pytest.raises(ValueError, match="Valid kinds"):
         Axis("cfgg", (1,))
 
@@ -343,8 +347,10 @@ def test_label_count_mismatch_is_explained():
         draw_grid([[solid(RED), solid(RED)], [solid(RED)]], Axis("cfg", (1.0, 2.0)))
     with pytest.raises(ValueError, match="PIL images or None"):
         draw_grid([[np.zeros((2, 2, 3))]], Axis("cfg", (1.0,)))
-    sheet = draw_grid([[solid(RED), solid(RED)]], Axis("lora", ("a",)), x_labels=["no LoRA", "a"])
-    assert sheet.width > 0
+    sheet = draw_grid([[solid(RED), solid(RED)]], Axis("lora", ("a",)), x_labels=["no LoRA", "a"], margin=10)
+    left, _, right, _ = bbox_of(sheet, RED)
+    column = max(40, MIN_COLUMN_FONTS * 18 + 4)  # the default font's minimum column; the cells are centred in it
+    assert right - left == column + 10 + 40  # x_labels gave the one-value axis its two columns
 
 
 # --- paginate -------------------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 import math
 import pickle
 import struct
-import time
 import warnings
 import zlib
 
@@ -130,13 +129,11 @@ def test_open_image_refuses_huge_header_before_decoding(tmp_path):
     warn = png_with_header_size(tmp_path / "warn.png", 10000, 9000)  # in Pillow's warning band, over ours
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a DecompressionBombWarning escaping would fail the test here
-        start = time.perf_counter()
         with pytest.raises(ImageRejected) as big:
             open_image(bomb)
         with pytest.raises(ImageRejected) as mid:
             open_image(warn)
-        elapsed = time.perf_counter() - start
-    assert elapsed < 0.5  # decoding 900 MP would take far longer (and the data is not there: it would say truncated)
+    # refused from the header alone: a decode would have found no pixel data and said "truncated" (checked below)
     assert "900,000,000 pixels" in str(big.value) and f"{DEFAULT_MAX_PIXELS:,}" in str(big.value)
     assert "10000×9000 = 90,000,000 pixels" in str(mid.value) and "80,000,000" in str(mid.value)
     assert "truncated" not in str(big.value) + str(mid.value)

@@ -1,6 +1,5 @@
 """LoRA maths on tiny real tensors: exact merges, exact rank reduction, extraction, baking in and out."""
 
-import time
 
 import pytest
 import torch
@@ -187,13 +186,26 @@ def test_reduce_rank_matches_the_optimal_truncated_svd_of_the_explicit_delta(ker
         assert rep["sigma_max"] == pytest.approx(float(s[0]), rel=1e-5)
 
 
+class LargestTensor(torch.overrides.TorchFunctionMode):
+    """Records the element count of the largest tensor any torch call returns inside the block."""
+
+    numel = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
 def test_reduce_rank_never_builds_the_dense_delta():
     # ΔW would be 20000 x 20000 float32 = 1.6 GB; the factor-only path needs a few hundred kB.
     g = gen(0)
     m = LoraModule(down=torch.randn(4, 20000, generator=g), up=torch.randn(20000, 4, generator=g), alpha=4.0)
-    start = time.perf_counter()
-    new, rep = reduce_rank(m, 2)
-    assert time.perf_counter() - start < 1.0
+    with LargestTensor() as largest:
+        new, rep = reduce_rank(m, 2)
+    assert largest.numel <= 20000 * 8, f"reduce_rank made a tensor of {largest.numel:,} elements"  # factors only
     assert new.up.shape == (20000, 2) and new.down.shape == (2, 20000) and 0.0 < rep["energy"] < 1.0
     # the kept part is the top of the spectrum: check on a few rows without building all of ΔW
     rows = slice(0, 50)

@@ -216,6 +216,24 @@ def test_dropouts_act_only_in_train_mode():
     assert len({tuple(y.flatten().tolist()) for y in changed}) == len(changed)  # new masks each step
 
 
+def test_neuron_dropout_zeroes_that_share_of_the_rank_activations_and_rescales():
+    """kohya's network_dropout: each element of down(x) is dropped with probability p, the rest scaled by 1/(1−p)."""
+    net = LoRANetwork({"lora_unet": nn.Sequential(nn.Linear(8, 8))}, NetworkConfig(rank=8, alpha=8.0, dropout=0.25))
+    module = net.modules_by_key["lora_unet_0"]
+    with torch.no_grad():
+        module.down.weight.copy_(torch.eye(8))  # down and up are identities at scale 1: the output is the mask
+        module.up.weight.copy_(torch.eye(8))
+        x = torch.ones(4, 16, 8)
+        added = module(x) - module.base(x)  # (B, tokens, r): 0 where dropped, 1 / (1 - 0.25) elsewhere
+    kept = torch.isclose(added, torch.tensor(1 / 0.75))
+    assert bool((kept | (added.abs() < 1e-6)).all()), "every element is either dropped or rescaled by 1/(1-p)"
+    share = 1 - kept.float().mean().item()
+    assert 0.18 <= share <= 0.32, f"{share:.0%} of the rank activations were dropped; expected about 25 %"
+    net.eval()
+    with torch.no_grad():
+        assert torch.allclose(module(x) - module.base(x), torch.ones(4, 16, 8))  # no dropout outside training
+
+
 def test_rank_dropout_drops_whole_rank_channels_per_sample_and_rescales():
     net = LoRANetwork({"lora_unet": unet()}, NetworkConfig(rank=4, alpha=2.0, rank_dropout=0.5))
     randomise_up(net)

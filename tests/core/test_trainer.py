@@ -197,24 +197,31 @@ def test_text_encoder_lora_trains_when_asked():
 
 @pytest.mark.parametrize("ms", [ob.DiscreteEps(), ob.DiscreteV(), ob.RectifiedFlow(shift=3.0)])
 def test_every_family_trains(ms):
-    rig = Rig(ms=ms)
-    t = rig.trainer(make_samples(), max_steps=40, batch_size=4, loss="huber", huber_delta=1.0)
+    """Each family's own target is learnable: two images, LoCon, 100 steps lower the held-out loss by over 15 %
+    (about 66 %, 24 % and 36 % for ε, v and flow)."""
+    rig = Rig(ms=ms, conv_rank=4, conv_alpha=4.0)
+    t = rig.trainer(make_samples(2), max_steps=100, batch_size=2, unet_lr=3e-2, loss="huber", huber_delta=1.0)
     before = eval_loss(t)
     t.run()
-    assert eval_loss(t) < before
+    assert eval_loss(t) < 0.85 * before
 
 
 def test_random_flip_uses_the_cached_mirrored_latent():
+    """Every draw trains on exactly the original or the cached mirror (here zeros), each in some epochs."""
     s = make_samples(1)[0]
-    mirrored = TrainSample(latent=s.latent, caption=s.caption, random_flip=True,
-                           flipped_latent=torch.zeros_like(s.latent))
-    rig = Rig()
-    t = rig.trainer([mirrored], max_steps=1)
-    losses = {round(t.micro_batch_loss([(0, 0)], e, 1).item(), 6) for e in range(12)}
-    plain = rig.trainer([s], max_steps=1)
-    assert len(losses) > 1  # some epochs draw the mirrored (zero) latent, others the original
-    assert t.micro_batch_loss([(0, 0)], 0, 1).item() != pytest.approx(0.0)
-    assert plain.steps_per_epoch == 1
+    zeros = torch.zeros_like(s.latent)
+
+    def losses(latent, flipped):
+        rig = Rig()
+        t = rig.trainer([TrainSample(latent=latent, caption=s.caption, random_flip=True, flipped_latent=flipped)],
+                        max_steps=1)
+        return [t.micro_batch_loss([(0, 0)], e, 1).item() for e in range(12)]
+
+    mixed = losses(s.latent, zeros)
+    original, mirror = losses(s.latent, s.latent), losses(zeros, zeros)  # the same draws, one latent each
+    picks = ["mirror" if m == z else "original" if m == o else "neither" for m, o, z in zip(mixed, original, mirror)]
+    assert "neither" not in picks and 3 <= picks.count("mirror") <= 9, picks
+    assert all(o != z for o, z in zip(original, mirror))  # the two latents are told apart in every epoch
 
 
 def test_training_progress_callback_reports_every_step():
@@ -250,21 +257,37 @@ def test_samples_are_drawn_on_schedule_with_dropout_off_and_no_grad():
     assert rig.network.training  # back to training mode afterwards
 
 
-def test_bf16_autocast_trains_on_cpu():
+def trained_in(precision):
+    """(LoRA weights, dtype of an attention projection's output during training, eval loss before, after)."""
     rig = Rig(conv_rank=4, conv_alpha=4.0)
-    t = rig.trainer(make_samples(), max_steps=20, batch_size=4, precision="bf16")
+    t = rig.trainer(make_samples(), max_steps=20, batch_size=4, precision=precision)
+    dtypes = set()
+    hook = rig.unet.input_blocks[1][0].attn2.to_q.register_forward_hook(lambda m, a, out: dtypes.add(out.dtype))
     before = eval_loss(t)
+    dtypes.clear()  # only what training ran in
     t.run()
-    assert eval_loss(t) < before
+    hook.remove()
+    return lora_weights(rig.network), dtypes, before, eval_loss(t), t
 
 
-def test_fp16_with_loss_scaling_trains():
-    rig = Rig(conv_rank=4, conv_alpha=4.0)
-    t = rig.trainer(make_samples(), max_steps=20, batch_size=4, precision="fp16")
-    assert t.scaler is not None
-    before = eval_loss(t)
-    t.run()
-    assert eval_loss(t) < before
+def relative_difference(a, b):
+    return (sum((a[k] - b[k]).norm() ** 2 for k in a) ** 0.5 / sum(b[k].norm() ** 2 for k in b) ** 0.5).item()
+
+
+@pytest.fixture(scope="module")
+def fp32_run():
+    return trained_in("fp32")
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_mixed_precision_trains_in_its_dtype_close_to_fp32(precision, dtype, fp32_run):
+    """The forward really runs in bf16 / fp16 (not fp32 under another name), and lands near the fp32 result
+    (measured: 0.7 % apart for bf16, 0.08 % for fp16)."""
+    weights, dtypes, before, after, t = trained_in(precision)
+    assert dtypes == {dtype} and fp32_run[1] == {torch.float32}
+    assert after < before
+    assert 1e-5 < relative_difference(weights, fp32_run[0]) < 0.05
+    assert (t.scaler is not None) == (precision == "fp16")  # fp16 needs loss scaling, bf16 does not
 
 
 @pytest.mark.parametrize("low, high", [(0.5, 0.5), (0.8, 0.2), (-0.1, 1.0), (0.0, 1.5)])

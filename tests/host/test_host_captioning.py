@@ -105,3 +105,34 @@ def test_attach_captions_from_another_captioner(comfy, comfy_server, tagger_mode
     }
     table = comfy.run(prompt)["5"]["text"][0]
     assert re.search(r"\b1\s+blue\b", table) and re.search(r"\b1\s+red\b", table) and "placeholder" not in table
+
+
+def test_clean_and_replace_tags_rewrite_the_sidecars(comfy, comfy_server):
+    """Clean Tags (weights, case, repeats, sort after the trigger) then Replace Tags (rename, remove, expand) on
+    one file only, written beside the images."""
+    folder = comfy_server.input_dir / "clean_replace"
+    folder.mkdir()
+    for name, caption in (("a_elf", "Korra, (smile:1.2), 1girl, Blue Eyes, smile, blurry, hat"),
+                          ("b_elf", "korra, 1girl, [blurry], Zebra, apple, ((hat))")):
+        Image.new("RGB", (16, 16)).save(folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text(caption, encoding="utf-8")
+    prompt = {
+        "1": {"class_type": "AtelierLoadDataset", "inputs": dict(
+            folder="input/clean_replace", sub_path="", role="train", repeats=1, caption_source="sidecar",
+            caption_extension=".txt", fixed_caption="", caption_encoding="utf-8", on_missing_caption="error",
+            recursive=True, prior_loss_weight=1.0, subset_name="cr", verify_images=False)},
+        "2": edit("AtelierCleanTags", "1", strip_weights=True, lowercase=True, dedupe=True, sort=True, keep_first=1),
+        "3": edit("AtelierReplaceTags", "2", **{**FILTERS, "only_filenames": "a_*"},
+                  replace_map="# renames\n1girl => woman\nblurry =>\nhat => red hat, headwear"),
+        "4": {"class_type": "AtelierWriteCaptions", "inputs": {
+            "dataset": ["3", 0], "dry_run": False, "backup": False, "destination": "beside_images",
+            "set_name": "captions", "caption_extension": ".txt", "preview": 10}},
+    }
+    out = comfy.run(prompt, timeout=300)
+    assert out["2"]["text"][0].startswith("2 of 2 captions change")
+    assert out["3"]["text"][0].startswith("1 of 2 captions change") and "a_elf.png: -1girl" in out["3"]["text"][0]
+    written = {p.stem: p.read_text(encoding="utf-8") for p in folder.glob("*.txt")}
+    # a: weights stripped, lowercased, the second 'smile' dropped, sorted after 'korra'; then renamed and expanded
+    assert written["a_elf"] == "korra, woman, blue eyes, red hat, headwear, smile"
+    # b: cleaned the same way, but outside only_filenames: Replace Tags left it alone
+    assert written["b_elf"] == "korra, 1girl, apple, blurry, hat, zebra"

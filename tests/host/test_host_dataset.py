@@ -66,8 +66,8 @@ def test_dataset_workflow_loads_dedupes_buckets_previews_and_counts(comfy, comfy
     assert [os.path.basename(d["key"]) for d in report["dropped"]] == ["img_2_mirror.png"]
     assert (korra_folder / "img_2_mirror.png").exists()  # never deletes sources
     stats = out["4"]["text"][0]
-    assert re.search(r"\b50\b", stats)  # 5 images × 10 repeats
-    assert re.search(r"\b25\b", stats) and re.search(r"\b75\b", stats)  # steps/epoch at batch 2, total for 3 epochs
+    assert "samples per epoch: 50\n" in stats, stats  # 5 images × 10 repeats
+    assert "steps per epoch: 25 at batch size 2" in stats and "total steps: 75 for 3 epochs" in stats, stats
     # aspect buckets of at most 128² in steps of 32: landscape, portrait and square sources land apart
     assert re.search(r"160x96\s+2\b", stats) and re.search(r"96x160\s+1\b", stats), stats
     assert re.search(r"128x128\s+2\b", stats), stats
