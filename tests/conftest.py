@@ -32,5 +32,9 @@ def pytest_report_header(config):
 
     checkout, why_not = find_checkout()
     if checkout is None:
-        return f"atelier host tier: SKIPPED — {why_not}"
-    return f"atelier host tier: ComfyUI at {checkout} (python: {find_python(checkout)})"
+        return [f"atelier host tier: SKIPPED — {why_not}", f"atelier browser tier: SKIPPED — {why_not}"]
+    from browser.conftest import why_not as browser_why_not
+
+    browser = browser_why_not()
+    return [f"atelier host tier: ComfyUI at {checkout} (python: {find_python(checkout)})",
+            f"atelier browser tier: SKIPPED — {browser}" if browser else "atelier browser tier: headless Chromium"]

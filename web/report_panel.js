@@ -1,0 +1,46 @@
+// atelier.ReportPanel: the text an Atelier node returns (dry-run diffs, statistics, inspections, training reports)
+// is shown on the node itself, in a read-only text panel, so an artist reads it without adding a Show Text node.
+// One feature, one file; it uses the frontend's own app and widget modules and chains the node's callbacks.
+
+import { app } from "../../scripts/app.js";
+import { ComfyWidgets } from "../../scripts/widgets.js";
+
+const PANEL = "atelier_report"; // the panel widget's name; never serialized into the workflow or the prompt
+const MAX_CHARS = 20000; // a report longer than this is cut (the full text stays in the node's output)
+
+function reportText(message) {
+  const parts = message?.text;
+  if (!Array.isArray(parts) || parts.length === 0) return null;
+  const text = parts.map(String).join("\n\n");
+  return text.length > MAX_CHARS ? text.slice(0, MAX_CHARS) + `\n… (${text.length - MAX_CHARS} more characters)` : text;
+}
+
+function showReport(node, text) {
+  let panel = node.widgets?.find((w) => w.name === PANEL);
+  if (!panel) {
+    panel = ComfyWidgets.STRING(node, PANEL, ["STRING", { multiline: true }], app).widget;
+    panel.serialize = false; // the report is output, not a setting: workflows and prompts never carry it
+    if (panel.inputEl) {
+      panel.inputEl.readOnly = true;
+      panel.inputEl.style.opacity = 0.85;
+      panel.inputEl.dataset.atelierReport = "1";
+    }
+  }
+  panel.value = text;
+  if (panel.inputEl) panel.inputEl.value = text;
+  node.setDirtyCanvas?.(true, true);
+}
+
+app.registerExtension({
+  name: "atelier.ReportPanel",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!nodeData?.name?.startsWith("Atelier")) return;
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (message) {
+      const result = onExecuted?.apply(this, arguments);
+      const text = reportText(message);
+      if (text !== null) showReport(this, text);
+      return result;
+    };
+  },
+});
