@@ -25,6 +25,7 @@ from ..core.paths import Root, is_inside, quoted, resolve_inside, safe_name
 from ..trainers.checkpoint import run_environment
 from ..trainers.data import LatentCache, build_samples, kohya_metadata
 from ..trainers.loop import CONFIG_RANGES, PRECISIONS, Callbacks, Trainer, TrainConfig, TrainingStopped
+from ..trainers.kohya_config import import_kohya, is_toml, looks_like_kohya
 from ..trainers.memory import gradient_checkpointing as checkpointed
 from ..trainers.run import RunFiles, TrainingRun
 from ..trainers.objectives import LOSSES
@@ -410,23 +411,33 @@ def widgets_for(cls, tooltips: dict, skip=()) -> list:
     return out
 
 
-def config_from(widgets: dict, config_json: str) -> TrainConfig:
-    """The widgets' TrainConfig, or the one in config_json (a saved report's "config") when given; every value is
-    type- and range-checked, naming the setting."""
+def config_from(widgets: dict, config_json: str) -> tuple[TrainConfig, dict | None, dict | None]:
+    """(TrainConfig, NetworkConfig overrides, import report): the widgets', or config_json's (a saved report's
+    "config", or a kohya_ss GUI JSON / sd-scripts TOML, imported); every value is type- and range-checked."""
     if not isinstance(config_json, str):
         raise ValueError(f"config_json must be text holding a JSON object, got {type(config_json).__name__}.")
     if config_json.strip():
         try:
             data = json.loads(config_json)
         except json.JSONDecodeError as e:
+            if is_toml(config_json):  # an sd-scripts --config_file
+                return kohya_config(config_json)
             raise ValueError(f"config_json is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); paste "
-                             "a JSON object such as the \"config\" of an earlier report, or leave it empty to use "
-                             "the widgets.") from None
+                             "a JSON object such as the \"config\" of an earlier report, a kohya_ss GUI JSON or an "
+                             "sd-scripts TOML, or leave it empty to use the widgets.") from None
         if isinstance(data, dict) and isinstance(data.get("config"), dict):
             data = data["config"]  # a whole report pasted: its "config" part
-        return TrainConfig.from_dict(data)
+        elif isinstance(data, dict) and looks_like_kohya(data):
+            return kohya_config(config_json)
+        return TrainConfig.from_dict(data), None, None
     return TrainConfig.from_dict({f.name: widgets[f.name] for f in dataclasses.fields(TrainConfig)
-                                  if f.name in widgets})
+                                  if f.name in widgets}), None, None
+
+
+def kohya_config(text: str) -> tuple[TrainConfig, dict | None, dict]:
+    """A kohya config imported: our TrainConfig, its network settings (if any) and what mapped where."""
+    train, net, report = import_kohya(text)
+    return TrainConfig.from_dict(train), net or None, report
 
 
 class AtelierTrainLoRAAdvanced(io.ComfyNode):
@@ -497,21 +508,25 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
             check_choice(widgets[name], options, name)
         check_choice(sample_sampler, comfy.samplers.KSampler.SAMPLERS, "sample_sampler")
         check_choice(sample_scheduler, comfy.samplers.KSampler.SCHEDULERS, "sample_scheduler")
-        config = config_from(widgets, config_json)
+        config, net_overrides, imported = config_from(widgets, config_json)
         config.validate()
         lines = lambda text: tuple(line.strip() for line in text.splitlines() if line.strip())
-        net = NetworkConfig(**{k: widgets[k] for k in NETWORK_TOOLTIPS}, target_patterns=lines(target_patterns),
+        net = NetworkConfig(**{k: widgets[k] for k in NETWORK_TOOLTIPS} | (net_overrides or {}),
+                            target_patterns=lines(target_patterns),
                             exclude_patterns=lines(exclude_patterns),
                             rank_overrides=parse_rank_overrides(rank_overrides))
         sampling = {"prompts": [p.strip() for p in sample_prompts.splitlines() if p.strip()],
                     "negative": sample_negative, "seed": sample_seed, "steps": sample_steps, "cfg": sample_cfg,
                     "sampler": sample_sampler, "scheduler": sample_scheduler, "width": sample_width,
                     "height": sample_height}
-        return training_result(*train_lora(
+        model_out, clip_out, losses, report = train_lora(
             model, clip, vae, dataset, output_name, config, net, node_id=cls.hidden.unique_id if cls.hidden else None,
             resume_state=resume_state, continue_from=continue_from, keep_last=keep_last, sampling=sampling,
             cache_latents=cache_latents, gradient_checkpointing=gradient_checkpointing, advanced=True,
-            prompt=cls.hidden.prompt if cls.hidden else None))
+            prompt=cls.hidden.prompt if cls.hidden else None)
+        if imported:  # a kohya config: which keys mapped, which were off, unknown or have no equivalent here
+            report["config_import"] = imported
+        return training_result(model_out, clip_out, losses, report)
 
 
 NODES = [AtelierTrainLoRA, AtelierTrainLoRAAdvanced]
