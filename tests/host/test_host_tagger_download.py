@@ -88,11 +88,15 @@ def error_of(comfy, prompt):
     return err["exception_message"]
 
 
+def model_options(comfy):
+    """The model dropdown's values as /object_info lists them (the tooltip left out)."""
+    return comfy.object_info()["AtelierTagImages"]["input"]["required"]["model"][1]["options"]
+
+
 def test_dropdown_offers_only_checksummed_models_marked_for_download(dl_server):
-    options = dl_server.client.object_info()["AtelierTagImages"]["input"]["required"]["model"]
-    flat = json.dumps(options)
-    assert f"{GOOD} (download)" in flat and f"{BAD} (download)" in flat
-    assert UNLISTED not in flat  # enabled, but no checksum configured: never offered
+    options = model_options(dl_server.client)
+    assert f"{GOOD} (download)" in options and f"{BAD} (download)" in options, options
+    assert not [o for o in options if UNLISTED in o]  # enabled, but no checksum configured: never offered
 
 
 def test_wrong_checksum_is_refused_and_leaves_no_file(dl_server):
@@ -116,5 +120,15 @@ def test_download_from_loopback_then_tag(dl_server, mirror):
     assert sorted(os.listdir(folder)) == ["model.onnx", "selected_tags.csv"]  # no hidden temp left either
     for f in ("model.onnx", "selected_tags.csv"):
         assert (folder / f).read_bytes() == (root / GOOD / f).read_bytes()
-    options = json.dumps(dl_server.client.object_info()["AtelierTagImages"]["input"]["required"]["model"])
-    assert f'"{GOOD}"' in options and f"{GOOD} (download)" not in options  # now listed as a present model
+    options = model_options(dl_server.client)
+    assert GOOD in options and f"{GOOD} (download)" not in options, options  # now listed as a present model
+
+
+def test_with_downloads_off_the_error_says_where_to_get_the_model(comfy, comfy_server):
+    """The session's shared server runs without ATELIER_ALLOW_DOWNLOADS: nothing is fetched, and the message says
+    where the model comes from and how to enable the download."""
+    message = error_of(comfy, tag_prompt(GOOD))
+    assert "downloads are off" in message and f"https://huggingface.co/SmilingWolf/{GOOD}" in message, message
+    assert f"models/wd14_tagger/{GOOD}/" in message and "ATELIER_ALLOW_DOWNLOADS=1" in message, message
+    assert not (comfy_server.models / "wd14_tagger" / GOOD).exists()
+    assert not [o for o in model_options(comfy) if o.endswith("(download)")]
