@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import comfy.model_management
 from comfy_api.latest import io
@@ -10,24 +11,51 @@ from comfy_api.latest import io
 from ..core import captions as cap
 from ..core.caption_text import CAPTION_EXTENSIONS, check_caption_extension
 from ..core import tagger as tg
+from ..core import tagger_models as tm
 from ..core.caption_io import write_captions
 from ..core.dataset import attach_captions, parse_subset_list
 from ..core.draw import bar_chart, image_tensor_to_pil, pil_to_image_tensor
-from ..core.paths import safe_name
+from ..core.download import DownloadError
+from ..core.paths import PathRefused, safe_name
 from .dataset import dataset_in, dataset_out, subsets_in
-from .host import Progress, dataset_roots, output_subdir, resolve_tagger_model, tagger_roots
+from .host import Progress, dataset_roots, fetch_tagger_model, output_subdir, resolve_tagger_model, tagger_roots
 from .validate import check_choice, check_names
 
 TAGGER_DEVICES = ("auto", "cpu")
 DESTINATIONS = ("beside_images", "output_folder")
 
 
+def tagger_model_options() -> list[str]:
+    """The models in models/wd14_tagger, then the registry models the administrator allowed to download."""
+    present = tg.list_models(tagger_roots())
+    try:
+        fetchable = [n + tm.DOWNLOAD_MARK for n in tm.downloadable() if n not in present]
+    except (DownloadError, PathRefused) as e:  # a malformed registry: offer none, and say why in the log
+        logging.warning("[Atelier] tagger downloads not offered: %s", e)
+        fetchable = []
+    return present + fetchable or ["(no model in models/wd14_tagger)"]
+
+
+def load_chosen_tagger(model: str, device: str) -> tg.Tagger:
+    """The tagger for a dropdown value, downloading a registry model first when it is offered and not present."""
+    name, _ = tm.model_choice(model)
+    try:
+        model_path, roots = resolve_tagger_model(name)
+    except PathRefused:
+        if name not in tm.STANDARD_MODELS and name not in tm.downloadable():
+            raise
+        fetch_tagger_model(name)  # refuses, saying where to get it and how to enable downloads, when not allowed
+        model_path, roots = resolve_tagger_model(name)
+    return tg.load_tagger(model_path, device, roots)
+
+
 def tagger_inputs():
     """The widgets shared by the image and dataset taggers (names match core.tagger.TagOptions)."""
     return [
-        io.Combo.Input("model", options=tg.list_models(tagger_roots()) or ["(no model in models/wd14_tagger)"],
+        io.Combo.Input("model", options=tagger_model_options(),
                        tooltip="A WD14 model in models/wd14_tagger: a folder with model.onnx + selected_tags.csv, "
-                               "or '<name>.onnx' with '<name>.csv' beside it."),
+                               "or '<name>.onnx' with '<name>.csv' beside it. '(download)' models are fetched "
+                               "from Hugging Face (sha256-checked) on first use, where the administrator allows it."),
         io.Float.Input("general_threshold", default=0.35, min=0.0, max=1.0, step=0.01,
                        tooltip="Keep general tags scoring above this (guides use 0.35–0.5)."),
         io.Float.Input("character_threshold", default=0.85, min=0.0, max=1.0, step=0.01,
@@ -75,8 +103,7 @@ class AtelierTagImages(io.ComfyNode):
     @classmethod
     def execute(cls, images, model, **kw) -> io.NodeOutput:
         options = tag_options(kw)  # refuses bad dropdown values before the model loads
-        model_path, model_roots = resolve_tagger_model(model)
-        tagger = tg.load_tagger(model_path, kw["device"], model_roots)
+        tagger = load_chosen_tagger(model, kw["device"])
         pil = image_tensor_to_pil(images) if images.shape[0] else []
         results = tg.tag_images(tagger, pil, options, kw["batch_size"])
         captions = "\n".join(text for text, _ in results)
@@ -101,8 +128,7 @@ class AtelierTagDataset(io.ComfyNode):
     def execute(cls, dataset, caption_mode, model, **kw) -> io.NodeOutput:
         check_choice(caption_mode, tg.MERGE_MODES, "caption_mode")
         options = tag_options(kw)
-        model_path, model_roots = resolve_tagger_model(model)
-        tagger = tg.load_tagger(model_path, kw["device"], model_roots)
+        tagger = load_chosen_tagger(model, kw["device"])
         n = len({it.source for s in dataset.subsets for it in s.items})
         out, details = tg.tag_dataset(dataset, tagger, options, caption_mode, kw["batch_size"], Progress(n))
         skipped = details.get("skipped", {})

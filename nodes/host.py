@@ -10,8 +10,9 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..core.paths import (PathRefused, Root, check_relative, list_folders, quoted, resolve_folder, resolve_in_roots,
-                          roots_from_env, safe_name)
+from ..core import tagger_models as tm
+from ..core.paths import (PathRefused, Root, check_relative, list_folders, make_folder_inside, quoted, resolve_folder,
+                          resolve_in_roots, roots_from_env, safe_name)
 
 DATASETS_FOLDER_TYPE = "datasets"
 SAVED_DATASETS_SUBDIR = ("atelier", "datasets")
@@ -124,3 +125,26 @@ def resolve_tagger_model(name: str) -> tuple[Path, list[Root]]:
     raise PathRefused(f"Tagger model '{quoted(name)}' not found in models/wd14_tagger. Put a folder with model.onnx "
                       "and selected_tags.csv (or '<name>.onnx' + '<name>.csv') in models/wd14_tagger.")
 
+
+
+def fetch_tagger_model(name: str) -> None:
+    """Downloads a registry model (checksums checked) into models/wd14_tagger/<name>/ with a progress bar; Cancel
+    stops it and leaves no partial file."""
+    job = tm.plan(name)  # refuses when downloads are off or the model has no configured checksum
+    roots = [Root("models/wd14_tagger", p) for p in tagger_roots()]
+    target = roots[0].path / safe_name(name, "tagger model name")  # the first root: models/wd14_tagger itself
+    created = not target.exists()
+    folder = make_folder_inside(target, roots, "tagger model folder")
+    bar = comfy.utils.ProgressBar(100)
+
+    def progress(file: str, done: int, total: int | None) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()  # Cancel ends the download
+        if total:
+            bar.update_absolute(int(100 * done / total))
+
+    try:
+        tm.fetch_model(job, folder, on_progress=progress)
+    except BaseException:
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # a folder we made for a model that did not arrive is not left as an empty "model"
+        raise
