@@ -8,10 +8,12 @@ from comfy_api.latest import ComfyExtension, io
 from . import captioning, compare, dataset, grids, lora_tools, training
 from .host import register_folder_types, register_tagger_folder
 from .info import AtelierVersion
+from .live import register_routes
 from .messages import guard_messages
 
 register_folder_types()
 register_tagger_folder()
+register_routes()  # the live training view's history (GET /atelier/train/runs...)
 
 NODES: list[type[io.ComfyNode]] = [
     AtelierVersion,

@@ -33,6 +33,7 @@ from ..trainers.optim import OPTIMIZERS, SCHEDULERS
 from ..trainers.network import LoRANetwork, NetworkConfig, parse_rank_overrides, with_default_targets
 from .dataset import dataset_in
 from .host import model_output_path, output_subdir
+from .live import HISTORY, run_id
 from .lora_files import read_lora
 from .provenance import base_model
 from .train_adapter import (ComfyDenoiser, autograd_friendly_clip, draw_samples, encode_latents, encoder_key,
@@ -161,6 +162,8 @@ class TrainingEvents:
         self.bar = comfy.utils.ProgressBar(1, node_id=node_id)
         self.stop_requested = False
         self.sample_files: list[str] = []
+        self.run = run_id(node_id)  # the live view's key: this prompt and node, so runs never mix
+        HISTORY.start(self.run, node_id, name)
 
     def on_step(self, info) -> None:
         try:
@@ -168,9 +171,10 @@ class TrainingEvents:
         except comfy.model_management.InterruptProcessingException:
             # ComfyUI's progress hook raises on cancel (and clears the flag): finish this step, save, then stop
             self.stop_requested = True
-        send_event("atelier.train.step", {"node": self.node_id, "step": info.step, "total": info.total_steps,
-                                          "epoch": info.epoch, "loss": info.loss, "smoothed": info.smoothed_loss,
-                                          "lr": info.lr, "samples_per_second": info.samples_per_second,
+        point = {"step": info.step, "total": info.total_steps, "epoch": info.epoch, "loss": info.loss,
+                 "smoothed": info.smoothed_loss, "lr": info.lr, "samples_per_second": info.samples_per_second}
+        HISTORY.step(self.run, point)
+        send_event("atelier.train.step", {"node": self.node_id, "run": self.run, "name": self.name, **point,
                                           "skipped": info.skipped, "skipped_steps": info.skipped_steps})
 
     def should_stop(self) -> bool:
@@ -186,7 +190,9 @@ class TrainingEvents:
             write_image(target, img, "PNG")  # atomic, as every file Atelier writes
             self.sample_files.append(shown(target))
             sent.append({"filename": target.name, "subfolder": f"atelier/samples/{self.name}", "type": "output"})
-        send_event("atelier.train.sample", {"node": self.node_id, "step": step, "epoch": epoch, "images": sent})
+        HISTORY.sample(self.run, {"step": step, "epoch": epoch, "images": sent})
+        send_event("atelier.train.sample", {"node": self.node_id, "run": self.run, "step": step, "epoch": epoch,
+                                            "images": sent})
 
     def callbacks(self) -> Callbacks:
         return Callbacks(on_step=self.on_step, should_stop=self.should_stop, on_sample=self.on_sample)
@@ -217,7 +223,10 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         blocks = checkpoint_blocks(host.patcher.model.diffusion_model) if gradient_checkpointing else []
         contexts = [autograd_friendly_clip(clip.cond_stage_model) if config.train_text_encoder else nullcontext(),
                     checkpointed(blocks)]
-        result = run.train(resume_dir, contexts)
+        try:
+            result = run.train(resume_dir, contexts)
+        finally:
+            HISTORY.finish(events.run)
         for warning in result.warnings:
             logging.warning("[Atelier] %s", warning)
         if result.stopped:  # cancelled from ComfyUI: everything is saved, then say so
