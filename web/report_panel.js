@@ -19,7 +19,10 @@ function showReport(node, text) {
   let panel = node.widgets?.find((w) => w.name === PANEL);
   if (!panel) {
     panel = ComfyWidgets.STRING(node, PANEL, ["STRING", { multiline: true }], app).widget;
-    panel.serialize = false; // the report is output, not a setting: workflows and prompts never carry it
+    // the report is output, not a setting: neither the workflow (widget.serialize) nor the prompt
+    // (options.serialize, which graphToPrompt reads) carries it, so it never changes ComfyUI's cache key
+    panel.serialize = false;
+    panel.options = { ...(panel.options || {}), serialize: false };
     if (panel.inputEl) {
       panel.inputEl.readOnly = true;
       panel.inputEl.style.opacity = 0.85;

@@ -53,6 +53,11 @@ def test_a_nodes_report_is_shown_on_the_node(page, browser_server, tmp_path):
                         [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2])
     assert top == "1"
     page.screenshot(path=str(tmp_path / "report_panel.png"))
+    # the panel is never sent back: a second Run keeps the same inputs, so ComfyUI's cache still applies
+    sent = page.evaluate("async (id) => (await window.app.graphToPrompt()).output[String(id)].inputs", ids[1])
+    assert "atelier_report" not in sent
+    saved = page.evaluate("(id) => window.app.graph.getNodeById(id).serialize().widgets_values || []", ids[1])
+    assert not any(isinstance(v, str) and "samples" in v for v in saved)
 
 
 def test_seeds_have_no_randomize_control_in_the_editor(page):
