@@ -59,3 +59,29 @@ def test_advanced_node_fits_1080p_and_sends_every_setting(page, browser_server):
     values = dict(zip(names, got["saved"]))
     assert len(got["saved"]) == len(names), got["saved"]
     assert values.get("min_snr_gamma") == 5, got["saved"]
+
+
+ROUND_TRIP = """async (type) => {
+  const app = window.app;
+  app.graph.clear();
+  const node = window.LiteGraph.createNode(type);
+  app.graph.add(node);
+  const set = { min_snr_gamma: 5, sample_steps: 33, rank: 12, sample_prompts: "an elf\\na knight" };
+  for (const [name, value] of Object.entries(set)) node.widgets.find((w) => w.name === name).value = value;
+  node.widgets.find((w) => w.name === "atelier_section_saving").callback(true);
+  const workflow = JSON.parse(JSON.stringify(app.graph.serialize()));
+  app.graph.clear();
+  await app.loadGraphData(workflow);
+  const loaded = app.graph.nodes.find((n) => n.type === type);
+  const values = Object.fromEntries(Object.keys(set).map((name) => [name, loaded.widgets.find((w) => w.name === name).value]));
+  const visible = (name) => !loaded.widgets.find((w) => w.name === name).hidden;
+  return { values, set, savingOpen: visible("sample_steps"), objectiveOpen: visible("min_snr_gamma"),
+           height: loaded.size[1] };
+}"""
+
+
+def test_a_saved_workflow_reloads_with_its_values_and_open_sections(page):
+    got = page.evaluate(ROUND_TRIP, ADVANCED)
+    assert got["values"] == got["set"], got
+    assert got["savingOpen"] and not got["objectiveOpen"], got
+    assert got["height"] <= 1080, got["height"]
