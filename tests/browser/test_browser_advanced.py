@@ -73,7 +73,8 @@ ROUND_TRIP = """async (type) => {
   app.graph.clear();
   await app.loadGraphData(workflow);
   const loaded = app.graph.nodes.find((n) => n.type === type);
-  const values = Object.fromEntries(Object.keys(set).map((name) => [name, loaded.widgets.find((w) => w.name === name).value]));
+  const value = (name) => loaded.widgets.find((w) => w.name === name).value;
+  const values = Object.fromEntries(Object.keys(set).map((name) => [name, value(name)]));
   const visible = (name) => !loaded.widgets.find((w) => w.name === name).hidden;
   return { values, set, savingOpen: visible("sample_steps"), objectiveOpen: visible("min_snr_gamma"),
            height: loaded.size[1] };
