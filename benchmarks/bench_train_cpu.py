@@ -67,9 +67,10 @@ def child(which: str, steps: int, checkpoint: str) -> None:
 
         dataset = from_arrays(images, captions)
         with torch.inference_mode():
-            _, _, _, report = train_lora(model, clip, vae, dataset, "bench",
-                                         TrainConfig(max_steps=steps, batch_size=1, unet_lr=1e-4, save_every_epochs=0),
-                                         NetworkConfig(rank=8, alpha=8.0))
+            _, _, _, report, _ = train_lora(model, clip, vae, dataset, "bench",
+                                            TrainConfig(max_steps=steps, batch_size=1, unet_lr=1e-4,
+                                                        save_every_epochs=0),
+                                            NetworkConfig(rank=8, alpha=8.0))
         seconds = report["train_seconds"]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"which": which, "seconds": seconds, "steps_per_second": steps / seconds,

@@ -246,23 +246,44 @@ def model_label(name: str) -> str:
     return base
 
 
+def run_file_label(kind: str, metadata: dict, name: str) -> str:
+    """A training run's file as a grid labels it, from its kohya metadata: "epoch 2" (ss_epoch), "step 100"
+    (ss_steps), "final (epoch 3)"; the file name without folder or extension when the metadata lacks the number."""
+    epoch, steps = str(metadata.get("ss_epoch", "")).strip(), str(metadata.get("ss_steps", "")).strip()
+    if kind == "epoch" and epoch.isdigit():
+        return f"epoch {int(epoch)}"
+    if kind == "step" and steps.isdigit():
+        return f"step {int(steps)}"
+    if kind == "final":
+        return f"final (epoch {int(epoch)})" if epoch.isdigit() else "final"
+    return model_label(name)
+
+
 @dataclass(frozen=True)
 class Axis:
     kind: str
     values: tuple
     label: str = ""  # the axis title; empty means the kind
+    value_labels: tuple = ()  # display text per value (e.g. "epoch 2" from a LoRA's metadata); empty = derived
 
     def __post_init__(self):
         if self.kind not in AXIS_KINDS:
             raise ValueError(f"Unknown axis kind {self.kind!r}. Valid kinds: {', '.join(AXIS_KINDS)}.")
         object.__setattr__(self, "values", tuple(self.values))
+        object.__setattr__(self, "value_labels", tuple(map(str, self.value_labels)))
         if not self.values:
             raise _no_values(self.kind, "")
+        if self.value_labels and len(self.value_labels) != len(self.values):
+            raise ValueError(f"axis '{self.kind}' has {len(self.values)} values but {len(self.value_labels)} value "
+                             "labels; give one label per value, or none to derive them.")
         if not self.label:
             object.__setattr__(self, "label", self.kind)
 
     def labels(self) -> list[str]:
-        """Display text per value: compact numbers, model names without folder or extension, the S/R replacement."""
+        """Display text per value: the given labels, else compact numbers, model names without folder or extension,
+        the S/R replacement."""
+        if self.value_labels:
+            return list(self.value_labels)
         if self.kind in NUMERIC_KINDS:
             return [_format_number(v) for v in self.values]
         if self.kind in ("lora", "checkpoint"):
@@ -459,7 +480,8 @@ def grid_metadata(axes: dict, cells: list[dict], extra: dict | None = None) -> s
             continue
         if not isinstance(axis, Axis):
             raise ValueError(f"grid_metadata expects Axis objects in axes; {name!r} is a {type(axis).__name__}.")
-        described[str(name)] = {"kind": axis.kind, "values": list(axis.values), "label": axis.label}
+        described[str(name)] = {"kind": axis.kind, "values": list(axis.values), "label": axis.label,
+                                **({"value_labels": list(axis.value_labels)} if axis.value_labels else {})}
     document = {"format": METADATA_KEY, "version": METADATA_VERSION, "axes": described, "cells": list(cells),
                 "extra": dict(extra or {})}
     try:
@@ -481,7 +503,8 @@ def parse_grid_metadata(text: str) -> dict:
     if document.get("version") != METADATA_VERSION:
         raise ValueError(f"Grid metadata version {document.get('version')!r} is not supported; this Atelier reads "
                          f"version {METADATA_VERSION}. Update Atelier.")
-    axes = {name: Axis(a["kind"], tuple(a["values"]), a["label"]) for name, a in document["axes"].items()}
+    axes = {name: Axis(a["kind"], tuple(a["values"]), a["label"], tuple(a.get("value_labels", ())))
+            for name, a in document["axes"].items()}
     return {"axes": axes, "cells": document["cells"], "extra": document["extra"]}
 
 

@@ -159,6 +159,19 @@ def load_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
     return tensors, metadata
 
 
+def load_lora_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a LoRA file without reading its tensors (safetensors header only; other formats have none)."""
+    path = Path(path)
+    if path.suffix.lower() != SAFETENSORS:
+        return {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
+    except SafetensorError as e:
+        raise ValueError(f"'{path.name}' is not a readable safetensors file ({e}); the file is damaged or "
+                         "incomplete: download or export it again.") from None
+
+
 # Key layouts ComfyUI's LoraLoader reads, by the prefix of their module names.
 KEY_FORMATS = (("kohya", ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_transformer_")),
                ("ComfyUI", ("diffusion_model.", "text_encoders.")),

@@ -13,13 +13,15 @@ import comfy.utils
 import folder_paths
 
 from ..core.draw import pil_to_image_tensor
-from ..core.grid import (AXIS_KINDS, AXIS_RANGES, Axis, draw_grid, grid_metadata, join_row, pad_to_common_size,
-                         paginate, parse_values, plan_cells, save_png_with_metadata)
+from ..core.grid import (AXIS_KINDS, AXIS_RANGES, Axis, draw_grid, grid_metadata, join_row, model_label,
+                         pad_to_common_size, paginate, parse_values, plan_cells, run_file_label,
+                         save_png_with_metadata)
 from ..core.lora_math import STRENGTH_LIMIT, check_strength
 from ..core.paths import safe_name
 from .cells import CONNECTED, CellRenderer, CellSpec, cell_cache_dir
 from .validate import NONE, check_choice, check_number
 from .host import output_subdir
+from .lora_files import lora_files_input, read_lora_metadata, run_files
 from .provenance import connected_checkpoint
 
 MAX_PAGE_SIDE = 8192
@@ -159,6 +161,25 @@ def checked_sampling(sampler: str, scheduler: str, cfg: float) -> None:
     check_number("cfg", cfg, 0.0, CFG_MAX)
 
 
+RUN_VALUES = ("", "run")  # a lora axis with these values takes every file of the connected training run
+
+
+def run_axis(lora_files) -> Axis:
+    """A LoRA axis over every file of a training run (epoch / step files in order, then the final one), labelled
+    from each file's metadata: "epoch 2", ..., "final (epoch 3)"."""
+    run = run_files(lora_files)
+    names = run.names()
+    labels = [run_file_label(kind, read_lora_metadata(name), name) for name, kind in zip(names, run.kinds())]
+    return Axis("lora", tuple(names), label=f"lora: {model_label(run.final)}", value_labels=tuple(labels))
+
+
+def axis_of(kind: str, text: str, lora_files=None) -> Axis:
+    """One axis from its kind and values; a lora axis left empty (or 'run') takes the connected run's files."""
+    if kind == "lora" and lora_files is not None and text.strip().lower() in RUN_VALUES:
+        return run_axis(lora_files)
+    return Axis(kind, tuple(parse_values(kind, text, choices=choices_for(kind))))
+
+
 def lora_choice(name: str) -> str | None:
     if name in (None, "", NONE):
         return None
@@ -207,6 +228,10 @@ class AtelierXYGrid(io.ComfyNode):
                 io.Combo.Input("cell_caption", options=list(CAPTIONS), default="none", optional=True,
                                tooltip="Text under each cell: nothing, its seeds, or all its settings."),
                 *speed_inputs(),
+                lora_files_input("Optional: the lora_files output of a Train LoRA node, so one queued graph trains "
+                                 "then compares. A 'lora' axis whose values are empty or 'run' then uses every epoch "
+                                 "/ step file of that run plus the final file, labelled from their metadata (epoch "
+                                 "2, ..., final); with no LoRA axis, the run's final file replaces the lora choice."),
             ],
             outputs=[io.Image.Output("grid", tooltip="The labelled grid pages (padded to one size)."),
                      io.String.Output("file", tooltip="The saved PNGs, one per line (their metadata holds every "
@@ -220,7 +245,8 @@ class AtelierXYGrid(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, positive, negative, x_kind, x_values, y_kind, y_values, lora, strength,
                 baseline, seed, steps, cfg, sampler, scheduler, denoise, width, height, grid_name, z_kind="none",
-                z_values="", seeds_per_cell=1, cell_caption="none", batch_size=4, resume=True) -> io.NodeOutput:
+                z_values="", seeds_per_cell=1, cell_caption="none", batch_size=4, resume=True,
+                lora_files=None) -> io.NodeOutput:
         name = safe_name(grid_name, "grid_name")
         checked_sampling(sampler, scheduler, cfg)
         check_strength(strength, "strength")
@@ -231,12 +257,12 @@ class AtelierXYGrid(io.ComfyNode):
         axes = {}
         for axis_name, kind, text in (("x", x_kind, x_values), ("y", y_kind, y_values), ("z", z_kind, z_values)):
             check_choice(kind, kinds if axis_name != "x" else list(AXIS_KINDS), f"{axis_name}_kind")
-            axes[axis_name] = None if kind == "none" else Axis(kind, tuple(parse_values(kind, text,
-                                                                                     choices=choices_for(kind))))
+            axes[axis_name] = None if kind == "none" else axis_of(kind, text, lora_files)
         x, y, z = axes["x"], axes["y"], axes["z"]
         cells = plan_cells(x, y, z, baseline=None if baseline == "none" else baseline, seeds_per_cell=seeds_per_cell,
                            megapixels_per_cell=width * height / 1e6)
-        defaults = {"positive": positive, "negative": negative, "lora": lora_choice(lora), "strength": strength,
+        chosen = lora_choice(lora) if lora_files is None else run_files(lora_files).final  # the run replaces it
+        defaults = {"positive": positive, "negative": negative, "lora": chosen, "strength": strength,
                     "seed": seed, "steps": steps, "cfg": cfg, "sampler": sampler, "scheduler": scheduler,
                     "denoise": denoise, "checkpoint": None}
         specs = [spec_of(cell_settings(c, axes, defaults), width, height) for c in cells]

@@ -67,11 +67,19 @@ def model_roots(folder_type: str) -> list[Root]:
     return [Root(f"models/{folder_type}", Path(p)) for p in folder_paths.get_folder_paths(folder_type)]
 
 
+def forget_model_list(folder_type: str) -> None:
+    """Drops ComfyUI's cached file list of a model type, so files just written are listed (its mtime check can miss
+    a file written in the same clock tick as the last listing)."""
+    folder_paths.filename_list_cache.pop(folder_type, None)
+
+
 def model_file(folder_type: str, name: str, what: str | None = None) -> Path:
     """The real path of `name` from a model folder's list. The name must be one the list offers (ComfyUI 0.3.64
     does not check dropdown values) and its real path must lie inside that type's folders (a symlinked file leading
     elsewhere is refused): the path policy for models."""
     what = what or f"{folder_type} file"
+    if isinstance(name, str) and name not in folder_paths.get_filename_list(folder_type):
+        forget_model_list(folder_type)  # a file written moments ago (a run upstream) may not be in the cached list
     if not isinstance(name, str) or name not in folder_paths.get_filename_list(folder_type):
         raise PathRefused(f"No {what} named '{quoted(name)}' in models/{folder_type}; pick one from the list (put the "
                           f"file in models/{folder_type} and refresh the page if it is new).")

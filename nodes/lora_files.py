@@ -10,12 +10,36 @@ import comfy.lora
 import comfy.lora_convert
 from comfy.weight_adapter.lora import LoRAAdapter
 
+from comfy_api.latest import io
+
 from ..core.lora_format import ALPHA, fit_problem
-from ..core.lora_io import check_lora_tensors, load_lora
+from ..core.lora_io import check_lora_tensors, load_lora, load_lora_metadata
 from ..core.report import listing
+from ..trainers.run import RunLoras
 from .host import model_file
+from .validate import check_choice
 
 LISTED = 6  # problems an error message lists before "and N more"
+LORA_FILES = io.Custom("ATELIER_LORA_FILES")  # the files a training node wrote (trainers.run.RunLoras)
+
+
+def lora_files_input(tooltip: str):
+    """The optional input that takes a training node's `lora_files` output, so one queued graph trains, then uses."""
+    return LORA_FILES.Input("lora_files", optional=True, tooltip=tooltip)
+
+
+def run_files(lora_files) -> RunLoras:
+    """The connected value checked: a training node's files, else an error saying what to connect."""
+    if not isinstance(lora_files, RunLoras):
+        raise ValueError(f"lora_files expects the 'lora_files' output of a Train LoRA node; got "
+                         f"{type(lora_files).__name__}. Connect a training node's lora_files output, or disconnect.")
+    return lora_files
+
+
+def chosen_lora(choice: str, options: list[str], what: str, lora_files=None) -> str:
+    """The final file of the connected training run, which replaces the dropdown; else the dropdown's value,
+    re-checked against its options."""
+    return check_choice(choice, options, what) if lora_files is None else run_files(lora_files).final
 
 
 def read_lora(name: str) -> tuple[dict, dict]:
@@ -23,6 +47,11 @@ def read_lora(name: str) -> tuple[dict, dict]:
     tensors, meta = load_lora(model_file("loras", name))  # listed, and inside the loras folders
     check_lora_tensors(tensors, name)
     return tensors, meta
+
+
+def read_lora_metadata(name: str) -> dict:
+    """The metadata of `name` in the loras folders (header only), under the same path policy as read_lora."""
+    return load_lora_metadata(model_file("loras", name))
 
 
 class _Reads(dict):

@@ -27,13 +27,17 @@ from ..core.lora_math import (EXTRACT_METHODS, STRENGTH_LIMIT, apply_block_weigh
 from ..trainers.network import TE_INCLUDE, UNET_INCLUDE, extract_targets
 from .validate import NONE, check_choice, check_number
 from .host import Progress, model_output_path
-from .lora_files import fit_lora, read_lora
+from .lora_files import chosen_lora, fit_lora, lora_files_input, read_lora
 from .provenance import model_family
 from .training import lora_output_path
 
 DYNAMIC = ("none", "sv_ratio", "sv_fro", "sv_cumulative")
 MERGE_MODES = ("concat", "svd", "average_weights")
 DYNAMIC_PARAM_MAX = 1000.0
+
+
+FROM_RUN = ("Optional: the lora_files output of a Train LoRA node; when connected, the run's final file replaces "
+            "the {choice} choice, and this node runs after the training in the same queued graph.")
 
 
 def lora_choices() -> list[str]:
@@ -59,13 +63,14 @@ def plain_modules(name: str, tensors: dict) -> dict:
 SLOTS = 4
 
 
-def chosen_slots(slots: dict) -> list[tuple[int, str, float]]:
+def chosen_slots(slots: dict, lora_files=None) -> list[tuple[int, str, float]]:
     """(slot number, LoRA name, strength) of the slots in use, each name re-checked against the loras list and
-    each strength finite and within range (ComfyUI's own range check lets NaN through)."""
+    each strength finite and within range (ComfyUI's own range check lets NaN through); a connected training run's
+    final file takes slot 1."""
     options = [NONE] + lora_choices()
     chosen = []
     for i in range(1, SLOTS + 1):
-        name = check_choice(slots[f"lora_{i}"], options, f"lora_{i}")
+        name = chosen_lora(slots[f"lora_{i}"], options, f"lora_{i}", lora_files if i == 1 else None)
         if name != NONE:
             chosen.append((i, name, check_strength(slots[f"strength_{i}"], f"strength_{i}")))
     return chosen
@@ -160,17 +165,19 @@ class AtelierMergeLoRAs(io.ComfyNode):
                                            "average_weights: average up/down of same-shape LoRAs (epoch soup, "
                                            "approximate)."),
                     *rank_inputs(64),
-                    io.String.Input("output_name", default="merged", tooltip="File name in models/loras/atelier.")],
+                    io.String.Input("output_name", default="merged", tooltip="File name in models/loras/atelier."),
+                    lora_files_input(FROM_RUN.format(choice="lora_1"))],
             outputs=tool_outputs(),
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, mode, rank, dynamic_method, dynamic_param, output_name, **slots) -> io.NodeOutput:
+    def execute(cls, mode, rank, dynamic_method, dynamic_param, output_name, lora_files=None,
+                **slots) -> io.NodeOutput:
         lora_output_path(output_name)  # a bad name is refused before any work
         check_choice(mode, list(MERGE_MODES), "mode")
         dynamic = dynamic_kwargs(dynamic_method, dynamic_param, rank)
-        chosen = [(name, strength) for _, name, strength in chosen_slots(slots)]
+        chosen = [(name, strength) for _, name, strength in chosen_slots(slots, lora_files)]
         if not chosen:
             raise ValueError("Choose at least one LoRA to merge.")
         read = [read_lora(name) for name, _ in chosen]  # every file checked before any work
@@ -201,16 +208,18 @@ class AtelierResizeLoRA(io.ComfyNode):
                         "its effective strength; reports the retained energy per layer.",
             inputs=[io.Combo.Input("lora", options=lora_choices(), tooltip="The LoRA to resize."),
                     *rank_inputs(32),
-                    io.String.Input("output_name", default="resized", tooltip="File name in models/loras/atelier.")],
+                    io.String.Input("output_name", default="resized", tooltip="File name in models/loras/atelier."),
+                    lora_files_input(FROM_RUN.format(choice="lora"))],
             outputs=tool_outputs(),
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, lora, rank, dynamic_method, dynamic_param, output_name) -> io.NodeOutput:
+    def execute(cls, lora, rank, dynamic_method, dynamic_param, output_name, lora_files=None) -> io.NodeOutput:
         lora_output_path(output_name)  # a bad name is refused before any work
         dynamic = dynamic_kwargs(dynamic_method, dynamic_param, rank)
-        modules, meta = load_modules(check_choice(lora, lora_choices(), "lora"))
+        lora = chosen_lora(lora, lora_choices(), "lora", lora_files)
+        modules, meta = load_modules(lora)
         resized, report = resize(modules, rank, on_layer=layer_progress(), **dynamic)
         meta = {**meta, "atelier_resized_from": lora, "ss_output_name": Path(output_name).stem}
         path = write(output_name, resized, meta, sources=[meta], dynamic=bool(dynamic))
@@ -318,14 +327,16 @@ class AtelierInspectLoRA(io.ComfyNode):
             description="Keys, ranks, alphas, metadata, target family, and whether it loads on a given MODEL/CLIP.",
             inputs=[io.Combo.Input("lora", options=lora_choices(), tooltip="The LoRA file to inspect."),
                     io.Model.Input("model", optional=True, tooltip="Check that every UNet key would load on this."),
-                    io.Clip.Input("clip", optional=True, tooltip="Check that every text-encoder key would load.")],
+                    io.Clip.Input("clip", optional=True, tooltip="Check that every text-encoder key would load."),
+                    lora_files_input(FROM_RUN.format(choice="lora"))],
             outputs=[io.String.Output("report", tooltip="JSON report.")],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, lora, model=None, clip=None) -> io.NodeOutput:
-        tensors, meta = read_lora(check_choice(lora, lora_choices(), "lora"))
+    def execute(cls, lora, model=None, clip=None, lora_files=None) -> io.NodeOutput:
+        lora = chosen_lora(lora, lora_choices(), "lora", lora_files)
+        tensors, meta = read_lora(lora)
         summary = lora_summary(tensors, meta)
         families = [f for f, pattern in (("SDXL (two text encoders)", r"^(lora_te[12]_|text_encoders\.clip_g\.)"),
                                          ("Flux / DiT", r"double_blocks|single_blocks"),
@@ -363,7 +374,8 @@ class AtelierMergeLoRAIntoModel(io.ComfyNode):
                     *slots,
                     io.Vae.Input("vae", optional=True, tooltip="Needed only to save a complete checkpoint."),
                     io.String.Input("checkpoint_name", default="",
-                                    tooltip="Save models/checkpoints/atelier/<name>.safetensors; empty = don't save.")],
+                                    tooltip="Save models/checkpoints/atelier/<name>.safetensors; empty = don't save."),
+                    lora_files_input(FROM_RUN.format(choice="lora_1"))],
             outputs=[io.Model.Output("model_out", display_name="model", tooltip="The merged model."),
                      io.Clip.Output("clip_out", display_name="clip", tooltip="The merged CLIP."),
                      io.String.Output("report", tooltip="What was merged and where it was saved.")],
@@ -371,9 +383,9 @@ class AtelierMergeLoRAIntoModel(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, checkpoint_name, vae=None, **slots) -> io.NodeOutput:
+    def execute(cls, model, clip, checkpoint_name, vae=None, lora_files=None, **slots) -> io.NodeOutput:
         planned = []  # every slot is checked (name, strength, block weights, file, fit) before anything is merged
-        for i, name, strength in chosen_slots(slots):
+        for i, name, strength in chosen_slots(slots, lora_files):
             weights = parse_block_weights(slots[f"block_weights_{i}"], f"block_weights_{i}")
             tensors, _ = read_lora(name)
             fit_lora(tensors, name, model, clip).check(every_key=True)

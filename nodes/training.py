@@ -27,14 +27,14 @@ from ..trainers.data import LatentCache, build_samples, kohya_metadata
 from ..trainers.loop import CONFIG_RANGES, PRECISIONS, Callbacks, Trainer, TrainConfig, TrainingStopped
 from ..trainers.kohya_config import import_kohya, is_toml, looks_like_kohya
 from ..trainers.memory import gradient_checkpointing as checkpointed
-from ..trainers.run import RunFiles, TrainingRun
+from ..trainers.run import RunFiles, TrainingRun, run_loras
 from ..trainers.objectives import LOSSES
 from ..trainers.optim import OPTIMIZERS, SCHEDULERS
 from ..trainers.network import LoRANetwork, NetworkConfig, parse_rank_overrides, with_default_targets
 from .dataset import dataset_in
-from .host import model_output_path, output_subdir
+from .host import forget_model_list, model_output_path, output_subdir
 from .live import HISTORY, run_id
-from .lora_files import read_lora
+from .lora_files import LORA_FILES, read_lora
 from .provenance import base_model
 from .train_adapter import (ComfyDenoiser, autograd_friendly_clip, draw_samples, encode_latents, encoder_key,
                             interrupted, make_encoder, text_encoder_roots, thaw)
@@ -227,6 +227,7 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
             result = run.train(resume_dir, contexts)
         finally:
             HISTORY.finish(events.run)
+        forget_model_list("loras")  # the new files are in the loras list for nodes downstream and the dropdowns
         for warning in result.warnings:
             logging.warning("[Atelier] %s", warning)
         if result.stopped:  # cancelled from ComfyUI: everything is saved, then say so
@@ -238,7 +239,9 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
             raise TrainingStopped(message)
         loaded = {k: v.float() for k, v in result.shipped.items()}
         model_out, clip_out = comfy.sd.load_lora_for_models(model, clip, loaded, 1.0, 1.0)
-    return model_out, clip_out, result.state.losses, training_report(result, path, config, net, events, cache, skipped)
+    return (model_out, clip_out, result.state.losses,
+            training_report(result, path, config, net, events, cache, skipped),
+            run_loras(result.saved, path, path.parent.name))  # names as the loras list has them: atelier/<file>
 
 
 def lora_metadata(config: TrainConfig, net: NetworkConfig, dataset, path: Path, base, trainer: Trainer):
@@ -291,13 +294,16 @@ def training_outputs() -> list:
             io.Clip.Output("clip_out", display_name="clip", tooltip="The CLIP with the LoRA applied."),
             io.Image.Output("loss_chart", tooltip="Loss per step (raw and smoothed)."),
             io.String.Output("report", tooltip="JSON: saved files, steps, losses, config (reusable as config_json "
-                                               "of the Advanced node), samples, skipped images.")]
+                                               "of the Advanced node), samples, skipped images."),
+            LORA_FILES.Output("lora_files", tooltip="The files this run wrote (every epoch / step file and the final "
+                                                    "one): connect to XY Grid (a 'lora' axis with empty values uses "
+                                                    "them all) or to the LoRA tools, in the same graph.")]
 
 
-def training_result(model_out, clip_out, losses, report) -> io.NodeOutput:
+def training_result(model_out, clip_out, losses, report, files) -> io.NodeOutput:
     chart = line_chart(losses, title=f"loss: {report['steps']} steps")
     text = json.dumps(report, indent=1)
-    return io.NodeOutput(model_out, clip_out, pil_to_image_tensor([chart]), text, ui={"text": [text]})
+    return io.NodeOutput(model_out, clip_out, pil_to_image_tensor([chart]), text, files, ui={"text": [text]})
 
 
 class AtelierTrainLoRA(io.ComfyNode):
@@ -528,14 +534,14 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
                     "negative": sample_negative, "seed": sample_seed, "steps": sample_steps, "cfg": sample_cfg,
                     "sampler": sample_sampler, "scheduler": sample_scheduler, "width": sample_width,
                     "height": sample_height}
-        model_out, clip_out, losses, report = train_lora(
+        model_out, clip_out, losses, report, files = train_lora(
             model, clip, vae, dataset, output_name, config, net, node_id=cls.hidden.unique_id if cls.hidden else None,
             resume_state=resume_state, continue_from=continue_from, keep_last=keep_last, sampling=sampling,
             cache_latents=cache_latents, gradient_checkpointing=gradient_checkpointing, advanced=True,
             prompt=cls.hidden.prompt if cls.hidden else None)
         if imported:  # a kohya config: which keys mapped, which were off, unknown or have no equivalent here
             report["config_import"] = imported
-        return training_result(model_out, clip_out, losses, report)
+        return training_result(model_out, clip_out, losses, report, files)
 
 
 NODES = [AtelierTrainLoRA, AtelierTrainLoRAAdvanced]

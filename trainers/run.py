@@ -72,6 +72,37 @@ def prune_epoch_files(path: Path, keep_last: int) -> None:
 
 
 @dataclass(frozen=True)
+class RunLoras:
+    """The LoRA files one run wrote, by their names in the loras list: the final file and every intermediate file
+    still on disk (keep-last may have pruned some), in the order they were saved."""
+
+    final: str  # e.g. "atelier/my_lora.safetensors"
+    intermediates: tuple[tuple[str, str, int], ...] = ()  # (name, "epoch" or "step", its epoch or step number)
+
+    def names(self) -> list[str]:
+        """Every file of the run, intermediates first, the final file last."""
+        return [name for name, _, _ in self.intermediates] + [self.final]
+
+    def kinds(self) -> list[str]:
+        """"epoch", "step" or "final" per name of names()."""
+        return [kind for _, kind, _ in self.intermediates] + ["final"]
+
+
+def run_loras(saved: list[Path], final: Path, folder: str) -> RunLoras:
+    """RunLoras from a RunResult's saved paths; `folder` is the files' sub-folder in the loras list ("atelier"), so
+    names read "atelier/<file>" on every platform."""
+    intermediates = []
+    for path in saved:
+        path = Path(path)
+        kind = intermediate_kind(path.name, final)
+        if kind is None or not path.is_file():  # the final file, or an intermediate pruned by keep_last
+            continue
+        number = int(path.stem[len(final.stem) + 1:].removeprefix("step"))  # name-000002 / name-step00000100
+        intermediates.append((f"{folder}/{path.name}", kind, number))
+    return RunLoras(f"{folder}/{final.name}", tuple(intermediates))
+
+
+@dataclass(frozen=True)
 class RunFiles:
     """Where a run's files go and how messages name them (the host decides both)."""
 
