@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from comfy_host import FIXTURE_CHECKPOINT_NAME, render
+from comfy_host import FIXTURE_CHECKPOINT_NAME, advanced_train_widgets, render
 from PIL import Image
 from safetensors import safe_open
 
@@ -30,18 +30,8 @@ def load_dataset(folder: str, role: str, name: str) -> dict:
 
 
 def advanced(output_name: str, model, **overrides) -> dict:
-    widgets = dict(output_name=output_name, rank=4, alpha=4.0, conv_rank=0, conv_alpha=1.0, dropout=0.0,
-                   rank_dropout=0.0, module_dropout=0.0, epochs=1, max_steps=3, batch_size=2, grad_accum=1,
-                   unet_lr=5e-2, te_lr=1e-4, train_text_encoder=False, optimizer="adamw", weight_decay=0.0,
-                   scheduler="constant", warmup_steps=0, num_cycles=1, power=1.0, loss="l2", huber_delta=0.1,
-                   min_snr_gamma=0.0, noise_offset=0.0, min_timestep_percent=0.0, max_timestep_percent=1.0,
-                   max_grad_norm=1.0, precision="fp32", seed=5, ema_decay=0.0, caption_shuffle=False, keep_tokens=0,
-                   caption_dropout=0.0, tag_dropout=0.0, masked_loss=False, save_every_steps=0, save_every_epochs=0,
-                   keep_last=0, sample_every_steps=0, sample_every_epochs=0, sample_prompts="", sample_negative="",
-                   sample_seed=0, sample_steps=2, sample_cfg=4.0, sample_sampler="euler", sample_scheduler="normal",
-                   sample_width=64, sample_height=64, cache_latents=True, gradient_checkpointing=False,
-                   target_patterns="", exclude_patterns="", rank_overrides="", resume_state="(none)",
-                   continue_from="(none)", config_json="")
+    widgets = advanced_train_widgets(output_name, max_steps=3, batch_size=2, unet_lr=5e-2, weight_decay=0.0, seed=5,
+                                     caption_shuffle=False, keep_tokens=0, cache_latents=True)
     widgets.update(overrides)
     return {"class_type": "AtelierTrainLoRAAdvanced", "inputs": {"model": model, "clip": ["1", 1], "vae": ["1", 2],
                                                                  "dataset": ["5", 0], **widgets}}
