@@ -8,8 +8,8 @@ import { api } from "../../scripts/api.js";
 
 const TRAINERS = new Set(["AtelierTrainLoRA", "AtelierTrainLoRAAdvanced"]);
 const WIDGET = "atelier_live";
-const HEIGHT = 260;
-const views = new Map(); // node id (string) -> LiveView
+const HEIGHT = 240;
+
 
 function fmt(x, digits = 4) {
   if (x === null || x === undefined || Number.isNaN(x)) return "–";
@@ -134,8 +134,13 @@ class LiveView {
   }
 }
 
-function viewFor(nodeId) {
-  return views.get(String(nodeId));
+function viewFor(nodeId, create = true) {
+  // the graph's own node of that id (ids are final only once a node is in the graph, so nothing is keyed early);
+  // the view is added on the first thing it has to show, so an idle node keeps its compact size
+  const node = app.graph?.getNodeById(nodeId);
+  if (!node || !TRAINERS.has(node.comfyClass)) return null;
+  if (!node[WIDGET] && create) node[WIDGET] = new LiveView(node);
+  return node[WIDGET] || null;
 }
 
 app.registerExtension({
@@ -154,28 +159,16 @@ app.registerExtension({
       view.addSamples(detail);
     });
   },
-  async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!TRAINERS.has(nodeData?.name)) return;
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function () {
-      const result = onNodeCreated?.apply(this, arguments);
-      views.set(String(this.id), new LiveView(this));
-      return result;
-    };
-    const onRemoved = nodeType.prototype.onRemoved;
-    nodeType.prototype.onRemoved = function () {
-      views.delete(String(this.id)); // its events are ignored from now on
-      return onRemoved?.apply(this, arguments);
-    };
-  },
   async loadedGraphNode(node) {
-    // a node restored from a saved or reloaded workflow: its id is final now, so re-key and fetch its history
+    // a node restored from a saved or reloaded workflow: draw its newest run again, if the server has one
     if (!TRAINERS.has(node.comfyClass)) return;
-    for (const [id, view] of views) if (view.node === node && id !== String(node.id)) views.delete(id);
-    const view = views.get(String(node.id)) || [...views.values()].find((v) => v.node === node);
-    if (view) {
-      views.set(String(node.id), view);
-      await view.restore();
+    try {
+      const runs = await (await api.fetchApi("/atelier/train/runs")).json();
+      if (!runs.some((r) => r.node === String(node.id))) return;
+    } catch (error) {
+      console.warn("[atelier] could not list training runs", error);
+      return;
     }
+    await viewFor(node.id)?.restore();
   },
 });

@@ -28,6 +28,7 @@ function showReport(node, text) {
       panel.inputEl.style.opacity = 0.85;
       panel.inputEl.dataset.atelierReport = "1";
     }
+    node.setSize?.([Math.max(node.size[0], 420), node.size[1] + 120]); // room to read it without scrolling
   }
   panel.value = text;
   if (panel.inputEl) panel.inputEl.value = text;

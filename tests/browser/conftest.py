@@ -33,6 +33,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=f"browser tier: {reason}"))
 
 
+@pytest.fixture
+def tour_shot(page, tmp_path):
+    """screenshot(name): a full-window PNG in the test's temp folder, and also in $ATELIER_TOUR_DIR when set (that is
+    how the README tour's pictures are made: ATELIER_TOUR_DIR=web/tour python -m pytest tests/browser)."""
+    def shot(name: str) -> Path:
+        path = tmp_path / f"{name}.png"
+        page.screenshot(path=str(path))
+        if os.environ.get("ATELIER_TOUR_DIR"):
+            Path(os.environ["ATELIER_TOUR_DIR"]).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, Path(os.environ["ATELIER_TOUR_DIR"]) / f"{name}.png")
+        return path
+    return shot
+
+
 @pytest.fixture(scope="session")
 def browser_server(tmp_path_factory):
     """A real ComfyUI server of its own (the host tier's may be busy), this checkout loaded as `atelier`."""

@@ -34,7 +34,7 @@ def panel_text(page, node_id, contains, timeout=120_000):
     return page.evaluate(PANEL_TEXT, node_id)
 
 
-def test_a_nodes_report_is_shown_on_the_node(page, browser_server, tmp_path):
+def test_a_nodes_report_is_shown_on_the_node(page, browser_server, tour_shot):
     folder = browser_server.input_dir / "browser_ds"
     folder.mkdir(exist_ok=True)
     rng = np.random.default_rng(1)
@@ -52,7 +52,7 @@ def test_a_nodes_report_is_shown_on_the_node(page, browser_server, tmp_path):
     top = page.evaluate("([x, y]) => document.elementFromPoint(x, y)?.dataset?.atelierReport",
                         [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2])
     assert top == "1"
-    page.screenshot(path=str(tmp_path / "report_panel.png"))
+    tour_shot("report_on_node")
     # the panel is never sent back: a second Run keeps the same inputs, so ComfyUI's cache still applies
     sent = page.evaluate("async (id) => (await window.app.graphToPrompt()).output[String(id)].inputs", ids[1])
     assert "atelier_report" not in sent

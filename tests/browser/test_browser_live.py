@@ -14,7 +14,7 @@ CANVAS_INK = """() => {
 }"""
 
 
-def test_chart_draws_during_training_and_survives_a_reload(page, browser_server, tmp_path):
+def test_chart_draws_during_training_and_survives_a_reload(page, browser_server, tour_shot):
     folder = browser_server.input_dir / "browser_live"
     folder.mkdir(exist_ok=True)
     rng = np.random.default_rng(2)
@@ -58,7 +58,7 @@ def test_chart_draws_during_training_and_survives_a_reload(page, browser_server,
     assert stats_early != page.locator("[data-atelier-live='1'] .atelier-live-stats").first.inner_text()
     assert late != early  # the chart changed as the run went on
     page.wait_for_function("() => document.querySelectorAll('.atelier-live-sample').length >= 2", timeout=120_000)
-    page.screenshot(path=str(tmp_path / "live_chart.png"))
+    tour_shot("live_training")
 
     page.reload(wait_until="domcontentloaded")
     page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
