@@ -22,6 +22,7 @@ import folder_paths
 from ..core.draw import line_chart, pil_to_image_tensor
 from ..core.images import write_image
 from ..core.paths import Root, is_inside, quoted, resolve_inside, safe_name
+from ..core.paths import shown as shown_in
 from ..trainers.checkpoint import run_environment
 from ..trainers.data import LatentCache, build_samples, kohya_metadata
 from ..trainers.loop import CONFIG_RANGES, PRECISIONS, Callbacks, Trainer, TrainConfig, TrainingStopped
@@ -89,14 +90,10 @@ def lora_options() -> list[str]:
 
 def shown(path: Path) -> str:
     """A saved file's name as users see it (output/..., models/loras/...), never an absolute server path."""
-    path = Path(path)
-    places = [("output", folder_paths.get_output_directory())]
-    places += [(f"models/{kind}", root) for kind in ("loras", "checkpoints")
-               for root in folder_paths.get_folder_paths(kind)]
-    for label, root in places:
-        if path.is_relative_to(root):
-            return f"{label}/{path.relative_to(root).as_posix()}"
-    return path.name
+    roots = [Root("output", Path(folder_paths.get_output_directory()))]
+    roots += [Root(f"models/{kind}", Path(root)) for kind in ("loras", "checkpoints")
+              for root in folder_paths.get_folder_paths(kind)]
+    return shown_in(path, roots)
 
 
 def resume_hint(state_dir: Path, advanced: bool) -> str:
