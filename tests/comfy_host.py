@@ -208,6 +208,21 @@ def txt2img_prompt(text: str, *, seed: int, prefix: str, ckpt: str = FIXTURE_CHE
     return prompt
 
 
+def write_elf_folder(folder: Path, count: int, seed: int) -> Path:
+    """`count` 64² random-colour images elf_<i>.png with captions 'blonde elf, pose <i>' (the host tier's tiny
+    training set), created in `folder`."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).resize((64, 64), Image.BICUBIC).save(
+            folder / f"elf_{i}.png")
+        (folder / f"elf_{i}.txt").write_text(f"blonde elf, pose {i}", encoding="utf-8")
+    return folder
+
+
 def load_dataset_node(folder: str, **widgets) -> dict:
     """An AtelierLoadDataset node reading sidecar captions from `folder`; `widgets` replace the defaults below."""
     inputs = dict(folder=folder, sub_path="", role="train", repeats=1, caption_source="sidecar",

@@ -5,20 +5,14 @@ import json
 
 import numpy as np
 import pytest
-from comfy_host import FIXTURE_CHECKPOINT_NAME, advanced_train_widgets, load_dataset_node, prepare_dataset_node
+from comfy_host import (FIXTURE_CHECKPOINT_NAME, advanced_train_widgets, load_dataset_node, prepare_dataset_node,
+                        write_elf_folder)
 from PIL import Image
 
 
 @pytest.fixture(scope="module")
 def chain_folder(comfy_server):
-    folder = comfy_server.input_dir / "chain_host" / "10_elf"
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(5)
-    for i in range(4):
-        Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).resize((64, 64), Image.BICUBIC).save(
-            folder / f"elf_{i}.png")
-        (folder / f"elf_{i}.txt").write_text(f"blonde elf, pose {i}", encoding="utf-8")
-    return folder
+    return write_elf_folder(comfy_server.input_dir / "chain_host" / "10_elf", 4, seed=5)
 
 
 def chain_prompt(output_name: str) -> dict:

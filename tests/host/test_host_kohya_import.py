@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from comfy_host import FIXTURE_CHECKPOINT_NAME, advanced_train_widgets, load_dataset_node, prepare_dataset_node
-from PIL import Image
+from comfy_host import (FIXTURE_CHECKPOINT_NAME, advanced_train_widgets, load_dataset_node, prepare_dataset_node,
+                        write_elf_folder)
 from safetensors import safe_open
 
 # Shaped like a kohya_ss GUI save: numbers as text, empty strings for unset, keys set elsewhere in the graph.
@@ -27,14 +27,7 @@ EQUIVALENT = dict(epochs=10, max_steps=2, batch_size=2, unet_lr=1e-3, te_lr=1e-4
 
 @pytest.fixture(scope="module")
 def kohya_folder(comfy_server):
-    folder = comfy_server.input_dir / "kohya_host" / "2_elf"
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(5)
-    for i in range(2):
-        Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).resize((64, 64), Image.BICUBIC).save(
-            folder / f"elf_{i}.png")
-        (folder / f"elf_{i}.txt").write_text(f"blonde elf, pose {i}", encoding="utf-8")
-    return folder
+    return write_elf_folder(comfy_server.input_dir / "kohya_host" / "2_elf", 2, seed=5)
 
 
 def advanced_prompt(output_name, **overrides):

@@ -3,21 +3,14 @@
 import numpy as np
 import pytest
 from comfy_host import (FIXTURE_CHECKPOINT_NAME, advanced_train_widgets, load_dataset_node, prepare_dataset_node,
-                        saved_pixels, txt2img_prompt)
+                        saved_pixels, txt2img_prompt, write_elf_folder)
 from PIL import Image
 from safetensors import safe_open
 
 
 @pytest.fixture(scope="module")
 def train_folder(comfy_server):
-    folder = comfy_server.input_dir / "train_host" / "10_elf"
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(3)
-    for i in range(4):
-        Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).resize((64, 64), Image.BICUBIC).save(
-            folder / f"elf_{i}.png")
-        (folder / f"elf_{i}.txt").write_text(f"blonde elf, pose {i}", encoding="utf-8")
-    return folder
+    return write_elf_folder(comfy_server.input_dir / "train_host" / "10_elf", 4, seed=3)
 
 
 def train_prompt(output_name, **overrides):
