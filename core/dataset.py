@@ -384,8 +384,9 @@ def _caption_for(path: Path, source: str, ext: str, fixed: str, encoding: str, r
         return None
     if not sidecar.exists():
         raise PathRefused(f"Caption file '{shown(sidecar, roots)}' is a broken symlink; it was not read.")
-    if sidecar.stat().st_size > MAX_CAPTION_BYTES:  # refused from its size: a huge file is never read into memory
-        raise CaptionRefused(f"caption file {sidecar.name} is {sidecar.stat().st_size:,} bytes, more than "
+    size = sidecar.stat().st_size
+    if size > MAX_CAPTION_BYTES:  # refused from its size: a huge file is never read into memory
+        raise CaptionRefused(f"caption file {sidecar.name} is {size:,} bytes, more than "
                              f"{MAX_CAPTION_CHARS:,} characters can take; shorten it (CLIP reads ~75 tokens)")
     return read_caption(sidecar, encoding, roots)  # a link is read only while it stays inside the root
 
