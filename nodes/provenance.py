@@ -7,7 +7,10 @@ it cannot be found there, records say "unknown" and use the model's class name a
 
 from __future__ import annotations
 
+import hashlib
 import logging
+
+import torch
 
 import comfy.model_management
 import comfy.model_sampling
@@ -16,7 +19,7 @@ from ..core.lora_meta import HOST_FAMILIES
 from ..core.paths import PathRefused
 from ..core.provenance import BaseModel, file_hashes, model_source
 from .host import model_file, output_subdir
-from .train_adapter import weights_fingerprint
+from .train_adapter import encoder_key, weights_fingerprint
 
 
 def model_family(model) -> tuple[str, bool]:
@@ -83,3 +86,42 @@ def connected_checkpoint(model, hidden) -> dict:
     if not record["file"]:
         record["name"] = "connected MODEL"
     return record
+
+
+def _tensors(value, depth: int = 0):
+    """Every tensor inside a patch value (a tensor, a weight adapter's weights, nested tuples or lists)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif depth < 4 and isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _tensors(v, depth + 1)
+    elif depth < 4 and hasattr(value, "weights"):  # comfy.weight_adapter adapters keep their tensors here
+        yield from _tensors(value.weights, depth + 1)
+
+
+def patches_digest(patcher) -> str:
+    """sha256 of a ModelPatcher's pending weight patches by content (key, strengths, every tensor's bytes), so two
+    different LoRAs applied under the same names and strengths never look alike."""
+    h = hashlib.sha256()
+    patches = getattr(patcher, "patches", {}) or {}
+    for key in sorted(patches):
+        for entry in patches[key]:
+            h.update(f"{key}|{entry[0]}|{entry[2] if len(entry) > 2 else ''}|{entry[3:4]}|".encode())
+            for t in _tensors(entry[1]):
+                t = t.detach().cpu().contiguous().flatten()
+                h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+                h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def base_identity(model, clip, vae, base: BaseModel) -> dict:
+    """What a training run's result depends on besides its settings and data: the model's record (file hash, weights
+    fingerprint, chain), its patches by content and object patches (e.g. a sampling switch), the CLIP's weights and
+    patches, and the VAE with the model's latent scaling."""
+    object_patches = getattr(model, "object_patches", {}) or {}
+    sampling = model.get_model_object("model_sampling")
+    return {"model": base.record(), "model_patches": patches_digest(model),
+            "object_patches": sorted((k, type(v).__name__) for k, v in object_patches.items()),
+            "sampling": [type(sampling).__name__, float(sampling.sigma_min), float(sampling.sigma_max)],
+            "clip": [weights_fingerprint(clip.cond_stage_model.state_dict()), patches_digest(clip.patcher)],
+            "vae": encoder_key(vae, model)}

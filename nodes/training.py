@@ -28,6 +28,7 @@ from ..trainers.data import LatentCache, build_samples, kohya_metadata
 from ..trainers.loop import CONFIG_RANGES, PRECISIONS, Callbacks, Trainer, TrainConfig, TrainingStopped
 from ..trainers.kohya_config import import_kohya, is_toml, looks_like_kohya
 from ..trainers.memory import gradient_checkpointing as checkpointed
+from ..trainers.reuse import IDENTITY_KEY
 from ..trainers.run import RunFiles, TrainingRun, run_loras
 from ..trainers.objectives import LOSSES
 from ..trainers.optim import OPTIMIZERS, SCHEDULERS
@@ -37,6 +38,7 @@ from .host import forget_model_list, model_output_path, output_subdir
 from .live import HISTORY, run_id
 from .lora_files import LORA_FILES, read_lora
 from .provenance import base_model
+from .reuse import earlier_run, run_identity
 from .train_adapter import (ComfyDenoiser, autograd_friendly_clip, draw_samples, encode_latents, encoder_key,
                             interrupted, make_encoder, text_encoder_roots, thaw)
 from .validate import NONE, check_choice, check_names
@@ -198,13 +200,19 @@ class TrainingEvents:
 def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig, net_config: NetworkConfig,
                node_id=None, resume_state: str = STATE_NONE, continue_from: str = STATE_NONE, keep_last: int = 0,
                sampling: dict | None = None, cache_latents: bool = True, gradient_checkpointing: bool = False,
-               advanced: bool = False, prompt: dict | None = None):
+               advanced: bool = False, prompt: dict | None = None, reuse: bool = False):
     """The shared body of the training nodes: host wiring around trainers.run; returns (model, clip, losses,
-    report). `prompt` (the queued graph) tells which checkpoint file the MODEL came from, for the metadata."""
+    report, files). `prompt` (the queued graph) tells which checkpoint file the MODEL came from, for the metadata;
+    with `reuse`, a finished earlier run of the same identity is loaded instead of training again."""
     check_names(output_name=output_name)  # a 5,000-character name is refused now, not after training
     path = lora_output_path(output_name)  # refuse a bad name before any work
     config.validate()
     resume_dir = resume_folder(resume_state)
+    base = base_model(model, prompt, node_id)  # checkpoint name and hashes, patches carried
+    identity = run_identity(config, net_config, dataset, base, model, clip, vae, continue_from)
+    earlier, why = earlier_run(path, identity, state_root() / path.stem) if reuse else (None, "reuse is off")
+    if earlier is not None:
+        return reused_outputs(model, clip, earlier, path, config, net_config, identity)
     with torch.inference_mode(False):
         host = trainable_host(model, clip, config.train_text_encoder)
         samples, skipped, cache = encoded_dataset(dataset, vae, host, config, cache_latents, node_id)
@@ -213,10 +221,10 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         trainer = Trainer(config, network, host.denoise, host.denoise.model_sampling, samples,
                           make_encoder(clip, pooled=host.denoise.needs_pooled), events.callbacks(),
                           device=host.device)
-        base = base_model(model, prompt, node_id)  # checkpoint name and hashes, patches carried
-        metadata = lora_metadata(config, net, dataset, path, base, trainer)
+        metadata = lora_metadata(config, net, dataset, path, base, trainer, identity)
         run = TrainingRun(trainer, RunFiles(path, state_root() / path.stem, keep_last, shown), metadata,
-                          run_environment(trainer, str(host.patcher.model.get_dtype())))
+                          run_environment(trainer, str(host.patcher.model.get_dtype())),
+                          state_extra={IDENTITY_KEY: identity.parts()})
         blocks = checkpoint_blocks(host.patcher.model.diffusion_model) if gradient_checkpointing else []
         contexts = [autograd_friendly_clip(clip.cond_stage_model) if config.train_text_encoder else nullcontext(),
                     checkpointed(blocks)]
@@ -236,19 +244,38 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
             raise TrainingStopped(message)
         loaded = {k: v.float() for k, v in result.shipped.items()}
         model_out, clip_out = comfy.sd.load_lora_for_models(model, clip, loaded, 1.0, 1.0)
-    return (model_out, clip_out, result.state.losses,
-            training_report(result, path, config, net, events, cache, skipped),
+    report = training_report(result, path, config, net, events, cache, skipped)
+    report["reuse"] = f"trained ({why}); run identity {identity.short()}"
+    return (model_out, clip_out, result.state.losses, report,
             run_loras(result.saved, path, path.parent.name))  # names as the loras list has them: atelier/<file>
 
 
-def lora_metadata(config: TrainConfig, net: NetworkConfig, dataset, path: Path, base, trainer: Trainer):
-    """metadata(step, epoch) for the run's files: kohya's ss_* keys with this run's facts."""
+def reused_outputs(model, clip, earlier, path: Path, config: TrainConfig, net: NetworkConfig, identity):
+    """train_lora's outputs from a finished earlier run of the same identity: its final file applied at strength 1,
+    its files, its losses, and a report that says it was reused."""
+    loaded = {k: v.float() for k, v in earlier.tensors.items()}
+    model_out, clip_out = comfy.sd.load_lora_for_models(model, clip, loaded, 1.0, 1.0)
+    meta = earlier.metadata
+    report = {"reuse": f"reused {shown(path)}: it was trained earlier with the same settings, data and base model "
+                       f"(run identity {identity.short()}), so nothing was trained. Set reuse to false to train again.",
+              "lora": shown(path), "saved": [shown(path.parent / Path(n).name) for n in earlier.files.names()],
+              "state": shown(state_root() / path.stem), "steps": int(meta.get("ss_steps", 0) or 0),
+              "epochs": int(meta.get("ss_epoch", 0) or 0), "config": config.to_dict(),
+              "network": {k: v for k, v in net.__dict__.items() if k != "target_patterns"}, "losses": earlier.losses}
+    logging.info("[Atelier] %s", report["reuse"])
+    return model_out, clip_out, earlier.losses, report, earlier.files
+
+
+def lora_metadata(config: TrainConfig, net: NetworkConfig, dataset, path: Path, base, trainer: Trainer, identity):
+    """metadata(step, epoch) for the run's files: kohya's ss_* keys with this run's facts, and the run's identity
+    (finished only in a file saved after the last step), so a later run can reuse it."""
     started = time.time()
 
     def metadata(step: int, epoch: int) -> dict[str, str]:
-        return kohya_metadata(config=config, network_config=net, dataset=dataset, output_name=path.stem, base=base,
-                              steps=step, epoch=epoch, started=started, finished=time.time(),
-                              total_steps=trainer.total_steps, steps_per_epoch=trainer.steps_per_epoch)
+        return {**kohya_metadata(config=config, network_config=net, dataset=dataset, output_name=path.stem,
+                                 base=base, steps=step, epoch=epoch, started=started, finished=time.time(),
+                                 total_steps=trainer.total_steps, steps_per_epoch=trainer.steps_per_epoch),
+                **identity.metadata(finished=step >= trainer.total_steps)}
     return metadata
 
 
@@ -284,6 +311,13 @@ def common_inputs() -> list:
         io.String.Input("output_name", default="my_lora",
                         tooltip="File name in models/loras/atelier (no folders, no '..')."),
     ]
+
+
+def reuse_input():
+    return io.Boolean.Input("reuse", default=True, optional=True,
+                            tooltip="When output_name already holds a finished run with the same settings, data and "
+                                    "base model (recorded in the file), load it instead of training again, also "
+                                    "after a restart; the report says so. Off: always train (replaces the file).")
 
 
 def training_outputs() -> list:
@@ -330,6 +364,7 @@ class AtelierTrainLoRA(io.ComfyNode):
                                tooltip="Text-encoder learning rate when train_text_encoder is on (guides: 2e-5)."),
                 io.Int.Input("seed", default=0, control_after_generate=False, min=0, max=2**31 - 1,
                              tooltip="Same seed, same data: the same LoRA (deterministic on CPU)."),
+                reuse_input(),
             ],
             outputs=training_outputs(),
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
@@ -338,13 +373,13 @@ class AtelierTrainLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, dataset, output_name, rank, alpha, unet_lr, epochs, max_steps, batch_size,
-                train_text_encoder, te_lr, seed) -> io.NodeOutput:
+                train_text_encoder, te_lr, seed, reuse=True) -> io.NodeOutput:
         config = TrainConfig(epochs=epochs, max_steps=max_steps, batch_size=batch_size, unet_lr=unet_lr, te_lr=te_lr,
                              train_text_encoder=train_text_encoder, seed=seed, save_every_epochs=0)
         return training_result(*train_lora(model, clip, vae, dataset, output_name, config,
                                            NetworkConfig(rank=rank, alpha=alpha),
                                            node_id=cls.hidden.unique_id if cls.hidden else None,
-                                           prompt=cls.hidden.prompt if cls.hidden else None))
+                                           prompt=cls.hidden.prompt if cls.hidden else None, reuse=reuse is True))
 
 
 CONFIG_TOOLTIPS = {
@@ -505,6 +540,7 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
                 io.String.Input("config_json", default="", multiline=True,
                                 tooltip="Optional: a training config as JSON (e.g. the 'config' of an earlier "
                                         "report); when given it replaces the training widgets above."),
+                reuse_input(),
             ],
             outputs=training_outputs(),
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
@@ -515,7 +551,7 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
     def execute(cls, model, clip, vae, dataset, output_name, target_patterns, exclude_patterns, rank_overrides,
                 gradient_checkpointing, cache_latents, keep_last, resume_state, continue_from, config_json,
                 sample_prompts, sample_negative, sample_seed, sample_steps, sample_cfg, sample_sampler,
-                sample_scheduler, sample_width, sample_height, **widgets) -> io.NodeOutput:
+                sample_scheduler, sample_width, sample_height, reuse=True, **widgets) -> io.NodeOutput:
         for name, options in CHOICES.items():  # ComfyUI does not check V3 combo values; refuse before any work
             check_choice(widgets[name], options, name)
         check_choice(sample_sampler, comfy.samplers.KSampler.SAMPLERS, "sample_sampler")
@@ -535,7 +571,7 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
             model, clip, vae, dataset, output_name, config, net, node_id=cls.hidden.unique_id if cls.hidden else None,
             resume_state=resume_state, continue_from=continue_from, keep_last=keep_last, sampling=sampling,
             cache_latents=cache_latents, gradient_checkpointing=gradient_checkpointing, advanced=True,
-            prompt=cls.hidden.prompt if cls.hidden else None)
+            prompt=cls.hidden.prompt if cls.hidden else None, reuse=reuse is True)
         if imported:  # a kohya config: which keys mapped, which were off, unknown or have no equivalent here
             report["config_import"] = imported
         return training_result(model_out, clip_out, losses, report, files)

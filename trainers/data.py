@@ -8,9 +8,7 @@ real encoding of the mirrored picture rather than a flipped latent.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -20,11 +18,12 @@ from safetensors.torch import load_file, save
 from ..core.dataset import Dataset, DatasetError, Skipped
 from ..core.lora_meta import (bucket_metadata, dataset_dirs, epochs_of, image_counts, minimum_metadata,
                               prior_loss_weight, subsets_record)
-from ..core.paths import atomic_write_bytes, open_resolved
+from ..core.paths import atomic_write_bytes
 from ..core.images import flip_horizontal
 from ..core.prepare import prepare_sample_and_mask, prepare_stream
 from ..core.provenance import BaseModel
 from .loop import TrainSample
+from .reuse import source_digest
 
 
 class LatentCache:
@@ -35,14 +34,7 @@ class LatentCache:
         self.hits = self.misses = 0
 
     def key(self, sample, memory: dict) -> str:
-        h = hashlib.sha256()
-        src = sample.item.source
-        if src.startswith("memory:"):
-            h.update(memory[src].tobytes())
-        else:
-            with os.fdopen(open_resolved(src, "image"), "rb") as f:  # the file the scan checked, no swapped link
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
+        h = source_digest(sample.item.source, memory)  # the file the scan checked, no swapped link
         h.update(f"|{sample.preparation.key()}|{sample.mirrored}|{sample.random_flip}|{self.encoder_key}".encode())
         return h.hexdigest()
 

@@ -127,9 +127,11 @@ class TrainingRun:
     """Drives one Trainer to the end: resume, periodic and final saves with keep-last, the state folder."""
 
     def __init__(self, trainer: Trainer, files: RunFiles, metadata: Callable[[int, int], dict[str, str]],
-                 environment: dict | None = None, export_dtype: torch.dtype = torch.float16):
+                 environment: dict | None = None, export_dtype: torch.dtype = torch.float16,
+                 state_extra: dict | None = None):
         self.trainer, self.files, self.metadata = trainer, files, metadata
         self.environment, self.export_dtype = environment or {}, export_dtype
+        self.state_extra = state_extra or {}  # recorded in state.json (e.g. the run's identity, for reuse)
         self.saved: list[Path] = []
         self.state = TrainState()
         trainer.callbacks.on_checkpoint = self.checkpoint
@@ -150,7 +152,7 @@ class TrainingRun:
         """An intermediate save ("epoch" or "step"): the file, the resume state, then keep-last pruning."""
         target = epoch_file(self.files.final, epoch) if by == "epoch" else step_file(self.files.final, step)
         self._write(target, step, finished_epoch(self.state))  # a step save mid-epoch is in the running epoch
-        save_state(self.files.state_dir, self.trainer, self.state, environment=self.environment)
+        save_state(self.files.state_dir, self.trainer, self.state, self.state_extra, self.environment)
         prune_epoch_files(self.files.final, self.files.keep_last)
 
     def train(self, resume_dir: Path | None = None, contexts: list[AbstractContextManager] = ()) -> RunResult:
@@ -173,7 +175,7 @@ class TrainingRun:
             raise TrainingDiverged(f"{e}{where}") from None
         seconds = time.perf_counter() - started
         self._write(self.files.final, state.step, finished_epoch(state))
-        state_dir = save_state(self.files.state_dir, t, state, environment=self.environment)
+        state_dir = save_state(self.files.state_dir, t, state, self.state_extra, self.environment)
         return RunResult(state, self.shipped(), list(self.saved), state_dir, seconds,
                          warnings + skipped_steps_warning(state.skipped_steps, state.step),
                          stopped=state.step < t.total_steps)

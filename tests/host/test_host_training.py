@@ -241,3 +241,39 @@ def test_a_second_run_of_an_unchanged_graph_trains_nothing(comfy, comfy_server, 
     cached = [m[1]["nodes"] for m in entry["status"]["messages"] if m[0] == "execution_cached"]
     assert entry["status"]["status_str"] == "success" and cached and "4" in cached[0]
     assert path.stat().st_mtime_ns == stamp
+
+
+def report_of(outputs: dict, node: str = "4") -> dict:
+    import json
+
+    return json.loads(outputs[node]["text"][0])
+
+
+def test_after_a_restart_a_finished_run_is_reused_and_a_change_trains_again(comfy, comfy_server, train_folder):
+    """ComfyUI's cache is gone after a restart; the file's recorded identity makes the node load it instead of
+    training again (file untouched, the run's step files still offered); changed data or reuse off train anew."""
+    loras = comfy_server.models / "loras" / "atelier"
+    prompt = advanced_prompt("host_reuse", max_steps=2, save_every_steps=1, cache_latents=False)
+    first = report_of(comfy.run(prompt, timeout=600))
+    assert first["reuse"].startswith("trained (no earlier file")
+    final = loras / "host_reuse.safetensors"
+    stamps = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in loras.glob("host_reuse*.safetensors")}
+    assert len(stamps) == 2  # the step-1 save and the final file (the last step is the final file)
+
+    comfy_server.stop()
+    comfy_server.client = comfy_server.start()  # same port: `comfy` keeps working
+    again = comfy.run(prompt, timeout=600)
+    report = report_of(again)
+    assert report["reuse"].startswith("reused models/loras/atelier/host_reuse.safetensors") and "nothing was trained" \
+        in report["reuse"]
+    assert report["steps"] == 2 and report["losses"] == first["losses"] and len(report["saved"]) == 2
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in loras.glob("host_reuse*.safetensors")} == stamps
+
+    changed = advanced_prompt("host_reuse", max_steps=2, save_every_steps=1, cache_latents=False, seed=4)
+    report = report_of(comfy.run(changed, timeout=600))
+    assert report["reuse"].startswith("trained (the existing file was not reused: the training settings changed")
+    assert final.read_bytes() != stamps[final.name][1]
+
+    report = report_of(comfy.run({**changed, "4": {**changed["4"], "inputs": {**changed["4"]["inputs"],
+                                                                              "reuse": False}}}, timeout=600))
+    assert report["reuse"].startswith("trained (reuse is off)")
