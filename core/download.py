@@ -5,18 +5,23 @@ The bytes stream into a hidden temp file beside the target (core.temps naming), 
 is renamed onto the target only when the sha256 matches; any failure (wrong checksum, too large, stopped, network
 error) removes the temp, so a target either does not exist or holds exactly the expected bytes. Only http and https
 URLs are fetched, and a redirect may not change to another scheme or from https down to http.
+
+A file is checked by its sha256, or, where the source publishes none (a plain git file on Hugging Face), by its git
+blob id: sha1(b"blob <size>\\0" + bytes), which pins both the bytes and their size. fetch_json reads a small JSON
+answer (a checksum API) with the same URL rules, a size cap and a timeout.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from .paths import file_mode_for
 from .temps import remove_stale_temps, temp_path
@@ -24,6 +29,15 @@ from .temps import remove_stale_temps, temp_path
 ALLOWED_SCHEMES = ("http", "https")
 CHUNK_BYTES = 1 << 20  # 1 MiB per read: progress and the stop check run once per chunk
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
+GIT_OID_RE = re.compile(r"[0-9a-f]{40}")
+MAX_JSON_BYTES = 1 << 20  # a checksum API's answer is a few hundred bytes; more is not an answer we expect
+
+
+class GitBlob(NamedTuple):
+    """A plain git file's object id (sha1 of b"blob <size>\\0" + bytes) and its size in bytes."""
+
+    oid: str
+    size: int
 
 
 class DownloadError(ValueError):
@@ -81,13 +95,24 @@ def _opener() -> urllib.request.OpenerDirector:
     return opener
 
 
-def download_file(url: str, dest: Path, sha256: str, *, timeout: float, max_bytes: int,
-                  on_progress: Callable[[int, int | None], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> Path:
+def check_git_blob(blob: GitBlob) -> GitBlob:
+    """A git blob id as 40 lowercase hex digits with a non-negative size; refused otherwise."""
+    oid = str(blob.oid or "").strip().lower()
+    if not GIT_OID_RE.fullmatch(oid) or not isinstance(blob.size, int) or blob.size < 0:
+        raise DownloadError(f"Expected a git blob id of 40 hex digits and a size in bytes, got '{_short(blob.oid)}' "
+                            f"and {blob.size!r}; the checksum source answered something else.")
+    return GitBlob(oid, blob.size)
+
+
+def download_file(url: str, dest: Path, sha256: str | None, *, timeout: float, max_bytes: int,
+                  git_blob: GitBlob | None = None, on_progress: Callable[[int, int | None], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> str:
     """Downloads `url` to `dest` through a hidden temp file, renaming it into place only when its sha256 equals
-    `sha256`; at most `max_bytes`, checking `should_stop()` and reporting `on_progress(done, total)` per chunk."""
+    `sha256` (or, with sha256=None, its git blob id equals `git_blob`); at most `max_bytes`, checking `should_stop()`
+    and reporting `on_progress(done, total)` per chunk. Returns the placed file's sha256."""
     check_url(url)
-    expected = check_sha256(sha256)
+    expected = check_sha256(sha256) if sha256 is not None or git_blob is None else None
+    blob = check_git_blob(git_blob) if expected is None else None
     if max_bytes <= 0 or timeout <= 0:
         raise DownloadError(f"max_bytes and timeout must be positive, got {max_bytes} and {timeout}.")
     dest = Path(dest)
@@ -95,6 +120,7 @@ def download_file(url: str, dest: Path, sha256: str, *, timeout: float, max_byte
     remove_stale_temps(dest.parent, name)  # leftovers of a killed earlier download of the same file
     tmp = temp_path(dest)
     digest = hashlib.sha256()
+    git_digest = hashlib.sha1(f"blob {blob.size}\0".encode()) if blob else None  # git hashes header + bytes
     try:
         try:
             response = _opener().open(urllib.request.Request(url, headers={"User-Agent": "atelier"}),
@@ -130,6 +156,8 @@ def download_file(url: str, dest: Path, sha256: str, *, timeout: float, max_byte
                         raise DownloadError(f"'{name}' grew past the {max_bytes:,}-byte limit for this file; it was "
                                             "not kept. Check the URL points at the right file.")
                     digest.update(chunk)
+                    if git_digest is not None:
+                        git_digest.update(chunk)
                     out.write(chunk)
                     if on_progress is not None:
                         on_progress(done, total)
@@ -137,17 +165,21 @@ def download_file(url: str, dest: Path, sha256: str, *, timeout: float, max_byte
                 raise DownloadError(f"'{name}' arrived incomplete: {done:,} of {total:,} bytes; nothing was kept. "
                                     "Run again.")
         got = digest.hexdigest()
-        if got != expected:
+        if expected is not None and got != expected:
             raise DownloadError(f"'{name}' failed its checksum: expected sha256 {expected}, got {got} "
                                 f"({done:,} bytes); it was not kept. The file on the server differs from the one "
                                 "configured: check the base URL, or update the checksum if the model was updated.")
+        if git_digest is not None and (git_digest.hexdigest() != blob.oid or done != blob.size):
+            raise DownloadError(f"'{name}' failed its checksum: expected git blob {blob.oid} ({blob.size:,} bytes), "
+                                f"got {git_digest.hexdigest()} ({done:,} bytes); it was not kept. The file on the "
+                                "server differs from the one its checksum source lists: check the base URL.")
         os.chmod(tmp, file_mode_for(dest))  # the umask's mode (or the replaced file's), never the temp's 0600
         os.replace(tmp, dest)
     except BaseException:
         if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
-    return dest
+    return got
 
 
 def _length(response) -> int | None:
@@ -158,3 +190,30 @@ def _length(response) -> int | None:
     except ValueError:
         return None
 
+
+
+def fetch_json(url: str, form: dict[str, list[str] | str] | None = None, *, timeout: float, what: str):
+    """The JSON answer of `url` (POSTing `form` url-encoded when given, as HTML forms do), at most MAX_JSON_BYTES;
+    `what` names the answer in errors."""
+    check_url(url)
+    data = None if form is None else urllib.parse.urlencode(form, doseq=True).encode()
+    request = urllib.request.Request(url, data=data, headers={"User-Agent": "atelier", "Accept": "application/json"})
+    try:
+        with _opener().open(request, timeout=timeout) as response:
+            body = response.read(MAX_JSON_BYTES + 1)
+    except urllib.error.HTTPError as e:
+        raise DownloadError(f"Asking for {what} failed: the server answered HTTP {e.code} ({e.reason}) for "
+                            f"'{_short(url)}'. Check the API URL and the model name.") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise DownloadError(f"Asking for {what} failed: could not reach '{_short(url)}' ({reason}). Check the network "
+                            "and the API URL, or place the files by hand.") from None
+    if len(body) > MAX_JSON_BYTES:
+        raise DownloadError(f"The answer with {what} from '{_short(url)}' is over {MAX_JSON_BYTES:,} bytes; expected "
+                            "a short JSON list. Check the API URL.")
+    try:
+        return json.loads(body.decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError is a ValueError too
+        raise DownloadError(f"The answer with {what} from '{_short(url)}' is not JSON ({e}; it starts "
+                            f"{body[:40]!r}). Check the API URL points at the Hugging Face API or a mirror of "
+                            "it.") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -136,9 +137,9 @@ def resolve_tagger_model(name: str) -> tuple[Path, list[Root]]:
 
 
 def fetch_tagger_model(name: str) -> None:
-    """Downloads a registry model (checksums checked) into models/wd14_tagger/<name>/ with a progress bar; Cancel
-    stops it and leaves no partial file."""
-    job = tm.plan(name)  # refuses when downloads are off or the model has no configured checksum
+    """Downloads a standard or registry model (checksums checked) into models/wd14_tagger/<name>/ with a progress
+    bar; Cancel stops it and leaves no partial file."""
+    job = tm.plan(name)  # refuses when downloads are off or no checksum can be had (registry or Hub API)
     roots = [Root("models/wd14_tagger", p) for p in tagger_roots()]
     target = roots[0].path / safe_name(name, "tagger model name")  # the first root: models/wd14_tagger itself
     created = not target.exists()
@@ -151,8 +152,10 @@ def fetch_tagger_model(name: str) -> None:
             bar.update_absolute(int(100 * done / total))
 
     try:
-        tm.fetch_model(job, folder, on_progress=progress)
+        placed = tm.fetch_model(job, folder, on_progress=progress)
     except BaseException:
         if created and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()  # a folder we made for a model that did not arrive is not left as an empty "model"
         raise
+    for file, sha in placed.items():  # so an administrator can pin what arrived in ATELIER_TAGGER_REGISTRY
+        logging.info("[Atelier] downloaded models/wd14_tagger/%s/%s (sha256 %s)", name, file, sha)

@@ -2,13 +2,15 @@
 
 import hashlib
 import http.server
+import json
 import os
 import threading
+import urllib.parse
 
 import pytest
 
 from atelier.core import tagger_models as tm
-from atelier.core.download import DownloadError, DownloadStopped, download_file
+from atelier.core.download import DownloadError, DownloadStopped, GitBlob, download_file
 
 PAYLOAD = bytes(range(256)) * 4096 * 3  # 3 MiB: several 1 MiB chunks, so a stop can land mid-download
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -16,6 +18,22 @@ SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 class Handler(http.server.BaseHTTPRequestHandler):
     files: dict = {}
+    api: dict = {}  # paths-info route -> list of entries (answered filtered by the paths asked) or raw bytes
+    asked: list = []  # (route, paths) of each API call, so a test can tell whether the API was asked
+
+    def do_POST(self):  # noqa: N802 (http.server's name); the Hub API's paths-info, as huggingface_hub calls it
+        form = urllib.parse.parse_qs(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+        self.asked.append((self.path, form.get("paths", [])))
+        answer = self.api.get(self.path)
+        if answer is None:
+            self.send_error(404)
+            return
+        if isinstance(answer, list):  # like the Hub: only the paths asked for, unknown ones left out
+            answer = json.dumps([e for e in answer if e["path"] in form.get("paths", [])]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         if self.path.startswith("/redirect-ftp"):
@@ -60,9 +78,10 @@ def leftovers(folder):
 
 def test_download_arrives_intact_with_the_umask_mode(server, tmp_path):
     seen = []
-    dest = download_file(f"{server}/file.bin", tmp_path / "model.onnx", SHA, timeout=10, max_bytes=10 * 2**20,
-                         on_progress=lambda done, total: seen.append((done, total)))
-    assert dest.read_bytes() == PAYLOAD
+    got = download_file(f"{server}/file.bin", tmp_path / "model.onnx", SHA, timeout=10, max_bytes=10 * 2**20,
+                        on_progress=lambda done, total: seen.append((done, total)))
+    dest = tmp_path / "model.onnx"
+    assert got == SHA and dest.read_bytes() == PAYLOAD
     assert leftovers(tmp_path) == ["model.onnx"]
     assert seen[-1] == (len(PAYLOAD), len(PAYLOAD)) and len(seen) >= 3
     umask = os.umask(0o022)
@@ -147,25 +166,25 @@ def registry(**sums):
     return {tm.ALLOW_ENV: "1", tm.REGISTRY_ENV: __import__("json").dumps(sums)}
 
 
-def test_downloads_are_off_unless_enabled_and_checksummed():
+def test_downloads_are_off_unless_enabled():
     both = {"model.onnx": "a" * 64, "selected_tags.csv": "b" * 64}
     assert tm.downloadable({}) == []
-    assert tm.downloadable({tm.REGISTRY_ENV: '{"wd-vit-tagger-v3": ' + __import__("json").dumps(both) + "}"}) == []
-    assert tm.downloadable({tm.ALLOW_ENV: "1"}) == []  # enabled, but no checksum: nothing is offered
-    assert tm.downloadable(registry(**{"wd-vit-tagger-v3": both, "my-tagger": both})) == ["wd-vit-tagger-v3",
+    assert tm.downloadable({tm.REGISTRY_ENV: '{"wd-vit-tagger-v3": ' + json.dumps(both) + "}"}) == []
+    assert tm.downloadable({tm.ALLOW_ENV: "1"}) == list(tm.STANDARD_MODELS)  # checksums from the Hub API
+    assert tm.downloadable(registry(**{"wd-vit-tagger-v3": both, "my-tagger": both})) == [*tm.STANDARD_MODELS,
                                                                                            "my-tagger"]
     with pytest.raises(DownloadError, match="downloads are off") as e:
         tm.plan("wd-vit-tagger-v3", {})
     assert "huggingface.co/SmilingWolf/wd-vit-tagger-v3" in str(e.value) and tm.ALLOW_ENV in str(e.value)
-    with pytest.raises(DownloadError, match="no sha256 configured"):
-        tm.plan("wd-swinv2-tagger-v3", registry(**{"wd-vit-tagger-v3": both}))
+    with pytest.raises(DownloadError, match="not one of the standard models .* no sha256 in ATELIER_TAGGER_REGISTRY"):
+        tm.plan("my-tagger", registry(**{"wd-vit-tagger-v3": both}))  # no API for a model that is not SmilingWolf's
 
 
 def test_plan_builds_urls_from_the_base_url():
     both = {"model.onnx": "A" * 64, "selected_tags.csv": "b" * 64}
     job = tm.plan("wd-vit-tagger-v3", registry(**{"wd-vit-tagger-v3": both}))
     assert job.files["model.onnx"] == (
-        "https://huggingface.co/SmilingWolf/wd-vit-tagger-v3/resolve/main/model.onnx", "a" * 64)
+        "https://huggingface.co/SmilingWolf/wd-vit-tagger-v3/resolve/main/model.onnx", "a" * 64, None)
     env = dict(registry(**{"wd-vit-tagger-v3": both}), **{tm.BASE_URL_ENV: "http://127.0.0.1:9/mirror"})
     assert tm.plan("wd-vit-tagger-v3", env).files["selected_tags.csv"][0] == (
         "http://127.0.0.1:9/mirror/wd-vit-tagger-v3/selected_tags.csv")
@@ -199,6 +218,117 @@ def test_fetch_model_places_both_files_or_none(server, tmp_path):
     tm.fetch_model(tm.plan("m", env), folder)
     assert leftovers(folder) == ["model.onnx", "selected_tags.csv"]
     assert (folder / "model.onnx").read_bytes() == PAYLOAD and (folder / "selected_tags.csv").read_bytes() == csv
+
+
+# ---------------------------------------------------------------- checksums from the Hub API (no registry)
+
+CSV = b"tag_id,name,category,count\n0,general,9,1\n"
+
+
+def git_blob_id(data):
+    """What git (and the Hub's 'oid' of a plain file) names a blob: sha1 of its header and bytes."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def paths_info(onnx_sha=SHA, csv_oid=None, csv_size=len(CSV)):
+    """A paths-info answer shaped like the Hub's: model.onnx an LFS file, selected_tags.csv a plain git file."""
+    return [
+        {"type": "file", "path": "model.onnx", "size": len(PAYLOAD), "oid": "9" * 40,
+         "lfs": {"oid": onnx_sha, "size": len(PAYLOAD), "pointerSize": 134}},
+        {"type": "file", "path": "selected_tags.csv", "size": csv_size, "oid": csv_oid or git_blob_id(CSV)},
+    ]
+
+
+def hub(server, name, answer):
+    """Serves `name`'s two files and `answer` on its paths-info route; the environment that points there."""
+    Handler.files.update({f"/{name}/model.onnx": PAYLOAD, f"/{name}/selected_tags.csv": CSV})
+    Handler.api[f"/api/models/SmilingWolf/{name}/paths-info/main"] = answer
+    return {tm.ALLOW_ENV: "1", tm.BASE_URL_ENV: server + "/{name}/", tm.API_URL_ENV: server}
+
+
+def test_without_a_registry_the_api_checksums_are_used(server, tmp_path):
+    env = hub(server, "wd-vit-tagger-v3", paths_info())
+    Handler.asked.clear()
+    job = tm.plan("wd-vit-tagger-v3", env)
+    assert Handler.asked == [("/api/models/SmilingWolf/wd-vit-tagger-v3/paths-info/main", list(tm.FILES))]
+    assert job.files["model.onnx"].sha256 == SHA  # the LFS oid is the content's sha256
+    assert job.files["selected_tags.csv"].git_blob == (git_blob_id(CSV), len(CSV))
+    placed = tm.fetch_model(job, tmp_path)
+    assert placed == {"model.onnx": SHA, "selected_tags.csv": hashlib.sha256(CSV).hexdigest()}
+    assert leftovers(tmp_path) == ["model.onnx", "selected_tags.csv"]
+    assert (tmp_path / "model.onnx").read_bytes() == PAYLOAD and (tmp_path / "selected_tags.csv").read_bytes() == CSV
+
+
+@pytest.mark.parametrize("answer, message", [
+    (paths_info(onnx_sha="0" * 64), "'model.onnx' failed its checksum: expected sha256 " + "0" * 64),
+    (paths_info(csv_oid="1" * 40), "'selected_tags.csv' failed its checksum: expected git blob " + "1" * 40),
+    (paths_info(csv_size=len(CSV) + 1), "'selected_tags.csv' failed its checksum"),  # the size is part of the id
+])
+def test_an_api_checksum_that_differs_from_the_served_bytes_is_refused(server, tmp_path, answer, message):
+    env = hub(server, "wd-swinv2-tagger-v3", answer)
+    with pytest.raises(DownloadError, match=message) as e:
+        tm.fetch_model(tm.plan("wd-swinv2-tagger-v3", env), tmp_path)
+    assert "it was not kept" in str(e.value) and str(tmp_path) not in str(e.value)
+    assert leftovers(tmp_path) == []  # neither the refused file nor the one that passed, nor a temp
+
+
+def test_the_registry_wins_over_the_api(server, tmp_path):
+    env = hub(server, "wd-convnext-tagger-v3", paths_info(onnx_sha="0" * 64))  # the API would refuse the model
+    pinned = {"model.onnx": SHA, "selected_tags.csv": hashlib.sha256(CSV).hexdigest()}
+    env[tm.REGISTRY_ENV] = json.dumps({"wd-convnext-tagger-v3": pinned})
+    Handler.asked.clear()
+    tm.fetch_model(tm.plan("wd-convnext-tagger-v3", env), tmp_path)
+    assert Handler.asked == [] and leftovers(tmp_path) == ["model.onnx", "selected_tags.csv"]
+
+
+@pytest.mark.parametrize("answer, message", [
+    (b"<html>rate limited</html>", r"is not JSON .*it starts b'<html>rate limited</html>'.*Check the API URL"),
+    (b'{"error": "Repository not found"}', "is a JSON dict, expected a list of files"),
+    ([], "does not list 'selected_tags.csv' as a file"),
+    ([{"type": "file", "path": "model.onnx", "size": 1, "oid": "9" * 40, "lfs": {"oid": "not-a-sha"}},
+      {"type": "file", "path": "selected_tags.csv", "size": 1, "oid": "9" * 40}], "64 hex digits, got 'not-a-sha'"),
+    ([{"type": "file", "path": "model.onnx", "size": 1, "oid": "9" * 40, "lfs": {"oid": SHA}},
+      {"type": "file", "path": "selected_tags.csv", "size": 2**40, "oid": "9" * 40}], "over the 33,554,432-byte limit"),
+])
+def test_a_malformed_api_answer_is_refused_with_its_reason(server, tmp_path, answer, message):
+    env = hub(server, "wd-vit-large-tagger-v3", answer)
+    with pytest.raises(DownloadError, match=message) as e:
+        tm.plan("wd-vit-large-tagger-v3", env)
+    assert "wd-vit-large-tagger-v3" in str(e.value) or "selected_tags.csv" in str(e.value)
+
+
+def test_an_unreachable_or_missing_api_says_what_to_do(server, unused_port):
+    env = {tm.ALLOW_ENV: "1", tm.API_URL_ENV: f"http://127.0.0.1:{unused_port}"}
+    with pytest.raises(DownloadError, match=r"Asking for the checksums of 'wd-eva02-large-tagger-v3' failed: could "
+                                            r"not reach .*Check the network and the API URL"):
+        tm.plan("wd-eva02-large-tagger-v3", env)
+    Handler.api.pop("/api/models/SmilingWolf/wd-eva02-large-tagger-v3/paths-info/main", None)
+    with pytest.raises(DownloadError, match="answered HTTP 404"):
+        tm.plan("wd-eva02-large-tagger-v3", dict(env, **{tm.API_URL_ENV: server}))
+    with pytest.raises(DownloadError, match="Only http"):
+        tm.plan("wd-eva02-large-tagger-v3", dict(env, **{tm.API_URL_ENV: "file:///etc"}))
+
+
+@pytest.fixture
+def unused_port():
+    """A loopback port nothing listens on (bound, then closed)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_download_file_checks_a_git_blob_when_no_sha256_is_given(server, tmp_path):
+    blob = GitBlob(git_blob_id(PAYLOAD), len(PAYLOAD))
+    assert download_file(f"{server}/file.bin", tmp_path / "a.bin", None, git_blob=blob, timeout=10,
+                         max_bytes=10 * 2**20) == SHA
+    with pytest.raises(DownloadError, match="40 hex digits"):
+        download_file(f"{server}/file.bin", tmp_path / "b.bin", None, git_blob=GitBlob("x", 1), timeout=10,
+                      max_bytes=10 * 2**20)
+    with pytest.raises(DownloadError, match="64 hex digits, got 'None'"):
+        download_file(f"{server}/file.bin", tmp_path / "b.bin", None, timeout=10, max_bytes=10 * 2**20)
+    assert leftovers(tmp_path) == ["a.bin"]
 
 
 def test_model_choice_strips_the_download_mark():

@@ -1,8 +1,8 @@
 """The tagger download through a real ComfyUI server: from a loopback mirror, sha256-checked, no partial file.
 
 Downloads are an administrator's switch (environment variables read by the server), so this module starts its own
-server with ATELIER_ALLOW_DOWNLOADS=1, a base URL on loopback and checksums for a tiny tagger; the session's
-shared server keeps downloads off.
+server with ATELIER_ALLOW_DOWNLOADS=1, a base URL and a Hub API on loopback and registry checksums for two models;
+the session's shared server keeps downloads off.
 """
 
 import functools
@@ -11,6 +11,7 @@ import http.server
 import json
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +22,7 @@ from comfy_host import ComfyServer, find_checkout, find_python, fixture_checkpoi
 
 CHECKOUT, _ = find_checkout()  # None: the host conftest skips every test here, saying why
 
-GOOD, BAD, UNLISTED = "wd-vit-tagger-v3", "wd-swinv2-tagger-v3", "wd-convnext-tagger-v3"
+GOOD, BAD, API_ONLY = "wd-vit-tagger-v3", "wd-swinv2-tagger-v3", "wd-convnext-tagger-v3"  # API_ONLY: no registry
 
 
 class QuietServer(http.server.ThreadingHTTPServer):
@@ -32,19 +33,35 @@ class QuietServer(http.server.ThreadingHTTPServer):
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        """The Hub API's paths-info: model.onnx as an LFS file (its sha256), the csv as a plain git file (blob id)."""
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        folder = Path(self.directory, self.path.split("/")[4])  # /api/models/SmilingWolf/<name>/paths-info/main
+        onnx, csv = (folder / "model.onnx").read_bytes(), (folder / "selected_tags.csv").read_bytes()
+        body = json.dumps([
+            {"type": "file", "path": "model.onnx", "size": len(onnx), "oid": "9" * 40,
+             "lfs": {"oid": hashlib.sha256(onnx).hexdigest(), "size": len(onnx), "pointerSize": 134}},
+            {"type": "file", "path": "selected_tags.csv", "size": len(csv),
+             "oid": hashlib.sha1(b"blob %d\0" % len(csv) + csv).hexdigest()}]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, *args):
         pass
 
 
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory):
-    """A loopback HTTP server holding the tiny tagger under /<model name>/ (as Hugging Face's resolve/main/ does)."""
+    """A loopback HTTP server holding the tiny tagger under /<model name>/ (as Hugging Face's resolve/main/ does) and
+    answering the Hub API's paths-info route for it."""
     root = tmp_path_factory.mktemp("mirror")
-    for name in (GOOD, BAD):
+    for name in (GOOD, BAD, API_ONLY):
         write_tiny_tagger(root / name)
     httpd = QuietServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}/{{name}}/"
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}/{{name}}/", f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
 
@@ -52,8 +69,8 @@ def mirror(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dl_server(mirror, tmp_path_factory):
     """A second ComfyUI server whose administrator enabled downloads: GOOD with its real checksums, BAD with a wrong
-    model.onnx checksum, UNLISTED with none."""
-    root, base_url = mirror
+    model.onnx checksum in the registry, API_ONLY with none there (its checksums come from the loopback API)."""
+    root, base_url, api_url = mirror
     sums = {f: hashlib.sha256((root / GOOD / f).read_bytes()).hexdigest() for f in ("model.onnx", "selected_tags.csv")}
     registry = {GOOD: sums, BAD: dict(sums, **{"model.onnx": "0" * 64})}
     python = find_python(CHECKOUT)
@@ -61,7 +78,7 @@ def dl_server(mirror, tmp_path_factory):
     if not server.has_module("onnxruntime"):
         pytest.skip(f"the host's Python ({python}) has no onnxruntime; pip install onnxruntime there")
     server.prepare(fixture_checkpoint(CHECKOUT, python))
-    env = {"ATELIER_ALLOW_DOWNLOADS": "1", "ATELIER_TAGGER_BASE_URL": base_url,
+    env = {"ATELIER_ALLOW_DOWNLOADS": "1", "ATELIER_TAGGER_BASE_URL": base_url, "ATELIER_TAGGER_API_URL": api_url,
            "ATELIER_TAGGER_REGISTRY": json.dumps(registry)}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the server copies the environment when it starts
@@ -93,10 +110,10 @@ def model_options(comfy):
     return comfy.object_info()["AtelierTagImages"]["input"]["required"]["model"][1]["options"]
 
 
-def test_dropdown_offers_only_checksummed_models_marked_for_download(dl_server):
+def test_dropdown_offers_the_standard_models_marked_for_download(dl_server):
     options = model_options(dl_server.client)
     assert f"{GOOD} (download)" in options and f"{BAD} (download)" in options, options
-    assert not [o for o in options if UNLISTED in o]  # enabled, but no checksum configured: never offered
+    assert f"{API_ONLY} (download)" in options, options  # no registry entry: its checksums come from the API
 
 
 def test_wrong_checksum_is_refused_and_leaves_no_file(dl_server):
@@ -107,13 +124,16 @@ def test_wrong_checksum_is_refused_and_leaves_no_file(dl_server):
     assert sorted(os.listdir(tagger_dir)) == [], "a refused download left files behind"
 
 
-def test_unlisted_model_says_how_to_enable(dl_server):
-    message = error_of(dl_server.client, tag_prompt(UNLISTED))
-    assert "no sha256 configured" in message and "ATELIER_TAGGER_REGISTRY" in message, message
+def test_without_a_registry_entry_the_api_checksums_are_used(dl_server, mirror):
+    out = dl_server.client.run(tag_prompt(f"{API_ONLY} (download)"), timeout=120)
+    assert out["2"]["text"][0] == "hatsune miku, blue, long hair, ^_^, smile \\(happy\\)"
+    folder = dl_server.models / "wd14_tagger" / API_ONLY
+    assert sorted(os.listdir(folder)) == ["model.onnx", "selected_tags.csv"]
+    assert (folder / "model.onnx").read_bytes() == (mirror[0] / API_ONLY / "model.onnx").read_bytes()
 
 
 def test_download_from_loopback_then_tag(dl_server, mirror):
-    root, _ = mirror
+    root = mirror[0]
     out = dl_server.client.run(tag_prompt(f"{GOOD} (download)"), timeout=120)
     assert out["2"]["text"][0] == "hatsune miku, blue, long hair, ^_^, smile \\(happy\\)"
     folder = dl_server.models / "wd14_tagger" / GOOD
