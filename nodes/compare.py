@@ -9,7 +9,7 @@ from comfy_api.latest import io
 import folder_paths
 
 from ..core.draw import pil_to_image_tensor
-from ..core.grid import Axis, draw_grid, grid_metadata, model_label, parse_values
+from ..core.grid import Axis, draw_grid, grid_metadata, model_label, parse_values, run_file_label
 from ..core.images import prepare_image
 from ..core.lora_math import STRENGTH_LIMIT, check_strength
 from ..core.paths import base_name, safe_name
@@ -18,9 +18,13 @@ from .cells import CONNECTED, CellSpec
 from .grids import (check_choice, checked_sampling, common_inputs, finish, lora_choice, render_specs,
                     speed_inputs)
 from .host import DATASET
+from .lora_files import LORA_FILES, read_lora_metadata, run_files
 from .provenance import connected_checkpoint
 from .validate import NONE, check_number
 
+FROM_RUN = ("Optional: the lora_files output of a Train LoRA node; when connected, the run's final file replaces "
+            "the {choice} choice (labelled with its epoch), and this node runs after the training in the same "
+            "queued graph.")
 
 
 def lora_input(name: str, tooltip: str):
@@ -28,9 +32,24 @@ def lora_input(name: str, tooltip: str):
                           tooltip=tooltip)
 
 
+def run_input(name: str, choice: str):
+    """The optional input that takes a training node's lora_files in place of the `choice` dropdown."""
+    return LORA_FILES.Input(name, optional=True, tooltip=FROM_RUN.format(choice=choice))
+
+
 def short(name: str | None) -> str:
     """A LoRA's label on a sheet (grids' model_label), or 'no LoRA'."""
     return model_label(name) if name else "no LoRA"
+
+
+def chosen(choice: str, lora_files, input_name: str) -> tuple[str | None, str]:
+    """(LoRA, its label on the sheet): the connected run's final file labelled with its epoch from metadata
+    ("my_lora · final (epoch 3)"), else the dropdown's file re-checked (None for (none)) labelled by name."""
+    if lora_files is None:
+        name = lora_choice(choice)
+        return name, short(name)
+    final = run_files(lora_files, input_name).final
+    return final, f"{short(final)} · {run_file_label('final', read_lora_metadata(final), final)}"
 
 
 def settings(positive, negative, seed, steps, cfg, sampler, scheduler, width, height) -> dict:
@@ -86,6 +105,7 @@ class AtelierCompareSideBySide(io.ComfyNode):
                 io.String.Input("grid_name", default="side_by_side", tooltip="File name prefix in "
                                                                              "output/atelier/grids."),
                 *speed_inputs(),
+                run_input("lora_files_a", "lora_a"), run_input("lora_files_b", "lora_b"),
             ],
             outputs=sheet_outputs(),
             hidden=[io.Hidden.unique_id, io.Hidden.prompt], is_output_node=True)
@@ -93,13 +113,14 @@ class AtelierCompareSideBySide(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, prompts, lora_a, strength_a, negative_a, lora_b, strength_b, negative_b,
                 checkpoint_b, seeds, seed, steps, cfg, sampler, scheduler, width, height, grid_name, batch_size=4,
-                resume=True) -> io.NodeOutput:
+                resume=True, lora_files_a=None, lora_files_b=None) -> io.NodeOutput:
         safe_name(grid_name, "grid_name")  # a bad name is refused before any cell is rendered
         lines = [p.strip() for p in prompts.splitlines() if p.strip()]
         if not lines:
             raise ValueError("Side by Side needs at least one prompt: write one prompt per line.")
         base = settings("", "", seed, steps, cfg, sampler, scheduler, width, height)
-        la, lb = lora_choice(lora_a), lora_choice(lora_b)
+        (la, name_a), (lb, name_b) = chosen(lora_a, lora_files_a, "lora_files_a"), chosen(lora_b, lora_files_b,
+                                                                                          "lora_files_b")
         strength_a = check_strength(strength_a, "strength_a")
         strength_b = check_strength(strength_b, "strength_b")
         ckpt_b = None if checkpoint_b == NONE else check_choice(
@@ -114,8 +135,8 @@ class AtelierCompareSideBySide(io.ComfyNode):
                 cells.append({"row": row, "col": col, "settings": s.describe()})
         images, renderer = render_specs(model, clip, vae, specs, batch_size=batch_size, resume=resume)
 
-        def label(lora, strength, negative, checkpoint):
-            parts = [short(lora) + (f" @ {strength:g}" if lora else "")]
+        def label(lora, name, strength, negative, checkpoint):
+            parts = [name + (f" @ {strength:g}" if lora else "")]
             if negative_a != negative_b:
                 parts.append(f"neg: {negative or '(empty)'}")
             if ckpt_b:
@@ -126,8 +147,8 @@ class AtelierCompareSideBySide(io.ComfyNode):
         y = Axis("seed", tuple(range(len(lines) * seeds)), "prompt · seed")
         grid = [images[i:i + 2] for i in range(0, len(images), 2)]
         sheet = draw_grid(grid, x, y, title=f"A vs B · {steps} steps · cfg {cfg:g} · {sampler}",
-                          x_labels=[f"A: {label(la, strength_a, negative_a, None)}",
-                                    f"B: {label(lb, strength_b, negative_b, ckpt_b)}"],
+                          x_labels=[f"A: {label(la, name_a, strength_a, negative_a, None)}",
+                                    f"B: {label(lb, name_b, strength_b, negative_b, ckpt_b)}"],
                           y_labels=[f"{t[:80]} · seed {seed + k}" for t in lines for k in range(seeds)])
         return finish_sheet(sheet, grid_name, {"x": x, "y": y}, cells, {"seeds": seeds}, renderer, images,
                             checkpoint=connected_checkpoint(model, cls.hidden))
@@ -152,20 +173,24 @@ class AtelierPlotStrengthMatrix(io.ComfyNode):
                 io.String.Input("grid_name", default="strength_matrix",
                                 tooltip="File name prefix in output/atelier/grids."),
                 *speed_inputs(),
+                run_input("lora_files_a", "lora_a"), run_input("lora_files_b", "lora_b"),
             ],
             outputs=sheet_outputs(),
             hidden=[io.Hidden.unique_id, io.Hidden.prompt], is_output_node=True)
 
     @classmethod
     def execute(cls, model, clip, vae, lora_a, strengths_a, lora_b, strengths_b, positive, negative, seed, steps,
-                cfg, sampler, scheduler, width, height, grid_name, batch_size=4, resume=True) -> io.NodeOutput:
+                cfg, sampler, scheduler, width, height, grid_name, batch_size=4, resume=True, lora_files_a=None,
+                lora_files_b=None) -> io.NodeOutput:
         safe_name(grid_name, "grid_name")  # a bad name is refused before any cell is rendered
-        la, lb = lora_choice(lora_a), lora_choice(lora_b)
+        (la, name_a), (lb, name_b) = chosen(lora_a, lora_files_a, "lora_files_a"), chosen(lora_b, lora_files_b,
+                                                                                          "lora_files_b")
         if la is None or lb is None or la == lb:
             raise ValueError("The strength matrix mixes two different LoRAs: choose lora_a and lora_b (not (none), "
-                             "not the same file). For one LoRA use the XY Grid's strength axis.")
-        y = Axis("strength", tuple(parse_values("strength", strengths_a)), f"A: {short(la)}")
-        x = Axis("strength", tuple(parse_values("strength", strengths_b)), f"B: {short(lb)}")
+                             "not the same file; a connected lora_files_a / lora_files_b gives its run's final file). "
+                             "For one LoRA use the XY Grid's strength axis.")
+        y = Axis("strength", tuple(parse_values("strength", strengths_a)), f"A: {name_a}")
+        x = Axis("strength", tuple(parse_values("strength", strengths_b)), f"B: {name_b}")
         if len(x.values) * len(y.values) > 1024:
             raise ValueError(f"The matrix asks for {len(x.values) * len(y.values)} cells; the limit is 1024. Use "
                              "fewer strengths.")
@@ -227,17 +252,20 @@ class AtelierCompareRealGenerated(io.ComfyNode):
                 io.String.Input("grid_name", default="real_vs_generated",
                                 tooltip="File name prefix in output/atelier/grids."),
                 *speed_inputs(),
+                run_input("lora_files", "lora"),
             ],
             outputs=sheet_outputs(),
             hidden=[io.Hidden.unique_id, io.Hidden.prompt], is_output_node=True)
 
     @classmethod
     def execute(cls, model, clip, vae, dataset, count, lora, strength, prefix, include_base, negative, seed, steps,
-                cfg, sampler, scheduler, width, height, grid_name, batch_size=4, resume=True) -> io.NodeOutput:
+                cfg, sampler, scheduler, width, height, grid_name, batch_size=4, resume=True,
+                lora_files=None) -> io.NodeOutput:
         safe_name(grid_name, "grid_name")  # a bad name is refused before any cell is rendered
-        name = lora_choice(lora)
+        name, shown = chosen(lora, lora_files, "lora_files")
         if name is None:
-            raise ValueError("Real vs Generated compares a LoRA with its dataset: choose the LoRA.")
+            raise ValueError("Real vs Generated compares a LoRA with its dataset: choose the LoRA, or connect a "
+                             "training node's lora_files.")
         strength = check_strength(strength, "strength")
         base = settings("", negative, seed, steps, cfg, sampler, scheduler, width, height)
         samples = pick_samples(dataset, count)
@@ -251,7 +279,7 @@ class AtelierCompareRealGenerated(io.ComfyNode):
         images, renderer = render_specs(model, clip, vae, specs, batch_size=batch_size, resume=resume)
         per = len(variants)
         grid = [[real_image(dataset, s, width, height)] + images[r * per:(r + 1) * per] for r, s in enumerate(samples)]
-        labels = ["real", f"{short(name)} @ {strength:g}"] + (["base model"] if include_base else [])
+        labels = ["real", f"{shown} @ {strength:g}"] + (["base model"] if include_base else [])
         x = Axis("lora", tuple(labels), "compared")
         y = Axis("prompt_sr", tuple(s.item.caption for s in samples), "caption")
         sheet = draw_grid(grid, x, y, x_labels=labels, y_labels=[s.item.caption[:160] for s in samples],
@@ -279,6 +307,7 @@ class AtelierCheckReconstruction(io.ComfyNode):
                 io.String.Input("grid_name", default="reconstruction",
                                 tooltip="File name prefix in output/atelier/grids."),
                 *speed_inputs(),
+                run_input("lora_files", "lora"),
             ],
             outputs=[*sheet_outputs(), io.String.Output("report", tooltip="Mean distance to the targets (0..255 "
                                                                           "levels) of the base model and the LoRA.")],
@@ -286,11 +315,13 @@ class AtelierCheckReconstruction(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, dataset, count, lora, strength, prefix, denoise, negative, seed, steps, cfg,
-                sampler, scheduler, width, height, grid_name, batch_size=4, resume=True) -> io.NodeOutput:
+                sampler, scheduler, width, height, grid_name, batch_size=4, resume=True,
+                lora_files=None) -> io.NodeOutput:
         safe_name(grid_name, "grid_name")  # a bad name is refused before any cell is rendered
-        name = lora_choice(lora)
+        name, shown = chosen(lora, lora_files, "lora_files")
         if name is None:
-            raise ValueError("The reconstruction check measures a LoRA: choose the LoRA.")
+            raise ValueError("The reconstruction check measures a LoRA: choose the LoRA, or connect a training "
+                             "node's lora_files.")
         strength = check_strength(strength, "strength")
         denoise = check_number("denoise", denoise, 0.05, 1.0)
         base = settings("", negative, seed, steps, cfg, sampler, scheduler, width, height)
@@ -319,7 +350,7 @@ class AtelierCheckReconstruction(io.ComfyNode):
         mean_base, mean_lora = float(np.mean(dist["base"])), float(np.mean(dist["lora"]))
         summary = (f"mean distance to the targets (0..255): base {mean_base:.2f}, LoRA {mean_lora:.2f} "
                    f"({'closer' if mean_lora < mean_base else 'not closer'} with the LoRA) at denoise {denoise:g}")
-        labels = ["target", "base model", f"{short(name)} @ {strength:g}"]
+        labels = ["target", "base model", f"{shown} @ {strength:g}"]
         x = Axis("lora", tuple(labels), "compared")
         y = Axis("prompt_sr", tuple(s.item.caption for s in samples), "caption")
         sheet = draw_grid(grid, x, y, x_labels=labels, y_labels=[s.item.caption[:160] for s in samples],

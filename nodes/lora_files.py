@@ -28,11 +28,12 @@ def lora_files_input(tooltip: str):
     return LORA_FILES.Input("lora_files", optional=True, tooltip=tooltip)
 
 
-def run_files(lora_files) -> RunLoras:
-    """The connected value checked: a training node's files, else an error saying what to connect."""
+def run_files(lora_files, input_name: str = "lora_files") -> RunLoras:
+    """The connected value checked: a training node's files, else an error saying what to connect to `input_name`."""
     if not isinstance(lora_files, RunLoras):
-        raise ValueError(f"lora_files expects the 'lora_files' output of a Train LoRA node; got "
-                         f"{type(lora_files).__name__}. Connect a training node's lora_files output, or disconnect.")
+        raise ValueError(f"{input_name} expects the 'lora_files' output of a Train LoRA node; got "
+                         f"{type(lora_files).__name__}. Connect a training node's lora_files output to {input_name}, "
+                         "or disconnect it.")
     return lora_files
 
 

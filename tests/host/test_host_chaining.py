@@ -58,3 +58,54 @@ def test_one_prompt_trains_then_grids_every_epoch_file_by_strength(comfy, comfy_
     report = json.loads(out["6"]["text"][0])  # Inspect LoRA ran on the run's final file, after the training
     assert report["file"] == "atelier/chain.safetensors" and report["metadata"]["ss_epoch"] == "3"
 
+
+
+def compare_prompt(output_name: str) -> dict:
+    """Load → Prepare → a few training steps → Side by Side (A: the run's final file, B: the base model) and Real vs
+    Generated on the same run, all linked in one graph."""
+    sampling = dict(seed=1, steps=2, cfg=4.0, sampler="euler", scheduler="normal", width=64, height=64,
+                    batch_size=4, resume=False)
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FIXTURE_CHECKPOINT_NAME}},
+        "2": load_dataset_node("input/chain_host", repeats=0, subset_name="elf", verify_images=True),
+        "3": prepare_dataset_node(["2", 0]),
+        "4": {"class_type": "AtelierTrainLoRAAdvanced", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset": ["3", 0],
+            **advanced_train_widgets(output_name, epochs=1, max_steps=3, batch_size=4, unet_lr=1e-2)}},
+        "5": {"class_type": "AtelierCompareSideBySide", "inputs": dict(
+            model=["1", 0], clip=["1", 1], vae=["1", 2], prompts="blonde elf", lora_a="(none)", strength_a=1.0,
+            negative_a="", lora_b="(none)", strength_b=1.0, negative_b="", checkpoint_b="(none)", seeds=1,
+            grid_name="chain_sbs", lora_files_a=["4", 4], **sampling)},
+        "6": {"class_type": "AtelierCompareRealGenerated", "inputs": dict(
+            model=["1", 0], clip=["1", 1], vae=["1", 2], dataset=["3", 0], count=1, lora="(none)", strength=1.0,
+            prefix="", include_base=False, negative="", grid_name="chain_rvg", lora_files=["4", 4], **sampling)},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["5", 2], "filename_prefix": "chain_sbs_cells"}},
+    }
+
+
+def test_one_prompt_trains_then_compares_side_by_side(comfy, comfy_server, chain_folder):
+    from atelier.core.grid import read_png_metadata
+
+    out = comfy.run(compare_prompt("chain_sbs"), timeout=900)
+    assert json.loads(out["4"]["text"][0])["steps"] == 3
+
+    meta = read_png_metadata(comfy_server.file(out["5"]["text"][0]))
+    loras = [cell["settings"]["loras"] for cell in meta["cells"]]
+    assert loras == [[["atelier/chain_sbs.safetensors", 1.0]], []]  # A: the run's final file; B: the base model
+    a, b = (np.asarray(Image.open(comfy_server.output_dir / i["subfolder"] / i["filename"]), dtype=np.int16)
+            for i in out["7"]["images"])
+    assert np.abs(a - b).max() > 0, "side A (the trained LoRA) drew the same image as side B (the base model)"
+
+    meta = read_png_metadata(comfy_server.file(out["6"]["text"][0]))  # Real vs Generated ran on the same run
+    assert meta["axes"]["x"].labels() == ["real", "chain_sbs · final (epoch 1) @ 1"]  # epoch from ss_epoch
+    assert meta["cells"][0]["settings"]["loras"] == [["atelier/chain_sbs.safetensors", 1.0]]
+
+
+def test_a_value_that_is_not_a_training_run_is_refused_by_name(comfy, comfy_server):
+    prompt = compare_prompt("unused")
+    side = prompt["5"]
+    side["inputs"] = {**side["inputs"], "lora_files_a": "atelier/chain_sbs.safetensors"}  # a raw string
+    entry = comfy.wait(comfy.queue({"1": prompt["1"], "5": side}))
+    message = [m for m in entry["status"]["messages"] if m[0] == "execution_error"][0][1]["exception_message"]
+    assert ("lora_files_a expects the 'lora_files' output of a Train LoRA node; got str. Connect a training node's "
+            "lora_files output to lora_files_a") in message
