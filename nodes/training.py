@@ -26,7 +26,7 @@ from ..core.paths import shown as shown_in
 from ..trainers.checkpoint import run_environment
 from ..trainers.data import LatentCache, build_samples, kohya_metadata
 from ..trainers.loop import CONFIG_RANGES, PRECISIONS, Callbacks, Trainer, TrainConfig, TrainingStopped
-from ..trainers.kohya_config import import_kohya, is_toml, looks_like_kohya
+from ..trainers.kohya_config import export_kohya, import_kohya, is_toml, looks_like_kohya
 from ..trainers.memory import gradient_checkpointing as checkpointed
 from ..trainers.reuse import IDENTITY_KEY
 from ..trainers.run import RunFiles, TrainingRun, run_loras
@@ -574,6 +574,7 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
             prompt=cls.hidden.prompt if cls.hidden else None, reuse=reuse is True)
         if imported:  # a kohya config: which keys mapped, which were off, unknown or have no equivalent here
             report["config_import"] = imported
+        report["kohya_config"] = export_kohya(config, net)  # the same run as sd-scripts keys (Export Kohya Config)
         return training_result(model_out, clip_out, losses, report, files)
 
 

@@ -348,3 +348,65 @@ def export_kohya(config: TrainConfig, network: NetworkConfig) -> dict:
     if config.optimizer == "sgd":
         out["optimizer_type"] = "SGDNesterov"
     return out
+
+
+EXPORT_FORMATS = ("toml", "json")
+# Our settings that round-trip through export_kohya (kohya has a key for each); every other field is listed as
+# not exported.
+EXPORTED_FIELDS = {*TRAIN_KEYS.values(), *NETWORK_KEYS.values(), "unet_lr", "te_lr", "train_text_encoder", "optimizer",
+                   "weight_decay", "scheduler", "warmup_steps", "precision", "loss", "min_timestep_percent",
+                   "max_timestep_percent", "max_steps", "epochs"}
+
+
+def not_exported(config: TrainConfig, network: NetworkConfig) -> dict:
+    """Our settings export_kohya cannot express (no sd-scripts key), with their values."""
+    out = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in EXPORTED_FIELDS}
+    if config.max_steps > 0:  # sd-scripts: max_train_epochs would win over max_train_steps, so only steps are written
+        out["epochs"] = f"{config.epochs} (max_steps {config.max_steps} ends the run)"
+    for name in ("target_patterns", "exclude_patterns", "rank_overrides"):
+        if getattr(network, name):
+            out[name] = list(getattr(network, name))
+    return out
+
+
+def toml_text(data: dict, comments: list[str] = ()) -> str:
+    """A flat TOML document (str, int, float, bool, list of str values), as sd-scripts' --config_file reads it."""
+    lines = [f"# {c}" for c in comments]
+    for key, value in data.items():
+        lines.append(f"{_toml_key(key)} = {_toml_value(key, value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_key(key: str) -> str:
+    bare = key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key)
+    return key if bare else json.dumps(key)  # a JSON string is a valid TOML basic string (same escapes)
+
+
+def _toml_value(key: str, value) -> str:
+    if isinstance(value, bool):  # before int: bool is an int in Python
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"'{key}' is {value}; a config file holds finite numbers only.")
+        return repr(value)  # '0.0001', '1e-05', '1.0': all TOML floats
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+    raise ValueError(f"'{key}' = {value!r} cannot be written to TOML here; expected text, a number, true/false or a "
+                     "list of texts.")
+
+
+def export_text(config: TrainConfig, network: NetworkConfig, fmt: str, notes: list[str] = ()) -> str:
+    """export_kohya as an sd-scripts TOML (what it cannot express listed in a comment at the top) or a kohya JSON."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"Unknown format '{fmt}'; expected one of {', '.join(EXPORT_FORMATS)}.")
+    data = export_kohya(config, network)
+    if fmt == "json":
+        return json.dumps(data, indent=1)
+    missing = not_exported(config, network)
+    comments = ["sd-scripts training settings exported by Atelier (train_network.py --config_file).", *notes]
+    comments += [f"not exported (no sd-scripts key): {name} = {value}" for name, value in missing.items()]
+    return toml_text(data, comments)

@@ -2,10 +2,12 @@
 
 import dataclasses
 import json
+import tomllib
 
 import pytest
 
-from atelier.trainers.kohya_config import export_kohya, import_kohya, is_toml, looks_like_kohya
+from atelier.trainers.kohya_config import (export_kohya, export_text, import_kohya, is_toml, looks_like_kohya,
+                                           toml_text)
 from atelier.trainers.loop import TrainConfig
 from atelier.trainers.network import NetworkConfig
 
@@ -155,3 +157,49 @@ def test_detection_leaves_our_own_configs_alone():
     assert not looks_like_kohya(ours) and not looks_like_kohya({"seed": 3, "unet_lr": 1e-4})
     assert looks_like_kohya({"learning_rate": 1e-4}) and looks_like_kohya({"network_dim": 8})
     assert set(WIDGETS) == {f.name for f in dataclasses.fields(TrainConfig)}  # the widget set is complete
+
+
+def test_toml_writer_reads_back_with_tomllib():
+    data = {"s": 'quote " back\\slash\nnew line é', "i": -3, "f": 1e-05, "g": 0.1, "big": 1e20, "t": True,
+            "n": False, "l": ["weight_decay=0.01", "betas=0.9,0.99"], "empty": [], "odd key": 1}
+    text = toml_text(data, ["a comment", "not exported: ema_decay = 0.999"])
+    assert text.startswith("# a comment\n# not exported: ema_decay = 0.999\n")
+    assert tomllib.loads(text) == data
+
+
+@pytest.mark.parametrize("value, message", [(float("nan"), "finite numbers only"), (float("inf"), "finite"),
+                                            ({"a": 1}, "cannot be written to TOML"), ([1, 2], "list of texts")])
+def test_toml_writer_refuses_what_it_cannot_express(value, message):
+    with pytest.raises(ValueError, match=message):
+        toml_text({"key": value})
+
+
+def test_exported_toml_imports_to_the_same_config():
+    config = TrainConfig.from_dict({**WIDGETS, "ema_decay": 0.999, "optimizer": "lion", "warmup_steps": 20,
+                                    "scheduler": "polynomial", "power": 2.0})
+    network = NetworkConfig(**NETWORK_WIDGETS, target_patterns=("attn2",))
+    text = export_text(config, network, "toml")
+    parsed = tomllib.loads(text)  # what sd-scripts' read_config_from_file does with --config_file
+    assert parsed["network_dim"] == 32 and parsed["unet_lr"] == 2e-4 and parsed["max_train_epochs"] == 12
+    assert parsed["optimizer_args"] == ["weight_decay=0.05"] and parsed["mixed_precision"] == "bf16"
+    header = [line for line in text.splitlines() if line.startswith("#")]
+    assert "# not exported (no sd-scripts key): ema_decay = 0.999" in header
+    assert "# not exported (no sd-scripts key): target_patterns = ['attn2']" in header
+    train, net, report = import_kohya(text)
+    back = TrainConfig.from_dict(train)
+    # every field with a kohya key comes back; ema_decay has none and returns to its default
+    assert back == dataclasses.replace(config, ema_decay=TrainConfig.ema_decay)
+    assert NetworkConfig(**net) == dataclasses.replace(network, target_patterns=())
+    assert report["unknown"] == [] and report["no_equivalent"] == {}
+    assert json.loads(export_text(config, network, "json")) == parsed
+
+
+def test_export_by_steps_writes_steps_only_and_says_so():
+    config = TrainConfig.from_dict({**WIDGETS, "max_steps": 300})
+    text = export_text(config, NetworkConfig(), "toml")
+    parsed = tomllib.loads(text)
+    assert parsed["max_train_steps"] == 300 and "max_train_epochs" not in parsed
+    assert "# not exported (no sd-scripts key): epochs = 12 (max_steps 300 ends the run)" in text
+    assert TrainConfig.from_dict(import_kohya(text)[0]).max_steps == 300
+    with pytest.raises(ValueError, match="Unknown format 'yaml'; expected one of toml, json"):
+        export_text(config, NetworkConfig(), "yaml")

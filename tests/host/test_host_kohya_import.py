@@ -58,6 +58,7 @@ def test_kohya_json_trains_as_the_equivalent_widgets(comfy, comfy_server, kohya_
     assert report["unknown"] == ["xformers"]
     assert report["no_equivalent"]["output_name"] == "set with the output_name widget"
     assert report["mapped"]["network_dim"] == "rank" and "epoch" in report["off"]
+    assert imported["kohya_config"]["network_dim"] == 4 and imported["kohya_config"]["max_train_steps"] == 2
     assert "config_import" not in widgets
     loras = comfy_server.models / "loras" / "atelier"
     a, b = tensors(loras / "kohya_widgets.safetensors"), tensors(loras / "kohya_json.safetensors")
