@@ -19,6 +19,8 @@ A file is hashed once per (real path, size, mtime): in memory, and in a JSON cac
 
 from __future__ import annotations
 
+import torch
+
 import hashlib
 import json
 import os
@@ -179,3 +181,10 @@ def file_hashes(real: str | os.PathLike, *, cache_file: Path | None = None,
 def autov2(sha256: str) -> str:
     """Civitai's / A1111's short model hash: the first 10 hex digits of the file's sha256."""
     return sha256[:10]
+
+
+def hash_tensor(h, tensor) -> None:
+    """Feeds a tensor's shape, dtype and exact bytes (any dtype, bf16 included) into the running hash `h`."""
+    t = tensor.detach().cpu().contiguous().flatten()
+    h.update(f"{tuple(tensor.shape)}{t.dtype}".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes())

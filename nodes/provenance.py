@@ -17,7 +17,7 @@ import comfy.model_sampling
 
 from ..core.lora_meta import HOST_FAMILIES
 from ..core.paths import PathRefused
-from ..core.provenance import BaseModel, file_hashes, model_source
+from ..core.provenance import BaseModel, file_hashes, hash_tensor, model_source
 from .host import model_file, output_subdir
 from .train_adapter import encoder_key, weights_fingerprint
 
@@ -108,9 +108,7 @@ def patches_digest(patcher) -> str:
         for entry in patches[key]:
             h.update(f"{key}|{entry[0]}|{entry[2] if len(entry) > 2 else ''}|{entry[3:4]}|".encode())
             for t in _tensors(entry[1]):
-                t = t.detach().cpu().contiguous().flatten()
-                h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-                h.update(t.view(torch.uint8).numpy().tobytes())
+                hash_tensor(h, t)
     return h.hexdigest()
 
 
