@@ -122,4 +122,4 @@ def base_identity(model, clip, vae, base: BaseModel) -> dict:
             "object_patches": sorted((k, type(v).__name__) for k, v in object_patches.items()),
             "sampling": [type(sampling).__name__, float(sampling.sigma_min), float(sampling.sigma_max)],
             "clip": [weights_fingerprint(clip.cond_stage_model.state_dict()), patches_digest(clip.patcher)],
-            "vae": encoder_key(vae, model)}
+            "vae": encoder_key(vae, model) if vae is not None else None}  # None: an image-free run (text slider)

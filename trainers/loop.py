@@ -159,6 +159,7 @@ class TrainSample:
     flipped_latent: torch.Tensor | None = None  # the mirrored image's own latent; else the latent is flipped
     regularization: bool = False  # a class image for prior preservation (balanced against the training images)
     mask: torch.Tensor | None = None  # (1, H, W) in 0..1 at latent resolution: where the loss counts (alpha)
+    key: int | None = None  # per-sample data for the objective (NoisedBatch.keys), e.g. a slider's prompt set
 
 
 class Denoise(Protocol):
@@ -269,6 +270,8 @@ class Trainer:
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self._text_cache: dict[str, tuple[torch.Tensor, dict]] = {}
         self.last_saved: int | None = None  # the step of the newest checkpoint, for error messages
+        if hasattr(self.objective, "bind"):  # a slider objective: its own prompts through the text cache, strengths
+            self.objective.bind(self._conditioning, network)
 
     # ------------------------------------------------------------------ one micro-batch
 
@@ -334,7 +337,8 @@ class Trainer:
         cond, extra = self._conditioning(captions)
         noised = ob.NoisedBatch(x0, noise, sigma, x_t, cond.to(self.device),
                                 {k: v.to(self.device) for k, v in extra.items()},
-                                torch.stack(masks).to(self.device) if cfg.masked_loss else None)
+                                torch.stack(masks).to(self.device) if cfg.masked_loss else None,
+                                tuple(self.samples[index].key for _, index in batch))
         per_sample = self.objective(self._denoise_in_precision, self.ms, noised)  # (B,)
         w = torch.tensor(weights, dtype=torch.float32, device=self.device)  # prior-preservation weights
         return (per_sample * w).sum() / divisor

@@ -12,6 +12,7 @@ The small classes at the bottom mirror ComfyUI's ε / v / flow samplings so the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -123,6 +124,7 @@ class NoisedBatch:
     cond: torch.Tensor  # the text encoder's output for the batch's captions
     extra: dict = field(default_factory=dict)  # further conditioning the denoiser takes (SDXL's pooled y, ...)
     mask: torch.Tensor | None = None  # (B, 1, H, W) in 0..1: where the loss counts; None = everywhere
+    keys: tuple = ()  # per-sample objective data (TrainSample.key), e.g. a slider's prompt-set index
 
 
 class Objective(Protocol):
@@ -158,6 +160,97 @@ class DenoisingLoss:
         if self.min_snr_gamma > 0:
             per_sample = per_sample * min_snr_weights(ms, batch.sigma, self.min_snr_gamma).to(per_sample.device)
         return per_sample
+
+
+@contextlib.contextmanager
+def strength(network, value: float):
+    """The network at multiplier `value` inside the block, and at 1.0 (the trained strength) after it, even on error."""
+    network.set_multiplier(value)
+    try:
+        yield network
+    finally:
+        network.set_multiplier(1.0)
+
+
+SLIDER_ACTIONS = ("enhance", "erase")
+
+
+class TextSliderLoss:
+    """Text-slider objective (Concept Sliders, Gandikota et al. 2023, arXiv:2311.12092; LECO, p1atdev/LECO; after
+    ESD, Gandikota et al. 2023, arXiv:2303.07345): no images, the LoRA learns the direction positive − negative.
+
+    Per sample: from the loop's noise at the highest σ, an Euler partial denoise (CFG `cfg`, target vs unconditional
+    prompt) with the LoRA on and no gradient, down to the loop's σ; there, with the LoRA at multiplier 0 and no
+    gradient, the predictions for the positive, unconditional and neutral prompts give the target
+    e_neutral ± guidance·(e_pos − e_uncond) (+ enhance, − erase); the LoRA at +1 on the target prompt is pulled to it
+    by MSE. `bidirectional` also trains multiplier −1 toward the mirrored target. Everything random comes from the
+    batch (noise, σ), so a resumed run equals an uninterrupted one. `sets` are SliderPrompts (trainers/slider.py).
+    """
+
+    def __init__(self, sets, denoise_steps: int = 50, cfg: float = 3.0, bidirectional: bool = False):
+        if not sets:
+            raise ValueError("A text slider needs at least one prompt set; got none.")
+        if not 1 <= int(denoise_steps) <= 1000:
+            raise ValueError(f"denoise_steps must be between 1 and 1000, got {denoise_steps}; 50 is the papers' value.")
+        self.sets, self.denoise_steps = tuple(sets), int(denoise_steps)
+        self.cfg, self.bidirectional = cfg, bidirectional
+        self.network, self._conditioning = None, None
+
+    def bind(self, conditioning: Callable, network) -> None:
+        """Called by the Trainer: its frozen-text cache (each prompt encoded once) and the network whose strength
+        the teacher passes switch."""
+        self._conditioning, self.network = conditioning, network
+        for s in self.sets:  # encode every prompt now: data preparation, not a training step
+            conditioning([s.target, s.positive, s.unconditional, s.neutral])
+
+    def _cond(self, prompt: str, device):
+        cond, extra = self._conditioning([prompt])
+        return cond.to(device), {k: v.to(device) for k, v in extra.items()}
+
+    def schedule(self, ms: ModelSampling, stop: float) -> list[float]:
+        """σ of the partial denoise: σ_j = percent_to_sigma(j/K) from the noisiest down to the first below `stop`,
+        which replaces it (the path ends exactly at the loop's σ)."""
+        out = []
+        for j in range(self.denoise_steps + 1):
+            sigma = ms.percent_to_sigma(max(j / self.denoise_steps, 1e-4))  # 0 would be "infinite" noise
+            if sigma <= stop:
+                break
+            out.append(sigma)
+        return out + [stop]
+
+    def partial_denoise(self, denoise: Callable, ms: ModelSampling, noise: torch.Tensor, stop: float, cond, uncond):
+        """x at σ = stop: Euler steps (ComfyUI's `euler`) with CFG from pure noise, the LoRA as it is now."""
+        sigmas = self.schedule(ms, stop)
+        first = torch.tensor([sigmas[0]], device=noise.device)
+        x = ms.noise_scaling(first, noise, torch.zeros_like(noise)).float()  # (1, C, H, W)
+        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+            sigma = torch.tensor([s], device=noise.device)
+            e_c, e_u = denoise(x, sigma, cond[0], **cond[1]).float(), denoise(x, sigma, uncond[0], **uncond[1]).float()
+            out = e_u + self.cfg * (e_c - e_u)  # classifier-free guidance (Ho & Salimans, 2022)
+            x0 = ms.calculate_denoised(sigma, out, x)
+            x = x + (x - x0) / s * (s_next - s)  # Euler step of dx/dσ = (x − x0̂)/σ
+        return x
+
+    def __call__(self, denoise: Callable, ms: ModelSampling, batch: NoisedBatch) -> torch.Tensor:
+        if self.network is None:
+            raise RuntimeError("TextSliderLoss was not bound to a Trainer; the Trainer calls bind() when it starts.")
+        losses = []
+        for i, key in enumerate(batch.keys):
+            p = self.sets[key]
+            device, sigma = batch.noise.device, batch.sigma[i:i + 1]  # (1,)
+            c_t, c_p, c_u, c_0 = (self._cond(t, device) for t in (p.target, p.positive, p.unconditional, p.neutral))
+            with torch.no_grad():  # the path and the teacher are targets, never differentiated
+                x = self.partial_denoise(denoise, ms, batch.noise[i:i + 1], float(sigma.item()), c_t, c_u)
+                with strength(self.network, 0.0):  # exactly the base model (LoRAModule returns the base output)
+                    e_p, e_u, e_0 = (denoise(x, sigma, c[0], **c[1]).float() for c in (c_p, c_u, c_0))
+            direction = (1.0 if p.action == "enhance" else -1.0) * p.guidance_scale * (e_p - e_u)
+            loss = ((denoise(x, sigma, c_t[0], **c_t[1]).float() - (e_0 + direction)) ** 2).mean()
+            if self.bidirectional:  # the mirror: multiplier −1 moves the other way
+                with strength(self.network, -1.0):
+                    mirror = ((denoise(x, sigma, c_t[0], **c_t[1]).float() - (e_0 - direction)) ** 2).mean()
+                loss = (loss + mirror) / 2
+            losses.append(loss)
+        return torch.stack(losses)  # (B,)
 
 
 # ------------------------------------------------------------ reference samplings (mirror ComfyUI's maths)

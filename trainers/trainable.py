@@ -28,6 +28,10 @@ class Trainable(Protocol):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restores state_tensors(); refuses (ValueError naming the keys) tensors that do not fit."""
 
+    def set_multiplier(self, value: float) -> None:
+        """Strength of the trainable's effect (1.0 = as trained, 0.0 = the host model exactly); slider objectives use it
+        for teacher passes (objectives.strength restores 1.0)."""
+
     def export(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """The tensors of the shipped file, in the format its readers expect (kohya keys for a LoRA)."""
 
