@@ -176,6 +176,17 @@ def map_subsets(dataset: Dataset, names: list[str] | None, fn) -> Dataset:
     return replace(dataset, subsets=subsets)
 
 
+def as_regularization(dataset: Dataset, prior_loss_weight: float, repeats: int) -> Dataset:
+    """Every subset of `dataset` as a regularisation subset (DreamBooth prior preservation) with this loss weight
+    and these repeats per image; an empty set is an error, since training would silently run without it."""
+    if not any(s.items for s in dataset.subsets):
+        raise DatasetError("The regularization set is empty (no images in any subset); connect a dataset with "
+                           "images (e.g. the copier's training set) or disconnect regularization.")
+    return replace(dataset, subsets=tuple(
+        replace(s, role="regularization", prior_loss_weight=float(prior_loss_weight),
+                items=tuple(replace(it, repeats=int(repeats)) for it in s.items)) for s in dataset.subsets))
+
+
 def parse_subset_list(text: str) -> list[str]:
     """'a, b' -> ['a', 'b']; empty text -> [] (meaning all subsets)."""
     return [t.strip() for t in (text or "").split(",") if t.strip()]

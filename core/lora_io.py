@@ -8,6 +8,7 @@ interpreted).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import pickle
@@ -17,10 +18,10 @@ from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
 from .lora_format import ALPHA, DOWN, MID, PAIR_SUFFIXES, UP, base_prefix, module_bases, pair_of
-from .paths import file_mode_for
+from .paths import file_mode_for, open_resolved
 from .temps import remove_stale_temps, temp_path
 
 SAFETENSORS = ".safetensors"
@@ -55,12 +56,55 @@ def _prepared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+# kohya-ss sd-scripts (library/train_util.py precalculate_safetensors_hashes) writes these two hashes of the LoRA
+# file itself into its header; A1111's Lora extension shows sshs_model_hash (first 12 hex) as the LoRA's hash.
+ADDNET_HASH_KEY = "sshs_model_hash"
+ADDNET_LEGACY_KEY = "sshs_legacy_hash"
+LEGACY_OFFSET, LEGACY_SIZE = 0x100000, 0x10000  # the 64 KiB at 1 MiB, as A1111's old model hash
+HASH_CHUNK = 1 << 20
+
+
+def _addnet_hashes_of(data: bytes) -> tuple[str, str]:
+    """(sha256 of a safetensors file's bytes after its 8-byte length and JSON header, 8-hex sha256 of its 64 KiB at
+    1 MiB): sd-webui-additional-networks' new and legacy hashes."""
+    header = 8 + int.from_bytes(data[:8], "little")
+    legacy = hashlib.sha256(data[LEGACY_OFFSET:LEGACY_OFFSET + LEGACY_SIZE]).hexdigest()[:8]
+    return hashlib.sha256(data[header:]).hexdigest(), legacy
+
+
+def addnet_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[str, str]:
+    """(sshs_model_hash, sshs_legacy_hash) as kohya computes them: the file serialised with only its `ss_*` metadata
+    (so later user metadata never changes the hash), then hashed as additional-networks does."""
+    training_only = {k: v for k, v in metadata.items() if k.startswith("ss_")}
+    return _addnet_hashes_of(save(tensors, metadata=training_only))
+
+
+def addnet_hash_file(path: str | os.PathLike) -> str:
+    """The additional-networks hash of a safetensors file on disk (sha256 of everything after its header): equal to
+    the sshs_model_hash kohya and Atelier write, and to what A1111 computes for a file without one."""
+    fd = open_resolved(os.path.realpath(path), "LoRA file")
+    with os.fdopen(fd, "rb") as f:
+        size = f.read(8)
+        if len(size) != 8:
+            raise ValueError(f"'{Path(path).name}' is not a safetensors file (shorter than its 8-byte header length).")
+        f.seek(8 + int.from_bytes(size, "little"))
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def save_lora(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Writes a .safetensors LoRA through a temp file in the same folder and os.replace: all of it or nothing."""
+    """Writes a .safetensors LoRA through a temp file in the same folder and os.replace: all of it or nothing, with
+    kohya's sshs_model_hash / sshs_legacy_hash of the file added to its metadata."""
     path = Path(path)
     if path.suffix.lower() != SAFETENSORS:
         raise ValueError(f"LoRA files are written as safetensors; '{path}' should end in '.safetensors'.")
-    write_safetensors(path, _prepared(tensors), metadata, what="LoRA")
+    prepared = _prepared(tensors)
+    meta = {k: v for k, v in metadata.items() if k not in (ADDNET_HASH_KEY, ADDNET_LEGACY_KEY)}
+    if all(isinstance(v, str) for v in meta.values()):  # else write_safetensors refuses the metadata by name
+        meta[ADDNET_HASH_KEY], meta[ADDNET_LEGACY_KEY] = addnet_hashes(prepared, meta)
+    write_safetensors(path, prepared, meta, what="LoRA")
 
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *,

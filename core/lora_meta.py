@@ -202,3 +202,33 @@ def epochs_of(steps: int, total_steps: int, steps_per_epoch: int) -> dict[str, s
     (the epochs the whole run covers: ceil(total_steps / steps_per_epoch), as kohya computes it)."""
     per = max(1, steps_per_epoch)
     return {"ss_epoch": str(math.ceil(steps / per)), "ss_num_epochs": str(math.ceil(total_steps / per))}
+
+
+# Copy-machine (guides 003 / 004): kohya merges --base_weights (with --base_weights_multiplier) into the model
+# before training and records neither, so Atelier names its own key after that argument.
+BASE_WEIGHTS_KEY = "atelier_base_weights"
+OBJECTIVE_KEY = "atelier_objective"
+COPY_MACHINE = "copy_machine"
+COPIER_FIELDS = ("name", "strength", "sha256", "autov2", "addnet_hash", "ss_output_name", "source")
+
+
+def copy_machine_metadata(checkpoint: str, copiers: list[dict]) -> dict[str, str]:
+    """The shipped target's record of a copy-machine run: every copier merged while it trained (name, strength,
+    sha256, AutoV2, additional-networks hash, its ss_output_name, where it came from), the method, and a comment
+    that says to use the file on `checkpoint` alone."""
+    if not copiers:
+        raise ValueError("A copy-machine run needs at least one copier LoRA; got none. Choose a copier file or "
+                         "connect a training node's lora_files.")
+    listed = []
+    for copier in copiers:
+        strength = float(copier["strength"])
+        if not math.isfinite(strength):
+            raise ValueError(f"Copier '{copier['name']}' has strength {strength}; expected a finite number.")
+        listed.append({k: (strength if k == "strength" else str(copier.get(k, ""))) for k in COPIER_FIELDS})
+    merged = " + ".join(f"{c['name']} @ {c['strength']:g}" for c in listed)
+    return {
+        BASE_WEIGHTS_KEY: json.dumps(listed),
+        OBJECTIVE_KEY: json.dumps({"method": COPY_MACHINE, "copiers": len(listed),
+                                   "use_on": f"{checkpoint} without the copiers"}),
+        "ss_training_comment": f"copy-machine: trained on {checkpoint} + {merged}; use on {checkpoint} alone",
+    }

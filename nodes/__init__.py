@@ -5,7 +5,7 @@ This package is the only place that imports comfy, comfy_api, folder_paths, serv
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import captioning, compare, dataset, grids, kohya_export, lora_tools, sliders, training
+from . import captioning, compare, copy_machine, dataset, grids, kohya_export, lora_tools, sliders, training
 from .host import register_folder_types, register_tagger_folder
 from .info import AtelierVersion
 from .live import register_routes
@@ -22,6 +22,7 @@ NODES: list[type[io.ComfyNode]] = [
     *training.NODES,
     *kohya_export.NODES,
     *sliders.NODES,
+    *copy_machine.NODES,
     *lora_tools.NODES,
     *grids.NODES,
     *compare.NODES,

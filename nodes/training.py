@@ -23,6 +23,7 @@ from ..core.draw import line_chart, pil_to_image_tensor
 from ..core.images import write_image
 from ..core.paths import Root, is_inside, quoted, resolve_inside, safe_name
 from ..core.paths import shown as shown_in
+from ..core.provenance import BaseModel
 from ..trainers.checkpoint import run_environment
 from ..trainers.data import LatentCache, build_samples, kohya_metadata
 from ..trainers.loop import CONFIG_RANGES, PRECISIONS, Callbacks, Trainer, TrainConfig, TrainingStopped
@@ -200,15 +201,17 @@ class TrainingEvents:
 def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig, net_config: NetworkConfig,
                node_id=None, resume_state: str = STATE_NONE, continue_from: str = STATE_NONE, keep_last: int = 0,
                sampling: dict | None = None, cache_latents: bool = True, gradient_checkpointing: bool = False,
-               advanced: bool = False, prompt: dict | None = None, reuse: bool = False):
+               advanced: bool = False, prompt: dict | None = None, reuse: bool = False,
+               base: BaseModel | None = None, extra_metadata: dict | None = None):
     """The shared body of the training nodes: host wiring around trainers.run; returns (model, clip, losses,
-    report, files). `prompt` (the queued graph) tells which checkpoint file the MODEL came from, for the metadata;
+    report, files). `prompt` (the queued graph) tells which checkpoint file the MODEL came from, for the metadata,
+    unless the caller passes `base` (the original model of a patched one); extra_metadata is added to every file;
     with `reuse`, a finished earlier run of the same identity is loaded instead of training again."""
     check_names(output_name=output_name)  # a 5,000-character name is refused now, not after training
     path = lora_output_path(output_name)  # refuse a bad name before any work
     config.validate()
     resume_dir = resume_folder(resume_state)
-    base = base_model(model, prompt, node_id)  # checkpoint name and hashes, patches carried
+    base = base or base_model(model, prompt, node_id)  # checkpoint name and hashes, patches carried
     identity = run_identity(config, net_config, dataset, base, model, clip, vae, continue_from)
     earlier, why = earlier_run(path, identity, state_root() / path.stem) if reuse else (None, "reuse is off")
     if earlier is not None:
@@ -221,7 +224,7 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         trainer = Trainer(config, network, host.denoise, host.denoise.model_sampling, samples,
                           make_encoder(clip, pooled=host.denoise.needs_pooled), events.callbacks(),
                           device=host.device)
-        metadata = lora_metadata(config, net, dataset, path, base, trainer, identity)
+        metadata = lora_metadata(config, net, dataset, path, base, trainer, identity, extra_metadata)
         run = TrainingRun(trainer, RunFiles(path, state_root() / path.stem, keep_last, shown), metadata,
                           run_environment(trainer, str(host.patcher.model.get_dtype())),
                           state_extra={IDENTITY_KEY: identity.parts()})
@@ -266,16 +269,19 @@ def reused_outputs(model, clip, earlier, path: Path, config: TrainConfig, net: N
     return model_out, clip_out, earlier.losses, report, earlier.files
 
 
-def lora_metadata(config: TrainConfig, net: NetworkConfig, dataset, path: Path, base, trainer: Trainer, identity):
-    """metadata(step, epoch) for the run's files: kohya's ss_* keys with this run's facts, and the run's identity
-    (finished only in a file saved after the last step), so a later run can reuse it."""
+def lora_metadata(config: TrainConfig, net: NetworkConfig, dataset, path: Path, base, trainer: Trainer, identity,
+                  extra: dict | None = None):
+    """metadata(step, epoch) for the run's files: kohya's ss_* keys with this run's facts, the caller's `extra` keys
+    (a method's own record), and the run's identity (finished only in a file saved after the last step), so a later
+    run can reuse it."""
     started = time.time()
+    extra = {str(k): str(v) for k, v in (extra or {}).items()}  # safetensors metadata is str -> str
 
     def metadata(step: int, epoch: int) -> dict[str, str]:
         return {**kohya_metadata(config=config, network_config=net, dataset=dataset, output_name=path.stem,
                                  base=base, steps=step, epoch=epoch, started=started, finished=time.time(),
                                  total_steps=trainer.total_steps, steps_per_epoch=trainer.steps_per_epoch),
-                **identity.metadata(finished=step >= trainer.total_steps)}
+                **extra, **identity.metadata(finished=step >= trainer.total_steps)}
     return metadata
 
 
