@@ -128,8 +128,10 @@ class TrainingRun:
 
     def __init__(self, trainer: Trainer, files: RunFiles, metadata: Callable[[int, int], dict[str, str]],
                  environment: dict | None = None, export_dtype: torch.dtype = torch.float16,
-                 state_extra: dict | None = None):
+                 state_extra: dict | None = None,
+                 write: Callable[[Path, dict, dict], None] = save_lora):
         self.trainer, self.files, self.metadata = trainer, files, metadata
+        self.write = write  # (path, shipped, metadata): save_lora, or another trainable's file writer
         self.environment, self.export_dtype = environment or {}, export_dtype
         self.state_extra = state_extra or {}  # recorded in state.json (e.g. the run's identity, for reuse)
         self.saved: list[Path] = []
@@ -145,7 +147,7 @@ class TrainingRun:
             return t.network.export(self.export_dtype)
 
     def _write(self, target: Path, step: int, epoch: int) -> None:
-        save_lora(target, self.shipped(), self.metadata(step, epoch))
+        self.write(target, self.shipped(), self.metadata(step, epoch))
         self.saved.append(target)
 
     def checkpoint(self, step: int, epoch: int, by: str) -> None:

@@ -2,7 +2,8 @@
 
 The loop (`trainers/loop.py`) and the run (`trainers/run.py`) reach the thing being trained only through these
 methods, so a LoRA network, a hypernetwork or a full fine-tune's parameters are each one implementation
-(LyCORIS-registry style: every algorithm has the same few methods). `LoRANetwork` is the first.
+(LyCORIS-registry style: every algorithm has the same few methods): `LoRANetwork` (trainers/network.py) and
+`Hypernetwork` (trainers/hypernetwork.py).
 """
 
 from __future__ import annotations
