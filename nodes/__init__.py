@@ -5,7 +5,7 @@ This package is the only place that imports comfy, comfy_api, folder_paths, serv
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import captioning, compare, dataset, grids, kohya_export, lora_tools, training
+from . import captioning, compare, dataset, finetune, grids, kohya_export, lora_tools, training
 from .host import register_folder_types, register_tagger_folder
 from .info import AtelierVersion
 from .live import register_routes
@@ -20,6 +20,7 @@ NODES: list[type[io.ComfyNode]] = [
     *dataset.NODES,
     *captioning.NODES,
     *training.NODES,
+    *finetune.NODES,
     *kohya_export.NODES,
     *lora_tools.NODES,
     *grids.NODES,

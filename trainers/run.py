@@ -127,9 +127,12 @@ class TrainingRun:
     """Drives one Trainer to the end: resume, periodic and final saves with keep-last, the state folder."""
 
     def __init__(self, trainer: Trainer, files: RunFiles, metadata: Callable[[int, int], dict[str, str]],
-                 environment: dict | None = None, export_dtype: torch.dtype = torch.float16,
-                 state_extra: dict | None = None):
+                 environment: dict | None = None, export_dtype: torch.dtype | None = torch.float16,
+                 state_extra: dict | None = None,
+                 write: Callable[[Path, dict[str, torch.Tensor], dict[str, str]], None] | None = None):
         self.trainer, self.files, self.metadata = trainer, files, metadata
+        # how a shipped file is written: a LoRA by default; a full fine-tune's host writes a whole checkpoint
+        self.write_file = write or save_lora
         self.environment, self.export_dtype = environment or {}, export_dtype
         self.state_extra = state_extra or {}  # recorded in state.json (e.g. the run's identity, for reuse)
         self.saved: list[Path] = []
@@ -145,7 +148,7 @@ class TrainingRun:
             return t.network.export(self.export_dtype)
 
     def _write(self, target: Path, step: int, epoch: int) -> None:
-        save_lora(target, self.shipped(), self.metadata(step, epoch))
+        self.write_file(target, self.shipped(), self.metadata(step, epoch))
         self.saved.append(target)
 
     def checkpoint(self, step: int, epoch: int, by: str) -> None:
