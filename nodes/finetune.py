@@ -10,6 +10,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from comfy_api.latest import io
 
 import comfy.model_management
@@ -23,7 +24,7 @@ from ..trainers.loop import PRECISIONS, Trainer, TrainConfig, TrainingStopped
 from ..trainers.memory import gradient_checkpointing as checkpointed
 from ..trainers.optim import OPTIMIZERS
 from ..trainers.run import RunFiles, TrainingRun
-from .host import forget_model_list, model_output_path
+from .host import forget_model_list, model_file, model_output_path
 from .live import HISTORY
 from .lora_tools import extract_lora
 from .provenance import base_model
@@ -43,12 +44,26 @@ def te_roots(clip) -> dict[str, tuple[torch.nn.Module, str]]:
             for prefix, module in text_encoder_roots(clip).items()}
 
 
-def checkpoint_writer(tune: FullFineTune, host, clip, vae):
+def left_out_tensors(base, sd: dict) -> dict[str, torch.Tensor]:
+    """Tensors of the base checkpoint file that ComfyUI's saving layout leaves out (SD1's unused text_projection),
+    so the new file holds the whole original; none when the file is unknown or its layout differs otherwise."""
+    if not base.file or base.folder != "checkpoints" or not base.file.endswith(".safetensors"):
+        return {}
+    with safe_open(str(model_file("checkpoints", base.file)), "pt") as f:
+        keys = list(f.keys())
+        missing = [k for k in keys if k not in sd]
+        if len(missing) > max(8, len(keys) // 100):  # another key layout (not ComfyUI's): adding would duplicate
+            return {}
+        return {k: f.get_tensor(k) for k in missing}
+
+
+def checkpoint_writer(tune: FullFineTune, host, clip, vae, base):
     """write(path, tensors, metadata): ComfyUI's own checkpoint layout (BaseModel.state_dict_for_saving over the
     MODEL, CLIP and VAE, as comfy.sd.save_checkpoint) with the trained tensors in place, written atomically."""
     def write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
         with tune.installed(tensors):  # the modules hold the shipped weights only while the dict is built
             sd = host.patcher.model.state_dict_for_saving(clip.get_sd(), vae.get_sd(), None)
+            sd.update(left_out_tensors(base, sd))
             # NaN/inf are refused inside write_safetensors (nothing written); the last cancel check comes before
             # the rename, so a cancelled save leaves no file
             write_safetensors(path, {k: t.contiguous() for k, t in sd.items()}, metadata, what="checkpoint",
@@ -111,7 +126,7 @@ def train_full(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         run = TrainingRun(trainer, RunFiles(path, state_root() / f"{path.stem}-finetune", 0, shown),
                           finetune_metadata(config, block_lrs, dataset, path, base, trainer),
                           run_environment(trainer, str(host.patcher.model.get_dtype())), export_dtype=None,
-                          write=checkpoint_writer(tune, host, clip, vae))
+                          write=checkpoint_writer(tune, host, clip, vae, base))
         blocks = checkpoint_blocks(host.patcher.model.diffusion_model) if gradient_checkpointing else []
         contexts = [autograd_friendly_clip(clip.cond_stage_model) if te else nullcontext(), checkpointed(blocks)]
         try:
