@@ -49,9 +49,10 @@ def child(checkpointing: bool, steps: int, optimizer: str) -> None:
         trainer.run()
     seconds = (time.perf_counter() - start) / steps
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    params = sum(p.numel() for p in tune.parameters())
     print(json.dumps({"gradient_checkpointing": checkpointing, "optimizer": optimizer, "s_per_step": seconds,
-                      "peak_rss_mib": rss / 2**20,
-                      "training_rss_mib": (rss - before) / 2**20, "trained_params": sum(p.numel() for p in tune.parameters())}))
+                      "peak_rss_mib": rss / 2**20, "training_rss_mib": (rss - before) / 2**20,
+                      "trained_params": params}))
 
 
 def main() -> None:
