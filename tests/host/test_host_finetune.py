@@ -66,3 +66,16 @@ def test_full_finetune_saves_a_loadable_checkpoint_and_leaves_the_base_model_as_
                   lora="atelier/host_ft_extracted.safetensors")
     assert "lora key not loaded" not in comfy_server.log_text()[log_before:]
     assert np.abs(lora.astype(int) - before).max() > 0
+
+
+def test_full_finetune_resumes_from_its_state_folder(comfy, comfy_server):
+    """Runs after the test above (same module): continuing its state to step 3 trains one more step."""
+    state = comfy_server.output_dir / "atelier" / "train_state" / "host_ft-finetune" / "state.json"
+    assert state.exists() and '"step": 2' in state.read_text()
+    out = comfy.run(finetune_prompt(max_steps=3, extract_rank=0, resume="host_ft-finetune"), timeout=900)
+    assert '"steps": 3' in out["22"]["text"][0]
+    assert '"step": 3' in state.read_text()
+    entry = comfy.wait(comfy.queue(finetune_prompt(max_steps=4, extract_rank=0, unet_lr=5e-4,
+                                                   resume="host_ft-finetune")))
+    err = [m for m in entry["status"]["messages"] if m[0] == "execution_error"][0][1]["exception_message"]
+    assert "different settings" in err and "unet_lr" in err, err
