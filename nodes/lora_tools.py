@@ -280,43 +280,61 @@ class AtelierExtractLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, tuned_model, base_model, rank, dynamic_method, dynamic_param, include_convs, min_diff,
                 clamp_quantile, method, output_name, tuned_clip=None, base_clip=None) -> io.NodeOutput:
-        lora_output_path(output_name)  # a bad name is refused before any layer is read
-        check_choice(method, list(EXTRACT_METHODS), "method")
-        check_number("min_diff", min_diff, 0.0, 1.0)
-        check_number("clamp_quantile", clamp_quantile, 0.5, 1.0)
-        dynamic_kwargs(dynamic_method, dynamic_param, rank)  # checks both before any layer is read
-        pairs = [(tuned_model, base_model, comfy.lora.model_lora_keys_unet(base_model.model, {}), "lora_unet_",
-                  UNET_INCLUDE)]
-        if tuned_clip is not None and base_clip is not None:
-            pairs.append((tuned_clip.patcher, base_clip.patcher,
-                          comfy.lora.model_lora_keys_clip(base_clip.cond_stage_model, {}), "lora_te", TE_INCLUDE))
-        modules, report, skipped = {}, {}, []
-        kw = dict(dynamic_kwargs(dynamic_method, dynamic_param, rank), method=method, min_diff=min_diff,
-                  clamp_quantile=None if clamp_quantile >= 1.0 else clamp_quantile)
-        plans = []
-        for tuned, base, key_map, prefix, include in pairs:
-            sd = base.model_state_dict()
-            names = lora_name_map(key_map, set(sd), prefix)
-            keys = extract_targets({k: tuple(sd[k].shape) for k in names}, include, include_convs)
-            plans.append((tuned, base, keys, {k: names[k] for k in keys}))
-        # one bar over every layer: tuned weights, base weights, extraction (+1 per pair for extract's last call)
-        progress, ticks = Progress(sum(3 * len(p[2]) + 1 for p in plans)), itertools.count(1)
-        tick = lambda *_: progress(next(ticks))  # also raises ComfyUI's interrupt on Cancel: nothing is written
-        for tuned, base, keys, names in plans:
-            tuned_w, base_w = effective_weights(tuned, keys, tick), effective_weights(base, keys, tick)
-            m, r, s = extract(tuned_w, base_w, names, rank=None if kw.get("dynamic") else rank, on_layer=tick, **kw)
-            modules.update(m)
-            report.update(r)
-            skipped += s
-        if not modules:
-            raise ValueError("The tuned and base models do not differ in any targeted layer (nothing to extract).")
-        family, v_prediction = model_family(base_model)
-        path = write(output_name, modules, {"ss_output_name": Path(output_name).stem,
-                                            "ss_training_comment": f"extracted with Atelier ({method} SVD)"},
-                     dynamic=bool(kw.get("dynamic")), family=family, v_prediction=v_prediction)
-        text = f"wrote {path}: {len(modules)} modules, {len(skipped)} unchanged layers skipped\n" + \
-            energy_report_text(report)
+        text, report = extract_lora(tuned_model, base_model, tuned_clip, base_clip, rank=rank,
+                                    dynamic_method=dynamic_method, dynamic_param=dynamic_param,
+                                    include_convs=include_convs, min_diff=min_diff, clamp_quantile=clamp_quantile,
+                                    method=method, output_name=output_name)
         return io.NodeOutput(text, energy_chart(report, "kept energy %"), ui={"text": [text]})
+
+
+def extract_plans(tuned_model, base_model, tuned_clip, base_clip, include_convs: bool) -> list:
+    """(tuned patcher, base patcher, weight keys, weight key -> kohya name) for the UNet and, with both CLIPs, the
+    text encoders."""
+    pairs = [(tuned_model, base_model, comfy.lora.model_lora_keys_unet(base_model.model, {}), "lora_unet_",
+              UNET_INCLUDE)]
+    if tuned_clip is not None and base_clip is not None:
+        pairs.append((tuned_clip.patcher, base_clip.patcher,
+                      comfy.lora.model_lora_keys_clip(base_clip.cond_stage_model, {}), "lora_te", TE_INCLUDE))
+    plans = []
+    for tuned, base, key_map, prefix, include in pairs:
+        sd = base.model_state_dict()
+        names = lora_name_map(key_map, set(sd), prefix)
+        keys = extract_targets({k: tuple(sd[k].shape) for k in names}, include, include_convs)
+        plans.append((tuned, base, keys, {k: names[k] for k in keys}))
+    return plans
+
+
+def extract_lora(tuned_model, base_model, tuned_clip, base_clip, *, rank: int, output_name: str,
+                 dynamic_method: str = "none", dynamic_param: float = 0.0, include_convs: bool = False,
+                 min_diff: float = 0.0, clamp_quantile: float = 1.0, method: str = "randomized") -> tuple[str, dict]:
+    """Extract LoRA's body: a LoRA of tuned - base written to models/loras/atelier; returns (text, energy report)."""
+    lora_output_path(output_name)  # a bad name is refused before any layer is read
+    check_choice(method, list(EXTRACT_METHODS), "method")
+    check_number("min_diff", min_diff, 0.0, 1.0)
+    check_number("clamp_quantile", clamp_quantile, 0.5, 1.0)
+    dynamic_kwargs(dynamic_method, dynamic_param, rank)  # checks both before any layer is read
+    modules, report, skipped = {}, {}, []
+    kw = dict(dynamic_kwargs(dynamic_method, dynamic_param, rank), method=method, min_diff=min_diff,
+              clamp_quantile=None if clamp_quantile >= 1.0 else clamp_quantile)
+    plans = extract_plans(tuned_model, base_model, tuned_clip, base_clip, include_convs)
+    # one bar over every layer: tuned weights, base weights, extraction (+1 per pair for extract's last call)
+    progress, ticks = Progress(sum(3 * len(p[2]) + 1 for p in plans)), itertools.count(1)
+    tick = lambda *_: progress(next(ticks))  # also raises ComfyUI's interrupt on Cancel: nothing is written
+    for tuned, base, keys, names in plans:
+        tuned_w, base_w = effective_weights(tuned, keys, tick), effective_weights(base, keys, tick)
+        m, r, s = extract(tuned_w, base_w, names, rank=None if kw.get("dynamic") else rank, on_layer=tick, **kw)
+        modules.update(m)
+        report.update(r)
+        skipped += s
+    if not modules:
+        raise ValueError("The tuned and base models do not differ in any targeted layer (nothing to extract).")
+    family, v_prediction = model_family(base_model)
+    path = write(output_name, modules, {"ss_output_name": Path(output_name).stem,
+                                        "ss_training_comment": f"extracted with Atelier ({method} SVD)"},
+                 dynamic=bool(kw.get("dynamic")), family=family, v_prediction=v_prediction)
+    text = f"wrote {path}: {len(modules)} modules, {len(skipped)} unchanged layers skipped\n" + \
+        energy_report_text(report)
+    return text, report
 
 
 class AtelierInspectLoRA(io.ComfyNode):

@@ -132,6 +132,12 @@ class TrainingRun:
                  write: Callable[[Path, dict, dict], None] = save_lora):
         self.trainer, self.files, self.metadata = trainer, files, metadata
         self.write = write  # (path, shipped, metadata): save_lora, or another trainable's file writer
+                 environment: dict | None = None, export_dtype: torch.dtype | None = torch.float16,
+                 state_extra: dict | None = None,
+                 write: Callable[[Path, dict[str, torch.Tensor], dict[str, str]], None] | None = None):
+        self.trainer, self.files, self.metadata = trainer, files, metadata
+        # how a shipped file is written: a LoRA by default; a full fine-tune's host writes a whole checkpoint
+        self.write_file = write or save_lora
         self.environment, self.export_dtype = environment or {}, export_dtype
         self.state_extra = state_extra or {}  # recorded in state.json (e.g. the run's identity, for reuse)
         self.saved: list[Path] = []
@@ -148,6 +154,7 @@ class TrainingRun:
 
     def _write(self, target: Path, step: int, epoch: int) -> None:
         self.write(target, self.shipped(), self.metadata(step, epoch))
+        self.write_file(target, self.shipped(), self.metadata(step, epoch))
         self.saved.append(target)
 
     def checkpoint(self, step: int, epoch: int, by: str) -> None:
