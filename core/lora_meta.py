@@ -39,6 +39,7 @@ BASE_VERSIONS = {"SD1.x": "sd_v1", "SD2.x": "sd_v2", "SDXL": "sdxl_base_v1-0", "
 HOST_FAMILIES = {"SD15": "SD1.x", "SD20": "SD2.x", "SD21UnclipL": "SD2.x", "SD21UnclipH": "SD2.x",
                  "SDXL": "SDXL", "SSD1B": "SDXL", "Segmind_Vega": "SDXL", "KOALA_700M": "SDXL", "KOALA_1B": "SDXL",
                  "Flux": "Flux", "FluxSchnell": "Flux"}
+HOST_FAMILIES.update({"SD3": "SD3"})  # SD3 / SD3.5 medium and large: one ComfyUI config class
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 
 

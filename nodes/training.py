@@ -21,6 +21,7 @@ import folder_paths
 
 from ..core.draw import line_chart, pil_to_image_tensor
 from ..core.images import write_image
+from ..core.lora_meta import HOST_FAMILIES
 from ..core.paths import Root, is_inside, quoted, resolve_inside, safe_name
 from ..core.paths import shown as shown_in
 from ..core.provenance import BaseModel
@@ -145,7 +146,8 @@ def encoded_dataset(dataset, vae, host: HostModel, config: TrainConfig, cache_la
 def lora_network(host: HostModel, net_config: NetworkConfig, seed: int, continue_from: str):
     """The run's LoRA over the host's roots (kohya's default blocks unless the user chose targets), optionally
     starting from an existing LoRA's weights; returns (network, the network config used)."""
-    net = with_default_targets(net_config)  # the user's own targets, else kohya's default blocks (LoCon too)
+    family = HOST_FAMILIES.get(type(host.patcher.model.model_config).__name__)
+    net = with_default_targets(net_config, family)  # the user's own targets, else the family's default blocks
     network = LoRANetwork(host.roots, net, seed=seed).to(host.device)
     if continue_from != STATE_NONE:
         # read_lora refuses malformed files by name; another architecture: an error listing the keys

@@ -30,6 +30,13 @@ TE_INCLUDE = r"\.(self_attn|mlp)\."
 # Upsample2D): a ResBlock's in_layers / out_layers convolutions, its emb_layers linear and 1x1 skip_connection, a
 # Downsample's `op` and an Upsample's `conv`. conv_in / conv_out and the time embedding stay out, as in kohya.
 UNET_CONV_INCLUDE = r"(^|\.)(in_layers|out_layers|emb_layers|skip_connection)(\.|$)|(^|\.)(op|conv)$"
+# Default diffusion-model targets of families whose blocks are not UNet transformer blocks, keyed by the family
+# names of core.lora_meta.HOST_FAMILIES (one entry per family; UNET_INCLUDE serves SD1.x / SD2.x / SDXL).
+# SD3 / SD3.5 (kohya networks/lora_sd3.py SD3_TARGET_REPLACE_MODULE): every linear of each joint block's image and
+# context streams: attention qkv / proj (and SD3.5's second attention), MLP and adaLN modulation.
+FAMILY_UNET_INCLUDE = {
+    "SD3": r"(^|\.)joint_blocks\.\d+\.(x_block|context_block)\.",
+}
 
 
 @dataclass(frozen=True)
@@ -74,12 +81,14 @@ class NetworkConfig:
             _compile(entry[0], "rank_overrides")
 
 
-def with_default_targets(config: NetworkConfig) -> NetworkConfig:
-    """The config itself when it names targets, else with kohya's default ones: transformer blocks and text-encoder
-    attention / MLP, plus (conv_rank > 0, LoCon) the ResNet, down- and up-sample layers."""
+def with_default_targets(config: NetworkConfig, family: str | None = None) -> NetworkConfig:
+    """The config itself when it names targets, else with kohya's default ones: the family's blocks (UNet transformer
+    blocks unless FAMILY_UNET_INCLUDE names others) and text-encoder attention / MLP, plus (conv_rank > 0, LoCon)
+    the ResNet, down- and up-sample layers."""
     if config.target_patterns:
         return config
-    include = (UNET_INCLUDE, TE_INCLUDE) + ((UNET_CONV_INCLUDE,) if config.conv_rank > 0 else ())
+    unet = FAMILY_UNET_INCLUDE.get(family or "", UNET_INCLUDE)
+    include = (unet, TE_INCLUDE) + ((UNET_CONV_INCLUDE,) if config.conv_rank > 0 else ())
     return dataclasses.replace(config, target_patterns=include)
 
 

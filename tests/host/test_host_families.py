@@ -1,0 +1,43 @@
+"""SD2.x 768-v, SDXL and SD3.5 end to end on tiny models built from ComfyUI's own classes (in the host's Python)."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from comfy_host import ROOT
+
+# family -> (ComfyUI config class, model type, latent channels, kohya ss_base_model_version, a default target)
+EXPECTED = {
+    "sd2v": ("SD20", "V_PREDICTION", 4, "sd_v2_v", "lora_unet_input_blocks_1_1_proj_in"),
+    "sdxl": ("SDXL", "EPS", 4, "sdxl_base_v1-0", "lora_unet_input_blocks_1_1_proj_in"),
+    "sd3": ("SD3", "FLOW", 16, "unknown", "lora_unet_joint_blocks_0_context_block_adaLN_modulation_1"),
+}
+
+
+def family_check(comfy_server, family: str) -> dict:
+    """Runs tests/host/family_check.py for one family in the host's Python; its JSON result."""
+    proc = subprocess.run([comfy_server.python, str(Path(__file__).with_name("family_check.py")), str(ROOT), family],
+                          cwd=comfy_server.checkout, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("family", sorted(EXPECTED))
+def test_family_trains_ships_loads_and_tools(comfy_server, family):
+    config, model_type, channels, version, target = EXPECTED[family]
+    r = family_check(comfy_server, family)
+    assert (r["config"], r["model_type"], r["out_shape"]) == (config, model_type, [2, channels, 8, 8])
+    assert r["target_error"] < 1e-4  # the objective's target is the family's ε / v / flow
+    assert r["steps"] == 3 and r["losses_finite"] and r["lora_changed"]
+    assert r["lora_modules"] > 0 and target in r["module_sample"] and r["checkpoint_blocks"] > 0
+    assert r["base_version"] == version
+    # stock loading: every key maps, strength 0 is the base bit for bit, strength 1 changes the output
+    assert r["not_loaded_count"] == 0, r["not_loaded"]
+    assert r["patched_keys"] == r["lora_modules"] and r["strength0_equal"] and r["lora_effect"] > 0
+    # tools on the family's file: inspect, resize to rank 2, concatenating merge, extraction that ComfyUI loads
+    assert r["inspect_modules"] == r["tool_modules"] == r["lora_modules"] and r["inspect_prefixes"] == ["lora_unet"]
+    assert (r["resized_rank"], r["merged_rank"]) == (2, 8)
+    assert r["extracted_modules"] == r["lora_modules"] and r["extract_not_loaded"] == 0
+    assert r["extract_error"] < 1e-3 * max(r["lora_effect"], 1e-3) + 1e-5
