@@ -5,7 +5,8 @@ This package is the only place that imports comfy, comfy_api, folder_paths, serv
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import captioning, compare, copy_machine, dataset, finetune, grids, hypernetwork, kohya_export, leakage, lora_tools, sliders, training
+from . import (captioning, compare, copy_machine, dataset, finetune, grids, hypernetwork, kohya_export, leakage,
+               lora_tools, sliders, training)
 from .host import register_folder_types, register_tagger_folder
 from .info import AtelierVersion
 from .live import register_routes

@@ -127,11 +127,6 @@ class TrainingRun:
     """Drives one Trainer to the end: resume, periodic and final saves with keep-last, the state folder."""
 
     def __init__(self, trainer: Trainer, files: RunFiles, metadata: Callable[[int, int], dict[str, str]],
-                 environment: dict | None = None, export_dtype: torch.dtype = torch.float16,
-                 state_extra: dict | None = None,
-                 write: Callable[[Path, dict, dict], None] = save_lora):
-        self.trainer, self.files, self.metadata = trainer, files, metadata
-        self.write = write  # (path, shipped, metadata): save_lora, or another trainable's file writer
                  environment: dict | None = None, export_dtype: torch.dtype | None = torch.float16,
                  state_extra: dict | None = None,
                  write: Callable[[Path, dict[str, torch.Tensor], dict[str, str]], None] | None = None):
@@ -153,7 +148,6 @@ class TrainingRun:
             return t.network.export(self.export_dtype)
 
     def _write(self, target: Path, step: int, epoch: int) -> None:
-        self.write(target, self.shipped(), self.metadata(step, epoch))
         self.write_file(target, self.shipped(), self.metadata(step, epoch))
         self.saved.append(target)
 
