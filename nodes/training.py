@@ -33,7 +33,7 @@ from ..trainers.reuse import IDENTITY_KEY
 from ..trainers.run import RunFiles, TrainingRun, run_loras
 from ..trainers.objectives import LOSSES
 from ..trainers.optim import OPTIMIZERS, SCHEDULERS
-from ..trainers.network import LoRANetwork, NetworkConfig, parse_rank_overrides, with_default_targets
+from ..trainers.network import LoRANetwork, NetworkConfig, family_default_targets, parse_rank_overrides
 from .dataset import dataset_in
 from .host import forget_model_list, model_output_path, output_subdir
 from .live import HISTORY, run_id
@@ -145,7 +145,8 @@ def encoded_dataset(dataset, vae, host: HostModel, config: TrainConfig, cache_la
 def lora_network(host: HostModel, net_config: NetworkConfig, seed: int, continue_from: str):
     """The run's LoRA over the host's roots (kohya's default blocks unless the user chose targets), optionally
     starting from an existing LoRA's weights; returns (network, the network config used)."""
-    net = with_default_targets(net_config)  # the user's own targets, else kohya's default blocks (LoCon too)
+    # the user's own targets, else kohya's default blocks (LoCon too), or a DiT family's own transformer blocks
+    net = family_default_targets(net_config, host.denoise.family)
     network = LoRANetwork(host.roots, net, seed=seed).to(host.device)
     if continue_from != STATE_NONE:
         # read_lora refuses malformed files by name; another architecture: an error listing the keys
