@@ -11,6 +11,7 @@ Host-specific facts live here and nowhere else:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import torch
@@ -78,14 +79,23 @@ class ComfyDenoiser:
         self.base = base
         self.unet = base.diffusion_model
         self.model_sampling = base.model_sampling
-        self.dtype = base.get_dtype()
-        self.needs_pooled = bool(getattr(base, "adm_channels", 0))
+        # fp8-stored weights compute in the manual-cast dtype, as ComfyUI's own _apply_model does
+        self.dtype = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
+        self.family = next((c.__name__ for c in type(base).__mro__ if c.__name__ in EXTRA_COND_FAMILIES), "")
+        self.needs_pooled = bool(getattr(base, "adm_channels", 0)) or self.family in POOLED_FAMILIES
 
     def __call__(self, x_t, sigma, cond, **extra):
         ms = self.model_sampling
         xc = ms.calculate_input(sigma, x_t).to(self.dtype)
         t = ms.timestep(sigma).float()
         kwargs = {}
+        if self.family:
+            conds = self.family_conds(x_t, cond, extra)
+            concat = conds.pop("c_concat", None)  # image-to-video / inpaint channels, joined as _apply_model does
+            xc = xc if concat is None else torch.cat([xc, concat.to(xc)], dim=1)
+            conds = {k: v.to(self.dtype) if torch.is_floating_point(v) else v for k, v in conds.items()}
+            with saved_copies(self.family in INPLACE_RESIDUAL_FAMILIES and torch.is_grad_enabled()):
+                return self.unet(xc, t, context=cond.to(self.dtype), **conds).float()
         if self.needs_pooled:
             pooled = extra.pop("pooled_output", None)
             if pooled is None:
@@ -96,6 +106,46 @@ class ComfyDenoiser:
                                      target_height=h)
             kwargs["y"] = y.to(xc.device, self.dtype)
         return self.unet(xc, t, context=cond.to(self.dtype), **kwargs, **extra).float()
+
+
+    def family_conds(self, x_t, cond, extra: dict) -> dict:
+        """The DiT family's further inputs from the model's own extra_conds (Flux's pooled `y` and guidance, Chroma's
+        guidance, Qwen-Image's and Wan's none beyond the text), each batched as ComfyUI's sampler batches them."""
+        wanted = EXTRA_COND_FAMILIES[self.family]
+        if self.family in POOLED_FAMILIES and extra.get("pooled_output") is None:
+            raise ValueError(f"{self.family} needs the text encoder's pooled output; the caption encoder did not "
+                             "provide it.")
+        given = {**wanted, **extra}  # the caption's pooled output, a chosen guidance, over the family's defaults
+        conds = self.base.extra_conds(noise=x_t, device=x_t.device, cross_attn=cond, **given)
+        conds.pop("c_crossattn", None)  # the context goes in as `context`, already batched
+        return {k: c.process_cond(batch_size=x_t.shape[0], device=x_t.device, area=None).cond.to(x_t.device)
+                for k, c in conds.items()}
+
+
+# DiT families whose conditioning comes from the model's own extra_conds, keyed by ComfyUI's model class name, with
+# the defaults the training passes. Flux.1 dev trains at guidance 1.0 (kohya sd-scripts' and ai-toolkit's default for
+# dev LoRAs; ComfyUI samples at 3.5), its `y` is CLIP-L's pooled output; Chroma's guidance input is 0 (ComfyUI's
+# default); Qwen-Image and Wan 2.x (5-D latents) take the text alone.
+EXTRA_COND_FAMILIES: dict[str, dict] = {
+    "Chroma": {"guidance": 0.0, "pooled_output": None},  # Flux's encode_adm reads the key; Chroma has no `y`
+    "Flux": {"guidance": 1.0, "pooled_output": None},
+    "QwenImage": {},
+    "WAN21": {},
+}
+
+
+# ComfyUI's Flux and Chroma blocks add their residuals in place (`x += ...`, `addcmul_`) onto tensors autograd has
+# saved; while training, saved tensors are copied at save time (the values backward needs), at the cost of one copy
+# of the saved activations (per-block checkpointing keeps that to one block at a time).
+POOLED_FAMILIES = frozenset({"Flux"})  # families whose caption encoder must return a pooled output
+INPLACE_RESIDUAL_FAMILIES = frozenset({"Flux", "Chroma"})
+
+
+def saved_copies(active: bool):
+    """While active, autograd keeps its own copy of every tensor it saves, so later in-place edits cannot spoil them."""
+    if not active:
+        return contextlib.nullcontext()
+    return torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t)
 
 
 def bounded_tokens(clip, caption: str) -> dict:

@@ -34,7 +34,7 @@ from ..trainers.reuse import IDENTITY_KEY
 from ..trainers.run import RunFiles, TrainingRun, run_loras
 from ..trainers.objectives import LOSSES
 from ..trainers.optim import OPTIMIZERS, SCHEDULERS
-from ..trainers.network import LoRANetwork, NetworkConfig, parse_rank_overrides, with_default_targets
+from ..trainers.network import LoRANetwork, NetworkConfig, family_default_targets, parse_rank_overrides
 from .dataset import dataset_in
 from .host import forget_model_list, model_output_path, output_subdir
 from .live import HISTORY, run_id
@@ -147,7 +147,9 @@ def lora_network(host: HostModel, net_config: NetworkConfig, seed: int, continue
     """The run's LoRA over the host's roots (kohya's default blocks unless the user chose targets), optionally
     starting from an existing LoRA's weights; returns (network, the network config used)."""
     family = HOST_FAMILIES.get(type(host.patcher.model.model_config).__name__)
-    net = with_default_targets(net_config, family)  # the user's own targets, else the family's default blocks
+    # the user's own targets, else the family's default blocks: kohya's UNet blocks (LoCon too), SD3's joint blocks,
+    # or a DiT family's own transformer blocks
+    net = family_default_targets(net_config, host.denoise.family, family)
     network = LoRANetwork(host.roots, net, seed=seed).to(host.device)
     if continue_from != STATE_NONE:
         # read_lora refuses malformed files by name; another architecture: an error listing the keys

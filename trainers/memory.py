@@ -30,6 +30,17 @@ def instance_forwards(modules, make_forward):
             del module.forward
 
 
+def on_copies(fn):
+    """fn run on copies of its floating-point tensor arguments: a block that adds its residual in place onto its own
+    input (ComfyUI's Flux / Chroma blocks) would otherwise change the input its recomputation starts from."""
+    def copy(v):
+        return v.clone() if isinstance(v, torch.Tensor) and torch.is_floating_point(v) else v
+
+    def run(*args, **kwargs):
+        return fn(*(copy(a) for a in args), **{k: copy(v) for k, v in kwargs.items()})
+    return run
+
+
 def gradient_checkpointing(blocks: list[torch.nn.Module]):
     """While active, each block's forward runs under torch.utils.checkpoint (non-reentrant) when grad is enabled."""
     def make_forward(block):
@@ -38,7 +49,7 @@ def gradient_checkpointing(blocks: list[torch.nn.Module]):
         def forward(*args, **kwargs):
             if not torch.is_grad_enabled():
                 return original(*args, **kwargs)
-            return checkpoint(original, *args, use_reentrant=False, **kwargs)
+            return checkpoint(on_copies(original), *args, use_reentrant=False, **kwargs)
         return forward
 
     return instance_forwards(blocks, make_forward)

@@ -39,6 +39,20 @@ FAMILY_UNET_INCLUDE = {
 }
 
 
+# DiT families' default targets, keyed by ComfyUI's model class name (model_base.<Name>), as the families' common
+# trainers choose them: (include, exclude) regexes on ComfyUI's module names. Flux.1 and Chroma: every linear of the
+# double- and single-stream blocks (kohya sd-scripts lora_flux: DoubleStreamBlock / SingleStreamBlock, fused QKV and
+# the blocks' modulation included). Qwen-Image: the transformer blocks without their img_mod / txt_mod modulation
+# (musubi-tuner lora_qwen_image). Wan 2.x: the attention blocks (musubi-tuner lora_wan: WanAttentionBlock).
+DIT_TARGETS: dict[str, tuple[str, str]] = {
+    "Flux": (r"^(double_blocks|single_blocks)\.", ""),
+    "Chroma": (r"^(double_blocks|single_blocks)\.", ""),
+    "QwenImage": (r"^transformer_blocks\.", r"\.(img_mod|txt_mod)\."),
+    "WAN21": (r"^blocks\.", ""),
+    "WAN22": (r"^blocks\.", ""),
+}
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     """Which layers get an adapter and how big it is; kohya's network_dim / network_alpha / conv_dim / dropouts."""
@@ -90,6 +104,17 @@ def with_default_targets(config: NetworkConfig, family: str | None = None) -> Ne
     unet = FAMILY_UNET_INCLUDE.get(family or "", UNET_INCLUDE)
     include = (unet, TE_INCLUDE) + ((UNET_CONV_INCLUDE,) if config.conv_rank > 0 else ())
     return dataclasses.replace(config, target_patterns=include)
+
+
+def family_default_targets(config: NetworkConfig, family: str, config_family: str | None = None) -> NetworkConfig:
+    """with_default_targets (for `config_family`, core.lora_meta's name), except that a DiT family in DIT_TARGETS
+    (ComfyUI's model class name) gets its own transformer blocks as default targets (UNet block names match nothing
+    there)."""
+    if config.target_patterns or family not in DIT_TARGETS:
+        return with_default_targets(config, config_family)
+    include, exclude = DIT_TARGETS[family]
+    return dataclasses.replace(config, target_patterns=(include, TE_INCLUDE),
+                               exclude_patterns=config.exclude_patterns + ((exclude,) if exclude else ()))
 
 
 def extract_targets(shapes: dict[str, tuple[int, ...]], include: str, convs: bool) -> list[str]:

@@ -56,7 +56,7 @@ def noise_coefficients(ms: ModelSampling, sigma: torch.Tensor) -> tuple[torch.Te
 
 def prediction_target(ms: ModelSampling, sigma: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     """The raw network output that would denoise x_t exactly to x0: (x0 − a·x_t) / b."""
-    a, b = denoise_coefficients(ms, sigma)
+    a, b = (_view(c.flatten(), x_t) for c in denoise_coefficients(ms, sigma))  # (B, 1, ...): 4-D or 5-D latents
     return (x0.float() - a * x_t.float()) / b
 
 
@@ -91,10 +91,10 @@ def sample_sigmas(ms: ModelSampling, generators: list[torch.Generator], min_perc
 
 def offset_noise(shape, generator: torch.Generator, offset: float) -> torch.Tensor:
     """Gaussian noise plus `offset` × a per-channel constant (noise offset, Guttenberg 2023), for one sample
-    (C, H, W)."""
+    (C, H, W), or (C, T, H, W) for video latents."""
     noise = torch.randn(shape, generator=generator)
     if offset:
-        noise = noise + offset * torch.randn((shape[0], 1, 1), generator=generator)
+        noise = noise + offset * torch.randn((shape[0],) + (1,) * (len(shape) - 1), generator=generator)
     return noise
 
 
@@ -150,13 +150,14 @@ class DenoisingLoss:
     def __call__(self, denoise: Callable, ms: ModelSampling, batch: NoisedBatch) -> torch.Tensor:
         out = denoise(batch.x_t, batch.sigma, batch.cond, **batch.extra)
         target = prediction_target(ms, batch.sigma, batch.x_t, batch.x0)
-        elementwise = elementwise_loss(out, target, self.loss, self.huber_delta)  # (B, C, H, W)
+        elementwise = elementwise_loss(out, target, self.loss, self.huber_delta)  # (B, C, H, W) or (B, C, T, H, W)
+        dims = tuple(range(1, elementwise.ndim))
         if batch.mask is not None:
             # mean over the masked area only: a half-transparent render counts as much as a full frame
-            area = (batch.mask.sum(dim=(1, 2, 3)) * out.shape[1]).clamp_min(1e-6)  # masked elements per sample
-            per_sample = (elementwise * batch.mask).sum(dim=(1, 2, 3)) / area
+            area = (batch.mask.sum(dim=dims) * out.shape[1]).clamp_min(1e-6)  # masked elements per sample
+            per_sample = (elementwise * batch.mask).sum(dim=dims) / area
         else:
-            per_sample = elementwise.mean(dim=(1, 2, 3))  # (B,)
+            per_sample = elementwise.mean(dim=dims)  # (B,)
         if self.min_snr_gamma > 0:
             per_sample = per_sample * min_snr_weights(ms, batch.sigma, self.min_snr_gamma).to(per_sample.device)
         return per_sample

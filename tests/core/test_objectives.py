@@ -77,3 +77,18 @@ def test_losses_and_bad_name():
     assert torch.allclose(ob.elementwise_loss(p, t, "huber", 1.0), torch.tensor([0.0, 0.5, 2.5]))
     with pytest.raises(ValueError, match="l2, l1, huber"):
         ob.elementwise_loss(p, t, "mse")
+
+
+def test_video_latents_five_d_flow_target_noise_offset_and_loss():
+    """(B, C, T, H, W) latents (Wan, Qwen-Image): per-sample coefficients broadcast over frames, one loss per sample."""
+    g = torch.Generator().manual_seed(0)
+    ms = ob.RectifiedFlow(shift=3.0)
+    x0, noise = torch.randn(2, 3, 4, 5, 5, generator=g), torch.randn(2, 3, 4, 5, 5, generator=g)
+    sigma = torch.tensor([0.2, 0.9])
+    x_t = ms.noise_scaling(sigma, noise, x0)
+    assert torch.allclose(ob.prediction_target(ms, sigma, x_t, x0), noise - x0, atol=1e-5)
+    n = ob.offset_noise((3, 4, 5, 5), torch.Generator().manual_seed(1), 0.5)
+    assert n.shape == (3, 4, 5, 5)
+    batch = ob.NoisedBatch(x0=x0, noise=noise, sigma=sigma, x_t=x_t, cond=torch.zeros(2, 1, 1))
+    loss = ob.DenoisingLoss()(lambda x, s, c: noise - x0, ms, batch)
+    assert loss.shape == (2,) and float(loss.abs().max()) < 1e-8

@@ -7,9 +7,9 @@ from pathlib import Path
 from comfy_host import ROOT
 
 
-def host_script(comfy_server, name: str, timeout: int) -> dict:
+def host_script(comfy_server, name: str, timeout: int, *args: str) -> dict:
     """Runs tests/host/<name> in the host's Python from its checkout; the JSON object on its last output line."""
-    proc = subprocess.run([comfy_server.python, str(Path(__file__).with_name(name)), str(ROOT)],
+    proc = subprocess.run([comfy_server.python, str(Path(__file__).with_name(name)), str(ROOT), *args],
                           cwd=comfy_server.checkout, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
