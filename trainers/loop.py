@@ -159,6 +159,8 @@ class TrainSample:
     flipped_latent: torch.Tensor | None = None  # the mirrored image's own latent; else the latent is flipped
     regularization: bool = False  # a class image for prior preservation (balanced against the training images)
     mask: torch.Tensor | None = None  # (1, H, W) in 0..1 at latent resolution: where the loss counts (alpha)
+    partner_latent: torch.Tensor | None = None  # (C, H, W) an image pair's "before" latent (the latent is "after")
+    partner_flipped: torch.Tensor | None = None  # the mirrored "before" image's own latent
 
 
 class Denoise(Protocol):
@@ -257,6 +259,8 @@ class Trainer:
         self.device = torch.device(device)
         # the objective: what each sample's loss is (the standard one unless a pair / slider objective is given)
         self.objective = objective or ob.DenoisingLoss(config.loss, config.huber_delta, config.min_snr_gamma)
+        if hasattr(self.objective, "bind"):  # objectives that switch the network's strength or encode own prompts
+            self.objective.bind(self._conditioning, network)
         groups = network.param_groups(config.unet_lr, config.te_lr, config.train_text_encoder)
         self.optimizer = make_optimizer(config.optimizer, groups, weight_decay=config.weight_decay)
         for g in self.optimizer.param_groups:
@@ -312,7 +316,7 @@ class Trainer:
         """Sum of the objective's per-sample losses, weighted for prior preservation, / `divisor` (the samples in
         the whole optimizer step)."""
         cfg = self.cfg
-        x0, noise, captions, weights, gens, masks = [], [], [], [], [], []
+        x0, noise, captions, weights, gens, masks, partners = [], [], [], [], [], [], []
         for position, index in batch:
             s = self.samples[index]
             g = torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, position))
@@ -325,6 +329,9 @@ class Trainer:
             captions.append(process_caption(s.caption, g, cfg))
             noise.append(ob.offset_noise(tuple(s.latent.shape), g, cfg.noise_offset))
             x0.append(latent.float())
+            if s.partner_latent is not None:  # an image pair: the "before" side flips with the same coin
+                partners.append((s.partner_flipped if s.partner_flipped is not None else s.partner_latent.flip(-1))
+                                if flip else s.partner_latent)
             weights.append(s.loss_weight)
             gens.append(g)
         x0 = torch.stack(x0).to(self.device)  # (B, C, H, W)
@@ -335,6 +342,8 @@ class Trainer:
         noised = ob.NoisedBatch(x0, noise, sigma, x_t, cond.to(self.device),
                                 {k: v.to(self.device) for k, v in extra.items()},
                                 torch.stack(masks).to(self.device) if cfg.masked_loss else None)
+        if len(partners) == len(batch):  # every sample a pair (a pair objective refuses anything else)
+            noised.partner = torch.stack(partners).float().to(self.device)  # (B, C, H, W)
         per_sample = self.objective(self._denoise_in_precision, self.ms, noised)  # (B,)
         w = torch.tensor(weights, dtype=torch.float32, device=self.device)  # prior-preservation weights
         return (per_sample * w).sum() / divisor

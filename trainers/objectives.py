@@ -123,6 +123,7 @@ class NoisedBatch:
     cond: torch.Tensor  # the text encoder's output for the batch's captions
     extra: dict = field(default_factory=dict)  # further conditioning the denoiser takes (SDXL's pooled y, ...)
     mask: torch.Tensor | None = None  # (B, 1, H, W) in 0..1: where the loss counts; None = everywhere
+    partner: torch.Tensor | None = None  # (B, C, H, W) clean "before" latents of image pairs (x0 is "after")
 
 
 class Objective(Protocol):
