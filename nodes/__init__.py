@@ -5,7 +5,7 @@ This package is the only place that imports comfy, comfy_api, folder_paths, serv
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import captioning, compare, dataset, grids, kohya_export, lora_tools, training
+from . import captioning, compare, dataset, grids, kohya_export, lora_tools, pairs, training
 from .host import register_folder_types, register_tagger_folder
 from .info import AtelierVersion
 from .live import register_routes
@@ -24,6 +24,7 @@ NODES: list[type[io.ComfyNode]] = [
     *lora_tools.NODES,
     *grids.NODES,
     *compare.NODES,
+    *pairs.NODES,
 ]
 for _node in NODES:
     guard_messages(_node)  # errors and reports shown to clients name folders, never server paths
