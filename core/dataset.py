@@ -24,6 +24,7 @@ from .paths import FileTooLarge, PathRefused, Root, is_inside, natural_key, read
 CAPTION_SOURCES = ("sidecar", "filename", "folder", "fixed")
 MISSING_CAPTION_POLICIES = ("error", "skip", "empty")
 ROLES = ("train", "regularization")
+BEFORE_ROLE = "before"  # internal: the "before" half of image pairs (core/pairs.py); no widget offers it
 FLIP_MODES = ("none", "random", "copies")
 KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
 
@@ -112,6 +113,7 @@ class Dataset:
     skipped: tuple[Skipped, ...] = ()
     notes: tuple[str, ...] = ()
     memory: dict = field(default_factory=dict, compare=False)  # 'memory:<key>' -> HWC uint8 array (graph images)
+    pairs: tuple[tuple[str, str], ...] = ()  # image pairs: ("after" source, "before" source); see core/pairs.py
 
     def samples(self) -> list[Sample]:
         """Every item once (and its mirrored copy where the subset asks for copies); repeats are not expanded."""
@@ -151,7 +153,8 @@ def combine(*datasets: Dataset) -> Dataset:
         notes += ds.notes
         memory.update(ds.memory)
     notes += duplicate_name_notes(subsets)
-    return Dataset(tuple(subsets), tuple(skipped), tuple(dict.fromkeys(notes)), memory)
+    pairs = tuple(p for ds in datasets if ds is not None for p in ds.pairs)  # pairs survive a combine
+    return Dataset(tuple(subsets), tuple(skipped), tuple(dict.fromkeys(notes)), memory, pairs)
 
 
 def duplicate_name_notes(subsets) -> list[str]:

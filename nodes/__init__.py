@@ -6,7 +6,7 @@ This package is the only place that imports comfy, comfy_api, folder_paths, serv
 from comfy_api.latest import ComfyExtension, io
 
 from . import (captioning, compare, copy_machine, dataset, finetune, grids, hypernetwork, kohya_export, leakage,
-               lora_tools, sliders, training)
+               lora_tools, pairs, sliders, training)
 from .host import register_folder_types, register_tagger_folder
 from .info import AtelierVersion
 from .live import register_routes
@@ -30,6 +30,7 @@ NODES: list[type[io.ComfyNode]] = [
     *grids.NODES,
     *compare.NODES,
     *leakage.NODES,
+    *pairs.NODES,
 ]
 for _node in NODES:
     guard_messages(_node)  # errors and reports shown to clients name folders, never server paths

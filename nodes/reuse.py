@@ -21,15 +21,17 @@ from .validate import NONE
 
 
 def run_identity(config, net_config: NetworkConfig, dataset, base: BaseModel, model, clip, vae,
-                 continue_from: str) -> RunIdentity:
-    """This run's identity: settings (with the LoRA it continues from, by content), data and base model."""
+                 continue_from: str, extra: dict | None = None) -> RunIdentity:
+    """This run's identity: settings (with the LoRA it continues from, by content, and an objective's own metadata
+    `extra`), data and base model."""
     tick = comfy.model_management.throw_exception_if_processing_interrupted  # hashing a large set honours Cancel
     start = None
     if continue_from != NONE:
         real = model_file("loras", continue_from)
         start = {"name": continue_from, "sha256": file_hashes(
             real, cache_file=output_subdir("atelier", "cache") / "file_hashes.json", tick=tick)["sha256"]}
-    return RunIdentity.of(config.to_dict(), dataclasses.asdict(net_config), data_digest(dataset, tick),
+    settings = {**config.to_dict(), **({"extra": extra} if extra else {})}  # no extra: identities as before
+    return RunIdentity.of(settings, dataclasses.asdict(net_config), data_digest(dataset, tick),
                           base_identity(model, clip, vae, base), start)
 
 

@@ -205,18 +205,19 @@ class TrainingEvents:
 def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig, net_config: NetworkConfig,
                node_id=None, resume_state: str = STATE_NONE, continue_from: str = STATE_NONE, keep_last: int = 0,
                sampling: dict | None = None, cache_latents: bool = True, gradient_checkpointing: bool = False,
-               advanced: bool = False, prompt: dict | None = None, reuse: bool = False,
+               advanced: bool = False, prompt: dict | None = None, reuse: bool = False, objective=None,
                base: BaseModel | None = None, extra_metadata: dict | None = None):
     """The shared body of the training nodes: host wiring around trainers.run; returns (model, clip, losses,
     report, files). `prompt` (the queued graph) tells which checkpoint file the MODEL came from, for the metadata,
-    unless the caller passes `base` (the original model of a patched one); extra_metadata is added to every file;
-    with `reuse`, a finished earlier run of the same identity is loaded instead of training again."""
+    unless the caller passes `base` (the original model of a patched one); `objective` replaces the standard loss;
+    `extra_metadata` goes into every file and into the run's identity; with `reuse`, a finished earlier run of the
+    same identity is loaded instead of training again."""
     check_names(output_name=output_name)  # a 5,000-character name is refused now, not after training
     path = lora_output_path(output_name)  # refuse a bad name before any work
     config.validate()
     resume_dir = resume_folder(resume_state)
     base = base or base_model(model, prompt, node_id)  # checkpoint name and hashes, patches carried
-    identity = run_identity(config, net_config, dataset, base, model, clip, vae, continue_from)
+    identity = run_identity(config, net_config, dataset, base, model, clip, vae, continue_from, extra_metadata)
     earlier, why = earlier_run(path, identity, state_root() / path.stem) if reuse else (None, "reuse is off")
     if earlier is not None:
         return reused_outputs(model, clip, earlier, path, config, net_config, identity)
@@ -227,7 +228,7 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         events = TrainingEvents(node_id, path.stem, host, clip, vae, sampling)
         trainer = Trainer(config, network, host.denoise, host.denoise.model_sampling, samples,
                           make_encoder(clip, pooled=host.denoise.needs_pooled), events.callbacks(),
-                          device=host.device)
+                          device=host.device, objective=objective)
         metadata = lora_metadata(config, net, dataset, path, base, trainer, identity, extra_metadata)
         run = TrainingRun(trainer, RunFiles(path, state_root() / path.stem, keep_last, shown), metadata,
                           run_environment(trainer, str(host.patcher.model.get_dtype())),

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save
 
-from ..core.dataset import Dataset, DatasetError, Skipped
+from ..core.dataset import BEFORE_ROLE, Dataset, DatasetError, Skipped
 from ..core.lora_meta import (bucket_metadata, dataset_dirs, epochs_of, image_counts, minimum_metadata,
                               prior_loss_weight, subsets_record)
 from ..core.paths import atomic_write_bytes
@@ -116,19 +116,55 @@ def build_samples(dataset: Dataset, encode_images: Callable[[list], list], *, si
             latents[index]["mask"] = latent_mask(mask_image, encoded[0].shape)
         if cache is not None and index in keys:
             cache.put(keys[index], latents[index])
+    partners = pair_partners(dataset, wanted, latents, failed)
     samples = []
     for i, smp in enumerate(wanted):
-        if i in failed:
+        if i in failed or smp.role == BEFORE_ROLE:  # a "before" image trains only as its partner's other half
             continue
         lat = latents[i]
+        partner = partners.get(smp.item.source)
+        if smp.item.source in partners and partner is None:
+            skipped.append(Skipped(smp.item.source, "its 'before' partner could not be prepared; pair skipped"))
+            continue
+        partner = (partner or {}).get(smp.mirrored, {})
         samples.append(TrainSample(latent=lat["latent"], caption=smp.item.caption, loss_weight=weights[smp.subset],
                                    repeats=smp.item.repeats, random_flip=smp.random_flip,
                                    flipped_latent=lat.get("flipped"), regularization=smp.role == "regularization",
-                                   mask=lat.get("mask") if masks else None))
+                                   mask=lat.get("mask") if masks else None,
+                                   partner_latent=_same_shape(partner.get("latent"), lat["latent"], smp),
+                                   partner_flipped=partner.get("flipped")))
     if not samples:
         raise DatasetError("No image of the dataset could be prepared for training: "
                            + "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5]))
     return balance_regularization(samples), skipped
+
+
+def pair_partners(dataset: Dataset, wanted: list, latents: dict, failed: set) -> dict:
+    """{after source: {mirrored: the "before" image's latents} or None when its partner failed} for image pairs."""
+    if not dataset.pairs:
+        return {}
+    before: dict[tuple[str, bool], dict] = {}
+    for i, smp in enumerate(wanted):
+        if smp.role == BEFORE_ROLE and i not in failed:
+            before[(smp.item.source, smp.mirrored)] = latents[i]
+    out: dict[str, dict | None] = {}
+    for after_source, before_source in dataset.pairs:
+        plain = before.get((before_source, False))
+        if plain is None:
+            out[after_source] = None
+            continue
+        # a mirrored copy of the "after" image pairs with the mirrored "before" image (its own encoding if made)
+        mirrored = before.get((before_source, True)) or {"latent": plain.get("flipped", plain["latent"].flip(-1))}
+        out[after_source] = {False: plain, True: mirrored}
+    return out
+
+
+def _same_shape(partner: torch.Tensor | None, latent: torch.Tensor, smp) -> torch.Tensor | None:
+    if partner is not None and partner.shape != latent.shape:
+        raise DatasetError(f"Image pair '{Path(smp.item.source).name}': the 'after' latent is {tuple(latent.shape)} "
+                           f"but the 'before' latent is {tuple(partner.shape)}; prepare both subsets the same way "
+                           "(Prepare Dataset on all subsets).")
+    return partner
 
 
 def balance_regularization(samples: list[TrainSample]) -> list[TrainSample]:

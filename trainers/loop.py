@@ -160,6 +160,8 @@ class TrainSample:
     regularization: bool = False  # a class image for prior preservation (balanced against the training images)
     mask: torch.Tensor | None = None  # (1, H, W) in 0..1 at latent resolution: where the loss counts (alpha)
     key: int | None = None  # per-sample data for the objective (NoisedBatch.keys), e.g. a slider's prompt set
+    partner_latent: torch.Tensor | None = None  # (C, H, W) an image pair's "before" latent (the latent is "after")
+    partner_flipped: torch.Tensor | None = None  # the mirrored "before" image's own latent
 
 
 class Denoise(Protocol):
@@ -270,7 +272,7 @@ class Trainer:
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self._text_cache: dict[str, tuple[torch.Tensor, dict]] = {}
         self.last_saved: int | None = None  # the step of the newest checkpoint, for error messages
-        if hasattr(self.objective, "bind"):  # a slider objective: its own prompts through the text cache, strengths
+        if hasattr(self.objective, "bind"):  # slider / pair objectives: own prompts through the text cache, strengths
             self.objective.bind(self._conditioning, network)
 
     # ------------------------------------------------------------------ one micro-batch
@@ -315,7 +317,7 @@ class Trainer:
         """Sum of the objective's per-sample losses, weighted for prior preservation, / `divisor` (the samples in
         the whole optimizer step)."""
         cfg = self.cfg
-        x0, noise, captions, weights, gens, masks = [], [], [], [], [], []
+        x0, noise, captions, weights, gens, masks, partners = [], [], [], [], [], [], []
         for position, index in batch:
             s = self.samples[index]
             g = torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, position))
@@ -328,6 +330,9 @@ class Trainer:
             captions.append(process_caption(s.caption, g, cfg))
             noise.append(ob.offset_noise(tuple(s.latent.shape), g, cfg.noise_offset))
             x0.append(latent.float())
+            if s.partner_latent is not None:  # an image pair: the "before" side flips with the same coin
+                partners.append((s.partner_flipped if s.partner_flipped is not None else s.partner_latent.flip(-1))
+                                if flip else s.partner_latent)
             weights.append(s.loss_weight)
             gens.append(g)
         x0 = torch.stack(x0).to(self.device)  # (B, C, H, W)
@@ -339,6 +344,8 @@ class Trainer:
                                 {k: v.to(self.device) for k, v in extra.items()},
                                 torch.stack(masks).to(self.device) if cfg.masked_loss else None,
                                 tuple(self.samples[index].key for _, index in batch))
+        if len(partners) == len(batch):  # every sample a pair (a pair objective refuses anything else)
+            noised.partner = torch.stack(partners).float().to(self.device)  # (B, C, H, W)
         per_sample = self.objective(self._denoise_in_precision, self.ms, noised)  # (B,)
         w = torch.tensor(weights, dtype=torch.float32, device=self.device)  # prior-preservation weights
         return (per_sample * w).sum() / divisor

@@ -125,6 +125,7 @@ class NoisedBatch:
     extra: dict = field(default_factory=dict)  # further conditioning the denoiser takes (SDXL's pooled y, ...)
     mask: torch.Tensor | None = None  # (B, 1, H, W) in 0..1: where the loss counts; None = everywhere
     keys: tuple = ()  # per-sample objective data (TrainSample.key), e.g. a slider's prompt-set index
+    partner: torch.Tensor | None = None  # (B, C, H, W) clean "before" latents of image pairs (x0 is "after")
 
 
 class Objective(Protocol):

@@ -59,6 +59,8 @@ def data_digest(dataset: Dataset, tick=lambda: None) -> str:
             tick()
             h.update(source_digest(item.source, dataset.memory).digest())
             h.update(digest([item.caption, item.repeats]).encode())
+    if dataset.pairs:  # which image pairs with which (no pairs: digests as before)
+        h.update(digest([[os.path.basename(a), os.path.basename(b)] for a, b in dataset.pairs]).encode())
     return h.hexdigest()
 
 
