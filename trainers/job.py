@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from ..core.lora_meta import epochs_of
-from ..core.paths import Root, atomic_write_bytes, read_bytes_inside
+from ..core.paths import Root, atomic_write_bytes, open_inside, read_bytes_inside
 from .checkpoint import run_environment
 from .loop import Callbacks, StepInfo, Trainer, TrainConfig, TrainSample
 from .network import LoRANetwork, NetworkConfig
@@ -225,8 +226,10 @@ class TerminalProgress:
 
     def __call__(self, info: StepInfo) -> None:
         event = step_event(info)
-        if self.log_path is not None:
-            with open(self.log_path, "a", encoding="utf-8") as f:  # the run's own log in its own folder
+        if self.log_path is not None:  # appended line by line, so a killed run keeps every step it finished
+            fd = open_inside(self.log_path, [Root("log folder", self.log_path.parent)], "step log",
+                             os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            with os.fdopen(fd, "a", encoding="utf-8") as f:
                 f.write(json.dumps(event) + "\n")
         done = int(self.width * info.step / max(info.total_steps, 1))
         self.stream.write(f"\r[{'#' * done}{'.' * (self.width - done)}] step {info.step}/{info.total_steps} "

@@ -104,7 +104,8 @@ def test_two_ranks_equal_one_process_with_the_doubled_batch(tmp_path):
     b, meta_b = load_lora(tmp_path / "two" / "tiny.safetensors")
     assert set(a) == set(b) and all(a[k].dtype == b[k].dtype for k in a)
     assert meta_a["ss_steps"] == meta_b["ss_steps"]
-    assert not (tmp_path / "two" / "state" / "tiny.rank1").exists()
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["state", "tiny.safetensors"]  # rank 0 only
+    assert [p.name for p in (tmp_path / "two" / "state").iterdir()] == ["tiny"]
 
 
 def test_resume_across_a_change_of_world_size(tmp_path):
