@@ -10,6 +10,6 @@ WEB_DIRECTORY = "./web"
 
 async def comfy_entrypoint():
     """V3 registration: ComfyUI awaits this and asks the returned extension for its node list."""
-    from .nodes import AtelierExtension
+    from .nodes.extension import AtelierExtension
 
     return AtelierExtension()

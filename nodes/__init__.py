@@ -1,43 +1,6 @@
 """ComfyUI nodes of Atelier: thin wiring between ComfyUI objects and the pure `core/` and `trainers/` code.
 
-This package is the only place that imports comfy, comfy_api, folder_paths, server or node_helpers.
+This package is the only place that imports comfy, comfy_api, folder_paths, server or node_helpers. Importing the
+package itself imports nothing of ComfyUI: the node list and registrations live in extension.py, so the headless
+runner (nodes/job.py) can put a ComfyUI checkout on sys.path and set its options first.
 """
-
-from comfy_api.latest import ComfyExtension, io
-
-from . import (captioning, compare, copy_machine, dataset, finetune, grids, hypernetwork, kohya_export, leakage,
-               lora_tools, pairs, sliders, training)
-from .host import register_folder_types, register_tagger_folder
-from .info import AtelierVersion
-from .live import register_routes
-from .messages import guard_messages
-
-register_folder_types()
-register_tagger_folder()
-register_routes()  # the live training view's history (GET /atelier/train/runs...)
-
-NODES: list[type[io.ComfyNode]] = [
-    AtelierVersion,
-    *dataset.NODES,
-    *captioning.NODES,
-    *training.NODES,
-    *hypernetwork.NODES,
-    *finetune.NODES,
-    *kohya_export.NODES,
-    *sliders.NODES,
-    *copy_machine.NODES,
-    *lora_tools.NODES,
-    *grids.NODES,
-    *compare.NODES,
-    *leakage.NODES,
-    *pairs.NODES,
-]
-for _node in NODES:
-    guard_messages(_node)  # errors and reports shown to clients name folders, never server paths
-
-
-class AtelierExtension(ComfyExtension):
-    """Lists Atelier's nodes for ComfyUI's V3 loader."""
-
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return list(NODES)

@@ -250,7 +250,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, network: Trainable, denoise: Denoise, model_sampling: ob.ModelSampling,
                  samples: list[TrainSample], encode: Callable[[list[str]], tuple[torch.Tensor, dict]],
                  callbacks: Callbacks | None = None, device: torch.device | str = "cpu",
-                 objective: ob.Objective | None = None):
+                 objective: ob.Objective | None = None, distributed=None):
         config.validate()
         if not samples:
             raise ValueError("No training samples: the dataset is empty.")
@@ -258,6 +258,7 @@ class Trainer:
         self.samples, self.encode = samples, encode
         self.callbacks = callbacks or Callbacks()
         self.device = torch.device(device)
+        self.distributed = distributed  # a trainers.distributed.Distributed under torchrun: shards and sums grads
         # the objective: what each sample's loss is (the standard one unless a pair / slider objective is given)
         self.objective = objective or ob.DenoisingLoss(config.loss, config.huber_delta, config.min_snr_gamma)
         groups = network.param_groups(config.unet_lr, config.te_lr, config.train_text_encoder)
@@ -377,7 +378,10 @@ class Trainer:
                     lr = self._set_lr(state.step)
                     total = 0.0
                     for batch in group:
-                        loss = self.micro_batch_loss(batch, state.epoch, divisor)
+                        batch = self.distributed.shard(batch) if self.distributed else batch
+                        if not batch:  # fewer samples than ranks: this rank only adds zero gradients
+                            continue
+                        loss = self.micro_batch_loss(batch, state.epoch, divisor)  # divisor: the global count
                         if not torch.isfinite(loss):
                             raise TrainingDiverged(
                                 f"Loss became {loss.item()} at step {state.step + 1} (epoch {state.epoch + 1}); "
@@ -385,6 +389,8 @@ class Trainer:
                                 "rate, use bf16 instead of fp16, or set max_grad_norm.")
                         (self.scaler.scale(loss) if self.scaler else loss).backward()
                         total += loss.item()
+                    if self.distributed:  # the one-process gradient and loss: sums over the ranks' shards
+                        total = self.distributed.sum_gradients(self.params, total)
                     applied = self._optimizer_step()
                     state.step += 1
                     if not applied:

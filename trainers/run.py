@@ -151,18 +151,31 @@ class TrainingRun:
         self.write_file(target, self.shipped(), self.metadata(step, epoch))
         self.saved.append(target)
 
+    @property
+    def _writer(self) -> bool:
+        """Whether this process writes files: always, except ranks other than 0 under torchrun."""
+        return getattr(self.trainer, "distributed", None) is None or self.trainer.distributed.is_writer
+
+    def _barrier(self) -> None:
+        """Under torchrun, every rank waits here until rank 0 has finished writing."""
+        if getattr(self.trainer, "distributed", None) is not None:
+            self.trainer.distributed.barrier()
+
     def checkpoint(self, step: int, epoch: int, by: str) -> None:
         """An intermediate save ("epoch" or "step"): the file, the resume state, then keep-last pruning."""
-        target = epoch_file(self.files.final, epoch) if by == "epoch" else step_file(self.files.final, step)
-        self._write(target, step, finished_epoch(self.state))  # a step save mid-epoch is in the running epoch
-        save_state(self.files.state_dir, self.trainer, self.state, self.state_extra, self.environment)
-        prune_epoch_files(self.files.final, self.files.keep_last)
+        if self._writer:
+            target = epoch_file(self.files.final, epoch) if by == "epoch" else step_file(self.files.final, step)
+            self._write(target, step, finished_epoch(self.state))  # a step save mid-epoch is in the running epoch
+            save_state(self.files.state_dir, self.trainer, self.state, self.state_extra, self.environment)
+            prune_epoch_files(self.files.final, self.files.keep_last)
+        self._barrier()
 
     def train(self, resume_dir: Path | None = None, contexts: list[AbstractContextManager] = ()) -> RunResult:
         """Resumes (when given a state), trains inside `contexts`, saves the final file and state; a stop request
         returns with stopped=True after saving, a divergence raises naming the newest saved file."""
         t = self.trainer
-        remove_stale_temps(self.files.final.parent, lambda name: is_run_file_name(name, self.files.final))
+        if self._writer:
+            remove_stale_temps(self.files.final.parent, lambda name: is_run_file_name(name, self.files.final))
         with torch.no_grad():
             t.precompute_text()  # a frozen text encoder: every caption encoded once, as data preparation
         warnings = resume_warnings(resume_dir, self.environment) if resume_dir is not None else []
@@ -177,8 +190,11 @@ class TrainingRun:
             where = f" The last saved file is {self.files.shown(self.saved[-1])}." if self.saved else ""
             raise TrainingDiverged(f"{e}{where}") from None
         seconds = time.perf_counter() - started
-        self._write(self.files.final, state.step, finished_epoch(state))
-        state_dir = save_state(self.files.state_dir, t, state, self.state_extra, self.environment)
+        state_dir = self.files.state_dir
+        if self._writer:
+            self._write(self.files.final, state.step, finished_epoch(state))
+            save_state(state_dir, t, state, self.state_extra, self.environment)
+        self._barrier()
         return RunResult(state, self.shipped(), list(self.saved), state_dir, seconds,
                          warnings + skipped_steps_warning(state.skipped_steps, state.step),
                          stopped=state.step < t.total_steps)

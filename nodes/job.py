@@ -1,0 +1,119 @@
+"""The command line that trains an exported job headless, alone or under torchrun, loading the base model through
+ComfyUI as a library:
+
+    python -m atelier.nodes.job run output/atelier/jobs/my_lora --comfyui ~/ComfyUI [--device cuda] [--out DIR]
+    torchrun --nproc-per-node 2 -m atelier.nodes.job run output/atelier/jobs/my_lora --comfyui ~/ComfyUI
+
+Why it lives in nodes/: the job's base model is a ComfyUI checkpoint and it must be loaded exactly as the node
+loaded it (comfy.sd detects the family, ComfyDenoiser calls it), and only nodes/ may import ComfyUI. The pure
+runner (trainers/job.py) trains from the folder and a JobModel; this module builds that JobModel. Nothing of
+ComfyUI is imported at module level: `--comfyui` is put on sys.path and ComfyUI's options (CPU or GPU) are set
+first, then comfy is imported; the package `nodes` itself imports nothing of ComfyUI (see nodes/extension.py).
+The checkpoint is found by the name the job recorded, in that ComfyUI's checkpoint folders (or given with
+--checkpoint), and its sha256 must equal the recorded one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ..core.provenance import file_hashes
+from ..trainers.distributed import from_environment, leave, local_device
+from ..trainers.job import Job, JobModel, TerminalProgress, needs_text_encoder, read_job, run_job
+
+
+def setup_comfy(comfyui: Path | None, device: torch.device) -> None:
+    """Makes the ComfyUI checkout importable and sets its options before its model management is imported."""
+    if comfyui is not None:
+        if not (comfyui / "comfy" / "sd.py").is_file():
+            raise SystemExit(f"--comfyui '{comfyui.name}' is not a ComfyUI checkout (it has no comfy/sd.py); give "
+                             "the folder that holds main.py and comfy/.")
+        sys.path.insert(0, str(comfyui))
+    from comfy.cli_args import args
+
+    args.cpu = device.type == "cpu"  # ComfyUI's --cpu: the library defaults to a GPU
+
+
+def checkpoint_path(job: Job, given: Path | None) -> Path:
+    """The checkpoint file of the job's base model: --checkpoint, else its name in ComfyUI's checkpoint folders;
+    its sha256 must match the job's record."""
+    import folder_paths
+
+    name = job.base.get("file")
+    if given is None:
+        found = folder_paths.get_full_path(job.base.get("folder") or "checkpoints", name) if name else None
+        if found is None:
+            raise SystemExit(f"The job was exported from checkpoint '{name or 'unknown'}', which is not in this "
+                             "ComfyUI's checkpoint folders; pass its file with --checkpoint FILE.")
+        given = Path(found)
+    expected = job.base.get("sha256")
+    if expected and file_hashes(given)["sha256"] != expected:
+        raise SystemExit(f"Checkpoint '{given.name}' is not the base model of job '{job.folder.name}' (sha256 "
+                         f"{expected[:12]}… expected); pass the file it was exported from with --checkpoint.")
+    return given
+
+
+def comfy_job_model(job: Job, path: Path) -> JobModel:
+    """The job's base model loaded through ComfyUI: the UNet (and text encoders when they train) as LoRA roots,
+    ComfyDenoiser, and the caption encoder when the job carries no frozen embeddings."""
+    import comfy.model_management
+    import comfy.sd
+
+    from .train_adapter import ComfyDenoiser, make_encoder, text_encoder_roots, thaw
+
+    text = needs_text_encoder(job.config)
+    model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=False, output_clip=text)
+    comfy.model_management.load_models_gpu([model], force_full_load=True)
+    thaw(model.model.diffusion_model)
+    roots = {"lora_unet": model.model.diffusion_model}
+    if job.config.train_text_encoder:
+        clip.load_model()
+        thaw(clip.cond_stage_model)
+        roots.update(text_encoder_roots(clip))
+    denoise = ComfyDenoiser(model)
+    return JobModel(roots, denoise, denoise.model_sampling, next(model.model.diffusion_model.parameters()).device,
+                    make_encoder(clip, pooled=denoise.needs_pooled) if text else None, str(model.model.get_dtype()))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m atelier.nodes.job", description="Train an exported Atelier job.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train a job folder (output/atelier/jobs/<name>)")
+    run.add_argument("job", type=Path, help="the job folder")
+    run.add_argument("--comfyui", type=Path, help="the ComfyUI checkout to load the base model with")
+    run.add_argument("--checkpoint", type=Path, help="the base model file, when not in ComfyUI's checkpoints")
+    run.add_argument("--out", type=Path, help="where the LoRA and state/ go (default: the job folder)")
+    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    run.add_argument("--resume", action="store_true", help="continue from <out>/state/<name> (any world size)")
+    run.add_argument("--log", type=Path, help="JSON-lines step log (default: <out>/<name>.steps.jsonl)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    device = local_device(a.device)
+    setup_comfy(a.comfyui.expanduser().resolve() if a.comfyui else None, device)
+    job = read_job(a.job)
+    distributed = from_environment(device)
+    out = a.out or a.job
+    progress = None
+    if distributed is None or distributed.is_writer:
+        out.mkdir(parents=True, exist_ok=True)
+        progress = TerminalProgress(a.log or out / f"{job.name}.steps.jsonl", sys.stderr)
+    try:
+        with torch.inference_mode(False):
+            model = comfy_job_model(job, checkpoint_path(job, a.checkpoint))
+            result = run_job(a.job, model, out=out, resume=a.resume, on_step=progress, distributed=distributed)
+    finally:
+        leave()
+    if progress is not None:
+        print(f"Saved {job.name}.safetensors after {result.state.step} steps in {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

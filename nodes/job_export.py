@@ -1,0 +1,103 @@
+"""Export Training Job: the Advanced trainer's inputs, prepared once and written as a folder that trains headless.
+
+The folder (output/atelier/jobs/<name>) holds cached latents, frozen caption embeddings when the text encoder does
+not train, the settings and the base model reference (checkpoint name and sha256, no server path); see
+trainers/job.py for its format and nodes/job.py for the command that trains it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from comfy_api.latest import io
+
+from ..core.paths import safe_name
+from ..trainers.data import kohya_metadata
+from ..trainers.job import needs_text_encoder, write_job
+from ..trainers.loop import TrainConfig
+from ..trainers.network import NetworkConfig, parse_rank_overrides, with_default_targets
+from .host import output_subdir
+from .provenance import base_model
+from .train_adapter import make_encoder
+from .training import (CHOICES, CONFIG_TOOLTIPS, NETWORK_TOOLTIPS, common_inputs, config_from, encoded_dataset,
+                       shown, trainable_host, widgets_for)
+from .validate import check_choice, check_names
+
+
+NO_PREVIEWS = ("sample_every_steps", "sample_every_epochs")  # a headless run draws no preview samples
+
+
+def export_job(model, clip, vae, dataset, name: str, config, net: NetworkConfig, node_id, prompt) -> dict:
+    """Prepares and encodes the dataset once and writes the job folder; returns the node's report."""
+    check_names(output_name=name)
+    folder = output_subdir("atelier", "jobs", safe_name(name, "output_name"))
+    base = base_model(model, prompt, node_id)  # checkpoint name and sha256: what the runner loads and checks
+    net = with_default_targets(net)  # the layers the node would adapt, fixed in the job
+    with torch.inference_mode(False):
+        host = trainable_host(model, clip, False)
+        samples, skipped, _ = encoded_dataset(dataset, vae, host, config, True, node_id)
+        encode = make_encoder(clip, pooled=host.denoise.needs_pooled)
+        metadata = kohya_metadata(config=config, network_config=net, dataset=dataset, output_name=name, steps=0,
+                                  epoch=0, started=0.0, finished=0.0, base=base)
+        write_job(folder, name=name, config=config, network=net, base=base.record(), metadata=metadata,
+                  samples=samples, encode=encode)
+    where = shown(folder)
+    return {"job": where, "samples": len(samples), "skipped": [f"{s.path}: {s.reason}" for s in skipped],
+            "base_model": base.record(), "text": ("encoded during the run (the text encoder trains or captions "
+                                                  "change per step)" if needs_text_encoder(config)
+                                                  else "frozen embeddings in the job"),
+            "command": f"python -m atelier.nodes.job run {where} --comfyui <your ComfyUI folder>",
+            "multi_gpu": f"torchrun --nproc-per-node N -m atelier.nodes.job run {where} --comfyui <ComfyUI folder>"}
+
+
+class AtelierExportTrainingJob(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AtelierExportTrainingJob",
+            display_name="Export Training Job (Atelier)",
+            category="atelier/training",
+            description="Writes the same run as Train LoRA Advanced as a self-contained folder (cached latents, "
+                        "captions or frozen text embeddings, settings, base model name and hash) that trains "
+                        "without the UI: python -m atelier.nodes.job run, or torchrun on several GPUs.",
+            inputs=[
+                *common_inputs(),
+                *widgets_for(NetworkConfig, NETWORK_TOOLTIPS),
+                *widgets_for(TrainConfig, CONFIG_TOOLTIPS, skip=NO_PREVIEWS),
+                io.String.Input("target_patterns", default="", multiline=True,
+                                tooltip="Regexes (one per line) on layer names / kohya keys that LoRA may adapt; "
+                                        "empty = kohya's default blocks."),
+                io.String.Input("exclude_patterns", default="", multiline=True,
+                                tooltip="Regexes (one per line) of layers never adapted, e.g. 'time_embed'."),
+                io.String.Input("rank_overrides", default="", multiline=True,
+                                tooltip="Per-block ranks, one 'regex = rank' or 'regex = rank/alpha' per line."),
+                io.String.Input("config_json", default="", multiline=True,
+                                tooltip="Optional: a training config as JSON; when given it replaces the training "
+                                        "widgets above."),
+            ],
+            outputs=[io.String.Output("job", tooltip="The job folder (output/atelier/jobs/<name>)."),
+                     io.String.Output("report", tooltip="JSON: samples, base model, text handling, the command.")],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, dataset, output_name, target_patterns, exclude_patterns, rank_overrides,
+                config_json, **widgets) -> io.NodeOutput:
+        for name, options in CHOICES.items():  # ComfyUI does not check V3 combo values; refuse before any work
+            check_choice(widgets[name], options, name)
+        config, net_overrides, _ = config_from(widgets, config_json)
+        config.validate()
+        lines = lambda text: tuple(line.strip() for line in text.splitlines() if line.strip())
+        net = NetworkConfig(**{k: widgets[k] for k in NETWORK_TOOLTIPS} | (net_overrides or {}),
+                            target_patterns=lines(target_patterns), exclude_patterns=lines(exclude_patterns),
+                            rank_overrides=parse_rank_overrides(rank_overrides))
+        hidden = cls.hidden
+        report = export_job(model, clip, vae, dataset, output_name, config, net,
+                            hidden.unique_id if hidden else None, hidden.prompt if hidden else None)
+        text = json.dumps(report, indent=1)
+        return io.NodeOutput(report["job"], text, ui={"text": [text]})
+
+
+NODES = [AtelierExportTrainingJob]

@@ -1,0 +1,122 @@
+"""Training jobs: export pieces → job folder → the runner trains it without ComfyUI; torchrun with 2 ranks equals
+one process with the doubled batch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from job_worker import tiny_encode, tiny_job_model
+from safetensors.torch import load_file
+from test_trainer import make_samples
+
+from atelier.core.lora_io import load_lora
+from atelier.trainers.job import JOB_FILE, TerminalProgress, read_job, run_job, write_job
+from atelier.trainers.loop import TrainConfig, TrainSample
+from atelier.trainers.network import NetworkConfig
+
+TESTS = Path(__file__).resolve().parents[1]
+TOLERANCE = 1e-5  # max abs difference of fp32 LoRA weights: only the order of the gradient sums differs
+
+
+def export(folder: Path, samples=None, **cfg) -> Path:
+    config = TrainConfig(**{"unet_lr": 1e-2, "epochs": 2, "batch_size": 4, "save_every_epochs": 0, **cfg})
+    return write_job(folder, name="tiny", config=config, network=NetworkConfig(rank=4, alpha=4.0),
+                     base={"name": "tiny.safetensors", "sha256": "ab" * 32}, metadata={"ss_output_name": "tiny"},
+                     samples=samples or make_samples(6), encode=tiny_encode)
+
+
+def state_weights(out: Path) -> dict:
+    return load_file(str(out / "state" / "tiny" / "lora.safetensors"))
+
+
+def test_job_round_trip_keeps_every_sample(tmp_path):
+    samples = make_samples(3)
+    samples[1] = TrainSample(samples[1].latent, "flip me", 0.5, 2, True, samples[1].latent * 2, True,
+                             torch.ones(1, 8, 8) * 0.25, 7)
+    job = read_job(export(tmp_path / "job", samples))
+    assert [s.caption for s in job.samples] == [s.caption for s in samples]
+    got = job.samples[1]
+    assert (got.loss_weight, got.repeats, got.random_flip, got.regularization, got.key) == (0.5, 2, True, True, 7)
+    assert torch.equal(got.flipped_latent, samples[1].latent * 2) and torch.equal(got.mask, torch.ones(1, 8, 8) * .25)
+    assert job.samples[0].flipped_latent is None and job.samples[0].mask is None
+    assert torch.allclose(job.text["flip me"][0], tiny_encode(["flip me"])[0].detach(), atol=1e-6)  # frozen
+    assert job.base["sha256"] == "ab" * 32 and "/" not in job.base["name"]
+
+
+def test_runner_trains_a_job_and_logs_steps(tmp_path):
+    folder = export(tmp_path / "job")
+    lines = []
+    progress = TerminalProgress(tmp_path / "steps.jsonl", type("S", (), {"write": lines.append,
+                                                                         "flush": lambda self: None})())
+    result = run_job(folder, tiny_job_model(), on_step=progress)
+    tensors, meta = load_lora(folder / "tiny.safetensors")
+    assert result.state.step == 4 and meta["ss_steps"] == "4" and meta["ss_output_name"] == "tiny"
+    assert any(k.startswith("lora_unet_") and k.endswith(".lora_down.weight") for k in tensors)
+    events = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events] == [1, 2, 3, 4]
+    assert set(events[0]) >= {"step", "loss", "smoothed", "lr", "epoch", "samples_per_second"}
+    assert lines[-1] == "\n" and "step 4/4" in lines[-2] and lines[0].startswith("\r[")
+
+
+def test_resumed_job_equals_uninterrupted(tmp_path):
+    whole = export(tmp_path / "whole")
+    run_job(whole, tiny_job_model())
+    half = export(tmp_path / "half", max_steps=2)
+    run_job(half, tiny_job_model())
+    data = json.loads((half / JOB_FILE).read_text())
+    data["config"]["max_steps"] = 0  # a resumable change: the job runs on to its epochs
+    (half / JOB_FILE).write_text(json.dumps(data))
+    run_job(half, tiny_job_model(), resume=True)
+    a, b = state_weights(whole), state_weights(half)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
+
+
+def test_job_without_embeddings_needs_the_text_encoder(tmp_path):
+    folder = export(tmp_path / "job", caption_shuffle=True)
+    assert read_job(folder).text is None
+    with pytest.raises(ValueError, match="needs the model's text encoder"):
+        run_job(folder, tiny_job_model())
+
+
+def torchrun(job: Path, out: Path, nproc: int, *extra: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--standalone",
+           str(TESTS / "job_worker.py"), str(job), str(out), *extra]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_two_ranks_equal_one_process_with_the_doubled_batch(tmp_path):
+    """2 ranks × 2 samples each == 1 process × batch 4 (the job's batch_size is the global batch)."""
+    folder = export(tmp_path / "job", batch_size=4, grad_accum=2, epochs=3)
+    torch.set_num_threads(1)
+    run_job(folder, tiny_job_model(), out=tmp_path / "one")
+    torchrun(folder, tmp_path / "two", 2)
+    one, two = state_weights(tmp_path / "one"), state_weights(tmp_path / "two")
+    assert set(one) == set(two)
+    diff = max((one[k] - two[k]).abs().max().item() for k in one)
+    assert diff < TOLERANCE, f"2 ranks differ from one process by {diff}"
+    a, meta_a = load_lora(tmp_path / "one" / "tiny.safetensors")
+    b, meta_b = load_lora(tmp_path / "two" / "tiny.safetensors")
+    assert set(a) == set(b) and all(a[k].dtype == b[k].dtype for k in a)
+    assert meta_a["ss_steps"] == meta_b["ss_steps"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["state", "tiny.safetensors"]  # rank 0 only
+    assert [p.name for p in (tmp_path / "two" / "state").iterdir()] == ["tiny"]
+
+
+def test_resume_across_a_change_of_world_size(tmp_path):
+    """Half the run on 2 ranks, the rest in one process: equals one process throughout."""
+    whole = export(tmp_path / "whole")
+    run_job(whole, tiny_job_model(), out=tmp_path / "one")
+    half = export(tmp_path / "half", max_steps=2)
+    torchrun(half, tmp_path / "mixed", 2)
+    data = json.loads((half / JOB_FILE).read_text())
+    data["config"]["max_steps"] = 0
+    (half / JOB_FILE).write_text(json.dumps(data))
+    run_job(half, tiny_job_model(), out=tmp_path / "mixed", resume=True)
+    a, b = state_weights(tmp_path / "one"), state_weights(tmp_path / "mixed")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < TOLERANCE

@@ -1,0 +1,240 @@
+"""A training job as a self-contained folder, and the run that trains it without the UI. Nothing here knows ComfyUI.
+
+A job folder holds job.json (format, output name, TrainConfig, NetworkConfig, the base model reference: checkpoint
+name, folder and sha256, never a server path; the kohya metadata known at export; one record per sample),
+latents.safetensors (`latent.<i>`, `flipped.<i>`, `mask.<i>` in the model's latent space) and, when the text
+encoder is frozen, text.safetensors (`cond.<j>` and `<extra key>.<j>` for caption j of job.json's "captions").
+No source image is needed to train it. The model is not in the folder: the caller hands run_job a JobModel (the
+denoiser, model sampling and the modules LoRA adapts). nodes/job.py loads it through ComfyUI as a library for the
+command line; tests build it from tests/tiny_models.py. Under torchrun, see trainers/distributed.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+from ..core.lora_meta import epochs_of
+from ..core.paths import Root, atomic_write_bytes, open_inside, read_bytes_inside
+from .checkpoint import run_environment
+from .loop import Callbacks, StepInfo, Trainer, TrainConfig, TrainSample
+from .network import LoRANetwork, NetworkConfig
+from .run import RunFiles, RunResult, TrainingRun
+
+JOB_FORMAT, JOB_VERSION = "atelier.training_job", 1
+JOB_FILE, LATENTS_FILE, TEXT_FILE = "job.json", "latents.safetensors", "text.safetensors"
+JOB_FILE_LIMIT = 256 << 20  # per-sample records and metadata only; the tensors live in the safetensors files
+# Metadata keys the run fills in at each save; the rest of the template is fixed at export.
+RUN_KEYS = ("ss_steps", "ss_epoch", "ss_num_epochs", "ss_max_train_steps", "ss_training_started_at",
+            "ss_training_finished_at")
+
+
+@dataclass
+class Job:
+    """A job folder read back: everything a run needs except the model."""
+
+    folder: Path
+    name: str
+    config: TrainConfig
+    network: NetworkConfig
+    base: dict  # the base model reference: name, file, folder, sha256, family, v_prediction, ...
+    metadata: dict[str, str]  # kohya metadata fixed at export (dataset, base model); RUN_KEYS are filled per save
+    samples: list[TrainSample]
+    text: dict[str, tuple[torch.Tensor, dict]] | None  # frozen embeddings per caption, or None (encode at run time)
+
+
+@dataclass
+class JobModel:
+    """The model a job trains on: the modules LoRA adapts by kohya prefix, the denoiser, its sampling, the device;
+    `encode` is needed only when the job carries no frozen text embeddings."""
+
+    roots: dict[str, torch.nn.Module]
+    denoise: Callable
+    model_sampling: object
+    device: torch.device | str = "cpu"
+    encode: Callable | None = None
+    model_dtype: str | None = None
+
+
+def needs_text_encoder(config: TrainConfig) -> bool:
+    """Whether captions must be encoded during the run: the text encoder trains, or captions change per step."""
+    return config.train_text_encoder or config.caption_shuffle or config.tag_dropout > 0
+
+
+def job_captions(samples: list[TrainSample], config: TrainConfig) -> list[str]:
+    """Every caption a frozen-encoder run can meet: each sample's, plus "" when caption dropout is on."""
+    captions = list(dict.fromkeys(s.caption for s in samples))
+    return captions + ([""] if config.caption_dropout > 0 and "" not in captions else [])
+
+
+def sample_record(s: TrainSample) -> dict:
+    return {"caption": s.caption, "loss_weight": s.loss_weight, "repeats": s.repeats, "random_flip": s.random_flip,
+            "regularization": s.regularization, "key": s.key, "flipped": s.flipped_latent is not None,
+            "mask": s.mask is not None}
+
+
+def write_job(folder: Path, *, name: str, config: TrainConfig, network: NetworkConfig, base: dict,
+              metadata: dict[str, str], samples: list[TrainSample],
+              encode: Callable[[list[str]], tuple[torch.Tensor, dict]] | None = None) -> Path:
+    """Writes a job folder (each file atomically); `encode` freezes the captions' embeddings when the run allows."""
+    config.validate()
+    if not samples:
+        raise ValueError("No training samples: the dataset is empty, so there is no job to export.")
+    folder.mkdir(parents=True, exist_ok=True)
+    latents = {}
+    for i, s in enumerate(samples):
+        latents[f"latent.{i}"] = s.latent.float().contiguous()
+        if s.flipped_latent is not None:
+            latents[f"flipped.{i}"] = s.flipped_latent.float().contiguous()
+        if s.mask is not None:
+            latents[f"mask.{i}"] = s.mask.float().contiguous()
+    atomic_write_bytes(folder / LATENTS_FILE, save_safetensors_bytes(latents))
+    captions = []
+    if encode is not None and not needs_text_encoder(config):
+        captions = job_captions(samples, config)
+        atomic_write_bytes(folder / TEXT_FILE, save_safetensors_bytes(frozen_text(encode, captions)))
+    job = {"format": JOB_FORMAT, "version": JOB_VERSION, "name": name, "config": config.to_dict(),
+           "network": dataclasses.asdict(network), "base": base, "metadata": metadata, "captions": captions,
+           "samples": [sample_record(s) for s in samples]}
+    atomic_write_bytes(folder / JOB_FILE, json.dumps(job, indent=1).encode("utf-8"))
+    return folder
+
+
+def frozen_text(encode, captions: list[str]) -> dict[str, torch.Tensor]:
+    """`cond.<j>` (1, T, D) and `<extra>.<j>` for each caption, encoded without gradients, 16 at a time."""
+    out = {}
+    for start in range(0, len(captions), 16):
+        with torch.no_grad():
+            cond, extra = encode(captions[start:start + 16])
+        for k in range(cond.shape[0]):
+            out[f"cond.{start + k}"] = cond[k:k + 1].float().contiguous().cpu()
+            for key, value in extra.items():
+                out[f"{key}.{start + k}"] = value[k:k + 1].float().contiguous().cpu()
+    return out
+
+
+def _job_bytes(folder: Path, name: str, limit: int | None = None) -> bytes:
+    return read_bytes_inside(folder / name, [Root("job folder", folder)], what=f"job file '{name}'", limit=limit)
+
+
+def read_job(folder: str | Path) -> Job:
+    """A job folder read back and checked (format, version, settings, every sample's tensors present)."""
+    folder = Path(folder)
+    if not (folder / JOB_FILE).is_file():
+        raise ValueError(f"'{folder.name}' is not a training job: it has no {JOB_FILE}. Export one with Export "
+                         "Training Job (Atelier); jobs are written to output/atelier/jobs/<name>.")
+    data = json.loads(_job_bytes(folder, JOB_FILE, JOB_FILE_LIMIT))
+    if data.get("format") != JOB_FORMAT or data.get("version") != JOB_VERSION:
+        raise ValueError(f"{folder.name}/{JOB_FILE} is format {data.get('format')!r} version {data.get('version')!r}; "
+                         f"this Atelier reads {JOB_FORMAT!r} version {JOB_VERSION}. Export the job again.")
+    latents = load_safetensors_bytes(_job_bytes(folder, LATENTS_FILE))
+    samples = []
+    for i, r in enumerate(data["samples"]):
+        if f"latent.{i}" not in latents:
+            raise ValueError(f"{folder.name}/{LATENTS_FILE} has no latent for sample {i}; export the job again.")
+        samples.append(TrainSample(latents[f"latent.{i}"], r["caption"], r["loss_weight"], r["repeats"],
+                                   r["random_flip"], latents.get(f"flipped.{i}") if r["flipped"] else None,
+                                   r["regularization"], latents.get(f"mask.{i}") if r["mask"] else None, r["key"]))
+    text = None
+    if data["captions"]:
+        tensors = load_safetensors_bytes(_job_bytes(folder, TEXT_FILE))
+        keys = sorted({k.rsplit(".", 1)[0] for k in tensors} - {"cond"})
+        text = {c: (tensors[f"cond.{j}"], {k: tensors[f"{k}.{j}"] for k in keys})
+                for j, c in enumerate(data["captions"])}
+    network = NetworkConfig(**data["network"])
+    return Job(folder, data["name"], TrainConfig.from_dict(data["config"]), network, data["base"],
+               data["metadata"], samples, text)
+
+
+def frozen_encoder(text: dict[str, tuple[torch.Tensor, dict]], folder_name: str):
+    """encode(captions) from a job's frozen embeddings; a caption it does not hold is refused by name."""
+    def encode(captions: list[str]):
+        missing = [c for c in captions if c not in text]
+        if missing:
+            raise ValueError(f"Caption {missing[0][:60]!r} has no frozen embedding in job '{folder_name}'; export "
+                             "the job again, or run it with the text encoder (the command line loads it).")
+        conds = [text[c] for c in captions]
+        extra = {k: torch.cat([e[k] for _, e in conds]) for k in conds[0][1]}
+        return torch.cat([c for c, _ in conds]), extra
+    return encode
+
+
+def job_metadata(job: Job, trainer: Trainer) -> Callable[[int, int], dict[str, str]]:
+    """metadata(step, epoch) for the run's files: the export's kohya template with this run's counts and times."""
+    started = time.time()
+
+    def metadata(step: int, epoch: int) -> dict[str, str]:
+        return {**job.metadata, **epochs_of(step, trainer.total_steps, trainer.steps_per_epoch),
+                "ss_steps": str(step), "ss_max_train_steps": str(trainer.total_steps),
+                "ss_training_started_at": str(started), "ss_training_finished_at": str(time.time())}
+    return metadata
+
+
+def step_event(info: StepInfo) -> dict:
+    """The step event the node sends to the live chart, as one JSON-able dict."""
+    return {"step": info.step, "total": info.total_steps, "epoch": info.epoch, "loss": info.loss,
+            "smoothed": info.smoothed_loss, "lr": info.lr, "samples_per_second": info.samples_per_second,
+            "skipped": info.skipped, "skipped_steps": info.skipped_steps}
+
+
+def build_run(job: Job, model: JobModel, out: Path | None = None, on_step: Callable | None = None,
+              distributed=None) -> TrainingRun:
+    """The Trainer and TrainingRun of a job, as the training node builds them; files go to `out` (the job folder
+    by default): <name>.safetensors and state/<name>."""
+    out = Path(out) if out is not None else job.folder
+    encode = model.encode
+    if encode is None or (job.text is not None and not job.config.train_text_encoder):
+        if job.text is None:
+            raise ValueError(f"Job '{job.folder.name}' carries no frozen text embeddings (its captions change per "
+                             "step or the text encoder trains), so the run needs the model's text encoder.")
+        encode = frozen_encoder(job.text, job.folder.name)
+    network = LoRANetwork(model.roots, job.network, seed=job.config.seed).to(model.device)
+    writer = distributed is None or distributed.is_writer
+    callbacks = Callbacks(on_step=on_step if writer else None)  # progress from rank 0 only
+    trainer = Trainer(job.config, network, model.denoise, model.model_sampling, job.samples, encode, callbacks,
+                      device=model.device, distributed=distributed)
+    files = RunFiles(out / f"{job.name}.safetensors", out / "state" / job.name)
+    return TrainingRun(trainer, files, job_metadata(job, trainer), run_environment(trainer, model.model_dtype))
+
+
+def run_job(folder: str | Path, model: JobModel, out: Path | None = None, resume: bool = False,
+            on_step: Callable | None = None, distributed=None) -> RunResult:
+    """Trains a job folder on `model`; with `resume`, continues from its state folder (any world size)."""
+    job = read_job(folder)
+    run = build_run(job, model, out, on_step, distributed)
+    resume_dir = run.files.state_dir if resume and (run.files.state_dir / "state.json").is_file() else None
+    out_dir = run.files.final.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return run.train(resume_dir)
+
+
+class TerminalProgress:
+    """on_step for a terminal: one plain-text progress line rewritten with '\\r', and a JSON-lines log of the same
+    step events the node sends to its chart."""
+
+    def __init__(self, log_path: Path | None, stream, width: int = 30):
+        self.log_path, self.stream, self.width = log_path, stream, width
+
+    def __call__(self, info: StepInfo) -> None:
+        event = step_event(info)
+        if self.log_path is not None:  # appended line by line, so a killed run keeps every step it finished
+            fd = open_inside(self.log_path, [Root("log folder", self.log_path.parent)], "step log",
+                             os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            with os.fdopen(fd, "a", encoding="utf-8") as f:
+                f.write(json.dumps(event) + "\n")
+        done = int(self.width * info.step / max(info.total_steps, 1))
+        self.stream.write(f"\r[{'#' * done}{'.' * (self.width - done)}] step {info.step}/{info.total_steps} "
+                          f"epoch {info.epoch} loss {info.smoothed_loss:.4f} lr {info.lr:.2e} "
+                          f"{info.samples_per_second:.1f} samples/s")
+        if info.step >= info.total_steps:
+            self.stream.write("\n")
+        self.stream.flush()
