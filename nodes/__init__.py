@@ -3,7 +3,7 @@
 This package is the only place that imports comfy, comfy_api, folder_paths, server or node_helpers.
 """
 
-from comfy_api.latest import ComfyExtension, io
+from .compat import ComfyExtension, io
 
 from . import captioning, compare, copy_machine, dataset, grids, kohya_export, leakage, lora_tools, sliders, training
 from .host import register_folder_types, register_tagger_folder
