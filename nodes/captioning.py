@@ -6,7 +6,7 @@ import json
 import logging
 
 import comfy.model_management
-from comfy_api.latest import io
+from .compat import io
 
 from ..core import captions as cap
 from ..core.caption_text import CAPTION_EXTENSIONS, check_caption_extension

@@ -16,9 +16,7 @@ the same settings starts where it stopped; the caller removes them once the grid
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import inspect
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -39,6 +37,7 @@ from ..core.conditioning import tile_tokens
 from ..core.draw import image_tensor_to_pil
 from ..core.forward_lora import ForwardLoRA, fit_layer
 from ..core.images import write_image
+from .compat import noise_mode
 from .host import model_file, output_subdir
 from .lora_files import fit_lora, read_lora
 from .train_adapter import weights_fingerprint
@@ -64,22 +63,6 @@ class CellSpec:
 
     def describe(self) -> dict:
         return {k: (list(map(list, v)) if k == "loras" else v) for k, v in asdict(self).items()}
-
-
-@functools.cache
-def noise_mode(sampler: str) -> str:
-    """'fixed' (noise only at the start), 'per_sample' (fresh default noise each step: one generator per sample
-    reproduces single runs) or 'single' (its own noise scheme, e.g. a Brownian tree over the whole batch)."""
-    fn = comfy.samplers.sampler_object(sampler).sampler_function
-    try:
-        if "noise_sampler" not in inspect.signature(fn).parameters:
-            return "fixed"
-        source = inspect.getsource(fn)
-    except (TypeError, ValueError, OSError):
-        return "single"
-    if "default_noise_sampler" in source and "BrownianTree" not in source:
-        return "per_sample"
-    return "single"
 
 
 def per_sample_noise_sampler(shape, seeds, device, dtype):

@@ -4,7 +4,7 @@ generated, and the reconstruction check. All cells go through nodes/cells.py (ba
 from __future__ import annotations
 
 import numpy as np
-from comfy_api.latest import io
+from .compat import io
 
 import folder_paths
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import comfy.model_management
 import comfy.sd
-from comfy_api.latest import io
+from .compat import io
 
 from ..core import dataset as ds
 from ..core.lora_io import addnet_hash_file

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from comfy_api.latest import io
+from .compat import io
 
 from ..core import dataset as ds
 from ..core.caption_text import CAPTION_ENCODINGS, CAPTION_EXTENSIONS, check_caption_encoding, check_caption_extension

@@ -3,7 +3,7 @@
 before anything of it is imported)."""
 
 
-from comfy_api.latest import ComfyExtension, io
+from .compat import ComfyExtension, io
 
 from . import (captioning, compare, copy_machine, dataset, finetune, grids, hypernetwork, job_export, kohya_export,
                leakage, lora_tools, pairs, sliders, training)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from comfy_api.latest import io
+from .compat import io
 
 import comfy.model_management
 

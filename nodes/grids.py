@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from comfy_api.latest import io
+from .compat import io
 
 import comfy.model_management
 import comfy.samplers

@@ -9,7 +9,7 @@ from pathlib import Path
 import comfy.model_management
 import comfy.utils
 import folder_paths
-from comfy_api.latest import io
+from .compat import default_datasets_root, io, register_folder
 
 from ..core import tagger_models as tm
 from ..core.paths import (PathRefused, Root, check_relative, list_folders, make_folder_inside, quoted, resolve_folder,
@@ -21,8 +21,9 @@ DATASET = io.Custom("ATELIER_DATASET")
 
 
 def register_folder_types() -> None:
-    """Registers the `datasets` folder type (models/datasets by default; more roots via extra_model_paths.yaml)."""
-    folder_paths.add_model_folder_path(DATASETS_FOLDER_TYPE, os.path.join(folder_paths.models_dir, "datasets"))
+    """Registers the `datasets` folder type (models/datasets by default; more roots via extra_model_paths.yaml),
+    or keeps the host's own where it has one (upstream registers <ComfyUI>/datasets itself)."""
+    register_folder(DATASETS_FOLDER_TYPE, default_datasets_root())
 
 
 def output_root() -> Path:

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import torch
-from comfy_api.latest import io
+from .compat import io
 
 import folder_paths
 from comfy_extras.nodes_hypernetwork import load_hypernetwork_patch

@@ -1,7 +1,7 @@
 """Version / environment report node: the smallest node that proves the pack loaded and can see IMAGEs."""
 
 import torch
-from comfy_api.latest import io
+from .compat import io
 
 from ..core import __version__
 from ..core.report import describe_environment, describe_images

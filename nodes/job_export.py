@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import torch
-from comfy_api.latest import io
+from .compat import io
 
 from ..core.paths import safe_name
 from ..trainers.data import kohya_metadata

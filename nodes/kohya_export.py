@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from comfy_api.latest import io
+from .compat import io
 
 from ..core.paths import atomic_write_bytes, safe_name
 from ..trainers.kohya_config import EXPORT_FORMATS, NETWORK_KEYS, export_text, not_exported

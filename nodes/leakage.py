@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from comfy_api.latest import io
+from .compat import io
 
 import comfy.model_management
 

@@ -10,7 +10,7 @@ import comfy.lora
 import comfy.lora_convert
 from comfy.weight_adapter.lora import LoRAAdapter
 
-from comfy_api.latest import io
+from .compat import io
 
 from ..core.lora_format import ALPHA, fit_problem
 from ..core.lora_io import check_lora_tensors, load_lora, load_lora_metadata

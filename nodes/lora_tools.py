@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import torch
-from comfy_api.latest import io
+from .compat import io, require_resident
 
 import comfy.lora
 import comfy.model_management
@@ -437,6 +437,7 @@ def save_checkpoint_file(path: Path, model, clip, vae, metadata: dict[str, str])
         load.append(clip.load_model())
         clip_sd = clip.get_sd()  # the CLIP's own tensors: patched in place by the load below, as ComfyUI does
     vae_sd = vae.get_sd() if vae is not None else None
+    require_resident("Saving a merged checkpoint", *load)  # dynamic patchers refuse force_patch_weights
     comfy.model_management.load_models_gpu(load, force_patch_weights=True)  # bake the LoRA patches into weights
     sd = model.model.state_dict_for_saving(clip_sd, vae_sd, None)
     progress = Progress(len(sd) + 1)

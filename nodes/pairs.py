@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from comfy_api.latest import io
+from .compat import io
 
 from ..core import dataset as ds
 from ..core.dataset_ops import unique_source_samples, verify_dataset

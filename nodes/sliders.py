@@ -8,7 +8,7 @@ import json
 import logging
 
 import torch
-from comfy_api.latest import io
+from .compat import io, show_stop_message
 
 import comfy.sd
 
@@ -26,7 +26,7 @@ from .provenance import base_identity, base_model
 from .reuse import earlier_run
 from .train_adapter import make_encoder
 from .training import (STATE_NONE, TrainingEvents, lora_metadata, lora_network, lora_output_path, reuse_input,
-                       reused_outputs, send_event, state_root, shown, trainable_host, training_outputs,
+                       reused_outputs, state_root, shown, trainable_host, training_outputs,
                        training_report, training_result)
 from .validate import check_choice, check_names
 
@@ -93,7 +93,8 @@ def train_text_slider(model, clip, output_name: str, job: SliderJob, config: Tra
             logging.warning("[Atelier] %s", warning)
         if result.stopped:  # cancelled: the file so far is saved; say so (a RuntimeError reaches the dialog)
             message = run.stopped_message(result, "run the node again (it trains from the start)")
-            send_event("atelier.train.stopped", {"node": node_id, "step": result.state.step, "message": message})
+            show_stop_message(node_id, message, "atelier.train.stopped",
+                              {"node": node_id, "step": result.state.step, "message": message})
             raise TrainingStopped(message)
         loaded = {k: v.float() for k, v in result.shipped.items()}
         model_out, clip_out = comfy.sd.load_lora_for_models(model, clip, loaded, 1.0, 1.0)

@@ -22,6 +22,7 @@ import comfy.model_management
 from ..core.caption_text import ENCODE_MAX_WINDOWS, caption_for_encoder
 from ..core.conditioning import tile_tokens
 from ..trainers.memory import instance_forwards
+from .compat import cancel_requested
 from ..trainers.network import TE_INCLUDE, UNET_INCLUDE  # noqa: F401 - re-exported: kohya's default targets
 
 
@@ -189,7 +190,8 @@ def encode_latents(vae, model_patcher, images: list) -> list[torch.Tensor]:
 
 
 def interrupted() -> bool:
-    return comfy.model_management.processing_interrupted()
+    """Cancel pressed: ComfyUI's flag itself (compat.cancel_requested), never a progress update raising."""
+    return cancel_requested()
 
 
 def draw_samples(model_patcher, clip, vae, prompts: list[str], negative: str, *, seed: int, steps: int, cfg: float,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from comfy_api.latest import io
+from .compat import io
 
 import comfy.model_management
 import comfy.samplers
@@ -35,6 +35,7 @@ from ..trainers.run import RunFiles, TrainingRun, run_loras
 from ..trainers.objectives import LOSSES
 from ..trainers.optim import OPTIMIZERS, SCHEDULERS
 from ..trainers.network import LoRANetwork, NetworkConfig, family_default_targets, parse_rank_overrides
+from .compat import require_resident, show_stop_message
 from .dataset import dataset_in
 from .host import forget_model_list, model_output_path, output_subdir
 from .live import HISTORY, run_id
@@ -121,6 +122,7 @@ class HostModel:
 
 def trainable_host(model, clip, train_text_encoder: bool) -> HostModel:
     """Loads and thaws a clone of MODEL (and CLIP's text encoders when they train), never changing the inputs."""
+    require_resident("Training", model, clip.patcher if train_text_encoder else None)  # thaw needs loaded weights
     mp = model.clone()
     comfy.model_management.load_models_gpu([mp], force_full_load=True)
     thaw(mp.model.diffusion_model)
@@ -170,10 +172,12 @@ class TrainingEvents:
         HISTORY.start(self.run, node_id, name)
 
     def on_step(self, info) -> None:
+        # Cancel is read from the flag itself: upstream throttles progress updates, so the hook may never run
+        self.stop_requested = self.stop_requested or interrupted()
         try:
             self.bar.update_absolute(info.step, info.total_steps)
         except comfy.model_management.InterruptProcessingException:
-            # ComfyUI's progress hook raises on cancel (and clears the flag): finish this step, save, then stop
+            # 0.3.64's progress hook raises on a cancel that arrived since (and clears the flag): save, then stop
             self.stop_requested = True
         point = {"step": info.step, "total": info.total_steps, "epoch": info.epoch, "loss": info.loss,
                  "smoothed": info.smoothed_loss, "lr": info.lr, "samples_per_second": info.samples_per_second}
@@ -245,10 +249,11 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
             logging.warning("[Atelier] %s", warning)
         if result.stopped:  # cancelled from ComfyUI: everything is saved, then say so
             message = run.stopped_message(result, resume_hint(result.state_dir, advanced))
-            send_event("atelier.train.stopped", {"node": node_id, "step": result.state.step, "message": message})
-            # ComfyUI 0.3.64 shows an InterruptProcessingException only as "Processing interrupted", dropping its
-            # text; a RuntimeError's message reaches the error dialog and /history (execution_error), and the
-            # failure still stops every node downstream.
+            show_stop_message(node_id, message, "atelier.train.stopped",
+                              {"node": node_id, "step": result.state.step, "message": message})
+            # ComfyUI (0.3.64 and upstream) shows an InterruptProcessingException only as "Processing interrupted",
+            # dropping its text; a RuntimeError's message reaches the error dialog and /history (execution_error),
+            # and the failure still stops every node downstream.
             raise TrainingStopped(message)
         loaded = {k: v.float() for k, v in result.shipped.items()}
         model_out, clip_out = comfy.sd.load_lora_for_models(model, clip, loaded, 1.0, 1.0)

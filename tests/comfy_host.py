@@ -186,6 +186,25 @@ class ComfyClient:
         self.request("POST", "/interrupt", {})
 
 
+def combo_refusal(client: "ComfyClient", prompt: dict, node_id: str, input_name: str,
+                  timeout: float = 300) -> tuple[str, str, str]:
+    """How the host refused a combo value outside its options: ("queue", "value_not_in_list", details) where the
+    server checks V3 combo values at queue time (upstream: HTTP 400), else ("execution", exception type, message)
+    from the node's own check (0.3.64 does not check V3 combos). Fails when neither refused it."""
+    try:
+        prompt_id = client.queue(prompt)
+    except ComfyError as error:
+        assert error.status == 400, str(error)
+        errors = error.body["node_errors"][node_id]["errors"]
+        hit = [e for e in errors if e["extra_info"].get("input_name") == input_name]
+        assert hit, f"HTTP 400 without an error for {input_name!r}: {error}"
+        return "queue", hit[0]["type"], hit[0]["details"]
+    entry = client.wait(prompt_id, timeout)
+    errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert errors, f"the value was accepted: {json.dumps(entry['status'])[:2000]}"
+    return "execution", errors[0]["exception_type"], errors[0]["exception_message"]
+
+
 def txt2img_prompt(text: str, *, seed: int, prefix: str, ckpt: str = FIXTURE_CHECKPOINT_NAME,
                    lora: str | None = None, strength: float = 1.0) -> dict:
     """Stock graph: checkpoint (+ stock LoraLoader) → encode → KSampler (3 euler steps, 64²) → decode → SaveImage."""

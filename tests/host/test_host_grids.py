@@ -119,6 +119,20 @@ def test_ancestral_sampler_cells_get_their_own_noise(comfy, comfy_server, rand_l
         assert np.abs(stock - cells[k]).max() <= 4 and np.abs(stock - cells[k]).mean() < 0.2
 
 
+@pytest.mark.parametrize("sampler", ["res_multistep_ancestral", "ddpm"])
+def test_samplers_the_probe_now_batches_still_match_stock_runs(comfy, comfy_server, rand_lora, sampler):
+    """The noise probe (nodes/compat.py) batches these, where the old source-text search ran them one by one: each
+    batched cell must still be what its seed gives alone with the stock sampler."""
+    cells, out = grid_cells(comfy, comfy_server, f"probe_{sampler}", lora=rand_lora, x_kind="seed", x_values="1,2",
+                            strength=0.5, sampler=sampler, batch_size=2)
+    assert "1 sampler batches" in out["text"][-1]
+    for k, seed in enumerate((1, 2)):
+        prompt = txt2img_prompt("x style", seed=seed, prefix=f"probe_{sampler}{k}", lora=rand_lora, strength=0.5)
+        prompt["5"]["inputs"]["sampler_name"] = sampler
+        stock = saved_pixels(comfy_server, comfy.run(prompt))
+        assert np.abs(stock - cells[k]).max() <= 4 and np.abs(stock - cells[k]).mean() < 0.2, (sampler, seed)
+
+
 def test_z_pages_seeds_per_cell_and_checkpoint_axis(comfy, comfy_server):
     copy = comfy_server.models / "checkpoints" / "grid_copy.safetensors"
     if not copy.exists():

@@ -1,5 +1,7 @@
 """LoRA training through a real ComfyUI server on the fixture SD1.5 checkpoint at 64²."""
 
+import re
+
 import numpy as np
 import pytest
 from comfy_host import (FIXTURE_CHECKPOINT_NAME, advanced_train_widgets, load_dataset_node, prepare_dataset_node,
@@ -65,6 +67,9 @@ def test_interrupt_mid_run_leaves_a_loadable_lora(comfy, comfy_server, train_fol
     comfy.interrupt()
     entry = comfy.wait(prompt_id, timeout=300)
     assert entry["status"]["status_str"] == "error"  # ComfyUI reports the run as interrupted
+    # where it stopped reaches the error dialog and /history in every version (an interrupt's own text is dropped)
+    err = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"][0]
+    assert re.search(r"Training stopped at step \d+ of 400 because it was cancelled", err["exception_message"])
     path = comfy_server.models / "loras" / "atelier" / "host_interrupted.safetensors"
     assert path.exists(), "no LoRA was saved when the run was interrupted"
     with safe_open(str(path), "pt") as f:

@@ -1,0 +1,79 @@
+"""nodes/compat.py on the real 0.3.64 host: each version-dependent path, run in the host's Python.
+
+Upstream behaviours 0.3.64 cannot show (dynamic-VRAM patchers, throttled progress, a built-in `datasets` type) are
+test doubles of ONLY that behaviour, defined and named in tests/host/compat_check.py.
+"""
+
+import pytest
+from comfy_host import ComfyError, combo_refusal
+from test_host_objectives import host_script
+
+# Samplers whose old source-text answer was wrong on 0.3.64: the default-noise call sits in a helper the wrapper
+# calls (res_multistep, generic_step_sampler, sample_sa_solver), so the text search said 'single'. The probe is
+# right: 'fixed' ones give the same result for any seed; 'per_sample' ones are reproduced exactly by the default
+# noise sampler. The old answer was only slower (batches of one), never a wrong image.
+SOURCE_TEXT_WRONG = {"ddpm": "per_sample", "res_multistep": "fixed", "res_multistep_cfg_pp": "fixed",
+                     "res_multistep_ancestral": "per_sample", "res_multistep_ancestral_cfg_pp": "per_sample",
+                     "sa_solver_pece": "per_sample"}
+
+
+@pytest.fixture(scope="module")
+def checked(comfy_server):
+    return host_script(comfy_server, "compat_check.py", 240)
+
+
+def test_every_sampler_is_probed_and_agrees_with_the_source_text_except_the_listed_ones(checked):
+    samplers = checked["samplers"]
+    assert len(samplers) >= 40 and set(SOURCE_TEXT_WRONG) <= set(samplers)
+    disagree = {n: v["probe"] for n, v in samplers.items() if v["probe"] != v["source_text"]}
+    assert disagree == SOURCE_TEXT_WRONG
+    modes = {n: v["probe"] for n, v in samplers.items()}
+    assert modes["euler"] == "fixed" and modes["euler_ancestral"] == "per_sample"
+    assert modes["dpmpp_sde"] == "single" and modes["dpmpp_2m_sde"] == "single"  # Brownian tree over the batch
+    assert checked["probe_cached"]
+
+
+def test_v3_api_comes_from_the_versioned_module_with_the_same_objects(checked):
+    assert checked["io_is_latest"]
+
+
+def test_cancel_is_read_from_the_flag_even_when_progress_updates_are_throttled(checked):
+    assert checked["cancel_seen"] and checked["flag_kept"]  # reading it leaves it set for ComfyUI's own checks
+    assert checked["is_interrupt"] and not checked["is_interrupt_other"]
+    assert checked["throttled_cancel_stops"]  # double: upstream's throttled bar never raises
+    assert checked["real_bar_cancel_stops"] and checked["no_cancel_no_stop"]
+
+
+def test_dynamic_vram_patchers_are_refused_with_the_fix(checked):
+    assert checked["real_is_dynamic"] is False and checked["double_is_dynamic"]
+    assert "--disable-dynamic-vram" in checked["dynamic_refused"]
+    assert checked["dynamic_refused"].startswith("Training needs the model's weights loaded")
+
+
+def test_datasets_folder_type_is_never_registered_twice(checked):
+    assert checked["registered_at_import"]
+    assert checked["ours_roots"] == ["models/datasets"]  # 0.3.64: Atelier's default root, once
+    assert checked["upstream_roots"] == ["datasets"]  # upstream's built-in root kept, no second default root
+    assert checked["upstream_dropdown_labels"] == 1
+
+
+class UpstreamQueueTimeCheck:
+    """Test double of upstream's queue-time check of V3 combo values (execution.py validate_inputs): POST /prompt
+    answers HTTP 400 with a value_not_in_list node error, shaped as upstream sends it. Nothing else is doubled."""
+
+    def queue(self, prompt):
+        raise ComfyError(400, {"error": {"type": "prompt_outputs_failed_validation"}, "node_errors": {"1": {
+            "errors": [{"type": "value_not_in_list", "message": "Value not in list",
+                        "details": "folder: '/etc' not in ['input', 'datasets']",
+                        "extra_info": {"input_name": "folder", "input_config": None, "received_value": "/etc"}}],
+            "dependent_outputs": ["2"], "class_type": "AtelierLoadDataset"}}})
+
+
+def test_a_queue_time_combo_refusal_is_read_as_a_refusal():
+    where, kind, text = combo_refusal(UpstreamQueueTimeCheck(), {}, "1", "folder")
+    assert (where, kind) == ("queue", "value_not_in_list") and "'/etc'" in text
+
+
+def test_a_queue_time_refusal_of_another_input_is_not_taken_for_this_one():
+    with pytest.raises(AssertionError, match="without an error for 'sub_path'"):
+        combo_refusal(UpstreamQueueTimeCheck(), {}, "1", "sub_path")
