@@ -16,12 +16,12 @@ from ..core.paths import safe_name
 from ..trainers.data import kohya_metadata
 from ..trainers.job import needs_text_encoder, write_job
 from ..trainers.loop import TrainConfig
-from ..trainers.network import NetworkConfig, parse_rank_overrides, with_default_targets
+from ..trainers.network import NetworkConfig, parse_rank_overrides
 from .host import output_subdir
 from .provenance import base_model
 from .train_adapter import make_encoder
-from .training import (CHOICES, CONFIG_TOOLTIPS, NETWORK_TOOLTIPS, common_inputs, config_from, encoded_dataset,
-                       shown, trainable_host, widgets_for)
+from .training import (CHOICES, CONFIG_TOOLTIPS, NETWORK_TOOLTIPS, common_inputs, config_from, default_targets,
+                       encoded_dataset, shown, trainable_host, widgets_for)
 from .validate import check_choice, check_names
 
 
@@ -33,9 +33,9 @@ def export_job(model, clip, vae, dataset, name: str, config, net: NetworkConfig,
     check_names(output_name=name)
     folder = output_subdir("atelier", "jobs", safe_name(name, "output_name"))
     base = base_model(model, prompt, node_id)  # checkpoint name and sha256: what the runner loads and checks
-    net = with_default_targets(net)  # the layers the node would adapt, fixed in the job
     with torch.inference_mode(False):
         host = trainable_host(model, clip, False)
+        net = default_targets(host, net)  # the layers the training node would adapt, fixed in the job
         samples, skipped, _ = encoded_dataset(dataset, vae, host, config, True, node_id)
         encode = make_encoder(clip, pooled=host.denoise.needs_pooled)
         metadata = kohya_metadata(config=config, network_config=net, dataset=dataset, output_name=name, steps=0,

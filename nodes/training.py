@@ -145,13 +145,17 @@ def encoded_dataset(dataset, vae, host: HostModel, config: TrainConfig, cache_la
     return samples, skipped, cache
 
 
+def default_targets(host: HostModel, net_config: NetworkConfig) -> NetworkConfig:
+    """The user's own targets, else the family's default blocks: kohya's UNet blocks (LoCon too), SD3's joint
+    blocks, or a DiT family's own transformer blocks."""
+    family = HOST_FAMILIES.get(type(host.patcher.model.model_config).__name__)
+    return family_default_targets(net_config, host.denoise.family, family)
+
+
 def lora_network(host: HostModel, net_config: NetworkConfig, seed: int, continue_from: str):
     """The run's LoRA over the host's roots (kohya's default blocks unless the user chose targets), optionally
     starting from an existing LoRA's weights; returns (network, the network config used)."""
-    family = HOST_FAMILIES.get(type(host.patcher.model.model_config).__name__)
-    # the user's own targets, else the family's default blocks: kohya's UNet blocks (LoCon too), SD3's joint blocks,
-    # or a DiT family's own transformer blocks
-    net = family_default_targets(net_config, host.denoise.family, family)
+    net = default_targets(host, net_config)
     network = LoRANetwork(host.roots, net, seed=seed).to(host.device)
     if continue_from != STATE_NONE:
         # read_lora refuses malformed files by name; another architecture: an error listing the keys
