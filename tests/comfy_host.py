@@ -312,19 +312,6 @@ def sample_latent(client: "ComfyClient", server: "ComfyServer", text: str, **kwa
     return saved_latent(server, client.run(txt2latent_prompt(text, **kwargs)))
 
 
-def encode_images(client: "ComfyClient", server: "ComfyServer", names: list[str], prefix: str) -> list:
-    """Each input/ image in `names` through stock LoadImage → VAEEncode (the fixture checkpoint's VAE) → SaveLatent,
-    in one prompt; returns their latents in order."""
-    prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FIXTURE_CHECKPOINT_NAME}}}
-    for i, name in enumerate(names):
-        prompt[f"{i}l"] = {"class_type": "LoadImage", "inputs": {"image": name}}
-        prompt[f"{i}e"] = {"class_type": "VAEEncode", "inputs": {"pixels": [f"{i}l", 0], "vae": ["1", 2]}}
-        prompt[f"{i}s"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"{i}e", 0],
-                                                                  "filename_prefix": f"{prefix}_{i}"}}
-    outputs = client.run(prompt)
-    return [saved_latent(server, outputs, f"{i}s") for i in range(len(names))]
-
-
 def cosine(a, b) -> float:
     """Cosine similarity of two arrays, flattened."""
     import numpy as np
