@@ -206,8 +206,9 @@ def combo_refusal(client: "ComfyClient", prompt: dict, node_id: str, input_name:
 
 
 def txt2img_prompt(text: str, *, seed: int, prefix: str, ckpt: str = FIXTURE_CHECKPOINT_NAME,
-                   lora: str | None = None, strength: float = 1.0) -> dict:
-    """Stock graph: checkpoint (+ stock LoraLoader) → encode → KSampler (3 euler steps, 64²) → decode → SaveImage."""
+                   lora: str | None = None, strength: float = 1.0, steps: int = 3, cfg: float = 4.0) -> dict:
+    """Stock graph: checkpoint (+ stock LoraLoader) → encode → KSampler (`steps` euler steps, 64²) → decode →
+    SaveImage."""
     model, clip = ["1", 0], ["1", 1]
     prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}}
     if lora:
@@ -219,7 +220,7 @@ def txt2img_prompt(text: str, *, seed: int, prefix: str, ckpt: str = FIXTURE_CHE
         "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": ""}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "5": {"class_type": "KSampler", "inputs": {"model": model, "positive": ["2", 0], "negative": ["3", 0],
-                                                   "latent_image": ["4", 0], "seed": seed, "steps": 3, "cfg": 4.0,
+                                                   "latent_image": ["4", 0], "seed": seed, "steps": steps, "cfg": cfg,
                                                    "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
         "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
@@ -287,6 +288,36 @@ def saved_pixels(server: "ComfyServer", outputs: dict):
 def render(client: "ComfyClient", server: "ComfyServer", text: str, **kwargs):
     """Runs txt2img_prompt(text, **kwargs) and returns the saved pixels."""
     return saved_pixels(server, client.run(txt2img_prompt(text, **kwargs)))
+
+
+def txt2latent_prompt(text: str, **kwargs) -> dict:
+    """txt2img_prompt with the KSampler's LATENT saved by stock SaveLatent (node 7) instead of decoded and saved as
+    an image: the sampler's own output, before a random-weight VAE saturates it into pixels."""
+    prompt = txt2img_prompt(text, **kwargs)
+    del prompt["6"]
+    prompt["7"] = {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": kwargs["prefix"]}}
+    return prompt
+
+
+def saved_latent(server: "ComfyServer", outputs: dict, node: str = "7"):
+    """The latent tensor a stock SaveLatent node wrote (a .latent safetensors under output/), as float64 numpy."""
+    from safetensors.numpy import load_file
+
+    info = outputs[node]["latents"][0]
+    return load_file(str(server.output_dir / info["subfolder"] / info["filename"]))["latent_tensor"].astype("float64")
+
+
+def sample_latent(client: "ComfyClient", server: "ComfyServer", text: str, **kwargs):
+    """Runs txt2latent_prompt(text, **kwargs) and returns the KSampler's output latent."""
+    return saved_latent(server, client.run(txt2latent_prompt(text, **kwargs)))
+
+
+def cosine(a, b) -> float:
+    """Cosine similarity of two arrays, flattened."""
+    import numpy as np
+
+    a, b = np.ravel(a), np.ravel(b)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 @dataclass
