@@ -217,7 +217,7 @@ def load_lora_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 # Key layouts ComfyUI's LoraLoader reads, by the prefix of their module names.
-KEY_FORMATS = (("kohya", ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_transformer_")),
+KEY_FORMATS = (("kohya", ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_", "lora_transformer_")),
                ("ComfyUI", ("diffusion_model.", "text_encoders.")),
                ("diffusers / PEFT", ("unet.", "text_encoder.", "text_encoder_2.", "transformer.")))
 
@@ -313,10 +313,10 @@ def lora_family(tensors: dict[str, torch.Tensor]) -> str:
     """The model family a LoRA was made for, from its key names and text-conditioning width: 'SDXL', 'Flux / DiT',
     'SD1.x', 'SD2.x', 'SD-style (text width N)', 'SD-style' (UNet layers only, no width to read) or 'unknown'."""
     keys = list(tensors)
+    if any(_DIT.search(k) for k in keys):
+        return "Flux / DiT"  # first: SD3.5's and Flux.1's text encoders are te1 / te2 / te3 too
     if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoders.clip_g.")) for k in keys):
         return "SDXL"  # kohya names SDXL's two text encoders te1 / te2; ComfyUI's format names OpenCLIP-G clip_g
-    if any(_DIT.search(k) for k in keys):
-        return "Flux / DiT"
     if not any(k.startswith(_SD_PREFIXES) for k in keys):
         return "unknown"
     for key in keys:

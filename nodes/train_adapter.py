@@ -18,6 +18,7 @@ import torch
 
 import comfy.clip_model
 import comfy.model_management
+import comfy.text_encoders.t5  # T5-XXL of SD3.5 and Flux.1
 
 from ..core.caption_text import ENCODE_MAX_WINDOWS, caption_for_encoder
 from ..core.conditioning import tile_tokens
@@ -44,27 +45,62 @@ def thaw(module: torch.nn.Module) -> int:
 
 
 def autograd_friendly_clip(module: torch.nn.Module):
-    """CLIP layers with out-of-place residuals while the block runs (ComfyUI's in-place `x +=` breaks backward)."""
-    def make_forward(layer):
+    """CLIP layers (and T5's attention / feed-forward sublayers) with out-of-place residuals while the block runs
+    (ComfyUI's in-place `x +=` breaks backward)."""
+    def clip_forward(layer):
         def forward(x, mask=None, optimized_attention=None):
             x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
             return x + layer.mlp(layer.layer_norm2(x))
         return forward
 
-    layers = [m for m in module.modules() if isinstance(m, comfy.clip_model.CLIPLayer)]
-    return instance_forwards(layers, make_forward)
+    def t5_attention_forward(layer):
+        def forward(x, mask=None, past_bias=None, optimized_attention=None):
+            output, past_bias = layer.SelfAttention(layer.layer_norm(x), mask=mask, past_bias=past_bias,
+                                                    optimized_attention=optimized_attention)
+            return x + output, past_bias
+        return forward
+
+    def t5_ff_forward(layer):
+        return lambda x: x + layer.DenseReluDense(layer.layer_norm(x))
+
+    t5 = comfy.text_encoders.t5
+    kinds = {comfy.clip_model.CLIPLayer: clip_forward, t5.T5LayerSelfAttention: t5_attention_forward,
+             t5.T5LayerFF: t5_ff_forward}
+
+    def make_forward(layer):
+        return next(make for cls, make in kinds.items() if isinstance(layer, cls))(layer)
+
+    return instance_forwards([m for m in module.modules() if isinstance(m, tuple(kinds))], make_forward)
 
 
-def text_encoder_roots(clip) -> dict[str, torch.nn.Module]:
-    """kohya prefixes of the CLIP's text encoders: lora_te for one encoder (SD1/SD2), lora_te1/lora_te2 for SDXL."""
+# ComfyUI's CLIP attributes of the text encoders LoRA users train; T5-XXL only when asked (kohya's train_t5xxl)
+CLIP_ENCODERS = ("clip_l", "clip_h", "clip_g")
+
+
+def text_encoder_roots(clip, t5: bool = False) -> dict[str, torch.nn.Module]:
+    """kohya prefixes of the CLIP's text encoders, as ComfyUI 0.3.64's model_lora_keys_clip maps them and kohya
+    sd-scripts writes them: lora_te for a lone encoder (SD1.x CLIP-L, SD2.x OpenCLIP-H); lora_te1 (CLIP-L) and
+    lora_te2 (OpenCLIP-G) for SDXL and SD3.5; lora_te1 (CLIP-L) for Flux.1; T5-XXL (with `t5`) lora_te3 beside a
+    CLIP-L (SD3.5, Flux.1), else lora_te<its place after the CLIPs>, as ComfyUI numbers it."""
     csm = clip.cond_stage_model
-    found = [(n, getattr(csm, n)) for n in ("clip_l", "clip_h", "clip_g") if hasattr(csm, n)]
-    if not found:
-        raise ValueError(f"Text-encoder training supports CLIP text encoders (SD1.x, SD2.x, SDXL); this CLIP is "
-                         f"{type(csm).__name__}. Turn train_text_encoder off to train the UNet only.")
-    if len(found) == 1:
-        return {"lora_te": found[0][1].transformer}
-    return {"lora_te1": csm.clip_l.transformer, "lora_te2": csm.clip_g.transformer}
+    present = {n: getattr(csm, n) for n in CLIP_ENCODERS + ("t5xxl",) if getattr(csm, n, None) is not None}
+    if not any(n in present for n in CLIP_ENCODERS) and not (t5 and "t5xxl" in present):
+        raise ValueError(f"Text-encoder training supports CLIP text encoders (SD1.x, SD2.x, SDXL, SD3.5, Flux.1); "
+                         f"this CLIP is {type(csm).__name__}. Turn train_text_encoder off to train the diffusion "
+                         "model only.")
+    lone = len(present) == 1
+    roots = {}
+    if "clip_h" in present:
+        roots["lora_te"] = present["clip_h"].transformer
+    if "clip_l" in present:
+        roots["lora_te" if lone else "lora_te1"] = present["clip_l"].transformer
+    if "clip_g" in present:
+        roots["lora_te2" if "clip_l" in present else "lora_te"] = present["clip_g"].transformer
+    if t5 and "t5xxl" in present:
+        # ComfyUI numbers T5 after the CLIPs (te2 after a lone CLIP-G) and also maps te3 beside a CLIP-L (OneTrainer)
+        index = 3 if "clip_l" in present else 1 + ("clip_g" in present)
+        roots[f"lora_te{index}"] = present["t5xxl"].transformer
+    return roots
 
 
 class ComfyDenoiser:

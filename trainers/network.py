@@ -2,8 +2,8 @@
 
 Nothing here knows ComfyUI. The caller hands over plain torch modules (ComfyUI's UNet and text encoders are: their
 `comfy.ops` layers subclass torch.nn.Linear / torch.nn.Conv2d) under a kohya prefix ("lora_unet", "lora_te",
-"lora_te1", "lora_te2"); the network wraps each targeted layer's forward and never touches its weight, so the host
-keeps owning the model. Not here: optimisers, the training loop, reading or writing files (core/lora_io.py).
+"lora_te1", "lora_te2", "lora_te3"); the network wraps each targeted layer's forward and never touches its weight, so
+the host keeps owning the model. Not here: optimisers, the training loop, reading or writing files (core/lora_io.py).
 
 The file format (kohya-ss sd-scripts networks/lora.py: key names, alpha = rank when `.alpha` is missing, ΔW) is
 spelled in core/lora_format.py; kohya_state_dict writes it and load_kohya_state_dict reads it.
@@ -26,6 +26,11 @@ from ..core.lora_format import ALPHA, DOWN, UP, effective_alpha, kohya_base, lor
 # UNET_TARGET_REPLACE_MODULE) and every text-encoder layer's attention and MLP (TEXT_ENCODER_TARGET_REPLACE_MODULE).
 UNET_INCLUDE = r"(^|\.)(proj_in|proj_out|transformer_blocks)(\.|$)"
 TE_INCLUDE = r"\.(self_attn|mlp)\."
+# T5-XXL's attention and gated feed-forward (kohya lora_sd3 / lora_flux with train_t5xxl: T5Attention and
+# T5DenseGatedActDense, ComfyUI's `SelfAttention` and `DenseReluDense` sublayers), a default target of the families
+# that carry a T5 (core.lora_meta names); it only matches where a T5 root was given (module class names elsewhere).
+T5_INCLUDE = r"\.(SelfAttention|DenseReluDense)\."
+T5_FAMILIES = frozenset({"SD3", "Flux"})
 # With a conv rank, kohya's LoCon adds UNET_TARGET_REPLACE_MODULE_CONV2D_3X3 (ResnetBlock2D, Downsample2D,
 # Upsample2D): a ResBlock's in_layers / out_layers convolutions, its emb_layers linear and 1x1 skip_connection, a
 # Downsample's `op` and an Upsample's `conv`. conv_in / conv_out and the time embedding stay out, as in kohya.
@@ -109,11 +114,15 @@ def with_default_targets(config: NetworkConfig, family: str | None = None) -> Ne
 def family_default_targets(config: NetworkConfig, family: str, config_family: str | None = None) -> NetworkConfig:
     """with_default_targets (for `config_family`, core.lora_meta's name), except that a DiT family in DIT_TARGETS
     (ComfyUI's model class name) gets its own transformer blocks as default targets (UNet block names match nothing
-    there)."""
-    if config.target_patterns or family not in DIT_TARGETS:
-        return with_default_targets(config, config_family)
+    there); families with a T5-XXL (SD3.5, Flux.1) also target its attention and feed-forward."""
+    if config.target_patterns:
+        return config
+    t5 = (T5_INCLUDE,) if config_family in T5_FAMILIES else ()  # the T5 trains only when its root is given
+    if family not in DIT_TARGETS:
+        chosen = with_default_targets(config, config_family)
+        return dataclasses.replace(chosen, target_patterns=chosen.target_patterns + t5)
     include, exclude = DIT_TARGETS[family]
-    return dataclasses.replace(config, target_patterns=(include, TE_INCLUDE),
+    return dataclasses.replace(config, target_patterns=(include, TE_INCLUDE) + t5,
                                exclude_patterns=config.exclude_patterns + ((exclude,) if exclude else ()))
 
 

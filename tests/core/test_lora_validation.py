@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from atelier.core.lora_io import check_file_finite, check_lora_tensors, check_same_family, lora_family, save_lora
+from atelier.core.lora_io import (check_file_finite, check_lora_tensors, check_same_family, key_formats, lora_family,
+                                 save_lora)
 from atelier.core.lora_format import fit_problem
 from atelier.core.lora_math import BLOCK_LAYOUTS, check_strength, parse_block_weights
 
@@ -149,3 +150,12 @@ def test_check_file_finite_names_the_key(tmp_path):
         check_file_finite(tmp_path / "c.safetensors", "atelier/m.safetensors")
     save_file({"a": torch.ones(3)}, str(tmp_path / "ok.safetensors"))
     check_file_finite(tmp_path / "ok.safetensors", "ok.safetensors")
+
+
+def test_dit_loras_with_text_encoder_keys_are_not_sdxl():
+    # SD3.5 (te1 / te2 / te3) and Flux.1 (te1 / te3) LoRAs with text-encoder keys keep their DiT family
+    te = {"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.ones(2, 32),
+          "lora_te3_encoder_block_0_layer_0_SelfAttention_q.lora_down.weight": torch.ones(2, 32)}
+    assert lora_family({**sd_lora(64, "lora_unet_double_blocks_0_img_attn_proj"), **te}) == "Flux / DiT"
+    assert lora_family({**sd_lora(64, "lora_unet_joint_blocks_0_x_block_attn_qkv"), **te}) == "Flux / DiT"
+    assert key_formats(te) == ["kohya"]  # lora_te3_ (T5-XXL) is kohya's layout, not 'other'

@@ -393,3 +393,23 @@ def test_parse_rank_overrides():
     for bad in ("no equals sign", "= 8", "x = eight", "x = -1"):
         with pytest.raises(ValueError, match="regex = rank"):
             parse_rank_overrides(bad)
+
+
+def test_t5_is_a_default_text_encoder_target_of_sd3_and_flux_only():
+    from atelier.trainers.network import T5_INCLUDE, TE_INCLUDE, family_default_targets
+
+    t5 = nn.ModuleDict({"encoder": nn.ModuleDict({"block": nn.ModuleList([nn.ModuleDict({"layer": nn.ModuleList([
+        nn.ModuleDict({"SelfAttention": nn.ModuleDict({"q": nn.Linear(4, 4), "o": nn.Linear(4, 4)})}),
+        nn.ModuleDict({"DenseReluDense": nn.ModuleDict({"wi_0": nn.Linear(4, 8), "wo": nn.Linear(8, 4)})})])})])})})
+    flux = family_default_targets(NetworkConfig(rank=2, alpha=2.0), "Flux", "Flux")
+    sd3 = family_default_targets(NetworkConfig(rank=2, alpha=2.0), "", "SD3")
+    sdxl = family_default_targets(NetworkConfig(rank=2, alpha=2.0), "", "SDXL")
+    assert T5_INCLUDE in flux.target_patterns and T5_INCLUDE in sd3.target_patterns
+    assert T5_INCLUDE not in sdxl.target_patterns and TE_INCLUDE in sdxl.target_patterns
+    keys = sorted(LoRANetwork({"lora_te3": t5}, flux).modules_by_key)
+    assert keys == ["lora_te3_encoder_block_0_layer_0_SelfAttention_o",
+                    "lora_te3_encoder_block_0_layer_0_SelfAttention_q",
+                    "lora_te3_encoder_block_0_layer_1_DenseReluDense_wi_0",
+                    "lora_te3_encoder_block_0_layer_1_DenseReluDense_wo"]
+    with pytest.raises(ValueError, match="No layer matched for LoRA in roots \\['lora_te3'\\]"):
+        LoRANetwork({"lora_te3": t5}, sdxl)  # CLIP patterns leave a T5 alone
