@@ -111,6 +111,32 @@ def file_identity(folder_type: str, name: str) -> str:
     return f"{name}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
+def forward_layers(fit, roots: dict) -> tuple[list, str | None]:
+    """The layers a fitted LoRA (lora_files.fit_lora) patches, as (part, module, down, up, alpha, key) ready for
+    ForwardLoRA.add, or None and the reason the file must be merged the stock way instead."""
+    for (part, key), adapter in fit.adapters.items():
+        if isinstance(key, tuple) or not isinstance(adapter, LoRAAdapter) or not key.endswith(".weight"):
+            # a slice of a fused weight (Flux qkv from separate q/k/v files), LoHa / LoKr, a full diff
+            return [], f"{key}: {type(adapter).__name__ if not isinstance(adapter, tuple) else adapter[0]}"
+        if any(w is not None for w in adapter.weights[3:]):
+            return [], f"{key}: lora_mid / dora_scale / reshape"
+    resolved = []
+    try:  # every layer must take a forward hook, else the whole file is merged the stock way
+        for (part, key), adapter in fit.adapters.items():
+            root = roots[part]
+            path = key[: -len(".weight")]
+            module = root.get_submodule(path)
+            parent = root.get_submodule(path.rsplit(".", 1)[0]) if "." in path else root
+            if isinstance(parent, torch.nn.MultiheadAttention):  # reads the weight, never calls forward
+                raise ValueError(f"{key} belongs to a MultiheadAttention")
+            up, down, alpha = adapter.weights[:3]
+            fit_layer(module, down, up, where=key)
+            resolved.append((part, module, down, up, alpha, key))
+    except (ValueError, AttributeError) as err:
+        return [], str(err).splitlines()[0]
+    return resolved, None
+
+
 @dataclass
 class _Variant:
     """One model (the connected one or a checkpoint) with its forward-time LoRAs."""
@@ -198,30 +224,7 @@ class CellRenderer:
         fit = fit_lora(self._lora_sd(name), name, v.model, v.clip)
         fit.check(every_key=False)  # a layer that cannot take the LoRA is an error; unknown keys are reported
         v.unloaded[name] = fit.not_loaded
-        roots = {"unet": v.model.model, "text": v.clip.cond_stage_model}
-        found = {(part, key): (adapter, roots[part]) for (part, key), adapter in fit.adapters.items()}
-        problem = None
-        for (part, key), (adapter, root) in found.items():
-            if isinstance(key, tuple) or not isinstance(adapter, LoRAAdapter) or not key.endswith(".weight"):
-                problem = f"{key}: {type(adapter).__name__ if not isinstance(adapter, tuple) else adapter[0]}"
-                break
-            if any(w is not None for w in adapter.weights[3:]):
-                problem = f"{key}: lora_mid / dora_scale / reshape"
-                break
-        resolved = []
-        if problem is None:  # every layer must take a forward hook, else the whole file is merged the stock way
-            try:
-                for (part, key), (adapter, root) in found.items():
-                    path = key[: -len(".weight")]
-                    module = root.get_submodule(path)
-                    parent = root.get_submodule(path.rsplit(".", 1)[0]) if "." in path else root
-                    if isinstance(parent, torch.nn.MultiheadAttention):  # reads the weight, never calls forward
-                        raise ValueError(f"{key} belongs to a MultiheadAttention")
-                    up, down, alpha = adapter.weights[:3]
-                    fit_layer(module, down, up, where=key)
-                    resolved.append((part, module, down, up, alpha, key))
-            except (ValueError, AttributeError) as err:
-                problem = str(err).splitlines()[0]
+        resolved, problem = forward_layers(fit, {"unet": v.model.model, "text": v.clip.cond_stage_model})
         if problem is None:
             slot_unet, slot_text = v.unet.add_slot(name), v.text.add_slot(name)
             for part, module, down, up, alpha, key in resolved:

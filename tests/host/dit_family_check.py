@@ -28,6 +28,7 @@ import comfy.supported_models as sm  # noqa: E402
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 import conftest  # noqa: E402,F401  registers the Atelier checkout as the package `atelier` (as the test suite does)
 from atelier.nodes.train_adapter import ComfyDenoiser, thaw  # noqa: E402
+from family_check import extraction, forward_time, tools  # noqa: E402  same checks as the SD families
 from atelier.nodes.training import checkpoint_blocks  # noqa: E402
 from atelier.trainers import objectives as ob  # noqa: E402
 from atelier.trainers.loop import Trainer, TrainConfig, TrainSample  # noqa: E402
@@ -44,8 +45,10 @@ WAN = dict(model_type="t2v", patch_size=(1, 2, 2), text_len=16, in_dim=16, dim=6
 # family -> (supported_models config, unet_config, latent shape of one sample, pooled width or 0)
 FAMILIES = {
     "Flux": (sm.Flux, dict(FLUX, image_model="flux", guidance_embed=True, vec_in_dim=CTX), (16, 8, 8), CTX),
-    "Chroma": (sm.Chroma, dict(FLUX, image_model="chroma", in_channels=64, in_dim=64, out_dim=64, hidden_dim=32,
-                               n_layers=1), (16, 8, 8), 0),  # not yet: this tiny config fails in ComfyUI's Chroma
+    # Chroma's img_in and final layer work on 2x2-patched tokens (16·4 = 64 channels each way, as ComfyUI detects
+    # a real Chroma); its approximator takes 16 + 16 + 32 timestep/guidance/index features to hidden_size
+    "Chroma": (sm.Chroma, dict(FLUX, image_model="chroma", in_channels=64, out_channels=64, in_dim=64, out_dim=64,
+                               hidden_dim=32, n_layers=1), (16, 8, 8), 0),
     "QwenImage": (sm.QwenImage, dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16,
                                      num_layers=2, attention_head_dim=32, num_attention_heads=2,
                                      joint_attention_dim=CTX, axes_dims_rope=(8, 12, 12)), (16, 1, 8, 8), 0),
@@ -130,8 +133,16 @@ def run(p):
 base = run(patcher)
 zero, _ = comfy.sd.load_lora_for_models(patcher, None, lora, 0.0, 0.0)
 one, _ = comfy.sd.load_lora_for_models(patcher, None, lora, 1.0, 0.0)
+lora_out = run(one)
 result.update(unloaded=unloaded[:5], patched=len(one.patches), zero_equal=bool(torch.equal(run(zero), base)),
-              lora_change=float((run(one) - base).abs().max()), out_shape=list(base.shape))
+              lora_change=float((lora_out - base).abs().max()), out_shape=list(base.shape))
+
+# the LoRA tools and the XY grid's forward-time LoRA on the family's file (a batch of two samples for the grid)
+result.update(tools(patcher, lora))
+result.update(extraction(patcher, lora, x_t, sigma, cond, extra, lora_out))
+cond2, extra2 = encode(["caption 0", "caption 1"])
+result.update(forward_time(patcher, lora, torch.randn((2,) + latent_shape, generator=g), torch.tensor([0.4, 0.8]),
+                           cond2, extra2))
 
 # the objective's target is ComfyUI's flow target: noise - x0 for model_sampling CONST
 x0, noise = torch.randn_like(x_t), torch.randn_like(x_t)

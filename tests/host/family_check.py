@@ -32,6 +32,9 @@ from atelier.core.lora_format import join_modules, kohya_base, split_modules  # 
 from atelier.core.lora_io import load_lora, lora_summary, save_lora  # noqa: E402
 from atelier.core.lora_math import apply_to_weights, extract, merge_concat, resize  # noqa: E402,I001
 from atelier.core.lora_meta import HOST_FAMILIES, minimum_metadata  # noqa: E402
+from atelier.core.forward_lora import ForwardLoRA  # noqa: E402
+from atelier.nodes.cells import forward_layers  # noqa: E402
+from atelier.nodes.lora_files import fit_lora  # noqa: E402
 from atelier.nodes.training import checkpoint_blocks, checkpointed, lora_network, trainable_host  # noqa: E402
 from atelier.trainers.loop import Trainer, TrainConfig, TrainSample  # noqa: E402
 from atelier.nodes.train_adapter import ComfyDenoiser  # noqa: E402
@@ -70,17 +73,41 @@ class NotLoaded(logging.Handler):
             self.keys.append(record.getMessage())
 
 
-def build(family: str):
+def build(family: str, weight_dtype=None):
+    """ComfyUI's model for the family (fp8 storage with fp32 compute when weight_dtype is a float8 type)."""
     config_class, unet_config, *_ = FAMILIES[family]
     config = config_class(dict(unet_config))
+    if weight_dtype is not None:
+        config.set_inference_dtype(weight_dtype, torch.float32)  # what the loaders' weight_dtype fp8 options set
     # SD2.x is v-prediction when this norm bias varies (how ComfyUI tells 768-v from 512 checkpoints)
     probe = {"output_blocks.11.1.transformer_blocks.0.norm1.bias": torch.linspace(-1, 1, 64)}
     torch.manual_seed(0)
     model = config.get_model(probe if family == "sd2v" else {})
-    for p in list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]:
-        torch.nn.init.normal_(p, std=0.02)  # ComfyUI builds weights (and MMDiT's pos_embed) uninitialised
+    with torch.no_grad():  # ComfyUI builds weights (and MMDiT's pos_embed) uninitialised: small random values
+        for p in list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]:
+            p.copy_((torch.randn(p.shape) * 0.02).to(p.dtype))
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"),
                                             offload_device=torch.device("cpu"))
+
+
+def fp8_training(family: str, encode) -> dict:
+    """Two LoRA steps on the family's model with float8_e4m3fn-stored weights computing in fp32."""
+    channels = FAMILIES[family][4]
+    patcher = build(family, torch.float8_e4m3fn)
+    g = torch.Generator().manual_seed(2)
+    with torch.inference_mode(False):
+        host = trainable_host(patcher, None, False)
+        network, _ = lora_network(host, NetworkConfig(rank=4, alpha=4.0), seed=0, continue_from="(none)")
+        samples = [TrainSample(latent=torch.randn(channels, 8, 8, generator=g), caption=f"caption {i}")
+                   for i in range(2)]
+        state = Trainer(TrainConfig(max_steps=2, batch_size=2, unet_lr=1e-2, save_every_epochs=0), network,
+                        host.denoise, host.denoise.model_sampling, samples, encode).run()
+        network.remove()
+        tensors = network.kohya_state_dict(torch.float32)
+    weights = host.patcher.model.diffusion_model.named_parameters()
+    return {"fp8_weight_dtypes": sorted({str(p.dtype) for n, p in weights if n.endswith("weight") and p.ndim >= 2}),
+            "fp8_steps": state.step, "fp8_losses_finite": all(abs(v) < 1e9 for v in state.losses),
+            "fp8_lora_changed": any(float(v.abs().sum()) > 0 for k, v in tensors.items() if "lora_up" in k)}
 
 
 def main(family: str) -> dict:
@@ -140,8 +167,10 @@ def main(family: str) -> dict:
     result["base_version"] = metadata.get("ss_base_model_version", "")
     result["lora_changed"] = any(float(v.abs().sum()) > 0 for k, v in loaded.items() if "lora_up" in k)
     result.update(host_outputs(patcher, loaded, x_t, sigma, cond, extra))
-    result.update(tools(loaded))
+    result.update(tools(patcher, loaded))
+    result.update(forward_time(patcher, loaded, x_t, sigma, cond, extra))
     result.update(extraction(patcher, loaded, x_t, sigma, cond, extra, result.pop("lora_out")))
+    result.update(fp8_training(family, encode))
     return result
 
 
@@ -171,7 +200,7 @@ def host_outputs(patcher, lora: dict, x_t, sigma, cond, extra) -> dict:
 
 def extraction(patcher, lora: dict, x_t, sigma, cond, extra, lora_out) -> dict:
     """core.lora_math.extract from (base, base + the trained LoRA's ΔW) at the LoRA's rank, loaded back by
-    ComfyUI: the same output as the LoRA."""
+    ComfyUI: the same output as the LoRA, one module per layer the LoRA changes."""
     base = patcher.model.diffusion_model.state_dict()
     names = {k: kohya_base("lora_unet", k[: -len(".weight")]) for k in extract_targets(
         {k: tuple(v.shape) for k, v in base.items()}, r".", convs=False)}
@@ -190,19 +219,61 @@ def extraction(patcher, lora: dict, x_t, sigma, cond, extra, lora_out) -> dict:
             out = ComfyDenoiser(m)(x_t, sigma, cond, **dict(extra))
     finally:
         m.unpatch_model()
-    return {"extracted_modules": len(modules), "extract_not_loaded": len(handler.keys),
+    changed = sum(bool(m.up.abs().sum() > 0) for m in trained.values())  # a LoRA whose up is all 0 changes nothing
+    return {"extracted_modules": len(modules), "changed_modules": changed, "extract_not_loaded": len(handler.keys),
             "extract_error": float((out - lora_out).abs().max())}
 
 
-def tools(lora: dict) -> dict:
-    """Inspect, resize (rank 4 -> 2) and merge (concatenate with itself) on the family's LoRA."""
+def stock_unloaded(patcher, lora: dict) -> int:
+    """How many 'lora key not loaded' lines comfy.sd.load_lora_for_models (what LoraLoader calls) logs for `lora`."""
+    handler = NotLoaded()
+    logging.getLogger().addHandler(handler)
+    try:
+        comfy.sd.load_lora_for_models(patcher, None, lora, 1.0, 0)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return len(handler.keys)
+
+
+def tools(patcher, lora: dict) -> dict:
+    """Inspect, resize (rank 4 -> 2) and merge (concatenate with itself) on the family's LoRA; the resized and merged
+    files loaded by ComfyUI's loader."""
     summary = lora_summary(lora, {})
     modules = split_modules(lora)[0]
     smaller = resize(modules, rank=2)[0]
     merged = merge_concat([(modules, 1.0), (modules, 0.5)])
     return {"inspect_modules": summary["modules"], "inspect_prefixes": sorted(summary["prefixes"]),
             "resized_rank": max(int(m.down.shape[0]) for m in smaller.values()),
-            "merged_rank": max(int(m.down.shape[0]) for m in merged.values()), "tool_modules": len(modules)}
+            "merged_rank": max(int(m.down.shape[0]) for m in merged.values()), "tool_modules": len(modules),
+            "resized_not_loaded": stock_unloaded(patcher, join_modules(smaller, torch.float32)),
+            "merged_not_loaded": stock_unloaded(patcher, join_modules(merged, torch.float32))}
+
+
+def forward_time(patcher, lora: dict, x_t, sigma, cond, extra, strength: float = 0.75) -> dict:
+    """The XY grid's forward-time LoRA (nodes/cells.forward_layers + core.forward_lora) on a batch of two samples
+    at strengths (0, s), against the base and against the stock-loaded LoRA at s on the same batch."""
+    fit = fit_lora(lora, "family.safetensors", patcher)
+    layers, problem = forward_layers(fit, {"unet": patcher.model})
+    forward = ForwardLoRA()
+    slot = forward.add_slot("family.safetensors")
+    for _, module, down, up, alpha, key in layers:
+        forward.add(slot, module, down, up, alpha, where=key)
+    forward.set_strengths([[0.0], [strength]])
+    with torch.no_grad():
+        base = ComfyDenoiser(patcher)(x_t, sigma, cond, **dict(extra))
+        with forward.attached():
+            hooked = ComfyDenoiser(patcher)(x_t, sigma, cond, **dict(extra))
+    stock = comfy.sd.load_lora_for_models(patcher, None, lora, strength, 0)[0]
+    stock.patch_model()
+    try:
+        with torch.no_grad():
+            merged = ComfyDenoiser(stock)(x_t, sigma, cond, **dict(extra))
+    finally:
+        stock.unpatch_model()
+    return {"forward_problem": problem or "", "forward_layers": forward.layer_count(slot),
+            "forward_zero_equal": bool(torch.equal(hooked[0], base[0])),
+            "forward_effect": float((merged[1] - base[1]).abs().max()),
+            "forward_error": float((hooked[1] - merged[1]).abs().max())}
 
 
 if __name__ == "__main__":

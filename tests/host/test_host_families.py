@@ -39,5 +39,12 @@ def test_family_trains_ships_loads_and_tools(comfy_server, family):
     # tools on the family's file: inspect, resize to rank 2, concatenating merge, extraction that ComfyUI loads
     assert r["inspect_modules"] == r["tool_modules"] == r["lora_modules"] and r["inspect_prefixes"] == ["lora_unet"]
     assert (r["resized_rank"], r["merged_rank"]) == (2, 8)
-    assert r["extracted_modules"] == r["lora_modules"] and r["extract_not_loaded"] == 0
+    assert r["resized_not_loaded"] == r["merged_not_loaded"] == 0
+    assert r["extracted_modules"] == r["changed_modules"] > 0 and r["extract_not_loaded"] == 0
     assert r["extract_error"] < 1e-3 * max(r["lora_effect"], 1e-3) + 1e-5
+    # the XY grid's forward-time LoRA: strength 0 is the base bit for bit, strength s is the stock loader's output
+    assert r["forward_problem"] == "" and r["forward_layers"] == r["lora_modules"] and r["forward_zero_equal"]
+    assert r["forward_effect"] > 0 and r["forward_error"] < 1e-3 * r["forward_effect"] + 1e-5
+    # training on float8_e4m3fn-stored base weights computing in fp32 (ComfyUI's fp8 weight_dtype)
+    assert r["fp8_weight_dtypes"] == ["torch.float8_e4m3fn"]
+    assert r["fp8_steps"] == 2 and r["fp8_losses_finite"] and r["fp8_lora_changed"]
