@@ -59,12 +59,12 @@ STARSECTOR = dict(note=STARSECTOR_NOTE, nodes=[
                                    "dataset": ("prepare", 0)}),
     node("grid", "AtelierXYGrid", "CFG x Steps (fine-tune)", (6, 0), dict(
         positive="a starsectorportrait of a person", negative="", x_kind="cfg", x_values="3,5,7,9,11",
-        y_kind="steps", y_values="10,20,30,40,50", sampler="euler_ancestral", scheduler="normal", seed=0,
+        y_kind="steps", y_values="10,20,30,40,50", baseline="none", sampler="euler_ancestral", scheduler="normal", seed=0,
         width=512, height=512, grid_name="starsector_cfg_steps"),
          {"model": ("finetune", 0), "clip": ("finetune", 1), "vae": ("ckpt", 2)}),
     node("hn_grid", "AtelierXYGrid", "CFG x Steps (hypernetwork)", (7, 1), dict(
         positive="a starsectorportrait of a person", negative="", x_kind="cfg", x_values="3,5,7,9,11",
-        y_kind="steps", y_values="10,20,30,40,50", sampler="euler_ancestral", scheduler="normal", seed=0,
+        y_kind="steps", y_values="10,20,30,40,50", baseline="none", sampler="euler_ancestral", scheduler="normal", seed=0,
         width=512, height=512, grid_name="starsector_hn_cfg_steps"),
          {"model": ("hn", 0), "clip": ("finetune", 1), "vae": ("ckpt", 2)}),
 ])
@@ -111,7 +111,7 @@ KORRA = dict(note=KORRA_NOTE, nodes=[
     node("grid", "AtelierXYGrid", "Sampler x CFG", (7, 0), dict(
         positive="half-body korra standing city street background day tlok artstyle",
         negative="blur, vignette, instagram", x_kind="sampler", x_values="euler_ancestral,lms,dpmpp_2m",
-        y_kind="cfg", y_values="7,4", steps=20, sampler="euler_ancestral", scheduler="normal", seed=0,
+        y_kind="cfg", y_values="7,4", baseline="none", steps=20, sampler="euler_ancestral", scheduler="normal", seed=0,
         width=512, height=512, grid_name="4elements_sampler_cfg"),
          {"model": ("phase2", 0), "clip": ("phase2", 1), "vae": ("ckpt", 2)}),
 ])
