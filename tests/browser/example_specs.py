@@ -59,12 +59,14 @@ STARSECTOR = dict(note=STARSECTOR_NOTE, nodes=[
                                    "dataset": ("prepare", 0)}),
     node("grid", "AtelierXYGrid", "CFG x Steps (fine-tune)", (6, 0), dict(
         positive="a starsectorportrait of a person", negative="", x_kind="cfg", x_values="3,5,7,9,11",
-        y_kind="steps", y_values="10,20,30,40,50", baseline="none", sampler="euler_ancestral", scheduler="normal", seed=0,
+        y_kind="steps", y_values="10,20,30,40,50", baseline="none", sampler="euler_ancestral", scheduler="normal",
+        seed=0,
         width=512, height=512, grid_name="starsector_cfg_steps"),
          {"model": ("finetune", 0), "clip": ("finetune", 1), "vae": ("ckpt", 2)}),
     node("hn_grid", "AtelierXYGrid", "CFG x Steps (hypernetwork)", (7, 1), dict(
         positive="a starsectorportrait of a person", negative="", x_kind="cfg", x_values="3,5,7,9,11",
-        y_kind="steps", y_values="10,20,30,40,50", baseline="none", sampler="euler_ancestral", scheduler="normal", seed=0,
+        y_kind="steps", y_values="10,20,30,40,50", baseline="none", sampler="euler_ancestral", scheduler="normal",
+        seed=0,
         width=512, height=512, grid_name="starsector_hn_cfg_steps"),
          {"model": ("hn", 0), "clip": ("finetune", 1), "vae": ("ckpt", 2)}),
 ])
