@@ -156,7 +156,28 @@ LORA_TOOLS = dict(note=LORA_TOOLS_NOTE, nodes=[
           "base_clip": ("base", 1)}),
 ])
 
+CAPTION_NOTE = """Caption a folder with a WD14 tagger.
+
+Download: a WD14 model (for example SmilingWolf/wd-swinv2-tagger-v3: model.onnx + selected_tags.csv) into
+models/wd14_tagger/wd-swinv2-tagger-v3. Put the images in input/my_images.
+What runs: every image is tagged (general tags above 0.35, characters above 0.85, brackets escaped, underscores
+made spaces); images that already have a caption .txt keep it (only_missing).
+You get: output/atelier/captions/my_images/<folder>/*.txt. Change for real use: sub_path, and destination beside_images to
+write the .txt files next to the images (old ones are backed up first)."""
+
+CAPTION = dict(note=CAPTION_NOTE, nodes=[
+    node("images", "AtelierLoadDataset", "Images", (0, 0), dict(
+        folder="input", sub_path="my_images", caption_source="sidecar", on_missing_caption="empty",
+        verify_images=True)),
+    node("tag", "AtelierTagDataset", "WD14 Tags", (1, 0), dict(
+        caption_mode="only_missing", model="wd-swinv2-tagger-v3", general_threshold=0.35, character_threshold=0.85,
+        escape_brackets=True, underscores_to_spaces=True), {"dataset": ("images", 0)}),
+    node("write", "AtelierWriteCaptions", "Write Captions", (2, 0), dict(
+        dry_run=False, destination="output_folder", set_name="my_images"), {"dataset": ("tag", 0)}),
+])
+
 WORKFLOWS = {
+    "caption_a_folder": CAPTION,
     "starsector_portrait_style": STARSECTOR,
     "style_and_character_from_screencaps": KORRA,
     "xy_grid_of_a_finished_run": RUN_GRID,

@@ -1,7 +1,11 @@
 """How each example workflow runs tiny: the widget values that replace the real-scale ones, the tiny inputs they
 point at, and the files each Note promises.
 
-TINY = {workflow stem: {node title (or type, for nodes left with their default title): {widget: value}}}.
+TINY = {
+    "caption_a_folder": {
+        "Images": {"sub_path": "tiny_uncaptioned"},
+        "WD14 Tags": {"model": "tiny-wd14", "general_threshold": 0.5},
+    },workflow stem: {node title (or type, for nodes left with their default title): {widget: value}}}.
 A new workflow in example_workflows/ needs an entry here (test_browser_examples.py fails until it has one); add
 tiny folders or files it needs to make_tiny_inputs, and a PROMISES line for a node type that writes new files.
 """
@@ -9,12 +13,17 @@ tiny folders or files it needs to make_tiny_inputs, and a PROMISES line for a no
 from pathlib import Path
 
 from comfy_host import FIXTURE_CHECKPOINT_NAME, random_lora, write_elf_folder
+from tiny_tagger import write_tiny_tagger
 
 FIXTURE = {"ckpt_name": FIXTURE_CHECKPOINT_NAME}
 QUICK_FINETUNE = {"epochs": 1, "max_steps": 1, "gradient_checkpointing": False}
 QUICK_GRID = {"width": 64, "height": 64, "steps": 1, "batch_size": 4}
 
 TINY = {
+    "caption_a_folder": {
+        "Images": {"sub_path": "tiny_uncaptioned"},
+        "WD14 Tags": {"model": "tiny-wd14", "general_threshold": 0.5},
+    },
     "starsector_portrait_style": {
         "CheckpointLoaderSimple": FIXTURE,
         "Portraits": {"sub_path": "tiny_portraits"},
@@ -48,7 +57,7 @@ TINY = {
     },
 }
 
-# node type -> the files (globs relative to the server's folder) it promises, from its widget values
+# node type -> the files (globs relative to the server's folder, ** included) it promises, from its widget values
 PROMISES = {
     "AtelierTrainFullFineTune": lambda w: [f"models/checkpoints/atelier/{w['output_name']}.safetensors"],
     "AtelierTrainHypernetwork": lambda w: [f"models/hypernetworks/atelier/{w['output_name']}.pt"],
@@ -56,6 +65,7 @@ PROMISES = {
     "AtelierMergeLoRAs": lambda w: [f"models/loras/atelier/{w['output_name']}.safetensors"],
     "AtelierResizeLoRA": lambda w: [f"models/loras/atelier/{w['output_name']}.safetensors"],
     "AtelierExtractLoRA": lambda w: [f"models/loras/atelier/{w['output_name']}.safetensors"],
+    "AtelierWriteCaptions": lambda w: [f"output/atelier/captions/{w['set_name']}/**/*{w['caption_extension']}"],
     "AtelierDedupeDataset": lambda w: [f"output/atelier/reports/{w['report_name']}*.json"],
 }
 
@@ -85,6 +95,10 @@ def make_tiny_inputs(server) -> None:
     for txt in caps.glob("*.txt"):
         txt.unlink()
     Image.open(next(caps.glob("*.png"))).save(caps / "korra duplicate frame.png")  # one near-duplicate to drop
+    bare = write_elf_folder(server.input_dir / "tiny_uncaptioned", 2, seed=14)
+    for txt in bare.glob("*.txt"):
+        txt.unlink()
+    write_tiny_tagger(server.models / "wd14_tagger" / "tiny-wd14")
     ckpt = server.models / "checkpoints" / FIXTURE_CHECKPOINT_NAME
     loras = server.models / "loras"
     random_lora(ckpt, loras / "tiny_style.safetensors", seed=1)

@@ -58,7 +58,7 @@ def test_example_runs_tiny_to_what_its_note_promises(page, tiny_inputs, path):
     promised = [pattern for node in prompt.values() if node["class_type"] in PROMISES
                 for pattern in PROMISES[node["class_type"]](node["inputs"])]
     assert promised, f"{path.name} writes nothing that example_tiny.PROMISES knows about"
-    missing = [p for p in promised if not glob.glob(str(server.workdir / p))]
+    missing = [p for p in promised if not glob.glob(str(server.workdir / p), recursive=True)]
     assert not missing, f"{path.name} ran but did not write {missing}"
 
 
