@@ -162,8 +162,9 @@ Download: a WD14 model (for example SmilingWolf/wd-swinv2-tagger-v3: model.onnx 
 models/wd14_tagger/wd-swinv2-tagger-v3. Put the images in input/my_images.
 What runs: every image is tagged (general tags above 0.35, characters above 0.85, brackets escaped, underscores
 made spaces); images that already have a caption .txt keep it (only_missing).
-You get: output/atelier/captions/my_images/<folder>/*.txt. Change for real use: sub_path, and destination beside_images to
-write the .txt files next to the images (old ones are backed up first)."""
+You get: output/atelier/captions/my_images/<folder>/*.txt.
+Change for real use: sub_path, and destination beside_images to write the .txt files next to the images (old ones
+are backed up first)."""
 
 CAPTION = dict(note=CAPTION_NOTE, nodes=[
     node("images", "AtelierLoadDataset", "Images", (0, 0), dict(
