@@ -77,11 +77,11 @@ Download: an SD 1.5 checkpoint (v1-5-pruned-emaonly.safetensors) into models/che
 Put screencaps whose file names are their captions in input/korra_screencaps, and fan art / cosplay photos with
 hand-written .txt captions in input/korra_fanart.
 
-What runs: near-duplicate screencaps are dropped (report in output/atelier/reports), screencaps are cropped to
-512x512 and fan art letterboxed to 512x512 with black borders, then a full fine-tune (UNet only, no class or
-regularisation images, as the card) in two phases: 80 passes at learning rate 3e-6, then 35 more passes at 2e-6
-continuing from the first phase's weights. A sampler x CFG grid compares Euler a, LMS and DPM++ 2M at CFG 7 and 4
-with the card's negative prompt.
+What runs: near-duplicate screencaps are dropped (report: output/atelier/reports/korra_dedupe_*.json),
+screencaps are cropped to 512x512 and fan art letterboxed to 512x512 with black borders, then a full fine-tune
+(UNet only, no class or regularisation images, as the card) in two phases: 80 passes at learning rate 3e-6,
+then 35 more passes at 2e-6 continuing from the first phase's weights. A sampler x CFG grid compares Euler a,
+LMS and DPM++ 2M at CFG 7 and 4 with the card's negative prompt.
 
 You get: models/checkpoints/atelier/4elements_phase1.safetensors and 4elements.safetensors, and
 output/atelier/grids/4elements_sampler_cfg_*.png.

@@ -30,6 +30,13 @@ LOAD_TINY_AND_CONVERT = """async ([data, tiny]) => {
 }"""
 
 
+def promised_name(pattern: str) -> str:
+    """The part of a promised file's glob a Note must name: 'grids/x_*.png' gives 'x_', 'captions/s/**/*.txt' 's'."""
+    parts = pattern.split("/")
+    last = parts[-1] if not parts[-1].startswith("*") else next(p for p in reversed(parts) if "*" not in p)
+    return last.split("*")[0]
+
+
 @pytest.fixture(scope="module")
 def tiny_inputs(browser_server):
     make_tiny_inputs(browser_server)
@@ -58,6 +65,8 @@ def test_example_runs_tiny_to_what_its_note_promises(page, tiny_inputs, path):
     promised = [pattern for node in prompt.values() if node["class_type"] in PROMISES
                 for pattern in PROMISES[node["class_type"]](node["inputs"])]
     assert promised, f"{path.name} writes nothing that example_tiny.PROMISES knows about"
+    unnamed = [p for p in promised if promised_name(p) not in notes[0]["widgets_values"][0]]
+    assert not unnamed, f"the Note of {path.name} does not say it writes {unnamed}"
     missing = [p for p in promised if not glob.glob(str(server.workdir / p), recursive=True)]
     assert not missing, f"{path.name} ran but did not write {missing}"
 
