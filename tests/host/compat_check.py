@@ -25,7 +25,7 @@ import folder_paths  # noqa: E402
 
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 import conftest  # noqa: E402,F401  registers the Atelier checkout as the package `atelier` (as the test suite does)
-from atelier.nodes import compat, host, training  # noqa: E402
+from atelier.nodes import compat, extension, host, training  # noqa: E402,F401  extension registers as ComfyUI loads it
 
 out = {}
 
