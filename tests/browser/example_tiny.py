@@ -18,6 +18,7 @@ from tiny_tagger import write_tiny_tagger
 FIXTURE = {"ckpt_name": FIXTURE_CHECKPOINT_NAME}
 QUICK_FINETUNE = {"epochs": 1, "max_steps": 1, "gradient_checkpointing": False}
 QUICK_GRID = {"width": 64, "height": 64, "steps": 1, "batch_size": 4}
+QUICK_LORA = {"epochs": 1, "max_steps": 1, "rank": 4, "alpha": 2.0}
 
 TINY = {
     "caption_a_folder": {
@@ -55,6 +56,35 @@ TINY = {
         "Fine-Tuned Checkpoint": {"ckpt_name": "tiny_tuned.safetensors"},
         "Extract": {"rank": 4},
     },
+    "banner_generator": {
+        "CheckpointLoaderSimple": FIXTURE,
+        "Steam Banners": {"sub_path": "tiny_portraits"},
+        "Letterbox 256": {"width": 64, "height": 64},
+        "Banner LoRA (5,000 kimg)": {**QUICK_LORA, "batch_size": 1, "grad_accum": 1, "save_every_steps": 0},
+        "Truncation: 1.0 vs 0.7": {**QUICK_GRID, "seeds": 1},
+        "Mixing A x B": {**QUICK_GRID, "lora_b": "tiny_style.safetensors", "strengths_a": "0, 1",
+                         "strengths_b": "0, 1"},
+        "Real vs Generated": {**QUICK_GRID, "count": 2},
+        "Projection (Reconstruction Check)": {**QUICK_GRID, "count": 2},
+    },
+    "character_from_3d_renders": {
+        "CheckpointLoaderSimple": FIXTURE,
+        "Art-Style Renders (copier set)": {"sub_path": "tiny_regularization", "repeats": 1},
+        "Style 512 (white background)": {"width": 64, "height": 64},
+        "Copier LoRA (dim 64 / alpha 32)": QUICK_LORA,
+        "Character Renders": {"sub_path": "tiny_renders", "repeats": 1},
+        "WD14 Tags (0.5, escaped)": {"model": "tiny-wd14"},
+        "Character 512 (white background)": {"width": 64, "height": 64},
+        "384x384 Copy x 2": {"size": 64, "repeats": 1},
+        "Character LoRA (dim 32 / alpha 16)": QUICK_LORA,
+        "Strength Grid (original model)": {**QUICK_GRID, "x_values": "0.5,1"},
+        "Leakage (original model)": {**QUICK_GRID, "seeds": 1},
+    },
+    "slider_from_prompts": {
+        "CheckpointLoaderSimple": FIXTURE,
+        "Smile Slider": {"max_steps": 1, "resolution": 64, "denoise_steps": 2},
+        "Slider -1 ... +1": {**QUICK_GRID, "x_values": "-1,1", "y_values": "0"},
+    },
 }
 
 # node type -> the files (globs relative to the server's folder, ** included) it promises, from its widget values
@@ -67,6 +97,14 @@ PROMISES = {
     "AtelierExtractLoRA": lambda w: [f"models/loras/atelier/{w['output_name']}.safetensors"],
     "AtelierWriteCaptions": lambda w: [f"output/atelier/captions/{w['set_name']}/**/*{w['caption_extension']}"],
     "AtelierDedupeDataset": lambda w: [f"output/atelier/reports/{w['report_name']}*.json"],
+    "AtelierTrainLoRAAdvanced": lambda w: [f"models/loras/atelier/{w['output_name']}.safetensors"],
+    "AtelierTrainCopyMachine": lambda w: [f"models/loras/atelier/{w['output_name']}.safetensors"],
+    "AtelierTrainTextSlider": lambda w: [f"models/loras/atelier/{w['output_name']}.safetensors"],
+    "AtelierCompareSideBySide": lambda w: [f"output/atelier/grids/{w['grid_name']}_*.png"],
+    "AtelierPlotStrengthMatrix": lambda w: [f"output/atelier/grids/{w['grid_name']}_*.png"],
+    "AtelierCompareRealGenerated": lambda w: [f"output/atelier/grids/{w['grid_name']}_*.png"],
+    "AtelierCheckReconstruction": lambda w: [f"output/atelier/grids/{w['grid_name']}_*.png"],
+    "AtelierCheckLeakage": lambda w: [f"output/atelier/grids/{w['grid_name']}_*.png"],
 }
 
 
@@ -98,6 +136,11 @@ def make_tiny_inputs(server) -> None:
     bare = write_elf_folder(server.input_dir / "tiny_uncaptioned", 2, seed=14)
     for txt in bare.glob("*.txt"):
         txt.unlink()
+    renders = write_elf_folder(server.input_dir / "tiny_renders", 2, seed=15)
+    for txt in renders.glob("*.txt"):
+        txt.unlink()
+    for png, name in zip(sorted(renders.glob("*.png")), ("face_0.png", "portrait_1.png")):  # composition by name
+        png.rename(renders / name)
     write_tiny_tagger(server.models / "wd14_tagger" / "tiny-wd14")
     ckpt = server.models / "checkpoints" / FIXTURE_CHECKPOINT_NAME
     loras = server.models / "loras"
