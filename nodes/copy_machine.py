@@ -138,6 +138,9 @@ class AtelierTrainCopyMachine(io.ComfyNode):
                 DATASET.Input("regularization", optional=True,
                               tooltip="Optional: the copier's images (e.g. the model's own renders via Images to "
                                       "Dataset), trained as regularization; not connected = no regularization."),
+                io.Int.Input("save_every_epochs", default=0, min=0, max=10000, optional=True,
+                             tooltip="Also save name-00000N.safetensors every N epochs (1 = every epoch, to compare "
+                                     "epochs 8-10 on an XY Grid through lora_files); 0 = only the final file."),
             ],
             outputs=training_outputs(),
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
@@ -147,7 +150,7 @@ class AtelierTrainCopyMachine(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, dataset, output_name, rank, alpha, unet_lr, epochs, max_steps, batch_size,
                 train_text_encoder, te_lr, seed, prior_loss_weight, reg_repeats, reuse=True, copier_files=None,
-                regularization=None, **slots) -> io.NodeOutput:
+                regularization=None, save_every_epochs=0, **slots) -> io.NodeOutput:
         node_id = cls.hidden.unique_id if cls.hidden else None
         prompt = cls.hidden.prompt if cls.hidden else None
         copiers = chosen_copiers(slots, copier_files)
@@ -155,7 +158,7 @@ class AtelierTrainCopyMachine(io.ComfyNode):
         data = training_set(dataset, regularization, prior_loss_weight, reg_repeats)
         merged_model, merged_clip, records = merge_copiers(model, clip, copiers)
         config = TrainConfig(epochs=epochs, max_steps=max_steps, batch_size=batch_size, unet_lr=unet_lr, te_lr=te_lr,
-                             train_text_encoder=train_text_encoder, seed=seed, save_every_epochs=0)
+                             train_text_encoder=train_text_encoder, seed=seed, save_every_epochs=save_every_epochs)
         _, _, losses, report, files = train_lora(
             merged_model, merged_clip, vae, data, output_name, config, NetworkConfig(rank=rank, alpha=alpha),
             node_id=node_id, prompt=prompt, reuse=reuse is True, base=base,

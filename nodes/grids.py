@@ -3,6 +3,8 @@ reconstruction check. Cells are rendered in batches by nodes/cells.py; drawing a
 
 from __future__ import annotations
 
+import re
+
 import time
 
 from .compat import io
@@ -162,21 +164,38 @@ def checked_sampling(sampler: str, scheduler: str, cfg: float) -> None:
 
 
 RUN_VALUES = ("", "run")  # a lora axis with these values takes every file of the connected training run
+RUN_EPOCHS = re.compile(r"run\s*:?\s*(?:epochs?\s*)?(\d{1,6})\s*-\s*(\d{1,6})", re.IGNORECASE)  # 'run 8-10'
 
 
-def run_axis(lora_files) -> Axis:
-    """A LoRA axis over every file of a training run (epoch / step files in order, then the final one), labelled
-    from each file's metadata: "epoch 2", ..., "final (epoch 3)"."""
+def run_axis(lora_files, epochs: tuple[int, int] | None = None) -> Axis:
+    """A LoRA axis over every file of a training run (epoch / step files in order, then the final one), or over those
+    saved in `epochs` (first, last), labelled from each file's metadata: "epoch 2", ..., "final (epoch 3)"."""
     run = run_files(lora_files)
-    names = run.names()
-    labels = [run_file_label(kind, read_lora_metadata(name), name) for name, kind in zip(names, run.kinds())]
+    names, labels, saved = [], [], []
+    for name, kind in zip(run.names(), run.kinds()):
+        meta = read_lora_metadata(name)
+        epoch = int(meta["ss_epoch"]) if str(meta.get("ss_epoch", "")).isdigit() else None
+        saved.append(str(epoch))
+        if epochs is None or (epoch is not None and epochs[0] <= epoch <= epochs[1]):
+            names.append(name)
+            labels.append(run_file_label(kind, meta, name))
+    if not names:
+        raise ValueError(f"The lora axis asks for the run's epochs {epochs[0]}-{epochs[1]}, but the run saved files "
+                         f"of epochs {', '.join(saved)}; set save_every_epochs on the training node, or change the "
+                         "range (or write 'run' for every file).")
     return Axis("lora", tuple(names), label=f"lora: {model_label(run.final)}", value_labels=tuple(labels))
 
 
 def axis_of(kind: str, text: str, lora_files=None) -> Axis:
-    """One axis from its kind and values; a lora axis left empty (or 'run') takes the connected run's files."""
-    if kind == "lora" and lora_files is not None and text.strip().lower() in RUN_VALUES:
-        return run_axis(lora_files)
+    """One axis from its kind and values; a lora axis left empty (or 'run') takes the connected run's files, 'run
+    8-10' those saved in epochs 8 to 10."""
+    if kind == "lora" and lora_files is not None:
+        if text.strip().lower() in RUN_VALUES:
+            return run_axis(lora_files)
+        chosen = RUN_EPOCHS.fullmatch(text.strip())
+        if chosen:
+            first, last = sorted((int(chosen[1]), int(chosen[2])))
+            return run_axis(lora_files, (first, last))
     return Axis(kind, tuple(parse_values(kind, text, choices=choices_for(kind))))
 
 
@@ -231,7 +250,8 @@ class AtelierXYGrid(io.ComfyNode):
                 lora_files_input("Optional: the lora_files output of a Train LoRA node, so one queued graph trains "
                                  "then compares. A 'lora' axis whose values are empty or 'run' then uses every epoch "
                                  "/ step file of that run plus the final file, labelled from their metadata (epoch "
-                                 "2, ..., final); with no LoRA axis, the run's final file replaces the lora choice."),
+                                 "2, ..., final), and 'run 8-10' only the files saved in epochs 8 to 10; with no "
+                                 "LoRA axis, the run's final file replaces the lora choice."),
             ],
             outputs=[io.Image.Output("grid", tooltip="The labelled grid pages (padded to one size)."),
                      io.String.Output("file", tooltip="The saved PNGs, one per line (their metadata holds every "

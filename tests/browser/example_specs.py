@@ -255,8 +255,8 @@ escaped) and the six caption edits run: remove the features to memorise (hair, e
 lips" where the face shows, put the trigger words first (then duplicates are dropped); (3) a 384x384 copy of every
 render joins with repeats 2 (originals repeats 10); (4) Train Copy-Machine LoRA merges the copier at 1.0 and trains
 the character LoRA (dim 32, alpha 16, lr 1e-4, text encoder 2e-5, 10 epochs) with the style renders as
-regularisation (repeats 1), and ships the character alone; (5) a strength grid and a leakage check of the shipped
-LoRA on the ORIGINAL model.
+regularisation (repeats 1), saving every epoch, and ships the character alone; (5) an epochs 8-10 x strength grid
+and a leakage check of the shipped LoRA on the ORIGINAL model.
 
 You get: models/loras/atelier/hs2_copier.safetensors, models/loras/atelier/blonde_elf.safetensors, and
 output/atelier/grids/blonde_elf_strengths_*.png and blonde_elf_leakage_*.png.
@@ -311,11 +311,12 @@ RENDERS = dict(note=RENDERS_NOTE, nodes=[
         size=384, repeats=2, subsets="character"), {"dataset": ("char_prep", 0)}),
     node("character", "AtelierTrainCopyMachine", "Character LoRA (dim 32 / alpha 16)", (7, 0), dict(
         output_name="blonde_elf", copier_strength_1=1.0, rank=32, alpha=16.0, unet_lr=1e-4, epochs=10,
-        batch_size=1, train_text_encoder=True, te_lr=2e-5, seed=0, prior_loss_weight=1.0, reg_repeats=1),
+        batch_size=1, train_text_encoder=True, te_lr=2e-5, seed=0, prior_loss_weight=1.0, reg_repeats=1,
+        save_every_epochs=1),
          {**EDGES, "dataset": ("small", 0), "copier_files": ("copier", 4), "regularization": ("style_prep", 0)}),
     node("grid", "AtelierXYGrid", "Strength Grid (original model)", (8, 0), dict(
         positive="blonde elf, 1girl, looking back, flower field background", negative="", x_kind="strength",
-        x_values="0.6,0.8,1", y_kind="lora", y_values="run", baseline="row", steps=20, cfg=7.0, sampler="euler",
+        x_values="0.6,0.8,1", y_kind="lora", y_values="run 8-10", baseline="row", steps=20, cfg=7.0, sampler="euler",
         scheduler="normal", seed=0, width=512, height=768, grid_name="blonde_elf_strengths"),
          {**EDGES, "lora_files": ("character", 4)}),
     node("leak", "AtelierCheckLeakage", "Leakage (original model)", (8, 1), dict(

@@ -77,7 +77,7 @@ TINY = {
         "Character 512 (white background)": {"width": 64, "height": 64},
         "384x384 Copy x 2": {"size": 64, "repeats": 1},
         "Character LoRA (dim 32 / alpha 16)": QUICK_LORA,
-        "Strength Grid (original model)": {**QUICK_GRID, "x_values": "0.5,1"},
+        "Strength Grid (original model)": {**QUICK_GRID, "x_values": "0.5,1", "y_values": "run 1-1"},
         "Leakage (original model)": {**QUICK_GRID, "seeds": 1},
     },
     "slider_from_prompts": {

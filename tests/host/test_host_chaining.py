@@ -58,6 +58,18 @@ def test_one_prompt_trains_then_grids_every_epoch_file_by_strength(comfy, comfy_
     report = json.loads(out["6"]["text"][0])  # Inspect LoRA ran on the run's final file, after the training
     assert report["file"] == "atelier/chain.safetensors" and report["metadata"]["ss_epoch"] == "3"
 
+    # 'run 2-3' keeps the files saved in epochs 2 and 3 (the training itself comes from ComfyUI's cache)
+    later = chain_prompt("chain")
+    later["5"]["inputs"].update(y_values="run 2-3", grid_name="chain_late")
+    del later["6"], later["7"]
+    y = read_png_metadata(comfy_server.file(comfy.run(later, timeout=900)["5"]["text"][0]))["axes"]["y"]
+    assert list(y.values) == ["atelier/chain-000002.safetensors", "atelier/chain.safetensors"]
+    assert y.labels() == ["epoch 2", "final (epoch 3)"]
+    later["5"]["inputs"].update(y_values="run 7-9")
+    entry = comfy.wait(comfy.queue(later), timeout=300)
+    error = next(m[1]["exception_message"] for m in entry["status"]["messages"] if m[0] == "execution_error")
+    assert "epochs 7-9, but the run saved files of epochs 1, 2, 3" in error
+
 
 
 def compare_prompt(output_name: str) -> dict:
