@@ -175,12 +175,16 @@ class WorldConfig:
     pretrain_steps: int = 2400
     pretrain_lr: float = 2e-3
     batch_size: int = 16
-    classifier_steps: int = 400
+    classifier_steps: int = 1500
     seed: int = 0
     version: int = VERSION
 
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+    def key(self, part: str = "model") -> str:
+        """The hash of the settings one part depends on: "model" (the base) or "classifier"."""
+        fields = asdict(self)
+        mine = ({k: fields[k] for k in ("classifier_steps", "variants", "seed", "version")} if part == "classifier"
+                else {k: v for k, v in fields.items() if k != "classifier_steps"})
+        return hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @contextlib.contextmanager
@@ -227,13 +231,13 @@ class World:
         return x.clamp(-1, 1)
 
 
-def cache_path(config: WorldConfig) -> Path:
+def cache_path(config: WorldConfig, part: str = "model") -> Path:
     root = Path(os.environ.get("ATELIER_CACHE", Path.home() / ".cache" / "atelier"))
-    return root / f"tiny_world_{config.key()}.safetensors"
+    return root / f"tiny_world_{'classifier_' if part == 'classifier' else ''}{config.key(part)}.safetensors"
 
 
-def pretrain(config: WorldConfig) -> tuple[WorldUNet, Classifier]:
-    """The base model (full fine-tune with our Trainer, rectified flow) and the classifier, from scratch."""
+def pretrain(config: WorldConfig) -> WorldUNet:
+    """The base model from scratch: a full fine-tune with our Trainer under rectified flow."""
     unet = WorldUNet(config.width, config.context_dim, seed=config.seed)
     world = World(config, unet, Classifier(config.seed))
     for p in unet.parameters():
@@ -247,13 +251,13 @@ def pretrain(config: WorldConfig) -> tuple[WorldUNet, Classifier]:
     unet.load_state_dict({k[len("unet."):]: v for k, v in tune.export().items()})  # keep the trained weights
     for p in unet.parameters():
         p.requires_grad_(False)
-    return unet, train_classifier(config)
+    return unet
 
 
 def train_classifier(config: WorldConfig) -> Classifier:
     """The classifier on every shape (the character too), colour and style, with pixel noise so it reads samples."""
     net = Classifier(config.seed)
-    data = dataset(SHAPES, COLOURS, STYLES, config.variants, config.seed + 1)
+    data = dataset(SHAPES, COLOURS, STYLES, 8 * config.variants, config.seed + 1)  # many positions: no overfit
     x = torch.stack([d[0] for d in data])
     labels = torch.tensor([(SHAPES.index(s), list(COLOURS).index(c), STYLES.index(st)) for _, _, (s, c, st) in data])
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
@@ -269,26 +273,26 @@ def train_classifier(config: WorldConfig) -> Classifier:
     return net
 
 
+def _cached(path: Path, module: nn.Module, make) -> nn.Module:
+    """`module` with the weights cached at `path`, made by make() (deterministically) and cached on first use."""
+    if path.exists():
+        module.load_state_dict(load_file(str(path)))
+    else:
+        with deterministic():
+            module = make()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp))
+        tmp.replace(path)  # atomic: a half-written cache is never read
+    return module.eval()
+
+
 def load_world(config: WorldConfig | None = None) -> World:
     """The pretrained world from the cache, made (and cached) on first use."""
     config = config or WorldConfig()
-    path = cache_path(config)
-    unet, classifier = WorldUNet(config.width, config.context_dim, seed=config.seed), Classifier(config.seed)
-    if path.exists():
-        tensors = load_file(str(path))
-        unet.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")})
-        classifier.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("classifier.")})
-    else:
-        with deterministic():
-            unet, classifier = pretrain(config)
-        tensors = {f"unet.{k}": v.contiguous() for k, v in unet.state_dict().items()}
-        tensors.update({f"classifier.{k}": v.contiguous() for k, v in classifier.state_dict().items()})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp), metadata={"config": json.dumps(asdict(config))})
-        tmp.replace(path)  # atomic: a half-written cache is never read
-    unet.eval()
-    classifier.eval()
+    unet = _cached(cache_path(config), WorldUNet(config.width, config.context_dim, seed=config.seed),
+                   lambda: pretrain(config))
+    classifier = _cached(cache_path(config, "classifier"), Classifier(config.seed), lambda: train_classifier(config))
     return World(config, unet, classifier)
 
 
@@ -300,8 +304,8 @@ def train_lora(world: World, data, steps: int, unet: nn.Module | None = None, re
     """A LoRA on `unet` (default the base) trained with our Trainer on [(image, caption, ...)] (+ regularisation
     images at weight 1, as DreamBooth prior preservation); returned removed (apply it with .applied())."""
     unet = unet or world.unet
-    network = LoRANetwork({"lora_unet": unet}, NetworkConfig(rank=rank, alpha=float(rank), conv_rank=4,
-                                                             conv_alpha=4.0), seed=seed)
+    network = LoRANetwork({"lora_unet": unet}, NetworkConfig(rank=rank, alpha=float(rank), conv_rank=3,
+                                                             conv_alpha=3.0), seed=seed)
     samples = [TrainSample(latent=d[0], caption=d[1], partner_latent=d[3] if len(d) > 3 else None) for d in data]
     samples += [TrainSample(latent=d[0], caption=d[1], regularization=True) for d in (reg or [])]
     config = TrainConfig(max_steps=steps, batch_size=16, unet_lr=lr, save_every_epochs=0, seed=seed, weight_decay=0.0)

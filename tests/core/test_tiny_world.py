@@ -54,4 +54,4 @@ def test_a_leaky_lora_scores_worse_than_a_zero_lora_and_a_character_lora_raises_
     base_like = tw.likeness(world, None, seeds=(0,))
     character = tw.train_lora(world, tw.dataset((tw.CHARACTER,), tw.COLOURS, tw.STYLES, 3, seed=8), steps=120)
     like = tw.likeness(world, character, seeds=(0,))
-    assert like["likeness"] > base_like["likeness"] + 0.3, (base_like, like)
+    assert like["likeness"] > base_like["likeness"] + 0.15 and like["p_shape_render"] > 0.3, (base_like, like)
