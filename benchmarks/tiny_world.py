@@ -58,7 +58,8 @@ def main() -> None:
 
     def measure(name, seed, network, strength=1.0):
         row = {"method": name, "seed": seed, "strength": strength,
-               **{f"like_{k}": v for k, v in tw.likeness(world, network, seeds=sample_seeds).items()},
+               **{f"like_{k}": v for k, v in tw.likeness(world, network, seeds=sample_seeds,
+                                                                                strength=strength).items()},
                **{f"leak_{k}": v for k, v in tw.leakage(world, network, seeds=sample_seeds,
                                                          strength=strength).items()}}
         report["runs"].append(row)

@@ -351,12 +351,13 @@ def render(world: World, captions: list[str], seeds, network: LoRANetwork | None
     return torch.cat(out)
 
 
-def likeness(world: World, network: LoRANetwork | None, shape: str = CHARACTER, seeds=(0, 1)) -> dict:
+def likeness(world: World, network: LoRANetwork | None, shape: str = CHARACTER, seeds=(0, 1),
+             strength: float = 1.0) -> dict:
     """P(classifier says `shape`) on prompts naming it in each style (every colour), and P(style as prompted)."""
     out = {}
     for style in STYLES:
         captions = [caption(shape, c, style) for c in COLOURS]
-        p = world.classifier.probabilities(render(world, captions, seeds, network))
+        p = world.classifier.probabilities(render(world, captions, seeds, network, strength))
         out[f"p_shape_{style}"] = p["shape"][:, SHAPES.index(shape)].mean().item()
         out[f"p_style_ok_{style}"] = p["style"][:, STYLES.index(style)].mean().item()
     out["likeness"] = 0.5 * (out["p_shape_flat"] + out["p_shape_render"])
