@@ -3,7 +3,8 @@
 The world (tests/tiny_world.py): 16×16 shapes × 4 colours × {flat, render}, a pixel-space rectified-flow model
 pretrained on five shapes, a classifier reading shape / colour / style. The character is a "diamond" the base never
 saw, drawn ONLY in the render style and captioned without a style word ("red diamond"), as a user's 3D renders are.
-  (a) plain LoRA on the character images;
+  (a) plain LoRA on the character images (and, as an ablation, the same with the copier images as
+      regularisation but nothing merged);
   (b) copy-machine: a copier LoRA trained on the five known shapes in the render style (captioned the same way),
       merged into the base at 1.0; the target trained on the merged model with the copier images as regularisation
       (weight 1, repeats 1); the target shipped alone onto the ORIGINAL base;
@@ -68,6 +69,8 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         plain = tw.train_lora(world, character, args.steps, seed=seed)
         measure("a_plain", seed, plain)
+        with_reg = tw.train_lora(world, character, args.steps, reg=copier_set, seed=seed)  # ablation: no merge
+        measure("a_plain_with_regularisation", seed, with_reg)
         copier = tw.train_lora(world, copier_set, args.steps, seed=seed)
         measure("copier_itself", seed, copier)
         target = tw.train_lora(world, character, args.steps, unet=tw.merged_copy(world.unet, copier),

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from tiny_models import Block, TinyTextEncoder
 
+from atelier.core.paths import atomic_write_bytes
 from atelier.trainers import objectives as ob
 from atelier.trainers.finetune import FullFineTune
 from atelier.trainers.loop import Trainer, TrainConfig, TrainSample
@@ -281,9 +282,7 @@ def _cached(path: Path, module: nn.Module, make) -> nn.Module:
         with deterministic():
             module = make()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp))
-        tmp.replace(path)  # atomic: a half-written cache is never read
+        atomic_write_bytes(path, save({k: v.contiguous() for k, v in module.state_dict().items()}))  # never half
     return module.eval()
 
 
