@@ -88,6 +88,7 @@ class Subset:
     flip: str = "none"  # "random": flip per training step; "copies": add a mirrored copy of every image
     prior_loss_weight: float = 1.0  # loss weight of a regularization subset (DreamBooth prior preservation)
     folders: tuple[str, ...] = ()
+    clip_frames: int = 0  # > 0: every item is a clip folder trained on its first clip_frames frames (core/clips.py)
 
     @property
     def samples_per_epoch(self) -> int:
@@ -105,6 +106,7 @@ class Sample:
     mirrored: bool  # an explicit mirrored copy
     random_flip: bool  # flip at random per training step
     prior_loss_weight: float
+    clip_frames: int = 0  # > 0: the item is a clip folder (core/clips.py)
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,8 @@ class Dataset:
         for s in self.subsets:
             for it in s.items:
                 base = dict(item=it, subset=s.name, role=s.role, preparation=s.preparation,
-                            random_flip=s.flip == "random", prior_loss_weight=s.prior_loss_weight)
+                            random_flip=s.flip == "random", prior_loss_weight=s.prior_loss_weight,
+                            clip_frames=s.clip_frames)
                 out.append(Sample(mirrored=False, **base))
                 if s.flip == "copies":
                     out.append(Sample(mirrored=True, **base))

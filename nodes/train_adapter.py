@@ -225,6 +225,22 @@ def encode_latents(vae, model_patcher, images: list) -> list[torch.Tensor]:
     return out
 
 
+def clip_encoder(vae, model_patcher):
+    """`frames -> (C, T', h, w)` for a video VAE (Wan's encodes (T, H, W, 3) frames as one clip), else None."""
+    if getattr(vae, "latent_dim", 2) != 3 or getattr(vae, "not_video", False):
+        return None
+
+    def encode_clip(frames: list) -> torch.Tensor:
+        import numpy as np
+
+        pixels = torch.from_numpy(np.stack([np.asarray(f, dtype=np.float32) / 255.0 for f in frames]))  # (T, H, W, 3)
+        with torch.no_grad():  # encoded once and cached; the VAE is never trained
+            latent = vae.encode(pixels)  # (1, C, T', h, w): VAE.encode moves a frame batch to (1, 3, T, H, W)
+            return model_patcher.model.process_latent_in(latent)[0].float().cpu()
+
+    return encode_clip
+
+
 def interrupted() -> bool:
     """Cancel pressed: ComfyUI's flag itself (compat.cancel_requested), never a progress update raising."""
     return cancel_requested()

@@ -42,8 +42,8 @@ from .live import HISTORY, run_id
 from .lora_files import LORA_FILES, read_lora
 from .provenance import base_model
 from .reuse import earlier_run, run_identity
-from .train_adapter import (ComfyDenoiser, autograd_friendly_clip, draw_samples, encode_latents, encoder_key,
-                            interrupted, make_encoder, text_encoder_roots, thaw)
+from .train_adapter import (ComfyDenoiser, autograd_friendly_clip, clip_encoder, draw_samples, encode_latents,
+                            encoder_key, interrupted, make_encoder, text_encoder_roots, thaw)
 from .validate import NONE, check_choice, check_names
 
 def send_event(event: str, data: dict) -> None:
@@ -141,7 +141,7 @@ def encoded_dataset(dataset, vae, host: HostModel, config: TrainConfig, cache_la
              if cache_latents else None)
     samples, skipped = build_samples(dataset, lambda imgs: encode_latents(vae, host.patcher, imgs),
                                      on_progress=lambda n: bar.update_absolute(n), cache=cache,
-                                     masks=config.masked_loss)
+                                     masks=config.masked_loss, encode_clip=clip_encoder(vae, host.patcher))
     return samples, skipped, cache
 
 

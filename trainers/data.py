@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save
 
+from ..core.clips import prepare_clip
 from ..core.dataset import BEFORE_ROLE, Dataset, DatasetError, Skipped
 from ..core.lora_meta import (bucket_metadata, dataset_dirs, epochs_of, image_counts, minimum_metadata,
                               prior_loss_weight, subsets_record)
@@ -36,6 +37,8 @@ class LatentCache:
     def key(self, sample, memory: dict) -> str:
         h = source_digest(sample.item.source, memory)  # the file the scan checked, no swapped link
         h.update(f"|{sample.preparation.key()}|{sample.mirrored}|{sample.random_flip}|{self.encoder_key}".encode())
+        if sample.clip_frames:  # a clip's latent depends on how many of its frames are taken
+            h.update(f"|clip{sample.clip_frames}".encode())
         return h.hexdigest()
 
     def _path(self, key: str) -> Path:
@@ -73,11 +76,13 @@ def latent_mask(mask_image, latent_shape) -> torch.Tensor:
 
 def build_samples(dataset: Dataset, encode_images: Callable[[list], list], *, size_multiple: int = 8,
                   workers: int | None = None, on_progress=None, cache: LatentCache | None = None,
-                  masks: bool = False) -> tuple[list[TrainSample], list[Skipped]]:
+                  masks: bool = False, encode_clip: Callable[[list], torch.Tensor] | None = None
+                  ) -> tuple[list[TrainSample], list[Skipped]]:
     """Prepared, VAE-encoded samples of every subset (mirrored copies included); undecodable files are skipped.
 
     With a cache, samples already encoded (same bytes, preparation, mirroring and encoder) are neither decoded
-    nor encoded again.
+    nor encoded again. Clip samples (core/clips.py) are encoded whole by `encode_clip(list of PIL frames) ->
+    (C, T', h, w)`, the video VAE's own encoding of the (T, H, W, 3) frames.
     """
     skipped = list(dataset.skipped)
     weights = {s.name: (s.prior_loss_weight if s.role == "regularization" else 1.0) for s in dataset.subsets}
@@ -93,6 +98,11 @@ def build_samples(dataset: Dataset, encode_images: Callable[[list], list], *, si
             hit = cache.get(keys[i])
             if hit is not None and (not masks or "has_mask" in hit):
                 latents[i] = hit
+    for i, smp in enumerate(wanted):
+        if smp.clip_frames and i not in latents:
+            latents[i] = clip_latents(smp, encode_clip, size_multiple)
+            if cache is not None and i in keys:
+                cache.put(keys[i], latents[i])
     todo = [i for i in range(len(wanted)) if i not in latents]
     failed: set[int] = set()
     for p in prepare_stream([wanted[i] for i in todo], dataset.memory, workers=workers, on_progress=on_progress,
@@ -137,6 +147,24 @@ def build_samples(dataset: Dataset, encode_images: Callable[[list], list], *, si
         raise DatasetError("No image of the dataset could be prepared for training: "
                            + "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5]))
     return balance_regularization(samples), skipped
+
+
+def clip_latents(smp, encode_clip, size_multiple: int) -> dict[str, torch.Tensor]:
+    """One clip sample's latent (and its mirrored clip's, for random flip) from the video VAE."""
+    name = Path(smp.item.source).name
+    if encode_clip is None:
+        raise DatasetError(f"Clip '{name}' needs a video model's VAE (Wan 2.x) to encode its frames together; this "
+                           "run encodes single images only. Train clips with a Wan model and its VAE.")
+    frames = prepare_clip(smp)
+    w, h = frames[0].size
+    if w % size_multiple or h % size_multiple:
+        raise DatasetError(f"Prepared clip '{name}' is {w}×{h}; the VAE needs sides that are multiples of "
+                           f"{size_multiple}. Use Prepare Dataset (crop, letterbox or buckets) with a size divisible "
+                           f"by {size_multiple}.")
+    out = {"latent": encode_clip(frames), "has_mask": torch.tensor(False)}  # (C, T', h, w); clips carry no mask
+    if smp.random_flip:
+        out["flipped"] = encode_clip([flip_horizontal(f) for f in frames])
+    return out
 
 
 def pair_partners(dataset: Dataset, wanted: list, latents: dict, failed: set) -> dict:

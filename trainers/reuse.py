@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.clips import clip_digest
 from ..core.dataset import Dataset
 from ..core.paths import open_resolved
 from .checkpoint import ResumeMismatch, read_state_config
@@ -42,6 +43,8 @@ def source_digest(src: str, memory: dict):
     if src.startswith("memory:"):
         h.update(memory[src].tobytes())
         return h
+    if os.path.isdir(src):  # a clip: every frame's name and bytes, in frame order
+        return clip_digest(src, h)
     with os.fdopen(open_resolved(src, "image"), "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -54,7 +57,7 @@ def data_digest(dataset: Dataset, tick=lambda: None) -> str:
     h = hashlib.sha256()
     for subset in dataset.subsets:
         h.update(digest([subset.name, subset.role, subset.preparation.key(), subset.flip,
-                         subset.prior_loss_weight]).encode())
+                         subset.prior_loss_weight] + ([subset.clip_frames] if subset.clip_frames else [])).encode())
         for item in subset.items:
             tick()
             h.update(source_digest(item.source, dataset.memory).digest())

@@ -1,0 +1,172 @@
+"""Short clips for video models (Wan 2.x): a clip is a folder of frames, one training sample per clip.
+
+Nothing here knows ComfyUI. Layout, one subfolder per clip, its caption beside the folder:
+
+    clips/
+      walk_cycle/  0001.png 0002.png … (frames in natural name order: 2 before 10)
+      walk_cycle.txt
+      turn/        …
+      turn.txt
+
+Every clip trains on its first `frames` frames, where frames = 1 + 4k (1, 5, 9, 13, 17, …): the Wan VAE encodes the
+first frame alone and every later 4 frames into one latent frame, so a clip of 1 + 4k frames gives 1 + k latent
+frames (comfy/ldm/wan/vae.py WanVAE.encode). All frames of a clip must have one size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from PIL import Image
+
+from .caption_text import caption_size_problem, check_caption_encoding, check_caption_extension, clean_caption
+from .dataset import MISSING_CAPTION_POLICIES, ROLES, Dataset, DatasetError, Item, Skipped, Subset, read_caption
+from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageRejected, flip_horizontal, image_info, open_image
+from .images import make_buckets, prepare_image, to_rgb
+from .paths import Root, is_inside, natural_key, open_resolved, shown
+
+MAX_CLIP_FRAMES = 257  # 1 + 4·64: far beyond what a LoRA run on a short clip needs
+
+
+def frame_count_problem(frames: int) -> str | None:
+    """Why `frames` is not a frame count the Wan VAE encodes whole (1 + 4k), or None."""
+    if not isinstance(frames, int) or frames < 1 or frames > MAX_CLIP_FRAMES or (frames - 1) % 4:
+        below = max(1, 1 + 4 * ((int(frames) - 1) // 4)) if isinstance(frames, int) and frames >= 1 else 1
+        return (f"clip_frames is {frames}; the Wan VAE encodes 1 + 4k frames (1, 5, 9, 13, 17, … up to "
+                f"{MAX_CLIP_FRAMES}). Use {min(below, MAX_CLIP_FRAMES)} or {min(below + 4, MAX_CLIP_FRAMES)}.")
+    return None
+
+
+def latent_frames(frames: int) -> int:
+    """Latent frames of a 1 + 4k frame clip: the first frame alone, then one per 4 frames."""
+    return 1 + (frames - 1) // 4
+
+
+def frame_files(folder: str | Path) -> list[Path]:
+    """The image files directly in a clip folder (hidden files ignored), in natural name order."""
+    names = [e.name for e in os.scandir(folder) if not e.name.startswith(".") and e.is_file()
+             and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
+    return [Path(folder) / n for n in sorted(names, key=natural_key)]
+
+
+def clip_digest(folder: str | Path, h=None):
+    """A running sha256 of a clip's frames: each frame's name and bytes, in frame order (any edit changes it)."""
+    h = h or hashlib.sha256()
+    for path in frame_files(folder):
+        h.update(path.name.encode("utf-8", "surrogateescape") + b"\0")
+        with os.fdopen(open_resolved(os.path.realpath(path), "image"), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h
+
+
+def check_clip(folder: Path, frames: int, roots: list[Root], max_pixels: int = DEFAULT_MAX_PIXELS
+               ) -> tuple[int, int]:
+    """(width, height) of a clip whose first `frames` frames exist, lie inside the roots and share one size."""
+    files = frame_files(folder)
+    name = shown(folder, roots)
+    if len(files) < frames:
+        raise DatasetError(f"Clip '{name}' has {len(files)} frame(s); this subset takes clip_frames = {frames}. Add "
+                           f"frames to the clip, remove it, or lower clip_frames (1 + 4k: 1, 5, 9, …).")
+    size = None
+    for path in files[:frames]:
+        if not is_inside(path, roots[0].path):
+            raise DatasetError(f"Clip '{name}': frame '{path.name}' is a link leading outside the dataset folder; "
+                               "copy the frame into the clip folder.")
+        try:
+            w, h, _, _ = image_info(path, max_pixels, roots)
+        except ImageRejected as e:
+            raise DatasetError(f"Clip '{name}': frame '{path.name}' cannot be used ({e.reason}).") from None
+        if size is None:
+            size, first = (w, h), path.name
+        elif (w, h) != size:
+            raise DatasetError(f"Clip '{name}': frame '{path.name}' is {w}×{h} but frame '{first}' is "
+                               f"{size[0]}×{size[1]}; every frame of a clip must have one size. Re-export the clip "
+                               "at one size.")
+    return size
+
+
+def scan_clips(folder: str | Path, root: str | Path | Root | None = None, *, frames: int, name: str | None = None,
+               role: str = "train", repeats: int = 1, caption_source: str = "sidecar",
+               caption_extension: str = ".txt", fixed_caption: str = "", caption_encoding: str = "utf-8",
+               on_missing_caption: str = "error", max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
+    """One subset of clips: every subfolder of `folder` holding frames is a clip, captioned by '<clip>.txt' beside
+    it (caption_source 'sidecar'), its folder name ('filename') or one fixed text ('fixed')."""
+    folder = Path(folder)
+    root = root if isinstance(root, Root) else Root(folder.name, folder) if root is None else Root("dataset", root)
+    roots = [root]
+    problem = frame_count_problem(frames)
+    if problem:
+        raise DatasetError(problem)
+    if role not in ROLES or on_missing_caption not in MISSING_CAPTION_POLICIES:
+        raise DatasetError(f"Unknown role '{role}' or on_missing_caption '{on_missing_caption}'; expected one of "
+                           f"{', '.join(ROLES)} and one of {', '.join(MISSING_CAPTION_POLICIES)}.")
+    if caption_source not in ("sidecar", "filename", "fixed"):
+        raise DatasetError(f"Unknown caption_source '{caption_source}' for clips; expected sidecar, filename or "
+                           "fixed.")
+    caption_extension = check_caption_extension(caption_extension)
+    check_caption_encoding(caption_encoding)
+    if not folder.is_dir():
+        raise DatasetError(f"Clip folder '{shown(folder, roots)}' does not exist or is not a folder.")
+    items, skipped = [], []
+    for entry in sorted(os.scandir(folder), key=lambda e: natural_key(e.name)):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        clip = Path(entry.path)
+        if entry.is_symlink() and not is_inside(clip, root.path):
+            skipped.append(Skipped(entry.path, "symlink leads outside the allowed root; not read"))
+            continue
+        if not frame_files(clip):
+            skipped.append(Skipped(entry.path, "no frames (image files) in this folder"))
+            continue
+        width, height = check_clip(clip, frames, roots, max_pixels)
+        caption = _clip_caption(clip, caption_source, caption_extension, fixed_caption, caption_encoding, roots)
+        if caption is None:
+            if on_missing_caption == "error":
+                raise DatasetError(f"Clip '{shown(clip, roots)}' has no caption file '{clip.name}{caption_extension}' "
+                                   "beside its folder. Add one, or set on_missing_caption to 'skip' or 'empty'.")
+            if on_missing_caption == "skip":
+                skipped.append(Skipped(entry.path, f"no caption file {clip.name}{caption_extension}"))
+                continue
+            caption = ""
+        items.append(Item(os.path.realpath(clip), caption, max(int(repeats), 1), width, height))
+    if not items:
+        raise DatasetError(f"No clips in '{shown(folder, roots)}': put each clip's frames in its own subfolder "
+                           f"(e.g. walk/0001.png …) with walk{caption_extension} beside it.")
+    subset = Subset(name or folder.name, role, tuple(items), folders=(shown(folder, roots),), clip_frames=frames)
+    return Dataset((subset,), tuple(skipped))
+
+
+def _clip_caption(clip: Path, source: str, ext: str, fixed: str, encoding: str, roots) -> str | None:
+    if source == "fixed":
+        return clean_caption(fixed.strip())[0]
+    if source == "filename":
+        return clip.name.replace("_", " ").strip()
+    sidecar = clip.parent / (clip.name + ext)  # beside the folder: 'walk.v2' + '.txt', not 'walk.txt'
+    if not sidecar.is_file():
+        return None
+    text = read_caption(sidecar, encoding, roots)
+    problem = caption_size_problem(text)
+    if problem:
+        raise DatasetError(f"Caption '{sidecar.name}' of clip '{clip.name}': {problem}.")
+    return clean_caption(text)[0]
+
+
+def prepare_clip(sample) -> list[Image.Image]:
+    """A clip sample's first `clip_frames` frames as training pixels: each decoded, composited, prepared with the
+    subset's preparation (one geometry for all, since the frames share one size) and mirrored when asked."""
+    prep = sample.preparation
+    files = frame_files(sample.item.source)[:sample.clip_frames]
+    if len(files) < sample.clip_frames:
+        raise DatasetError(f"Clip '{Path(sample.item.source).name}' now has {len(files)} frame(s), fewer than "
+                           f"clip_frames = {sample.clip_frames}; was it edited after loading? Load the dataset again.")
+    buckets = make_buckets((prep.width, prep.height), step=prep.bucket_step) if prep.mode == "buckets" else None
+    out = []
+    for path in files:
+        rgb, _ = to_rgb(open_image(os.path.realpath(path)), prep.background)
+        frame = prepare_image(rgb, prep.mode, prep.width, prep.height, pad_color=prep.pad_color, filter=prep.filter,
+                              buckets=buckets, no_upscale=prep.no_upscale)
+        out.append(flip_horizontal(frame) if sample.mirrored else frame)
+    return out
