@@ -28,6 +28,7 @@ from .images import make_buckets, prepare_image, to_rgb
 from .paths import Root, is_inside, natural_key, open_resolved, shown
 
 MAX_CLIP_FRAMES = 257  # 1 + 4·64: far beyond what a LoRA run on a short clip needs
+CLIP_CAPTION_SOURCES = ("sidecar", "filename", "fixed")
 
 
 def frame_count_problem(frames: int) -> str | None:
@@ -103,9 +104,9 @@ def scan_clips(folder: str | Path, root: str | Path | Root | None = None, *, fra
     if role not in ROLES or on_missing_caption not in MISSING_CAPTION_POLICIES:
         raise DatasetError(f"Unknown role '{role}' or on_missing_caption '{on_missing_caption}'; expected one of "
                            f"{', '.join(ROLES)} and one of {', '.join(MISSING_CAPTION_POLICIES)}.")
-    if caption_source not in ("sidecar", "filename", "fixed"):
-        raise DatasetError(f"Unknown caption_source '{caption_source}' for clips; expected sidecar, filename or "
-                           "fixed.")
+    if caption_source not in CLIP_CAPTION_SOURCES:
+        raise DatasetError(f"Unknown caption_source '{caption_source}' for clips; expected one of "
+                           f"{', '.join(CLIP_CAPTION_SOURCES)}.")
     caption_extension = check_caption_extension(caption_extension)
     check_caption_encoding(caption_encoding)
     if not folder.is_dir():

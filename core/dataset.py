@@ -489,7 +489,8 @@ def describe(dataset: Dataset, max_skipped: int = 30) -> str:
     for s in dataset.subsets:
         reps = sorted({it.repeats for it in s.items})
         rep_text = str(reps[0]) if len(reps) == 1 else f"{reps[0]}–{reps[-1]}"
-        lines.append(f"subset '{s.name}' ({s.role}): {len(s.items)} images × {rep_text} repeats"
+        what = f"clips of {s.clip_frames} frames" if s.clip_frames else "images"
+        lines.append(f"subset '{s.name}' ({s.role}): {len(s.items)} {what} × {rep_text} repeats"
                      f"{', mirrored copies' if s.flip == 'copies' else ', random flip' if s.flip == 'random' else ''}"
                      f" → {s.samples_per_epoch} samples/epoch; prep {s.preparation.mode} "
                      f"{s.preparation.width}×{s.preparation.height}"

@@ -9,6 +9,7 @@ from .compat import io
 
 from ..core import dataset as ds
 from ..core.caption_text import CAPTION_ENCODINGS, CAPTION_EXTENSIONS, check_caption_encoding, check_caption_extension
+from ..core.clips import CLIP_CAPTION_SOURCES, MAX_CLIP_FRAMES, scan_clips
 from ..core.dataset_io import save_dataset
 from ..core.dataset_ops import dedupe_dataset, unique_source_samples, verify_dataset
 from ..core.dedupe import KEEP_POLICIES
@@ -119,6 +120,71 @@ class AtelierLoadDataset(io.ComfyNode):
                                 prior_loss_weight=prior_loss_weight)
         if verify_images:
             loaded = verify_dataset(loaded, on_progress=Progress(len(unique_source_samples(loaded))))
+        result = ds.combine(dataset, loaded) if dataset is not None else loaded
+        report = ds.describe(result)
+        return io.NodeOutput(result, report, ui={"text": [report]})
+
+
+class AtelierLoadClips(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AtelierLoadClips",
+            display_name="Load Clips (Atelier)",
+            category="atelier/dataset",
+            description="Scans a folder of short clips for Wan 2.x: one subfolder of frames per clip, its caption "
+                        "'<clip>.txt' beside the folder. Each clip is one training sample.",
+            inputs=[
+                io.Combo.Input("folder", options=dataset_folder_options(),
+                               tooltip="Folder inside an allowed root whose subfolders are clips (walk/0001.png …, "
+                                       "walk.txt beside walk/)."),
+                io.String.Input("sub_path", default="",
+                                tooltip="Optional path inside the chosen folder. Must stay inside the root: no "
+                                        "'..', absolute or drive paths."),
+                io.Int.Input("clip_frames", default=17, min=1, max=MAX_CLIP_FRAMES, step=4,
+                             tooltip="Frames taken from the start of each clip: 1 + 4k (5, 9, 17, 33 …), the Wan "
+                                     "VAE's rule; k + 1 latent frames. Frames sort by natural name order."),
+                io.Combo.Input("role", options=list(ds.ROLES), default="train",
+                               tooltip="train: clips to learn. regularization: class clips for prior preservation."),
+                io.Int.Input("repeats", default=1, min=1, max=10000, tooltip="Times each clip is seen per epoch."),
+                io.Combo.Input("caption_source", options=list(CLIP_CAPTION_SOURCES), default="sidecar",
+                               tooltip="sidecar: '<clip>.txt' beside the clip folder; filename: the clip folder's "
+                                       "name, '_' → space; fixed: fixed_caption."),
+                io.String.Input("caption_extension", default=".txt",
+                                tooltip=f"Extension of sidecar caption files: one of {', '.join(CAPTION_EXTENSIONS)}."),
+                io.String.Input("fixed_caption", default="",
+                                tooltip="Caption for every clip when caption_source is 'fixed'."),
+                io.Combo.Input("on_missing_caption", options=list(ds.MISSING_CAPTION_POLICIES), default="error",
+                               tooltip="A clip without its caption file: error (stop and name it), skip (list it "
+                                       "in the report), or empty (train with an empty caption)."),
+                DATASET.Input("dataset", optional=True,
+                              tooltip="An existing dataset to add these clips to as another subset."),
+            ],
+            outputs=[DATASET.Output("dataset_out", display_name="dataset",
+                                    tooltip="The dataset description (clips, captions, subsets)."),
+                     io.String.Output("report", tooltip="Subsets, clip counts, skipped folders with reasons.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, folder, sub_path, **_) -> str | float:
+        """Re-scan when any frame or caption changes, even with unchanged widgets."""
+        try:
+            path, _root = resolve_dataset_folder(folder, sub_path)
+        except (PathRefused, OSError):
+            return float("nan")  # never equal to itself: execute runs and reports the error
+        return ds.folder_fingerprint(path, True)
+
+    @classmethod
+    def execute(cls, folder, sub_path, clip_frames, role, repeats, caption_source, caption_extension, fixed_caption,
+                on_missing_caption, dataset=None) -> io.NodeOutput:
+        check_choice(role, ds.ROLES, "role")  # every refusal before the folder is scanned
+        check_choice(caption_source, CLIP_CAPTION_SOURCES, "caption_source")
+        check_choice(on_missing_caption, ds.MISSING_CAPTION_POLICIES, "on_missing_caption")
+        check_caption_extension(caption_extension)
+        path, root = resolve_dataset_folder(folder, sub_path)
+        loaded = scan_clips(path, root, frames=clip_frames, role=role, repeats=repeats, caption_source=caption_source,
+                            caption_extension=caption_extension, fixed_caption=fixed_caption,
+                            on_missing_caption=on_missing_caption)
         result = ds.combine(dataset, loaded) if dataset is not None else loaded
         report = ds.describe(result)
         return io.NodeOutput(result, report, ui={"text": [report]})
@@ -423,6 +489,6 @@ class AtelierSaveDataset(io.ComfyNode):
         return io.NodeOutput(text, ui={"text": [text]})
 
 
-NODES = [AtelierLoadDataset, AtelierPrepareDataset, AtelierMirrorDataset, AtelierAddDownscaledCopy,
+NODES = [AtelierLoadDataset, AtelierLoadClips, AtelierPrepareDataset, AtelierMirrorDataset, AtelierAddDownscaledCopy,
          AtelierCombineDatasets, AtelierDedupeDataset, AtelierDatasetStats, AtelierPreviewDataset,
          AtelierImagesToDataset, AtelierDatasetToImages, AtelierSaveDataset]
