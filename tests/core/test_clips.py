@@ -119,3 +119,13 @@ def test_clips_without_a_video_vae_are_refused(tmp_path):
     ds = with_preparation(scan_clips(tmp_path, frames=5), Preparation(mode="crop", width=16, height=16))
     with pytest.raises(DatasetError, match=r"Clip 'walk' needs a video model's VAE \(Wan 2.x\)"):
         build_samples(ds, lambda imgs: [torch.zeros(4, 2, 2)] * len(imgs))
+
+
+def test_report_counts_clips_and_their_frames(tmp_path):
+    write_clip(tmp_path, "walk", 5)
+    write_clip(tmp_path, "turn", 5)
+    (tmp_path / "empty").mkdir()
+    from atelier.core.dataset import describe
+
+    report = describe(scan_clips(tmp_path, frames=5, repeats=3))
+    assert "2 clips of 5 frames × 3 repeats" in report and "empty: no frames" in report
