@@ -18,3 +18,30 @@ def test_wan_clip_trains_through_the_data_path_and_loads_in_stock_comfyui(comfy_
     assert r["family"] == "WAN21" and r["steps"] == 3 and r["losses_finite"] and r["lora_modules"] > 0
     assert r["lora_keys"] == 3 * r["lora_modules"] and r["unloaded"] == [] and r["patched"] == r["lora_modules"]
     assert r["zero_equal"] and r["lora_change"] > 1e-4 and r["out_shape"] == [1, 16, 2, 4, 4]
+
+
+def clips_prompt(folder: str, clip_frames: int) -> dict:
+    """Load Clips -> Dataset Stats (an output node, so ComfyUI runs the graph)."""
+    return {"1": {"class_type": "AtelierLoadClips", "inputs": {
+        "folder": folder, "sub_path": "", "clip_frames": clip_frames, "role": "train", "repeats": 2,
+        "caption_source": "sidecar", "caption_extension": ".txt", "fixed_caption": "", "on_missing_caption": "error"}},
+        "2": {"class_type": "AtelierDatasetStats", "inputs": {
+            "dataset": ["1", 0], "batch_size": 1, "epochs": 1, "grad_accum": 1, "kimg": 0.0}}}
+
+
+def test_load_clips_node_reports_clips_and_names_a_short_clip(comfy, comfy_server):
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    top = comfy_server.input_dir / "clips_host"
+    for name, n in (("walk", 6), ("turn", 5)):
+        (top / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(np.full((32, 32, 3), 20 * i, np.uint8)).save(top / name / f"frame_{i + 1}.png")
+        (top / f"{name}.txt").write_text(f"a {name} clip", encoding="utf-8")
+    out = comfy.run(clips_prompt("input/clips_host", 5), timeout=120)
+    assert "subset 'clips_host' (train): 2 clips of 5 frames × 2 repeats" in out["1"]["text"][0]
+    with pytest.raises(AssertionError, match=r"Clip 'input/clips_host/turn' has 5 frame\(s\); this subset takes "
+                                             r"clip_frames = 9"):
+        comfy.run(clips_prompt("input/clips_host", 9), timeout=120)
