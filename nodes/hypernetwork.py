@@ -33,8 +33,8 @@ from .training import (STATE_NONE, TrainingEvents, encoded_dataset, resume_folde
 from .validate import check_choice, check_names
 
 FOLDER = "hypernetworks"
-PREVIEW = {"negative": "", "seed": 0, "steps": 20, "cfg": 7.0, "sampler": "euler", "scheduler": "normal",
-           "width": 512, "height": 512}  # the previews' fixed settings (the LoRA Advanced node exposes them all)
+PREVIEW = {"negative": "", "seed": 0, "cfg": 7.0, "sampler": "euler", "scheduler": "normal"}  # fixed preview
+# settings; Train LoRA Advanced exposes them all
 
 
 def hypernetwork_output_path(output_name: str) -> Path:
@@ -156,6 +156,26 @@ def train_hypernetwork(model, clip, vae, dataset, output_name: str, config: Trai
     return patched_model(model, path, strength), state.losses, report
 
 
+def run_inputs() -> list:
+    """resume, the preview samples and reuse: the run-level inputs the LoRA nodes have too."""
+    return [
+        io.Combo.Input("resume", options=resume_options(), default=STATE_NONE, optional=True,
+                       tooltip="Continue a stopped run from its state (output/atelier/train_state/"
+                               "<name>-hypernetwork) with the same settings; max_steps or epochs may grow."),
+        io.String.Input("sample_prompts", default="", multiline=True, optional=True,
+                        tooltip="Preview prompts drawn with the hypernetwork on, one per line, every "
+                                "sample_every_epochs (euler, cfg 7, seed 0; saved in output/atelier/samples/"
+                                "<name>); empty = no previews."),
+        io.Int.Input("sample_every_epochs", default=1, min=1, max=100_000, optional=True,
+                     tooltip="Draw the sample prompts every N epochs (only when sample_prompts is set)."),
+        io.Int.Input("sample_steps", default=20, min=1, max=200, optional=True,
+                     tooltip="Sampling steps of the previews."),
+        io.Int.Input("sample_size", default=512, min=64, max=4096, step=8, optional=True,
+                     tooltip="Width and height of the square previews."),
+        reuse_input(),
+    ]
+
+
 class AtelierTrainHypernetwork(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -198,16 +218,7 @@ class AtelierTrainHypernetwork(io.ComfyNode):
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01,
                                tooltip="Strength of the returned MODEL's hypernetwork, as HypernetworkLoader's "
                                        "(0 = the base model exactly)."),
-                io.Combo.Input("resume", options=resume_options(), default=STATE_NONE, optional=True,
-                               tooltip="Continue a stopped run from its state (output/atelier/train_state/"
-                                       "<name>-hypernetwork) with the same settings; max_steps or epochs may grow."),
-                io.String.Input("sample_prompts", default="", multiline=True, optional=True,
-                                tooltip="Preview prompts drawn with the hypernetwork on, one per line, every "
-                                        "sample_every_epochs (euler, 20 steps, cfg 7, 512×512, seed 0; saved in "
-                                        "output/atelier/samples/<name>); empty = no previews."),
-                io.Int.Input("sample_every_epochs", default=1, min=1, max=100_000, optional=True,
-                             tooltip="Draw the sample prompts every N epochs (only when sample_prompts is set)."),
-                reuse_input(),
+                *run_inputs(),
             ],
             outputs=[io.Model.Output("model_out", display_name="model",
                                      tooltip="The model with the hypernetwork applied at `strength`."),
@@ -220,7 +231,7 @@ class AtelierTrainHypernetwork(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, dataset, output_name, layer_structure, activation, layer_norm, dropout,
                 weight_init, lr, epochs, max_steps, batch_size, seed, strength, resume=STATE_NONE, sample_prompts="",
-                sample_every_epochs=1, reuse=True) -> io.NodeOutput:
+                sample_every_epochs=1, sample_steps=20, sample_size=512, reuse=True) -> io.NodeOutput:
         check_choice(activation, ACTIVATIONS, "activation")  # ComfyUI does not check V3 combo values
         check_choice(weight_init, WEIGHT_INITS, "weight_init")
         hn = HypernetworkConfig(layer_structure=parse_layer_structure(layer_structure), activation_func=activation,
@@ -229,7 +240,8 @@ class AtelierTrainHypernetwork(io.ComfyNode):
         prompts = [p.strip() for p in str(sample_prompts or "").splitlines() if p.strip()]
         config = TrainConfig(epochs=epochs, max_steps=max_steps, batch_size=batch_size, unet_lr=lr, seed=seed,
                              save_every_epochs=0, sample_every_epochs=sample_every_epochs if prompts else 0)
-        sampling = {**PREVIEW, "prompts": prompts} if prompts else None
+        sampling = {**PREVIEW, "prompts": prompts, "steps": sample_steps, "width": sample_size,
+                    "height": sample_size} if prompts else None
         model_out, losses, report = train_hypernetwork(
             model, clip, vae, dataset, output_name, config, hn, strength,
             node_id=cls.hidden.unique_id if cls.hidden else None, prompt=cls.hidden.prompt if cls.hidden else None,

@@ -122,3 +122,15 @@ def test_stopping_at_n_steps_and_resuming_to_2n_equals_an_uninterrupted_2n_run_b
     assert all(torch.equal(a[768][i][k], b[768][i][k]) for i in (0, 1) for k in b[768][i]), \
         "a resumed run must equal the uninterrupted one bit for bit"
     assert a["atelier_run_identity"] == b["atelier_run_identity"]  # the same run, so either file stands for it
+
+
+def test_preview_samples_are_drawn_with_the_hypernetwork_on(trained, comfy, comfy_server):
+    """sample_prompts: one preview per prompt at each epoch's end, saved and listed in the report."""
+    widgets = {**WIDGETS, "output_name": "host_hyper_prev", "max_steps": 0, "epochs": 1, "batch_size": 5,
+               "sample_prompts": "blonde elf\n\na cat", "sample_every_epochs": 1, "sample_steps": 2, "sample_size": 64}
+    report = report_of(comfy.run(train_prompt(widgets), timeout=600))
+    assert report["steps"] == 2  # 10 samples (2 images × 5 repeats) in batches of 5
+    assert report["samples"] == ["output/atelier/samples/host_hyper_prev/e0001_s000002_00.png",
+                                 "output/atelier/samples/host_hyper_prev/e0001_s000002_01.png"], report["samples"]
+    folder = comfy_server.output_dir / "atelier" / "samples" / "host_hyper_prev"
+    assert sorted(p.name for p in folder.iterdir()) == ["e0001_s000002_00.png", "e0001_s000002_01.png"]
