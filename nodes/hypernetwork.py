@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from pathlib import Path
 
 import torch
@@ -17,18 +18,23 @@ from ..core.paths import Root, safe_name
 from ..core.paths import shown as shown_in
 from ..trainers.checkpoint import run_environment
 from ..trainers.hypernetwork import (ACTIVATIONS, SUFFIX, WEIGHT_INITS, Hypernetwork, HypernetworkConfig,
-                                     parse_layer_structure, save_hypernetwork)
+                                     parse_layer_structure, read_hypernetwork, save_hypernetwork)
 from ..trainers.loop import Trainer, TrainConfig, TrainingStopped
+from ..trainers.reuse import FINISHED_KEY, IDENTITY_KEY, RunIdentity, differences, saved_losses
 from ..trainers.run import RunFiles, TrainingRun
 from .dataset import dataset_in
-from .host import forget_model_list, output_subdir
+from .host import forget_model_list
 from .provenance import base_model
+from .reuse import run_identity
 from .train_adapter import make_encoder
 from .live import HISTORY
-from .training import TrainingEvents, encoded_dataset, send_event, trainable_host
+from .training import (STATE_NONE, TrainingEvents, encoded_dataset, resume_folder, resume_options, reuse_input,
+                       send_event, state_root, trainable_host)
 from .validate import check_choice, check_names
 
 FOLDER = "hypernetworks"
+PREVIEW = {"negative": "", "seed": 0, "cfg": 7.0, "sampler": "euler", "scheduler": "normal"}  # fixed preview
+# settings; Train LoRA Advanced exposes them all
 
 
 def hypernetwork_output_path(output_name: str) -> Path:
@@ -46,13 +52,46 @@ def shown(path: Path) -> str:
     return shown_in(path, roots)
 
 
-def file_fields(path: Path, base, trainer: Trainer):
-    """fields(step, epoch): the A1111 dict's name, step and checkpoint entries of a file saved at that step."""
+def state_folder(path: Path) -> Path:
+    """output/atelier/train_state/<name>-hypernetwork: listed for `resume`, apart from a LoRA of the same name."""
+    return state_root() / f"{path.stem}-hypernetwork"
+
+
+def file_fields(path: Path, base, trainer: Trainer, identity: RunIdentity):
+    """fields(step, epoch): the A1111 dict's name, step and checkpoint entries of a file saved at that step, and the
+    run's identity (finished only after the last step), which both readers ignore."""
     def fields(step: int, epoch: int) -> dict:
         return {"name": path.stem, "step": int(step), "sd_checkpoint": base.legacy_hash or None,
                 "sd_checkpoint_name": Path(base.file).stem if base.file else None,
-                "optional_info": f"Atelier: epoch {epoch}, {step} of {trainer.total_steps} steps"}
+                "optional_info": f"Atelier: epoch {epoch}, {step} of {trainer.total_steps} steps",
+                **identity.metadata(finished=step >= trainer.total_steps)}
     return fields
+
+
+def earlier_hypernetwork(path: Path, identity: RunIdentity) -> tuple[dict | None, str]:
+    """(the A1111 dict, "") when `path` holds a finished run of this identity; else (None, why this run trains)."""
+    if not path.is_file():
+        return None, "no earlier file of this name"
+    try:
+        sd = read_hypernetwork(path)
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:  # damaged or refused: train again
+        return None, f"the existing file could not be read ({e})"
+    why = differences(identity, {k: sd[k] for k in (IDENTITY_KEY, FINISHED_KEY) if isinstance(sd.get(k), str)})
+    return (None, f"the existing file was not reused: {'; '.join(why)}") if why else (sd, "")
+
+
+def reused_outputs(model, path: Path, sd: dict, identity: RunIdentity, strength: float, config: TrainConfig,
+                   hn: HypernetworkConfig):
+    """train_hypernetwork's outputs from a finished earlier run of the same identity: nothing is trained."""
+    losses = saved_losses(state_folder(path), identity)
+    report = {"reuse": f"reused {shown(path)}: it was trained earlier with the same settings, data and base model "
+                       f"(run identity {identity.short()}), so nothing was trained. Set reuse to false to train again.",
+              "hypernetwork": shown(path), "saved": [shown(path)], "state": shown(state_folder(path)),
+              "steps": int(sd.get("step") or 0), "widths": sorted(k for k in sd if isinstance(k, int)),
+              "config": config.to_dict(), "hypernetwork_config": {**hn.__dict__, "dropout_structure": hn.dropouts()},
+              "losses": losses}
+    logging.info("[Atelier] %s", report["reuse"])
+    return patched_model(model, path, strength), losses, report
 
 
 def patched_model(model, path: Path, strength: float):
@@ -68,43 +107,73 @@ def patched_model(model, path: Path, strength: float):
 
 
 def train_hypernetwork(model, clip, vae, dataset, output_name: str, config: TrainConfig, hn: HypernetworkConfig,
-                       strength: float, node_id=None, prompt: dict | None = None):
-    """Trains, saves models/hypernetworks/atelier/<name>.pt and returns (patched model, losses, report)."""
+                       strength: float, node_id=None, prompt: dict | None = None, resume: str = STATE_NONE,
+                       reuse: bool = False, sampling: dict | None = None):
+    """Trains (or, with `reuse`, loads a finished earlier run of the same identity), saves
+    models/hypernetworks/atelier/<name>.pt and returns (patched model, losses, report)."""
     check_names(output_name=output_name)
     path = hypernetwork_output_path(output_name)  # refuse a bad name before any work
     config.validate()
+    resume_dir = resume_folder(resume)
     base = base_model(model, prompt, node_id)
+    identity = run_identity(config, hn, dataset, base, model, clip, vae, STATE_NONE, {"trainable": "hypernetwork"})
+    earlier, why = earlier_hypernetwork(path, identity) if reuse else (None, "reuse is off")
+    if earlier is not None:
+        return reused_outputs(model, path, earlier, identity, strength, config, hn)
     with torch.inference_mode(False):
         host = trainable_host(model, clip, train_text_encoder=False)
         samples, skipped, cache = encoded_dataset(dataset, vae, host, config, True, node_id)
         network = Hypernetwork(host.patcher.model.diffusion_model, hn, seed=config.seed).to(host.device)
-        events = TrainingEvents(node_id, path.stem, host, clip, vae, None)
+        events = TrainingEvents(node_id, path.stem, host, clip, vae, sampling)  # previews run with the hooks on
         trainer = Trainer(config, network, host.denoise, host.denoise.model_sampling, samples,
                           make_encoder(clip, pooled=host.denoise.needs_pooled), events.callbacks(), device=host.device)
-        state_dir = output_subdir("atelier", "hypernetwork_state") / path.stem  # apart from LoRA resume states
-        run = TrainingRun(trainer, RunFiles(path, state_dir, 0, shown), file_fields(path, base, trainer),
+        run = TrainingRun(trainer, RunFiles(path, state_folder(path), 0, shown), file_fields(path, base, trainer,
+                                                                                             identity),
                           run_environment(trainer, str(host.patcher.model.get_dtype())),
-                          export_dtype=torch.float32, write=save_hypernetwork)  # A1111 saves float32
+                          export_dtype=torch.float32, write=save_hypernetwork,  # A1111 saves float32
+                          state_extra={IDENTITY_KEY: identity.parts()})  # a reused run's chart shows its losses
         try:
-            result = run.train()
+            result = run.train(resume_dir)
         finally:
             HISTORY.finish(events.run)
     forget_model_list(FOLDER)  # the new file is listed for HypernetworkLoader and the dropdowns
     for warning in result.warnings:
         logging.warning("[Atelier] %s", warning)
     if result.stopped:
-        message = run.stopped_message(result, "run this node again (it trains from the start)")
+        message = run.stopped_message(result, f"set resume to '{result.state_dir.name}' (same settings; press R if "
+                                              "the list does not show it yet) and run again")
         send_event("atelier.train.stopped", {"node": node_id, "step": result.state.step, "message": message})
         raise TrainingStopped(message)
     state = result.state
-    report = {"hypernetwork": shown(path), "saved": [shown(p) for p in result.saved], "steps": state.step,
+    report = {"reuse": f"trained ({why}); run identity {identity.short()}", "hypernetwork": shown(path),
+              "saved": [shown(p) for p in result.saved], "state": shown(result.state_dir), "steps": state.step,
               "epochs": state.epoch, "train_seconds": round(result.train_seconds, 3),
               "widths": sorted(int(w) for w in network.pairs), "attention_layers": len(network.targets),
               "latent_cache": {"hits": cache.hits, "misses": cache.misses} if cache else None,
               "config": config.to_dict(), "hypernetwork_config": {**hn.__dict__, "dropout_structure": hn.dropouts()},
-              "skipped": [f"{s.path}: {s.reason}" for s in skipped], "losses": state.losses,
-              "warnings": result.warnings}
+              "samples": events.sample_files, "skipped": [f"{s.path}: {s.reason}" for s in skipped],
+              "losses": state.losses, "warnings": result.warnings}
     return patched_model(model, path, strength), state.losses, report
+
+
+def run_inputs() -> list:
+    """resume, the preview samples and reuse: the run-level inputs the LoRA nodes have too."""
+    return [
+        io.Combo.Input("resume", options=resume_options(), default=STATE_NONE, optional=True,
+                       tooltip="Continue a stopped run from its state (output/atelier/train_state/"
+                               "<name>-hypernetwork) with the same settings; max_steps or epochs may grow."),
+        io.String.Input("sample_prompts", default="", multiline=True, optional=True,
+                        tooltip="Preview prompts drawn with the hypernetwork on, one per line, every "
+                                "sample_every_epochs (euler, cfg 7, seed 0; saved in output/atelier/samples/"
+                                "<name>); empty = no previews."),
+        io.Int.Input("sample_every_epochs", default=1, min=1, max=100_000, optional=True,
+                     tooltip="Draw the sample prompts every N epochs (only when sample_prompts is set)."),
+        io.Int.Input("sample_steps", default=20, min=1, max=200, optional=True,
+                     tooltip="Sampling steps of the previews."),
+        io.Int.Input("sample_size", default=512, min=64, max=4096, step=8, optional=True,
+                     tooltip="Width and height of the square previews."),
+        reuse_input(),
+    ]
 
 
 class AtelierTrainHypernetwork(io.ComfyNode):
@@ -149,6 +218,7 @@ class AtelierTrainHypernetwork(io.ComfyNode):
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01,
                                tooltip="Strength of the returned MODEL's hypernetwork, as HypernetworkLoader's "
                                        "(0 = the base model exactly)."),
+                *run_inputs(),
             ],
             outputs=[io.Model.Output("model_out", display_name="model",
                                      tooltip="The model with the hypernetwork applied at `strength`."),
@@ -160,17 +230,22 @@ class AtelierTrainHypernetwork(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, dataset, output_name, layer_structure, activation, layer_norm, dropout,
-                weight_init, lr, epochs, max_steps, batch_size, seed, strength) -> io.NodeOutput:
+                weight_init, lr, epochs, max_steps, batch_size, seed, strength, resume=STATE_NONE, sample_prompts="",
+                sample_every_epochs=1, sample_steps=20, sample_size=512, reuse=True) -> io.NodeOutput:
         check_choice(activation, ACTIVATIONS, "activation")  # ComfyUI does not check V3 combo values
         check_choice(weight_init, WEIGHT_INITS, "weight_init")
         hn = HypernetworkConfig(layer_structure=parse_layer_structure(layer_structure), activation_func=activation,
                                 is_layer_norm=bool(layer_norm), use_dropout=bool(dropout),
                                 weight_initialization=weight_init)
+        prompts = [p.strip() for p in str(sample_prompts or "").splitlines() if p.strip()]
         config = TrainConfig(epochs=epochs, max_steps=max_steps, batch_size=batch_size, unet_lr=lr, seed=seed,
-                             save_every_epochs=0)
+                             save_every_epochs=0, sample_every_epochs=sample_every_epochs if prompts else 0)
+        sampling = {**PREVIEW, "prompts": prompts, "steps": sample_steps, "width": sample_size,
+                    "height": sample_size} if prompts else None
         model_out, losses, report = train_hypernetwork(
             model, clip, vae, dataset, output_name, config, hn, strength,
-            node_id=cls.hidden.unique_id if cls.hidden else None, prompt=cls.hidden.prompt if cls.hidden else None)
+            node_id=cls.hidden.unique_id if cls.hidden else None, prompt=cls.hidden.prompt if cls.hidden else None,
+            resume=resume, reuse=reuse is True, sampling=sampling)
         chart = line_chart(losses, title=f"loss: {report['steps']} steps")
         text = json.dumps(report, indent=1)
         return io.NodeOutput(model_out, pil_to_image_tensor([chart]), text, ui={"text": [text]})

@@ -9,7 +9,10 @@ torch.nn.Sequential's state dict ("linear.<index>.weight"), laid out per hidden 
 after the last Linear unless activate_output), LayerNorm (is_layer_norm), Dropout (dropout_structure); A1111 loads
 it strictly, so the indices must follow that layout exactly. Both readers apply a width's pair wherever an
 attention's key/value input has that width: `k_in = x + mlp_k(x) * strength`, `v_in = x + mlp_v(x) * strength`.
-This module spells that format once; the node and the tests import it.
+Atelier adds two string entries, IDENTITY_KEY and FINISHED_KEY of trainers/reuse.py (the run's identity, so a later
+identical run can load the file instead of training): ComfyUI's loader skips every key int() refuses and A1111 reads
+only integer keys and the named fields, so both ignore them. This module spells that format once; the node and the
+tests import it.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ DROPOUT_P = 0.3  # the only probability ComfyUI's loader builds, whatever the fi
 FORMAT_KEYS = ("layer_structure", "activation_func", "is_layer_norm", "weight_initialization", "use_dropout",
                "dropout_structure", "activate_output", "last_layer_dropout", "name", "step", "sd_checkpoint",
                "sd_checkpoint_name", "optional_info")
+DRAWS_KEY = "dropout_draws"  # resume-state entry: masks drawn so far per dropout (not part of the .pt file)
 SUFFIX = ".pt"  # ComfyUI lists .pt hypernetworks and A1111 only .pt; neither reads a safetensors variant
 
 
@@ -216,6 +220,9 @@ class Hypernetwork(nn.Module):
                 handle.remove()
             self._handles = []
 
+    def _dropouts(self) -> list[SeededDropout]:
+        return [m for m in self.modules() if isinstance(m, SeededDropout)]
+
     def set_multiplier(self, value: float) -> None:
         value = float(value)
         if not math.isfinite(value):
@@ -229,10 +236,14 @@ class Hypernetwork(nn.Module):
         return [{"params": list(self.parameters()), "lr": unet_lr, "name": "hypernetwork"}]
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """'<width>.<k|v>.linear.<i>.<weight|bias>' -> float32 CPU copies."""
-        return {f"{w}.{kv}.{key}": t.detach().to("cpu", torch.float32, copy=True)
-                for w, pair in self.pairs.items() for kv, mlp in zip("kv", pair)
-                for key, t in mlp.state_dict().items()}
+        """'<width>.<k|v>.linear.<i>.<weight|bias>' -> float32 CPU copies, plus DRAWS_KEY (how many masks each
+        dropout has drawn) when there is dropout, so a resumed run draws the masks an uninterrupted one would."""
+        out = {f"{w}.{kv}.{key}": t.detach().to("cpu", torch.float32, copy=True)
+               for w, pair in self.pairs.items() for kv, mlp in zip("kv", pair)
+               for key, t in mlp.state_dict().items()}
+        if self._dropouts():
+            out[DRAWS_KEY] = torch.tensor([m.draws for m in self._dropouts()], dtype=torch.float64)  # exact integers
+        return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         ours = self.state_tensors()
@@ -248,6 +259,8 @@ class Hypernetwork(nn.Module):
                 for kv, mlp in zip("kv", pair):
                     for key, t in mlp.state_dict().items():
                         t.copy_(tensors[f"{w}.{kv}.{key}"])
+        for module, draws in zip(self._dropouts(), tensors.get(DRAWS_KEY, torch.zeros(0)).tolist()):
+            module.draws = int(draws)
 
     def export(self, dtype: torch.dtype = torch.float32) -> dict:
         """The A1111 dict (see the module doc) with this network's weights; name and checkpoint fields empty."""

@@ -1,5 +1,7 @@
 """Hypernetwork training through a real ComfyUI server: the file loads in stock HypernetworkLoader (weights-only)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -80,3 +82,55 @@ def test_bad_layer_structure_is_refused_before_training(comfy, comfy_server, tra
     err = [m for m in entry["status"]["messages"] if m[0] == "execution_error"][0][1]
     assert "start and end with 1" in err["exception_message"], err["exception_message"]
     assert not (comfy_server.models / "hypernetworks" / "atelier" / "host_hyper_bad.pt").exists()
+
+
+def report_of(outputs: dict) -> dict:
+    return json.loads(outputs["4"]["text"][0])
+
+
+def test_a_second_queue_changing_only_strength_loads_the_file_and_trains_nothing(trained, comfy, comfy_server):
+    """strength is not part of the run's identity (recorded in the .pt): the finished file is loaded, not retrained."""
+    first = report_of(trained)
+    assert first["reuse"].startswith("trained (no earlier file"), first["reuse"]
+    path = comfy_server.models / "hypernetworks" / "atelier" / "host_hyper.pt"
+    sd = torch.load(path, weights_only=True)
+    assert sd["atelier_run_finished"] == "true" and json.loads(sd["atelier_run_identity"]).keys() == {
+        "settings", "data", "base"}
+    stamp = (path.stat().st_mtime_ns, path.read_bytes())
+    again = report_of(comfy.run(train_prompt({**WIDGETS, "strength": 0.5}), timeout=600))
+    assert again["reuse"].startswith("reused models/hypernetworks/atelier/host_hyper.pt") and "nothing was trained" \
+        in again["reuse"], again["reuse"]
+    assert again["steps"] == 3 and again["losses"] == first["losses"]
+    assert (path.stat().st_mtime_ns, path.read_bytes()) == stamp, "a reused file must not be written again"
+    changed = report_of(comfy.run(train_prompt({**WIDGETS, "strength": 0.5, "reuse": False}), timeout=600))
+    assert changed["reuse"].startswith("trained (reuse is off)"), changed["reuse"]
+
+
+def test_stopping_at_n_steps_and_resuming_to_2n_equals_an_uninterrupted_2n_run_bit_for_bit(trained, comfy,
+                                                                                            comfy_server):
+    """max_steps 2, then resume its state with max_steps 4 (mid-epoch: 10 samples, batch 2) = a 4-step run."""
+    folder = comfy_server.models / "hypernetworks" / "atelier"
+    comfy.run(train_prompt({**WIDGETS, "output_name": "host_hyper_half", "max_steps": 2}), timeout=600)
+    state = comfy_server.output_dir / "atelier" / "train_state" / "host_hyper_half-hypernetwork" / "state.json"
+    assert '"step": 2' in state.read_text()
+    resumed = report_of(comfy.run(train_prompt({**WIDGETS, "output_name": "host_hyper_half", "max_steps": 4,
+                                                "resume": "host_hyper_half-hypernetwork"}), timeout=600))
+    assert resumed["steps"] == 4 and "settings changed" in resumed["reuse"], resumed["reuse"]
+    comfy.run(train_prompt({**WIDGETS, "output_name": "host_hyper_whole", "max_steps": 4}), timeout=600)
+    a, b = (torch.load(folder / f"{name}.pt", weights_only=True) for name in ("host_hyper_half", "host_hyper_whole"))
+    assert a["step"] == b["step"] == 4
+    assert all(torch.equal(a[768][i][k], b[768][i][k]) for i in (0, 1) for k in b[768][i]), \
+        "a resumed run must equal the uninterrupted one bit for bit"
+    assert a["atelier_run_identity"] == b["atelier_run_identity"]  # the same run, so either file stands for it
+
+
+def test_preview_samples_are_drawn_with_the_hypernetwork_on(trained, comfy, comfy_server):
+    """sample_prompts: one preview per prompt at each epoch's end, saved and listed in the report."""
+    widgets = {**WIDGETS, "output_name": "host_hyper_prev", "max_steps": 0, "epochs": 1, "batch_size": 5,
+               "sample_prompts": "blonde elf\n\na cat", "sample_every_epochs": 1, "sample_steps": 2, "sample_size": 64}
+    report = report_of(comfy.run(train_prompt(widgets), timeout=600))
+    assert report["steps"] == 2  # 10 samples (2 images × 5 repeats) in batches of 5
+    assert report["samples"] == ["output/atelier/samples/host_hyper_prev/e0001_s000002_00.png",
+                                 "output/atelier/samples/host_hyper_prev/e0001_s000002_01.png"], report["samples"]
+    folder = comfy_server.output_dir / "atelier" / "samples" / "host_hyper_prev"
+    assert sorted(p.name for p in folder.iterdir()) == ["e0001_s000002_00.png", "e0001_s000002_01.png"]
