@@ -73,7 +73,7 @@ def comfy_job_model(job: Job, path: Path) -> JobModel:
     if job.config.train_text_encoder:
         clip.load_model()
         thaw(clip.cond_stage_model)
-        roots.update(text_encoder_roots(clip))
+        roots.update(text_encoder_roots(clip, t5=job.config.train_t5))
     denoise = ComfyDenoiser(model)
     return JobModel(roots, denoise, denoise.model_sampling, next(model.model.diffusion_model.parameters()).device,
                     make_encoder(clip, pooled=denoise.needs_pooled) if text else None, str(model.model.get_dtype()))

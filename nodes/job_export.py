@@ -19,7 +19,7 @@ from ..trainers.loop import TrainConfig
 from ..trainers.network import NetworkConfig, parse_rank_overrides
 from .host import output_subdir
 from .provenance import base_model
-from .train_adapter import make_encoder
+from .train_adapter import make_encoder, text_encoder_roots
 from .training import (CHOICES, CONFIG_TOOLTIPS, NETWORK_TOOLTIPS, common_inputs, config_from, default_targets,
                        encoded_dataset, shown, trainable_host, widgets_for)
 from .validate import check_choice, check_names
@@ -35,6 +35,8 @@ def export_job(model, clip, vae, dataset, name: str, config, net: NetworkConfig,
     base = base_model(model, prompt, node_id)  # checkpoint name and sha256: what the runner loads and checks
     with torch.inference_mode(False):
         host = trainable_host(model, clip, False)
+        if config.train_text_encoder:
+            text_encoder_roots(clip, t5=config.train_t5)  # a CLIP the job cannot train is refused now, not in the run
         net = default_targets(host, net)  # the layers the training node would adapt, fixed in the job
         samples, skipped, _ = encoded_dataset(dataset, vae, host, config, True, node_id)
         encode = make_encoder(clip, pooled=host.denoise.needs_pooled)

@@ -120,8 +120,10 @@ class HostModel:
     device: torch.device
 
 
-def trainable_host(model, clip, train_text_encoder: bool) -> HostModel:
-    """Loads and thaws a clone of MODEL (and CLIP's text encoders when they train), never changing the inputs."""
+def trainable_host(model, clip, train_text_encoder: bool, train_t5: bool = False) -> HostModel:
+    """Loads and thaws a clone of MODEL (and CLIP's text encoders when they train, the T5-XXL too with `train_t5`),
+    never changing the inputs."""
+    te_roots = text_encoder_roots(clip, t5=train_t5) if train_text_encoder else {}  # refused before any loading
     require_resident("Training", model, clip.patcher if train_text_encoder else None)  # thaw needs loaded weights
     mp = model.clone()
     comfy.model_management.load_models_gpu([mp], force_full_load=True)
@@ -129,8 +131,8 @@ def trainable_host(model, clip, train_text_encoder: bool) -> HostModel:
     roots = {"lora_unet": mp.model.diffusion_model}
     if train_text_encoder:
         clip.load_model()
-        thaw(clip.cond_stage_model)
-        roots.update(text_encoder_roots(clip))
+        thaw(clip.cond_stage_model)  # in place: the encoder modules in te_roots stay the same objects
+        roots.update(te_roots)
     return HostModel(mp, roots, ComfyDenoiser(mp), next(mp.model.diffusion_model.parameters()).device)
 
 
@@ -230,7 +232,7 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
     if earlier is not None:
         return reused_outputs(model, clip, earlier, path, config, net_config, identity)
     with torch.inference_mode(False):
-        host = trainable_host(model, clip, config.train_text_encoder)
+        host = trainable_host(model, clip, config.train_text_encoder, config.train_t5)
         samples, skipped, cache = encoded_dataset(dataset, vae, host, config, cache_latents, node_id)
         network, net = lora_network(host, net_config, config.seed, continue_from)
         events = TrainingEvents(node_id, path.stem, host, clip, vae, sampling)
@@ -410,6 +412,8 @@ CONFIG_TOOLTIPS = {
     "unet_lr": "UNet learning rate (1e-4 usual for LoRA; full-dataset phases 3e-6 then 2e-6).",
     "te_lr": "Text-encoder learning rate (guides: 2e-5).",
     "train_text_encoder": "Also train LoRA on the text encoder's attention and MLP layers.",
+    "train_t5": "With train_text_encoder: also train the T5-XXL (SD3.5, Flux.1; kohya's train_t5xxl, saved as "
+                "lora_te3_*). Off trains the CLIPs only, as kohya's default; refused for models without a T5.",
     "optimizer": "adamw (default), adafactor, lion (use ~1/3 of the AdamW lr) or sgd.",
     "weight_decay": "Decoupled weight decay of the LoRA weights.",
     "scheduler": "Learning-rate schedule after warmup.",

@@ -23,7 +23,7 @@ TRAIN_KEYS = {
     "lr_scheduler_num_cycles": "num_cycles", "lr_scheduler_power": "power", "min_snr_gamma": "min_snr_gamma",
     "noise_offset": "noise_offset", "max_grad_norm": "max_grad_norm", "seed": "seed", "shuffle_caption":
     "caption_shuffle", "keep_tokens": "keep_tokens", "caption_dropout_rate": "caption_dropout",
-    "caption_tag_dropout_rate": "tag_dropout", "save_every_n_epochs": "save_every_epochs",
+    "caption_tag_dropout_rate": "tag_dropout", "save_every_n_epochs": "save_every_epochs", "train_t5xxl": "train_t5",
     "save_every_n_steps": "save_every_steps", "sample_every_n_steps": "sample_every_steps",
     "sample_every_n_epochs": "sample_every_epochs", "huber_c": "huber_delta", "masked_loss": "masked_loss",
 }

@@ -48,6 +48,7 @@ class TrainConfig:
     unet_lr: float = 1e-4
     te_lr: float = 2e-5
     train_text_encoder: bool = False
+    train_t5: bool = False  # also the T5-XXL beside the CLIPs (SD3.5, Flux.1); kohya's train_t5xxl
     optimizer: str = "adamw"
     weight_decay: float = 0.01
     scheduler: str = "constant"
@@ -81,6 +82,9 @@ class TrainConfig:
         if self.train_text_encoder and self.te_lr <= 0:
             raise ValueError(f"te_lr must be > 0 when training the text encoder, got {self.te_lr}; try 2e-5, or "
                              "turn train_text_encoder off.")
+        if self.train_t5 and not self.train_text_encoder:
+            raise ValueError("train_t5 trains the T5-XXL together with the CLIP text encoders, but "
+                             "train_text_encoder is off; turn train_text_encoder on, or train_t5 off.")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError(f"batch_size and grad_accum must be at least 1, got {self.batch_size} and "
                              f"{self.grad_accum}.")
@@ -464,8 +468,10 @@ class Trainer:
 def config_diff(saved: dict, current: dict) -> list[str]:
     """Settings that differ between a saved run and this one, ignoring those resumption may change."""
     keys = sorted(set(saved) | set(current))
-    return [f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in keys
-            if k not in TrainConfig.RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
+    defaults = TrainConfig().to_dict()  # a state saved before a setting existed had its default
+    saved = {k: saved.get(k, defaults.get(k)) for k in keys}
+    return [f"{k}: saved {saved[k]!r}, now {current.get(k)!r}" for k in keys
+            if k not in TrainConfig.RESUMABLE_CHANGES and saved[k] != current.get(k)]
 
 
 def state_json(state: TrainState, config: TrainConfig, extra: dict | None = None) -> str:

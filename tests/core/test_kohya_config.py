@@ -30,9 +30,10 @@ GUI_JSON = {
 }
 # The settings an artist would type into Train LoRA Advanced's widgets for the same run.
 WIDGETS = dict(epochs=12, max_steps=0, batch_size=2, grad_accum=2, unet_lr=2e-4, te_lr=5e-5, train_text_encoder=True,
-               optimizer="adamw", weight_decay=0.05, scheduler="cosine_with_restarts", warmup_steps=0, num_cycles=3,
-               power=1.0, loss="l2", huber_delta=0.1, min_snr_gamma=5.0, noise_offset=0.05, min_timestep_percent=0.1,
-               max_timestep_percent=0.9, max_grad_norm=1.0, precision="bf16", seed=1234, ema_decay=0.0,
+               train_t5=False, optimizer="adamw", weight_decay=0.05, scheduler="cosine_with_restarts", warmup_steps=0,
+               num_cycles=3, power=1.0, loss="l2", huber_delta=0.1, min_snr_gamma=5.0, noise_offset=0.05,
+               min_timestep_percent=0.1, max_timestep_percent=0.9, max_grad_norm=1.0, precision="bf16", seed=1234,
+               ema_decay=0.0,
                caption_shuffle=True, keep_tokens=1, caption_dropout=0.05, tag_dropout=0.1, masked_loss=False,
                save_every_steps=0, save_every_epochs=2, sample_every_steps=0, sample_every_epochs=0)
 NETWORK_WIDGETS = dict(rank=32, alpha=16.0, conv_rank=8, conv_alpha=1.0, dropout=0.1, rank_dropout=0.0,
@@ -135,6 +136,19 @@ def test_text_encoder_lr_zero_trains_the_unet_only():
     config = TrainConfig.from_dict(train)
     assert not config.train_text_encoder and config.unet_lr == 1e-4 and config.te_lr == 1e-4
     assert report["mapped"]["learning_rate"] == ["unet_lr", "te_lr"]
+
+
+def test_train_t5xxl_maps_to_train_t5_both_ways():
+    train, _, report = import_kohya(json.dumps({"learning_rate": 1e-4, "train_t5xxl": True, "epoch": 3}))
+    config = TrainConfig.from_dict(train)
+    assert config.train_t5 and config.train_text_encoder and report["mapped"]["train_t5xxl"] == "train_t5"
+    assert export_kohya(config, NetworkConfig())["train_t5xxl"] is True
+    assert TrainConfig.from_dict(import_kohya(json.dumps(export_kohya(config, NetworkConfig())))[0]) == config
+    # the T5 trains with the text encoders: with network_train_unet_only the import says it cannot train
+    with pytest.raises(ValueError, match="cannot train: train_t5 trains the T5-XXL together with the CLIP text "
+                                         "encoders, but train_text_encoder is off; turn train_text_encoder on, or "
+                                         "train_t5 off."):
+        import_kohya(json.dumps({"learning_rate": 1e-4, "train_t5xxl": True, "network_train_unet_only": True}))
 
 
 def test_export_then_import_round_trips():

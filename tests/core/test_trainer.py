@@ -7,7 +7,7 @@ from tiny_models import TinyTextEncoder, TinyUNet
 
 from atelier.trainers import objectives as ob
 from atelier.trainers.checkpoint import ResumeMismatch, load_state, save_state
-from atelier.trainers.loop import Callbacks, Trainer, TrainConfig, TrainingDiverged, TrainSample
+from atelier.trainers.loop import Callbacks, Trainer, TrainConfig, TrainingDiverged, TrainSample, config_diff
 from atelier.trainers.network import LoRANetwork, NetworkConfig
 
 
@@ -133,6 +133,14 @@ def test_resume_from_a_different_config_is_refused_with_a_diff(tmp_path):
         load_state(tmp_path / "s", other)
     longer = Rig().trainer(make_samples(), max_steps=9, batch_size=2)  # only the length changed: allowed
     assert load_state(tmp_path / "s", longer).step == 2
+
+
+def test_a_setting_added_since_the_state_was_saved_counts_as_its_default():
+    saved = TrainConfig(max_steps=2).to_dict()
+    del saved["train_t5"]  # a state written before train_t5 existed
+    assert config_diff(saved, TrainConfig(max_steps=2).to_dict()) == []
+    assert config_diff(saved, TrainConfig(max_steps=2, train_text_encoder=True, train_t5=True).to_dict()) == [
+        "train_t5: saved False, now True", "train_text_encoder: saved False, now True"]
 
 
 def test_interrupt_at_step_zero_leaves_a_loadable_no_op_lora(tmp_path):

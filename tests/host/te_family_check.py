@@ -1,16 +1,18 @@
 """Run inside ComfyUI's Python: text-encoder LoRA training for one family on a tiny model and a tiny CLIP.
 
-usage: python te_family_check.py ATELIER_CHECKOUT FAMILY   (FAMILY: sd2v, sdxl, sd3, flux)
+usage: python te_family_check.py ATELIER_CHECKOUT FAMILY   (FAMILY: sd2v, sdxl, sd3, flux; wan, qwen_image)
 
 The CLIP is comfy.sd.CLIP over the family's own text-encoder classes (SD2ClipModel, SDXLClipModel, SD3ClipModel with
 CLIP-L + CLIP-G, FluxClipModel with CLIP-L + T5-XXL) and tokenizers (shipped inside the ComfyUI checkout), with
 each encoder's config dict made tiny (few narrow layers, the real vocabularies) while it is built, and random
 weights. The diffusion model is the family's tiny ComfyUI model whose text widths match. Training goes through the
-node's own wiring: trainable_host with train_text_encoder (text_encoder_roots; for Flux the T5 too), lora_network
+node's own wiring: the Advanced node's widgets through config_from into TrainConfig, trainable_host with
+train_text_encoder and train_t5 (text_encoder_roots; for Flux the T5 too), lora_network
 with the family's default targets, make_encoder and autograd_friendly_clip. The LoRA is saved and read back with
 core.lora_io, then loaded with comfy.sd.load_lora_for_models (what stock LoraLoader calls) on MODEL and CLIP while
 "lora key not loaded" lines are counted; the encodings at clip strength 0 and 1 are compared with the base CLIP's.
-Prints one JSON line.
+For wan and qwen_image it only reports which LoRA prefixes ComfyUI maps for their text encoders (umT5-XXL,
+Qwen2.5-VL; generic text_encoders.* keys, no kohya lora_te*) and the node's refusal. Prints one JSON line.
 """
 
 import contextlib
@@ -19,6 +21,7 @@ import logging
 import os
 import sys
 import tempfile
+import types
 
 sys.path.insert(0, os.getcwd())
 import comfy.cli_args  # noqa: E402
@@ -26,12 +29,15 @@ import comfy.cli_args  # noqa: E402
 comfy.cli_args.args.cpu = True
 import torch  # noqa: E402
 
+import comfy.lora  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 import comfy.sd  # noqa: E402
 import comfy.sd1_clip  # noqa: E402
 import comfy.sdxl_clip  # noqa: E402
 import comfy.supported_models as sm  # noqa: E402
 import comfy.text_encoders.flux  # noqa: E402
+import comfy.text_encoders.qwen_image  # noqa: E402
+import comfy.text_encoders.wan  # noqa: E402
 import comfy.text_encoders.sd2_clip  # noqa: E402
 import comfy.text_encoders.sd3_clip  # noqa: E402
 
@@ -39,9 +45,9 @@ sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 import conftest  # noqa: E402,F401  registers the Atelier checkout as the package `atelier` (as the test suite does)
 from atelier.core.lora_io import load_lora, save_lora  # noqa: E402
 from atelier.core.lora_meta import HOST_FAMILIES, minimum_metadata  # noqa: E402
-from atelier.nodes.train_adapter import autograd_friendly_clip, make_encoder, text_encoder_roots  # noqa: E402
-from atelier.nodes.training import HostModel, lora_network, trainable_host  # noqa: E402
-from atelier.trainers.loop import Trainer, TrainConfig, TrainSample  # noqa: E402
+from atelier.nodes.train_adapter import autograd_friendly_clip, make_encoder  # noqa: E402
+from atelier.nodes.training import config_from, lora_network, trainable_host  # noqa: E402
+from atelier.trainers.loop import Trainer, TrainSample  # noqa: E402
 from atelier.trainers.network import NetworkConfig  # noqa: E402
 
 FAMILY = sys.argv[2]
@@ -57,7 +63,7 @@ FLUX = dict(in_channels=16, out_channels=16, context_in_dim=32, hidden_size=64, 
 SD3 = dict(in_channels=16, pos_embed_scaling_factor=None, depth=2, patch_size=2, adm_in_channels=32 + 48,
            pos_embed_max_size=16, num_patches=256, qk_norm="rms", x_block_self_attn_layers=[0],
            context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}})
-# family -> (model config class, its unet_config, CLIP class, tokenizer class, train T5, latent shape of one sample)
+# family -> (model config class, its unet_config, CLIP class, tokenizer class, train_t5, latent shape of one sample)
 FAMILIES = {
     "sd2v": (sm.SD20, dict(UNET_SD, context_dim=40, adm_in_channels=None), comfy.text_encoders.sd2_clip.SD2ClipModel,
              comfy.text_encoders.sd2_clip.SD2Tokenizer, False, (4, 8, 8)),
@@ -68,7 +74,14 @@ FAMILIES = {
     "flux": (sm.Flux, FLUX, comfy.text_encoders.flux.flux_clip(), comfy.text_encoders.flux.FluxTokenizer, True,
              (16, 8, 8)),
 }
-config_class, unet_config, clip_class, tokenizer_class, train_t5, latent_shape = FAMILIES[FAMILY]
+# families whose text encoder ComfyUI maps only under generic text_encoders.* keys: checked on the real-size class
+# built on the meta device (no memory), and the node's refusal
+GENERIC_KEY_FAMILIES = {"wan": comfy.text_encoders.wan.WanT5Model,
+                        "qwen_image": comfy.text_encoders.qwen_image.QwenImageTEModel}
+if FAMILY in FAMILIES:
+    config_class, unet_config, clip_class, tokenizer_class, train_t5, latent_shape = FAMILIES[FAMILY]
+# the Advanced node's training widgets this check sets (the rest keep their defaults)
+WIDGETS = dict(max_steps=3, batch_size=2, unet_lr=1e-2, te_lr=1e-2, train_text_encoder=True, save_every_epochs=0)
 
 
 def tiny(config: dict) -> dict:
@@ -151,14 +164,31 @@ def encoding(clip, caption: str):
     return cond.float(), pooled.float()
 
 
+def refusals(patcher, clip) -> dict:
+    """What the node says to train_t5 without train_text_encoder, and to train_t5 on a CLIP without a T5."""
+    out = {}
+    try:
+        config_from(dict(WIDGETS, train_text_encoder=False, train_t5=True), "")[0].validate()
+    except ValueError as e:
+        out["t5_without_te"] = str(e)
+    if not train_t5:
+        try:
+            with torch.inference_mode(False):
+                trainable_host(patcher, clip, True, True)
+        except ValueError as e:
+            out["t5_missing"] = str(e)
+    return out
+
+
 def train(patcher, clip) -> tuple[dict, dict]:
     """Trains UNet + text-encoder LoRA for 3 steps through the node's wiring; (kohya tensors, facts)."""
     facts = {}
+    # the Advanced node's widgets -> TrainConfig (config_from), then trainable_host as train_lora calls it
+    config, _, _ = config_from(dict(WIDGETS, train_t5=train_t5), "")
+    config.validate()
+    facts["config_train_t5"] = config.train_t5
     with torch.inference_mode(False):
-        host = trainable_host(patcher, clip, True)
-        if train_t5:  # kohya's train_t5xxl: the T5 root beside the CLIP's (not yet a node option)
-            host = HostModel(host.patcher, {"lora_unet": host.roots["lora_unet"], **text_encoder_roots(clip, t5=True)},
-                             host.denoise, host.device)
+        host = trainable_host(patcher, clip, config.train_text_encoder, config.train_t5)
         facts["roots"] = sorted(host.roots)
         network, net = lora_network(host, NetworkConfig(rank=4, alpha=4.0), seed=0, continue_from="(none)")
         facts["targets"] = list(net.target_patterns)
@@ -167,8 +197,7 @@ def train(patcher, clip) -> tuple[dict, dict]:
         g = torch.Generator().manual_seed(2)
         samples = [TrainSample(latent=torch.randn(latent_shape, generator=g), caption=c)
                    for c in ("a red fox", "a blue bird")]
-        trainer = Trainer(TrainConfig(max_steps=3, batch_size=2, unet_lr=1e-2, te_lr=1e-2, train_text_encoder=True,
-                                      save_every_epochs=0), network, host.denoise, host.denoise.model_sampling,
+        trainer = Trainer(config, network, host.denoise, host.denoise.model_sampling,
                           samples, make_encoder(clip, pooled=host.denoise.needs_pooled))
         with autograd_friendly_clip(clip.cond_stage_model):
             state = trainer.run()
@@ -186,6 +215,7 @@ def main() -> dict:
     patcher, clip = build_model(), build_clip()
     result = {"family": FAMILY, "clip": type(clip.cond_stage_model).__name__}
     base = encoding(clip, "a red fox")
+    result["refusals"] = refusals(patcher, clip)
     tensors, facts = train(patcher, clip)
     result.update(facts)
     with tempfile.TemporaryDirectory() as tmp:
@@ -212,5 +242,20 @@ def main() -> dict:
     return result
 
 
+def generic_key_check() -> dict:
+    """The prefixes ComfyUI's model_lora_keys_clip maps for the family's text encoder, and the node's refusal."""
+    with torch.device("meta"):  # the real-size encoder's names without its weights
+        encoder = GENERIC_KEY_FAMILIES[FAMILY](dtype=torch.float16)
+    mapped = comfy.lora.model_lora_keys_clip(encoder, {})
+    result = {"family": FAMILY, "clip": type(encoder).__name__, "mapped": len(mapped),
+              "kohya_mapped": sum(k.startswith("lora_") for k in mapped),
+              "prefixes": sorted({".".join(k.split(".")[:2]) for k in mapped})}
+    try:
+        trainable_host(None, types.SimpleNamespace(cond_stage_model=encoder), True)  # refused before any loading
+    except ValueError as e:
+        result["refusal"] = str(e)
+    return result
+
+
 if __name__ == "__main__":
-    print(json.dumps(main()))
+    print(json.dumps(generic_key_check() if FAMILY in GENERIC_KEY_FAMILIES else main()))

@@ -1,4 +1,5 @@
-"""Text-encoder LoRA for SD2.x, SDXL, SD3.5 and Flux.1 on tiny CLIPs built from ComfyUI's own encoder classes."""
+"""Text-encoder LoRA for SD2.x, SDXL, SD3.5 and Flux.1 on tiny CLIPs built from ComfyUI's own encoder classes;
+Wan and Qwen-Image text encoders refused, with the prefixes ComfyUI maps for them."""
 
 import pytest
 from test_host_objectives import host_script
@@ -29,3 +30,30 @@ def test_text_encoder_lora_trains_and_loads_in_stock_comfyui(comfy_server, famil
     assert r["not_loaded_count"] == 0, r["not_loaded"]
     assert r["patched"] == r["modules"] == r["lora_keys"] // 3
     assert r["strength0_equal"] and r["cond_change"] > 1e-4 and r["pooled_change"] > 1e-4
+    # train_t5 (kohya's train_t5xxl): set through the Advanced node's widgets for Flux, refused without a T5 or
+    # without train_text_encoder, each message saying what to do
+    assert r["config_train_t5"] == (family == "flux")
+    assert "train_text_encoder is off; turn train_text_encoder on, or train_t5 off" in r["refusals"]["t5_without_te"]
+    if family != "flux":
+        assert r["refusals"]["t5_missing"] == (
+            f"train_t5 trains the T5-XXL text encoder of SD3.5 and Flux.1, but this CLIP ({r['clip']}) has "
+            "no T5-XXL loaded; turn train_t5 off (its CLIP text encoders still train with train_text_encoder), or "
+            "load the model's T5-XXL with its CLIP loader.")
+
+
+# family -> (ComfyUI's text-encoder class, its attribute in the CLIP, what the refusal names)
+GENERIC = {"wan": ("WanT5Model", "umt5xxl", "Wan 2.x's umT5-XXL"),
+           "qwen_image": ("QwenImageTEModel", "qwen25_7b", "Qwen-Image's Qwen2.5-VL 7B")}
+
+
+@pytest.mark.parametrize("family", sorted(GENERIC))
+def test_text_encoder_lora_is_refused_where_comfyui_maps_no_kohya_prefix(comfy_server, family):
+    clip_class, name, label = GENERIC[family]
+    r = host_script(comfy_server, "te_family_check.py", 120, family)
+    # ComfyUI 0.3.64 maps every weight of the encoder under text_encoders.<name>.* and no kohya lora_te* key
+    assert r["clip"] == clip_class and r["mapped"] > 100 and r["kohya_mapped"] == 0
+    assert r["prefixes"] == [f"text_encoders.{name}"]
+    assert r["refusal"] == (
+        f"Text-encoder LoRA for {label} ({clip_class}) is not trained here: ComfyUI 0.3.64's LoraLoader maps no "
+        f"kohya lora_te prefix for it, only generic 'text_encoders.{name}.transformer.*' keys, which Atelier does not "
+        "write. Turn train_text_encoder off to train the diffusion model only.")
