@@ -20,8 +20,8 @@ from ..trainers.network import NetworkConfig, parse_rank_overrides
 from .host import output_subdir
 from .provenance import base_model
 from .train_adapter import make_encoder, text_encoder_roots
-from .training import (CHOICES, CONFIG_TOOLTIPS, NETWORK_TOOLTIPS, common_inputs, config_from, default_targets,
-                       encoded_dataset, shown, trainable_host, widgets_for)
+from .training import (APPENDED, CHOICES, CONFIG_TOOLTIPS, NETWORK_TOOLTIPS, appended_inputs, common_inputs,
+                       config_from, default_targets, encoded_dataset, shown, trainable_host, widgets_for)
 from .validate import check_choice, check_names
 
 
@@ -66,7 +66,7 @@ class AtelierExportTrainingJob(io.ComfyNode):
             inputs=[
                 *common_inputs(),
                 *widgets_for(NetworkConfig, NETWORK_TOOLTIPS),
-                *widgets_for(TrainConfig, CONFIG_TOOLTIPS, skip=NO_PREVIEWS),
+                *widgets_for(TrainConfig, CONFIG_TOOLTIPS, skip=NO_PREVIEWS + APPENDED),
                 io.String.Input("target_patterns", default="", multiline=True,
                                 tooltip="Regexes (one per line) on layer names / kohya keys that LoRA may adapt; "
                                         "empty = kohya's default blocks."),
@@ -77,6 +77,7 @@ class AtelierExportTrainingJob(io.ComfyNode):
                 io.String.Input("config_json", default="", multiline=True,
                                 tooltip="Optional: a training config as JSON; when given it replaces the training "
                                         "widgets above."),
+                *appended_inputs(),
             ],
             outputs=[io.String.Output("job", tooltip="The job folder (output/atelier/jobs/<name>)."),
                      io.String.Output("report", tooltip="JSON: samples, base model, text handling, the command.")],

@@ -459,6 +459,18 @@ FLOAT_STEPS = {"unet_lr": 1e-6, "te_lr": 1e-6, "weight_decay": 1e-3, "min_timest
                "max_timestep_percent": 0.01, "ema_decay": 1e-4}
 
 
+# Settings added after workflows were saved: they come last and optional, so the widget values of saved workflows keep
+# their places (the frontend stores them by position) and API prompts without them still validate.
+APPENDED = ("train_t5",)
+
+
+def appended_inputs() -> list:
+    """The APPENDED settings' widgets (all booleans so far), with their TrainConfig defaults."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return [io.Boolean.Input(name, default=defaults[name], optional=True, tooltip=CONFIG_TOOLTIPS[name])
+            for name in APPENDED]
+
+
 def widgets_for(cls, tooltips: dict, skip=()) -> list:
     """One widget per dataclass field, named exactly like the field, with its default and tooltip."""
     out = []
@@ -523,7 +535,7 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
             inputs=[
                 *common_inputs(),
                 *widgets_for(NetworkConfig, NETWORK_TOOLTIPS),
-                *widgets_for(TrainConfig, CONFIG_TOOLTIPS),
+                *widgets_for(TrainConfig, CONFIG_TOOLTIPS, skip=APPENDED),
                 io.String.Input("target_patterns", default="", multiline=True,
                                 tooltip="Regexes (one per line) on layer names / kohya keys that LoRA may adapt, "
                                         "e.g. 'output_blocks' or 'attn2'; empty = kohya's default (transformer blocks "
@@ -565,6 +577,7 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
                                 tooltip="Optional: a training config as JSON (e.g. the 'config' of an earlier "
                                         "report); when given it replaces the training widgets above."),
                 reuse_input(),
+                *appended_inputs(),
             ],
             outputs=training_outputs(),
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],

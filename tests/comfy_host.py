@@ -263,7 +263,7 @@ def advanced_train_widgets(output_name: str, **widgets) -> dict:
     `widgets` replace the defaults below."""
     defaults = dict(output_name=output_name, rank=4, alpha=4.0, conv_rank=0, conv_alpha=1.0, dropout=0.0,
                     rank_dropout=0.0, module_dropout=0.0, epochs=1, max_steps=1, batch_size=1, grad_accum=1,
-                    unet_lr=1e-3, te_lr=1e-4, train_text_encoder=False, train_t5=False, optimizer="adamw",
+                    unet_lr=1e-3, te_lr=1e-4, train_text_encoder=False, optimizer="adamw",
                     weight_decay=0.01, scheduler="constant", warmup_steps=0, num_cycles=1, power=1.0, loss="l2",
                     huber_delta=0.1, min_snr_gamma=0.0, noise_offset=0.0, min_timestep_percent=0.0,
                     max_timestep_percent=1.0, max_grad_norm=1.0, precision="fp32", seed=3, ema_decay=0.0,

@@ -15,6 +15,7 @@ const SECTIONS = [
     ["caption_shuffle", "keep_tokens", "caption_dropout", "tag_dropout", "masked_loss", "cache_latents"]],
   ["network", "network: LoCon, dropout, target layers",
     ["conv_rank", "conv_alpha", "dropout", "rank_dropout", "module_dropout", "target_patterns", "exclude_patterns",
+      "train_t5",
       "rank_overrides"]],
   ["optimiser", "optimiser + schedule: decay, warmup, EMA, precision",
     ["grad_accum", "weight_decay", "warmup_steps", "num_cycles", "power", "max_grad_norm", "precision", "ema_decay",
