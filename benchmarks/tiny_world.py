@@ -8,7 +8,11 @@ saw, drawn ONLY in the render style and captioned without a style word ("red dia
   (b) copy-machine: a copier LoRA trained on the five known shapes in the render style (captioned the same way),
       merged into the base at 1.0; the target trained on the merged model with the copier images as regularisation
       (weight 1, repeats 1); the target shipped alone onto the ORIGINAL base;
-  (c) a before/after slider (PairSliderLoss): before = flat, after = render, same shape, colour and position.
+  (c) a before/after slider (PairSliderLoss): before = flat, after = render, same shape, colour and position;
+  (d) a text slider (TextSliderLoss, no images): target and neutral "<colour> <shape>", positive "…, render",
+      negative "…, flat", enhance, on circle / square / triangle × every colour; P(render) at strengths −1, 0, +1
+      on neutral, flat and render prompts (trained shapes and the held-out cross / ring), and colour / shape
+      leakage on the neutral prompts. Expected: +1 raises P(render), −1 lowers it.
 Measures per LoRA (same sampler seeds for base and LoRA): likeness = P(diamond) on "<colour> diamond, <style>"
 prompts in both styles; style obedience = P(prompted style) on those; leakage on prompts about the other shapes
 (circle, square, triangle, cross) = |ΔP(render)| (style), total-variation change of the colour and shape heads,
@@ -24,6 +28,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SLIDER_SHAPES = ("circle", "square", "triangle")  # the text slider's target shapes; cross and ring stay held out
+# (d) text sliders: (name, steps, lr, guidance_scale, denoise_steps); the short one is the host test's setting
+SLIDER_RUNS = (("d_text_slider_3_steps", 3, 0.01, 4.0, 4), ("d_text_slider_40_steps", 40, 5e-3, 2.0, 10))
 
 
 def main() -> None:
@@ -36,7 +43,9 @@ def main() -> None:
     import tiny_world as tw
     import torch
 
+    from atelier.trainers.objectives import TextSliderLoss
     from atelier.trainers.pair_objective import PairSliderLoss
+    from atelier.trainers.slider import SliderPrompts, prompt_samples
 
     started = time.perf_counter()
     world = tw.load_world()
@@ -66,6 +75,28 @@ def main() -> None:
         report["runs"].append(row)
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
 
+    def text_slider(name, seed, steps, lr, guidance, denoise_steps):
+        sets = [SliderPrompts(tw.caption(s, c, None), tw.caption(s, c, "render"), tw.caption(s, c, "flat"),
+                              tw.caption(s, c, None), "enhance", guidance, 64)
+                for s in SLIDER_SHAPES for c in tw.COLOURS]
+        slider = tw.train_lora(world, prompt_samples(sets, 3, downscale=64 // tw.SIZE), steps, lr=lr, seed=seed,
+                               objective=TextSliderLoss(sets, denoise_steps=denoise_steps))
+        for strength in (1.0, 0.5, 0.0, -0.5, -1.0):
+            measure(name, seed, slider, strength)
+            row = report["runs"][-1]
+            row.update(steps=steps, lr=lr, guidance_scale=guidance, denoise_steps=denoise_steps)
+            for style in (None, *tw.STYLES):  # P(render) on neutral ("red circle"), flat and render prompts
+                for group, shapes in (("trained", SLIDER_SHAPES), ("other", tw.KNOWN[len(SLIDER_SHAPES):])):
+                    captions = [tw.caption(s, c, style) for s in shapes for c in tw.COLOURS]
+                    moved = tw.render(world, captions, sample_seeds, slider, strength)
+                    row[f"p_render_{style or 'neutral'}_{group}"] = world.classifier.probabilities(
+                        moved)["style"][:, 1].mean().item()
+            neutral = tw.leakage(world, slider, seeds=sample_seeds, strength=strength, shapes=tw.KNOWN,
+                                 styles=(None,))  # colour / shape change on the neutral prompts themselves
+            row.update({f"neutral_leak_{k}": v for k, v in neutral.items()})
+            print(json.dumps({k: round(v, 3) for k, v in row.items() if "p_render" in k or "neutral_leak" in k}),
+                  flush=True)
+
     for seed in [int(s) for s in args.seeds.split(",")]:
         plain = tw.train_lora(world, character, args.steps, seed=seed)
         measure("a_plain", seed, plain)
@@ -86,6 +117,8 @@ def main() -> None:
                 report["runs"][-1][f"slider_p_render_{style}_prompts"] = moved["style"][:, 1].mean().item()
                 report["runs"][-1][f"base_p_render_{style}_prompts"] = base["style"][:, 1].mean().item()
             print(json.dumps({k: round(v, 3) for k, v in report["runs"][-1].items() if "p_render" in k}), flush=True)
+        for name, steps, lr, guidance, denoise_steps in SLIDER_RUNS:
+            text_slider(name, seed, steps, lr, guidance, denoise_steps)
     report["seconds"] = time.perf_counter() - started
     report["machine"] = f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
     out = HERE / "tiny_world_results.json"

@@ -300,12 +300,14 @@ def load_world(config: WorldConfig | None = None) -> World:
 
 def train_lora(world: World, data, steps: int, unet: nn.Module | None = None, reg=None, rank: int = 8,
                lr: float = 5e-3, seed: int = 0, objective=None) -> LoRANetwork:
-    """A LoRA on `unet` (default the base) trained with our Trainer on [(image, caption, ...)] (+ regularisation
-    images at weight 1, as DreamBooth prior preservation); returned removed (apply it with .applied())."""
+    """A LoRA on `unet` (default the base) trained with our Trainer on [(image, caption, ...)] or TrainSamples
+    (+ regularisation images at weight 1, as DreamBooth prior preservation); returned removed (apply it with
+    .applied())."""
     unet = unet or world.unet
     network = LoRANetwork({"lora_unet": unet}, NetworkConfig(rank=rank, alpha=float(rank), conv_rank=3,
                                                              conv_alpha=3.0), seed=seed)
-    samples = [TrainSample(latent=d[0], caption=d[1], partner_latent=d[3] if len(d) > 3 else None) for d in data]
+    samples = [d if isinstance(d, TrainSample) else  # ready-made samples (a text slider's image-free ones)
+               TrainSample(latent=d[0], caption=d[1], partner_latent=d[3] if len(d) > 3 else None) for d in data]
     samples += [TrainSample(latent=d[0], caption=d[1], regularization=True) for d in (reg or [])]
     config = TrainConfig(max_steps=steps, batch_size=16, unet_lr=lr, save_every_epochs=0, seed=seed, weight_decay=0.0)
     with deterministic():

@@ -210,3 +210,19 @@ def test_tiny_model_learns_the_direction_and_its_inverse_at_minus_one():
     cos = lambda a, b: torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
     assert cos(outs[1.0] - outs[0.0], direction) > 0.3
     assert cos(outs[-1.0] - outs[0.0], direction) < -0.3
+
+
+@pytest.mark.parametrize("ms", [ob.DiscreteEps(), ob.DiscreteV(), ob.RectifiedFlow()], ids=["eps", "v", "flow"])
+def test_the_raw_output_target_moves_the_denoised_image_toward_positive_in_every_family(ms):
+    """LECO and the sliders write the target for ε-prediction; here it is built in each family's raw output (ε, v,
+    flow velocity noise − x0). The denoised estimate is affine in the output with one slope b(σ) for all prompts, so
+    the target's x0̂ is x0(neutral) + guidance·(x0(positive) − x0(negative)) in every family: same sign everywhere."""
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn(1, 4, 4, 4, generator=g) * 2
+    clean = {p: torch.randn(1, 4, 4, 4, generator=g) for p in ("neutral", "positive", "negative")}
+    sigma = torch.tensor([ms.percent_to_sigma(0.4)])
+    out = {p: ob.prediction_target(ms, sigma, x_t, x0) for p, x0 in clean.items()}  # what a perfect model returns
+    target = out["neutral"] + 3.0 * (out["positive"] - out["negative"])  # enhance, as TextSliderLoss builds it
+    denoised = ms.calculate_denoised(sigma, target, x_t)
+    expected = clean["neutral"] + 3.0 * (clean["positive"] - clean["negative"])
+    assert torch.allclose(denoised, expected, atol=1e-4)

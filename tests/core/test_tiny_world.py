@@ -1,5 +1,6 @@
 """The tiny world's measures work: the classifier reads held-out drawings, a zero LoRA leaks exactly nothing, a LoRA
-that paints every shape in the render style leaks far more, and a LoRA trained on the character raises likeness.
+that paints every shape in the render style leaks far more, a LoRA trained on the character raises likeness, and a
+text slider "render − flat" at +1 raises P(render) while −1 lowers it.
 
 The world (base model + classifier) is built once, about 2 minutes on one CPU core, then cached in
 ~/.cache/atelier; `-m "not tiny_world"` leaves these tests out.
@@ -10,7 +11,9 @@ import pytest
 import torch
 
 import tiny_world as tw
+from atelier.trainers import objectives as ob
 from atelier.trainers.network import LoRANetwork, NetworkConfig
+from atelier.trainers.slider import SliderPrompts, prompt_samples
 
 
 def test_drawings_are_deterministic_and_the_styles_differ():
@@ -55,3 +58,30 @@ def test_a_leaky_lora_scores_worse_than_a_zero_lora_and_a_character_lora_raises_
     character = tw.train_lora(world, tw.dataset((tw.CHARACTER,), tw.COLOURS, tw.STYLES, 3, seed=8), steps=120)
     like = tw.likeness(world, character, seeds=(0,))
     assert like["likeness"] > base_like["likeness"] + 0.15 and like["p_shape_render"] > 0.3, (base_like, like)
+
+
+def style_sets(guidance: float = 4.0):
+    """Text-slider prompt sets over circle, square, triangle × every colour: "<colour> <shape>" toward ", render"
+    away from ", flat", enhance."""
+    return [SliderPrompts(f"{c} {s}", f"{c} {s}, render", f"{c} {s}, flat", f"{c} {s}", "enhance", guidance, 64)
+            for s in tw.KNOWN[:3] for c in tw.COLOURS]
+
+
+@pytest.mark.tiny_world
+def test_text_slider_plus_one_raises_p_render_and_minus_one_lowers_it(world):
+    """The sign of TextSliderLoss on a model that has learned something (the random SD fixture cannot show it):
+    positive "…, render", negative "…, flat", enhance; 3 steps (lr 0.01, 4-step partial denoise, guidance 4, as the
+    host test trains). Measured on the neutral prompts "<colour> <shape>", sampler seeds 100 and 101: P(render)
+    0.26 at 0 → 1.00 at +1 → 0.00 at −1; on "<shape>, render" prompts 1.00 → 0.59 at −1."""
+    sets = style_sets()
+    slider = tw.train_lora(world, prompt_samples(sets, 3, downscale=64 // tw.SIZE), steps=3, lr=0.01,
+                           objective=ob.TextSliderLoss(sets, denoise_steps=4))
+
+    def p_render(suffix, strength):
+        captions = [f"{c} {s}{suffix}" for s in tw.KNOWN[:3] for c in tw.COLOURS]
+        images = tw.render(world, captions, (100, 101), slider, strength)
+        return world.classifier.probabilities(images)["style"][:, tw.STYLES.index("render")].mean().item()
+
+    neutral = {m: p_render("", m) for m in (-1.0, 0.0, 1.0)}
+    assert neutral[1.0] > neutral[0.0] + 0.5 and neutral[-1.0] < neutral[0.0] - 0.15, neutral
+    assert p_render(", render", -1.0) < 0.8, "−1 did not pull 'render' prompts toward flat"
