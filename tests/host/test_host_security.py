@@ -178,18 +178,19 @@ def attack_cases(info: dict, work: Path) -> list:
             else:
                 continue
             cases += [(class_type, name, v) for v in values]
-    cases += [("AtelierLoadDataset", "folder", v) for v in
-              ["../outside", outside, "input/../outside", "input/sec_folder_link", "input/sec_folder_link/state",
-               "home", "C:\\Windows", "nul\x00"]]
-    cases += [("AtelierLoadDataset", "sub_path", v) for v in
-              ["../outside", outside, "sec_folder_link", "sec_folder_link/state", "..\\..\\x", "C:\\x", "//srv/share",
-               "x\x00y"]]
+    for node in ("AtelierLoadDataset", "AtelierLoadClips"):  # Load Clips takes its folder the same way
+        cases += [(node, "folder", v) for v in
+                  ["../outside", outside, "input/../outside", "input/sec_folder_link", "input/sec_folder_link/state",
+                   "home", "C:\\Windows", "nul\x00"]]
+        cases += [(node, "sub_path", v) for v in
+                  ["../outside", outside, "sec_folder_link", "sec_folder_link/state", "..\\..\\x", "C:\\x",
+                   "//srv/share", "x\x00y"]]
     for side in ("before", "after"):  # Load Image Pairs takes two folders the way Load Dataset takes one
         cases += [("AtelierLoadImagePairs", f"{side}_folder", v) for v in
                   ["../outside", outside, "input/../outside", "input/sec_folder_link", "home", "nul\x00"]]
         cases += [("AtelierLoadImagePairs", f"{side}_sub_path", v) for v in
                   ["../outside", outside, "sec_folder_link", "..\\..\\x", "//srv/share", "x\x00y"]]
-    for node in ("AtelierLoadDataset", "AtelierWriteCaptions"):
+    for node in ("AtelierLoadDataset", "AtelierLoadClips", "AtelierWriteCaptions"):
         cases += [(node, "caption_extension", v) for v in ["", ".", "../x", ".txt/../../x", f"{outside}/x.txt",
                                                            ".txt\x00", "*"]]
     cases += [("AtelierLoadDataset", "caption_encoding", v) for v in ["punycode", "rot13", "../x", "x" * 5000]]
