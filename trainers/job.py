@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from ..core.conditioning import tile_tokens
 from ..core.lora_meta import epochs_of
 from ..core.paths import Root, atomic_write_bytes, open_inside, read_bytes_inside
 from .checkpoint import run_environment
@@ -163,8 +164,8 @@ def frozen_encoder(text: dict[str, tuple[torch.Tensor, dict]], folder_name: str)
             raise ValueError(f"Caption {missing[0][:60]!r} has no frozen embedding in job '{folder_name}'; export "
                              "the job again, or run it with the text encoder (the command line loads it).")
         conds = [text[c] for c in captions]
-        extra = {k: torch.cat([e[k] for _, e in conds]) for k in conds[0][1]}
-        return torch.cat([c for c, _ in conds]), extra
+        extra = {k: torch.cat([e[k] for _, e in conds]) for k in conds[0][1]}  # pooled etc.: (1, D) each
+        return tile_tokens([c for c, _ in conds]), extra  # frozen in groups of 16, so token lengths may differ
     return encode
 
 

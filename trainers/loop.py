@@ -20,6 +20,7 @@ from typing import Callable, Protocol
 import torch
 
 from ..core.captions import join_tags, split_tags
+from ..core.conditioning import tile_tokens
 from . import objectives as ob
 from .optim import EMA, OPTIMIZERS, SCHEDULERS, lr_multiplier, make_optimizer
 from .trainable import Trainable
@@ -304,8 +305,8 @@ class Trainer:
             for i, c in enumerate(missing):
                 self._text_cache[c] = (cond[i:i + 1], {k: v[i:i + 1] for k, v in extra.items()})
         conds = [self._text_cache[c] for c in captions]
-        extra = {k: torch.cat([e[k] for _, e in conds]) for k in conds[0][1]}
-        return torch.cat([c for c, _ in conds]), extra
+        extra = {k: torch.cat([e[k] for _, e in conds]) for k in conds[0][1]}  # pooled etc.: (1, D) each
+        return tile_tokens([c for c, _ in conds]), extra  # cached in groups of 16, so token lengths may differ
 
     def _autocast(self):
         if self.cfg.precision == "fp32":

@@ -11,10 +11,10 @@ import pytest
 import torch
 from job_worker import tiny_encode, tiny_job_model
 from safetensors.torch import load_file
-from test_trainer import make_samples
+from test_trainer import group_padded_encode, long_caption_samples, make_samples
 
 from atelier.core.lora_io import load_lora
-from atelier.trainers.job import JOB_FILE, TerminalProgress, read_job, run_job, write_job
+from atelier.trainers.job import JOB_FILE, TerminalProgress, frozen_encoder, read_job, run_job, write_job
 from atelier.trainers.loop import TrainConfig, TrainSample
 from atelier.trainers.network import NetworkConfig
 
@@ -80,6 +80,19 @@ def test_job_without_embeddings_needs_the_text_encoder(tmp_path):
     assert read_job(folder).text is None
     with pytest.raises(ValueError, match="needs the model's text encoder"):
         run_job(folder, tiny_job_model())
+
+
+def test_frozen_embeddings_of_different_token_lengths_train(tmp_path):
+    """Captions frozen in two groups (6 and 12 tokens) are tiled to one length when a batch mixes them."""
+    config = TrainConfig(unet_lr=1e-2, epochs=1, batch_size=9, save_every_epochs=0)
+    folder = write_job(tmp_path / "job", name="tiny", config=config, network=NetworkConfig(rank=4, alpha=4.0),
+                       base={"name": "tiny.safetensors"}, metadata={}, samples=long_caption_samples(),
+                       encode=group_padded_encode)
+    job = read_job(folder)
+    assert {c.shape[1] for c, _ in job.text.values()} == {6, 12}
+    cond, _ = frozen_encoder(job.text, "job")([job.samples[0].caption, job.samples[-1].caption])
+    assert cond.shape == (2, 12, 8)  # the 6-token embedding repeated twice, as ComfyUI batches prompts
+    assert run_job(folder, tiny_job_model()).state.step == 2
 
 
 def torchrun(job: Path, out: Path, nproc: int, *extra: str) -> None:
