@@ -381,21 +381,26 @@ class Trainer:
                     group = batches[state.batch_in_epoch:state.batch_in_epoch + cfg.grad_accum]
                     divisor = sum(len(b) for b in group)
                     lr = self._set_lr(state.step)
-                    total = 0.0
+                    total, bad_loss = 0.0, None
                     for batch in group:
                         batch = self.distributed.shard(batch) if self.distributed else batch
                         if not batch:  # fewer samples than ranks: this rank only adds zero gradients
                             continue
                         loss = self.micro_batch_loss(batch, state.epoch, divisor)  # divisor: the global count
                         if not torch.isfinite(loss):
-                            raise TrainingDiverged(
-                                f"Loss became {loss.item()} at step {state.step + 1} (epoch {state.epoch + 1}); "
-                                f"nothing from this step was applied; {self._saved_sentence()} Lower the learning "
-                                "rate, use bf16 instead of fp16, or set max_grad_norm.")
+                            bad_loss = f"{loss.item()}"
+                            break  # under torchrun the other ranks learn it from the gradient sum below
                         (self.scaler.scale(loss) if self.scaler else loss).backward()
                         total += loss.item()
                     if self.distributed:  # the one-process gradient and loss: sums over the ranks' shards
-                        total = self.distributed.sum_gradients(self.params, total)
+                        total, finite = self.distributed.sum_gradients(self.params, total, bad_loss is None)
+                        if not finite and bad_loss is None:
+                            bad_loss = "non-finite on another rank"  # that rank's own message names the value
+                    if bad_loss is not None:
+                        raise TrainingDiverged(
+                            f"Loss became {bad_loss} at step {state.step + 1} (epoch {state.epoch + 1}); "
+                            f"nothing from this step was applied; {self._saved_sentence()} Lower the learning "
+                            "rate, use bf16 instead of fp16, or set max_grad_norm.")
                     applied = self._optimizer_step()
                     state.step += 1
                     if not applied:

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from job_worker import tiny_encode, tiny_job_model
 from safetensors.torch import load_file
 from test_trainer import group_padded_encode, long_caption_samples, make_samples
 
 from atelier.core.lora_io import load_lora
+from atelier.trainers.distributed import Distributed
 from atelier.trainers.job import JOB_FILE, TerminalProgress, frozen_encoder, read_job, run_job, write_job
 from atelier.trainers.loop import TrainConfig, TrainSample
 from atelier.trainers.network import NetworkConfig
@@ -95,12 +97,20 @@ def test_frozen_embeddings_of_different_token_lengths_train(tmp_path):
     assert run_job(folder, tiny_job_model()).state.step == 2
 
 
-def torchrun(job: Path, out: Path, nproc: int, *extra: str) -> None:
+def torchrun(job: Path, out: Path, nproc: int, *extra: str, ok: bool = True) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--standalone",
            str(TESTS / "job_worker.py"), str(job), str(out), *extra]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.returncode == 0) == ok, done.stderr[-3000:]
+    return done.stderr
+
+
+def test_one_ranks_nan_loss_stops_every_rank(tmp_path):
+    """Rank 1 diverges; rank 0 learns it from the gradient sum and raises too, instead of waiting in all_reduce."""
+    stderr = torchrun(export(tmp_path / "job"), tmp_path / "out", 2, "--nan-on-rank=1", ok=False)
+    assert "TrainingDiverged: Loss became nan at step 1" in stderr, stderr[-3000:]
+    assert "TrainingDiverged: Loss became non-finite on another rank at step 1" in stderr, stderr[-3000:]
 
 
 def test_two_ranks_equal_one_process_with_the_doubled_batch(tmp_path):
@@ -133,3 +143,16 @@ def test_resume_across_a_change_of_world_size(tmp_path):
     run_job(half, tiny_job_model(), out=tmp_path / "mixed", resume=True)
     a, b = state_weights(tmp_path / "one"), state_weights(tmp_path / "mixed")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < TOLERANCE
+
+
+def test_sum_gradients_keeps_none_where_no_rank_has_a_gradient(tmp_path):
+    """In a 1-process gloo group: a gradient-less parameter stays None (AdamW skips it), a flagged loss reads back."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        used, unused = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+        used.grad = torch.full((3,), 2.0)
+        assert Distributed(0, 1).sum_gradients([used, unused], 1.5) == (1.5, True)
+        assert unused.grad is None and torch.equal(used.grad, torch.full((3,), 2.0))
+        assert Distributed(0, 1).sum_gradients([used, unused], 0.0, finite=False)[1] is False
+    finally:
+        dist.destroy_process_group()
