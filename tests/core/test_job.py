@@ -156,3 +156,48 @@ def test_sum_gradients_keeps_none_where_no_rank_has_a_gradient(tmp_path):
         assert Distributed(0, 1).sum_gradients([used, unused], 0.0, finite=False)[1] is False
     finally:
         dist.destroy_process_group()
+
+
+def test_non_finite_latents_or_embeddings_are_not_written(tmp_path):
+    samples = make_samples(3)
+    samples[2] = TrainSample(samples[2].latent * float("nan"), samples[2].caption)
+    with pytest.raises(ValueError, match="The latent of sample 2 holds NaN or inf values, so the job was not written"):
+        export(tmp_path / "job", samples)
+    assert not (tmp_path / "job").exists()
+    config = TrainConfig(unet_lr=1e-2, epochs=1, save_every_epochs=0)
+    with pytest.raises(ValueError, match="The cond of caption 0 holds NaN or inf values"):
+        write_job(tmp_path / "job", name="tiny", config=config, network=NetworkConfig(), base={}, metadata={},
+                  samples=make_samples(2), encode=lambda c: (tiny_encode(c)[0] / 0.0, {}))
+    assert not (tmp_path / "job").exists()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.pop("samples"), "job.json is missing 'samples'; export the job again"),
+    (lambda d: d["network"].update(rank_typo=4), "job.json's network has unknown 'rank_typo'; export the job again"),
+    (lambda d: d["samples"][1].pop("repeats"), "job.json's sample 1 is missing 'repeats'; export the job again"),
+])
+def test_malformed_job_json_is_refused_by_name(tmp_path, edit, message):
+    folder = export(tmp_path / "job", make_samples(2))
+    data = json.loads((folder / JOB_FILE).read_text())
+    edit(data)
+    (folder / JOB_FILE).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message):
+        read_job(folder)
+
+
+def test_resume_without_a_state_is_refused(tmp_path):
+    folder = export(tmp_path / "job", make_samples(2))
+    with pytest.raises(ValueError, match="Nothing to resume: 'state/tiny' in 'job' has no state.json"):
+        run_job(folder, tiny_job_model(), resume=True)
+
+
+def test_a_re_export_is_checked_as_a_set_and_its_old_state_is_not_resumed(tmp_path):
+    folder = export(tmp_path / "job", make_samples(4), max_steps=1)
+    run_job(folder, tiny_job_model())
+    old_json = (folder / JOB_FILE).read_bytes()
+    export(folder, make_samples(4, seed=1), max_steps=2)  # other data under the same name
+    with pytest.raises(ValueError, match="'state/tiny' was trained on other data than this job folder holds now"):
+        run_job(folder, tiny_job_model(), resume=True)
+    (folder / JOB_FILE).write_bytes(old_json)  # a re-export cut short: new latents beside the old job.json
+    with pytest.raises(ValueError, match="job/latents.safetensors does not match the digest in job.json"):
+        read_job(folder)
