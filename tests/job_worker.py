@@ -16,11 +16,14 @@ from atelier.trainers.distributed import from_environment, leave  # noqa: E402
 from atelier.trainers.job import JobModel, run_job  # noqa: E402
 
 
-def tiny_job_model() -> JobModel:
-    """The tiny UNet as a JobModel, wired like the Rig of the trainer tests."""
+def tiny_job_model(nan: bool = False) -> JobModel:
+    """The tiny UNet as a JobModel, wired like the Rig of the trainer tests; `nan` makes every prediction NaN."""
     unet, ms = TinyUNet(), ob.DiscreteEps()
-    return JobModel({"lora_unet": unet}, lambda x_t, s, c, **e: unet(ms.calculate_input(s, x_t), ms.timestep(s), c),
-                    ms)
+
+    def denoise(x_t, s, c, **e):
+        out = unet(ms.calculate_input(s, x_t), ms.timestep(s), c)
+        return out * float("nan") if nan else out
+    return JobModel({"lora_unet": unet}, denoise, ms)
 
 
 def tiny_encode(captions):
@@ -32,6 +35,7 @@ if __name__ == "__main__":
     job, out = Path(sys.argv[1]), Path(sys.argv[2])
     distributed = from_environment("cpu")
     try:
-        run_job(job, tiny_job_model(), out=out, resume="--resume" in sys.argv, distributed=distributed)
+        nan = f"--nan-on-rank={distributed.rank if distributed else 0}" in sys.argv  # one rank diverges
+        run_job(job, tiny_job_model(nan), out=out, resume="--resume" in sys.argv, distributed=distributed)
     finally:
         leave()

@@ -37,16 +37,24 @@ class Distributed:
         """This rank's part of a micro-batch: every world_size-th sample from position `rank` (may be empty)."""
         return batch[self.rank::self.world_size]
 
-    def sum_gradients(self, params: list[torch.Tensor], loss_total: float) -> float:
-        """Sums every parameter's gradient and the step's loss over the ranks in one all_reduce; returns the loss."""
+    def sum_gradients(self, params: list[torch.Tensor], loss_total: float, finite: bool = True) -> tuple[float, bool]:
+        """Sums every parameter's gradient and the step's loss over the ranks in one all_reduce; returns the summed
+        loss and whether every rank's loss was finite (so all ranks stop together rather than one leaving the rest
+        blocked in the next all_reduce). A parameter no rank has a gradient for keeps None, as in one process."""
+        device = params[0].device
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]  # an idle rank adds zeros
-        flat = torch.cat([g.reshape(-1).float() for g in grads] + [torch.tensor([loss_total], device=grads[0].device)])
+        has_grad = [float(p.grad is not None) for p in params]  # summed: how many ranks hold each gradient
+        tail = torch.tensor(has_grad + [loss_total if finite else 0.0, 0.0 if finite else 1.0], device=device)
+        flat = torch.cat([g.reshape(-1).float() for g in grads] + [tail])  # (Σ numel + params + 2,)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         offset = 0
         for p, g in zip(params, grads):
             p.grad = flat[offset:offset + g.numel()].view_as(g).to(g.dtype)
             offset += g.numel()
-        return float(flat[-1].item())
+        for p, count in zip(params, flat[offset:offset + len(params)].tolist()):
+            if count == 0:  # no rank touched it: None keeps AdamW from decaying or stepping it
+                p.grad = None
+        return float(flat[-2].item()), flat[-1].item() == 0
 
     def barrier(self) -> None:
         dist.barrier()

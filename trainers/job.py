@@ -1,7 +1,8 @@
 """A training job as a self-contained folder, and the run that trains it without the UI. Nothing here knows ComfyUI.
 
 A job folder holds job.json (format, output name, TrainConfig, NetworkConfig, the base model reference: checkpoint
-name, folder and sha256, never a server path; the kohya metadata known at export; one record per sample),
+name, folder and sha256, never a server path; the kohya metadata known at export; one record per sample; the
+sha256 of each tensor file, so a set left half-rewritten is refused and a state trained on other data is not resumed),
 latents.safetensors (`latent.<i>`, `flipped.<i>`, `mask.<i>` in the model's latent space) and, when the text
 encoder is frozen, text.safetensors (`cond.<j>` and `<extra key>.<j>` for caption j of job.json's "captions").
 No source image is needed to train it. The model is not in the folder: the caller hands run_job a JobModel (the
@@ -12,6 +13,7 @@ command line; tests build it from tests/tiny_models.py. Under torchrun, see trai
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -23,15 +25,18 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from ..core.conditioning import tile_tokens
 from ..core.lora_meta import epochs_of
 from ..core.paths import Root, atomic_write_bytes, open_inside, read_bytes_inside
-from .checkpoint import run_environment
+from .checkpoint import read_state_config, run_environment
 from .loop import Callbacks, StepInfo, Trainer, TrainConfig, TrainSample
 from .network import LoRANetwork, NetworkConfig
 from .run import RunFiles, RunResult, TrainingRun
 
 JOB_FORMAT, JOB_VERSION = "atelier.training_job", 1
 JOB_FILE, LATENTS_FILE, TEXT_FILE = "job.json", "latents.safetensors", "text.safetensors"
+JOB_KEYS = ("name", "config", "network", "base", "metadata", "captions", "samples", "files")
+SAMPLE_KEYS = ("caption", "loss_weight", "repeats", "random_flip", "regularization", "key", "flipped", "mask")
 JOB_FILE_LIMIT = 256 << 20  # per-sample records and metadata only; the tensors live in the safetensors files
 # Metadata keys the run fills in at each save; the rest of the template is fixed at export.
 RUN_KEYS = ("ss_steps", "ss_epoch", "ss_num_epochs", "ss_max_train_steps", "ss_training_started_at",
@@ -50,6 +55,7 @@ class Job:
     metadata: dict[str, str]  # kohya metadata fixed at export (dataset, base model); RUN_KEYS are filled per save
     samples: list[TrainSample]
     text: dict[str, tuple[torch.Tensor, dict]] | None  # frozen embeddings per caption, or None (encode at run time)
+    data_sha256: str = ""  # digest of the tensor files: a resume from a state trained on other data is refused
 
 
 @dataclass
@@ -89,7 +95,6 @@ def write_job(folder: Path, *, name: str, config: TrainConfig, network: NetworkC
     config.validate()
     if not samples:
         raise ValueError("No training samples: the dataset is empty, so there is no job to export.")
-    folder.mkdir(parents=True, exist_ok=True)
     latents = {}
     for i, s in enumerate(samples):
         latents[f"latent.{i}"] = s.latent.float().contiguous()
@@ -97,16 +102,33 @@ def write_job(folder: Path, *, name: str, config: TrainConfig, network: NetworkC
             latents[f"flipped.{i}"] = s.flipped_latent.float().contiguous()
         if s.mask is not None:
             latents[f"mask.{i}"] = s.mask.float().contiguous()
-    atomic_write_bytes(folder / LATENTS_FILE, save_safetensors_bytes(latents))
+    files = {LATENTS_FILE: save_safetensors_bytes(refuse_non_finite(latents, "sample"))}
     captions = []
     if encode is not None and not needs_text_encoder(config):
         captions = job_captions(samples, config)
-        atomic_write_bytes(folder / TEXT_FILE, save_safetensors_bytes(frozen_text(encode, captions)))
+        files[TEXT_FILE] = save_safetensors_bytes(refuse_non_finite(frozen_text(encode, captions), "caption"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for file_name, data in files.items():
+        atomic_write_bytes(folder / file_name, data)
+    # job.json last, with each tensor file's digest: a re-export cut short leaves a set read_job refuses
     job = {"format": JOB_FORMAT, "version": JOB_VERSION, "name": name, "config": config.to_dict(),
            "network": dataclasses.asdict(network), "base": base, "metadata": metadata, "captions": captions,
-           "samples": [sample_record(s) for s in samples]}
+           "samples": [sample_record(s) for s in samples],
+           "files": {n: hashlib.sha256(data).hexdigest() for n, data in files.items()}}
     atomic_write_bytes(folder / JOB_FILE, json.dumps(job, indent=1).encode("utf-8"))
     return folder
+
+
+def refuse_non_finite(tensors: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+    """The tensors unchanged, or ValueError naming the first `<kind>.<index>` holding NaN or inf (nothing is saved)."""
+    for key, t in tensors.items():
+        if not torch.isfinite(t).all():
+            kind, index = key.rsplit(".", 1)
+            hint = ("its image and the VAE (an fp16 VAE can overflow; encode in fp32 or bf16)" if what == "sample"
+                    else "the text encoder's output for it")
+            raise ValueError(f"The {kind} of {what} {index} holds NaN or inf values, so the job was not written. "
+                             f"Check {hint} and export again.")
+    return tensors
 
 
 def frozen_text(encode, captions: list[str]) -> dict[str, torch.Tensor]:
@@ -136,9 +158,18 @@ def read_job(folder: str | Path) -> Job:
     if data.get("format") != JOB_FORMAT or data.get("version") != JOB_VERSION:
         raise ValueError(f"{folder.name}/{JOB_FILE} is format {data.get('format')!r} version {data.get('version')!r}; "
                          f"this Atelier reads {JOB_FORMAT!r} version {JOB_VERSION}. Export the job again.")
-    latents = load_safetensors_bytes(_job_bytes(folder, LATENTS_FILE))
+    check_fields(data, JOB_KEYS, "job.json")
+    check_fields(data["network"], [], "job.json's network", {f.name for f in dataclasses.fields(NetworkConfig)})
+    raw = {}
+    for name in data["files"]:
+        raw[name] = _job_bytes(folder, name)
+        if not isinstance(data["files"][name], str) or hashlib.sha256(raw[name]).hexdigest() != data["files"][name]:
+            raise ValueError(f"{folder.name}/{name} does not match the digest in {JOB_FILE} (an export was cut short "
+                             "or a file was replaced); export the job again.")
+    latents = load_safetensors_bytes(raw[LATENTS_FILE])
     samples = []
     for i, r in enumerate(data["samples"]):
+        check_fields(r, SAMPLE_KEYS, f"job.json's sample {i}")
         if f"latent.{i}" not in latents:
             raise ValueError(f"{folder.name}/{LATENTS_FILE} has no latent for sample {i}; export the job again.")
         samples.append(TrainSample(latents[f"latent.{i}"], r["caption"], r["loss_weight"], r["repeats"],
@@ -146,13 +177,26 @@ def read_job(folder: str | Path) -> Job:
                                    r["regularization"], latents.get(f"mask.{i}") if r["mask"] else None, r["key"]))
     text = None
     if data["captions"]:
-        tensors = load_safetensors_bytes(_job_bytes(folder, TEXT_FILE))
+        tensors = load_safetensors_bytes(raw[TEXT_FILE])
         keys = sorted({k.rsplit(".", 1)[0] for k in tensors} - {"cond"})
         text = {c: (tensors[f"cond.{j}"], {k: tensors[f"{k}.{j}"] for k in keys})
                 for j, c in enumerate(data["captions"])}
     network = NetworkConfig(**data["network"])
+    digest = hashlib.sha256("".join(data["files"][n] for n in sorted(data["files"])).encode()).hexdigest()
     return Job(folder, data["name"], TrainConfig.from_dict(data["config"]), network, data["base"],
-               data["metadata"], samples, text)
+               data["metadata"], samples, text, digest)
+
+
+def check_fields(data, required, where: str, allowed: set[str] | None = None) -> None:
+    """ValueError naming the first missing (or, with `allowed`, unknown) key of a job.json object."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} is not a JSON object; export the job again.")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ValueError(f"{where} is missing '{missing[0]}'; export the job again.")
+    unknown = sorted(set(data) - allowed) if allowed is not None else []
+    if unknown:
+        raise ValueError(f"{where} has unknown '{unknown[0]}'; export the job again.")
 
 
 def frozen_encoder(text: dict[str, tuple[torch.Tensor, dict]], folder_name: str):
@@ -163,8 +207,8 @@ def frozen_encoder(text: dict[str, tuple[torch.Tensor, dict]], folder_name: str)
             raise ValueError(f"Caption {missing[0][:60]!r} has no frozen embedding in job '{folder_name}'; export "
                              "the job again, or run it with the text encoder (the command line loads it).")
         conds = [text[c] for c in captions]
-        extra = {k: torch.cat([e[k] for _, e in conds]) for k in conds[0][1]}
-        return torch.cat([c for c, _ in conds]), extra
+        extra = {k: torch.cat([e[k] for _, e in conds]) for k in conds[0][1]}  # pooled etc.: (1, D) each
+        return tile_tokens([c for c, _ in conds]), extra  # frozen in groups of 16, so token lengths may differ
     return encode
 
 
@@ -203,7 +247,8 @@ def build_run(job: Job, model: JobModel, out: Path | None = None, on_step: Calla
     trainer = Trainer(job.config, network, model.denoise, model.model_sampling, job.samples, encode, callbacks,
                       device=model.device, distributed=distributed)
     files = RunFiles(out / f"{job.name}.safetensors", out / "state" / job.name)
-    return TrainingRun(trainer, files, job_metadata(job, trainer), run_environment(trainer, model.model_dtype))
+    environment = {**run_environment(trainer, model.model_dtype), "job_data_sha256": job.data_sha256}
+    return TrainingRun(trainer, files, job_metadata(job, trainer), environment)
 
 
 def run_job(folder: str | Path, model: JobModel, out: Path | None = None, resume: bool = False,
@@ -211,7 +256,16 @@ def run_job(folder: str | Path, model: JobModel, out: Path | None = None, resume
     """Trains a job folder on `model`; with `resume`, continues from its state folder (any world size)."""
     job = read_job(folder)
     run = build_run(job, model, out, on_step, distributed)
-    resume_dir = run.files.state_dir if resume and (run.files.state_dir / "state.json").is_file() else None
+    resume_dir = run.files.state_dir if resume else None
+    if resume_dir is not None:
+        where = f"state/{job.name}"  # relative to the output folder, never a server path
+        if not (resume_dir / "state.json").is_file():
+            raise ValueError(f"Nothing to resume: '{where}' in '{run.files.final.parent.name}' has no state.json. "
+                             "Run without --resume to start the job from step 0.")
+        saved = read_state_config(resume_dir).get("environment", {}).get("job_data_sha256")
+        if saved is not None and saved != job.data_sha256:
+            raise ValueError(f"'{where}' was trained on other data than this job folder holds now (it was exported "
+                             f"again); run without --resume to start over, or delete '{where}'.")
     out_dir = run.files.final.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     return run.train(resume_dir)

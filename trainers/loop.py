@@ -20,6 +20,7 @@ from typing import Callable, Protocol
 import torch
 
 from ..core.captions import join_tags, split_tags
+from ..core.conditioning import tile_tokens
 from . import objectives as ob
 from .optim import EMA, OPTIMIZERS, SCHEDULERS, lr_multiplier, make_optimizer
 from .trainable import Trainable
@@ -304,8 +305,8 @@ class Trainer:
             for i, c in enumerate(missing):
                 self._text_cache[c] = (cond[i:i + 1], {k: v[i:i + 1] for k, v in extra.items()})
         conds = [self._text_cache[c] for c in captions]
-        extra = {k: torch.cat([e[k] for _, e in conds]) for k in conds[0][1]}
-        return torch.cat([c for c, _ in conds]), extra
+        extra = {k: torch.cat([e[k] for _, e in conds]) for k in conds[0][1]}  # pooled etc.: (1, D) each
+        return tile_tokens([c for c, _ in conds]), extra  # cached in groups of 16, so token lengths may differ
 
     def _autocast(self):
         if self.cfg.precision == "fp32":
@@ -380,21 +381,26 @@ class Trainer:
                     group = batches[state.batch_in_epoch:state.batch_in_epoch + cfg.grad_accum]
                     divisor = sum(len(b) for b in group)
                     lr = self._set_lr(state.step)
-                    total = 0.0
+                    total, bad_loss = 0.0, None
                     for batch in group:
                         batch = self.distributed.shard(batch) if self.distributed else batch
                         if not batch:  # fewer samples than ranks: this rank only adds zero gradients
                             continue
                         loss = self.micro_batch_loss(batch, state.epoch, divisor)  # divisor: the global count
                         if not torch.isfinite(loss):
-                            raise TrainingDiverged(
-                                f"Loss became {loss.item()} at step {state.step + 1} (epoch {state.epoch + 1}); "
-                                f"nothing from this step was applied; {self._saved_sentence()} Lower the learning "
-                                "rate, use bf16 instead of fp16, or set max_grad_norm.")
+                            bad_loss = f"{loss.item()}"
+                            break  # under torchrun the other ranks learn it from the gradient sum below
                         (self.scaler.scale(loss) if self.scaler else loss).backward()
                         total += loss.item()
                     if self.distributed:  # the one-process gradient and loss: sums over the ranks' shards
-                        total = self.distributed.sum_gradients(self.params, total)
+                        total, finite = self.distributed.sum_gradients(self.params, total, bad_loss is None)
+                        if not finite and bad_loss is None:
+                            bad_loss = "non-finite on another rank"  # that rank's own message names the value
+                    if bad_loss is not None:
+                        raise TrainingDiverged(
+                            f"Loss became {bad_loss} at step {state.step + 1} (epoch {state.epoch + 1}); "
+                            f"nothing from this step was applied; {self._saved_sentence()} Lower the learning "
+                            "rate, use bf16 instead of fp16, or set max_grad_norm.")
                     applied = self._optimizer_step()
                     state.step += 1
                     if not applied:

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from job_worker import tiny_encode, tiny_job_model
 from safetensors.torch import load_file
-from test_trainer import make_samples
+from test_trainer import group_padded_encode, long_caption_samples, make_samples
 
 from atelier.core.lora_io import load_lora
-from atelier.trainers.job import JOB_FILE, TerminalProgress, read_job, run_job, write_job
+from atelier.trainers.distributed import Distributed
+from atelier.trainers.job import JOB_FILE, TerminalProgress, frozen_encoder, read_job, run_job, write_job
 from atelier.trainers.loop import TrainConfig, TrainSample
 from atelier.trainers.network import NetworkConfig
 
@@ -82,12 +84,33 @@ def test_job_without_embeddings_needs_the_text_encoder(tmp_path):
         run_job(folder, tiny_job_model())
 
 
-def torchrun(job: Path, out: Path, nproc: int, *extra: str) -> None:
+def test_frozen_embeddings_of_different_token_lengths_train(tmp_path):
+    """Captions frozen in two groups (6 and 12 tokens) are tiled to one length when a batch mixes them."""
+    config = TrainConfig(unet_lr=1e-2, epochs=1, batch_size=9, save_every_epochs=0)
+    folder = write_job(tmp_path / "job", name="tiny", config=config, network=NetworkConfig(rank=4, alpha=4.0),
+                       base={"name": "tiny.safetensors"}, metadata={}, samples=long_caption_samples(),
+                       encode=group_padded_encode)
+    job = read_job(folder)
+    assert {c.shape[1] for c, _ in job.text.values()} == {6, 12}
+    cond, _ = frozen_encoder(job.text, "job")([job.samples[0].caption, job.samples[-1].caption])
+    assert cond.shape == (2, 12, 8)  # the 6-token embedding repeated twice, as ComfyUI batches prompts
+    assert run_job(folder, tiny_job_model()).state.step == 2
+
+
+def torchrun(job: Path, out: Path, nproc: int, *extra: str, ok: bool = True) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--standalone",
            str(TESTS / "job_worker.py"), str(job), str(out), *extra]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.returncode == 0) == ok, done.stderr[-3000:]
+    return done.stderr
+
+
+def test_one_ranks_nan_loss_stops_every_rank(tmp_path):
+    """Rank 1 diverges; rank 0 learns it from the gradient sum and raises too, instead of waiting in all_reduce."""
+    stderr = torchrun(export(tmp_path / "job"), tmp_path / "out", 2, "--nan-on-rank=1", ok=False)
+    assert "TrainingDiverged: Loss became nan at step 1" in stderr, stderr[-3000:]
+    assert "TrainingDiverged: Loss became non-finite on another rank at step 1" in stderr, stderr[-3000:]
 
 
 def test_two_ranks_equal_one_process_with_the_doubled_batch(tmp_path):
@@ -120,3 +143,61 @@ def test_resume_across_a_change_of_world_size(tmp_path):
     run_job(half, tiny_job_model(), out=tmp_path / "mixed", resume=True)
     a, b = state_weights(tmp_path / "one"), state_weights(tmp_path / "mixed")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < TOLERANCE
+
+
+def test_sum_gradients_keeps_none_where_no_rank_has_a_gradient(tmp_path):
+    """In a 1-process gloo group: a gradient-less parameter stays None (AdamW skips it), a flagged loss reads back."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        used, unused = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+        used.grad = torch.full((3,), 2.0)
+        assert Distributed(0, 1).sum_gradients([used, unused], 1.5) == (1.5, True)
+        assert unused.grad is None and torch.equal(used.grad, torch.full((3,), 2.0))
+        assert Distributed(0, 1).sum_gradients([used, unused], 0.0, finite=False)[1] is False
+    finally:
+        dist.destroy_process_group()
+
+
+def test_non_finite_latents_or_embeddings_are_not_written(tmp_path):
+    samples = make_samples(3)
+    samples[2] = TrainSample(samples[2].latent * float("nan"), samples[2].caption)
+    with pytest.raises(ValueError, match="The latent of sample 2 holds NaN or inf values, so the job was not written"):
+        export(tmp_path / "job", samples)
+    assert not (tmp_path / "job").exists()
+    config = TrainConfig(unet_lr=1e-2, epochs=1, save_every_epochs=0)
+    with pytest.raises(ValueError, match="The cond of caption 0 holds NaN or inf values"):
+        write_job(tmp_path / "job", name="tiny", config=config, network=NetworkConfig(), base={}, metadata={},
+                  samples=make_samples(2), encode=lambda c: (tiny_encode(c)[0] / 0.0, {}))
+    assert not (tmp_path / "job").exists()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.pop("samples"), "job.json is missing 'samples'; export the job again"),
+    (lambda d: d["network"].update(rank_typo=4), "job.json's network has unknown 'rank_typo'; export the job again"),
+    (lambda d: d["samples"][1].pop("repeats"), "job.json's sample 1 is missing 'repeats'; export the job again"),
+])
+def test_malformed_job_json_is_refused_by_name(tmp_path, edit, message):
+    folder = export(tmp_path / "job", make_samples(2))
+    data = json.loads((folder / JOB_FILE).read_text())
+    edit(data)
+    (folder / JOB_FILE).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message):
+        read_job(folder)
+
+
+def test_resume_without_a_state_is_refused(tmp_path):
+    folder = export(tmp_path / "job", make_samples(2))
+    with pytest.raises(ValueError, match="Nothing to resume: 'state/tiny' in 'job' has no state.json"):
+        run_job(folder, tiny_job_model(), resume=True)
+
+
+def test_a_re_export_is_checked_as_a_set_and_its_old_state_is_not_resumed(tmp_path):
+    folder = export(tmp_path / "job", make_samples(4), max_steps=1)
+    run_job(folder, tiny_job_model())
+    old_json = (folder / JOB_FILE).read_bytes()
+    export(folder, make_samples(4, seed=1), max_steps=2)  # other data under the same name
+    with pytest.raises(ValueError, match="'state/tiny' was trained on other data than this job folder holds now"):
+        run_job(folder, tiny_job_model(), resume=True)
+    (folder / JOB_FILE).write_bytes(old_json)  # a re-export cut short: new latents beside the old job.json
+    with pytest.raises(ValueError, match="job/latents.safetensors does not match the digest in job.json"):
+        read_job(folder)

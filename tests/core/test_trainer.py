@@ -1,5 +1,7 @@
 """The training loop on tiny real models: it learns, accumulates exactly, resumes exactly, stops cleanly."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -16,6 +18,20 @@ def make_samples(n=4, size=8, seed=0):
     base = torch.randn(4, size, size, generator=g)
     return [TrainSample(latent=base.roll(i, dims=-1) * 0.5 + 0.1 * i, caption=f"korra, pose {i}, smile")
             for i in range(n)]
+
+
+def long_caption_samples(n=18):
+    """n distinct captions (more than one encoder group of 16), the last one longer than 6 words."""
+    samples = make_samples(n)
+    samples[-1] = dataclasses.replace(samples[-1], caption="korra, " + " ".join(f"word{k}" for k in range(10)))
+    return samples
+
+
+def group_padded_encode(captions):
+    """Like ComfyUI's CLIP: one call pads every caption to its group's longest, here 6 tokens or 12 when a caption
+    has more than 6 words (77 or 154 in SD's CLIP), so embeddings encoded in different groups differ in length."""
+    longest = max(len(c.replace(",", " ").split()) for c in captions)
+    return TinyTextEncoder(length=6 if longest <= 6 else 12)(captions), {}
 
 
 class Rig:
@@ -248,6 +264,16 @@ def test_precompute_text_encodes_each_caption_once_before_training():
     assert rig.encode_calls == 1  # training reused the cache
     te = Rig(te_lora=True).trainer(make_samples(4), max_steps=1, train_text_encoder=True)
     assert te.precompute_text() == 0  # a trained text encoder must encode every step
+
+
+def test_frozen_captions_of_different_token_lengths_share_a_batch():
+    """18 captions are cached in two groups of 16 (6 and 12 tokens); batches mixing them are tiled, not refused."""
+    rig = Rig()
+    t = Trainer(TrainConfig(unet_lr=1e-2, epochs=1, batch_size=9, save_every_epochs=0), rig.network, rig.denoise,
+                rig.ms, long_caption_samples(), group_padded_encode)
+    assert t.precompute_text() == 18
+    assert {c.shape[1] for c, _ in t._text_cache.values()} == {6, 12}
+    assert t.run().step == 2
 
 
 def test_samples_are_drawn_on_schedule_with_dropout_off_and_no_grad():
