@@ -52,26 +52,28 @@ def frame_files(folder: str | Path) -> list[Path]:
     return [Path(folder) / n for n in sorted(names, key=natural_key)]
 
 
-def clip_digest(folder: str | Path, h=None):
-    """A running sha256 of a clip's frames: each frame's name and bytes, in frame order (any edit changes it)."""
+def clip_digest(frames: tuple[str, ...], h=None):
+    """A running sha256 of a clip's checked frames (real paths recorded by the scan): each frame's name and bytes,
+    in frame order (any edit changes it); frames past clip_frames are never read."""
     h = h or hashlib.sha256()
-    for path in frame_files(folder):
-        h.update(path.name.encode("utf-8", "surrogateescape") + b"\0")
-        with os.fdopen(open_resolved(os.path.realpath(path), "image"), "rb") as f:
+    for real in frames:
+        h.update(os.path.basename(real).encode("utf-8", "surrogateescape") + b"\0")
+        with os.fdopen(open_resolved(real, "image"), "rb") as f:  # that exact file: no link followed, none swapped in
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h
 
 
 def check_clip(folder: Path, frames: int, roots: list[Root], max_pixels: int = DEFAULT_MAX_PIXELS
-               ) -> tuple[int, int]:
-    """(width, height) of a clip whose first `frames` frames exist, lie inside the roots and share one size."""
+               ) -> tuple[tuple[int, int], tuple[str, ...]]:
+    """((width, height), real frame paths) of a clip whose first `frames` frames exist, lie inside the roots and
+    share one size; training opens only those real paths."""
     files = frame_files(folder)
     name = shown(folder, roots)
     if len(files) < frames:
         raise DatasetError(f"Clip '{name}' has {len(files)} frame(s); this subset takes clip_frames = {frames}. Add "
                            f"frames to the clip, remove it, or lower clip_frames (1 + 4k: 1, 5, 9, …).")
-    size = None
+    size, reals = None, []
     for path in files[:frames]:
         if not is_inside(path, roots[0].path):
             raise DatasetError(f"Clip '{name}': frame '{path.name}' is a link leading outside the dataset folder; "
@@ -86,7 +88,8 @@ def check_clip(folder: Path, frames: int, roots: list[Root], max_pixels: int = D
             raise DatasetError(f"Clip '{name}': frame '{path.name}' is {w}×{h} but frame '{first}' is "
                                f"{size[0]}×{size[1]}; every frame of a clip must have one size. Re-export the clip "
                                "at one size.")
-    return size
+        reals.append(os.path.realpath(path))
+    return size, tuple(reals)
 
 
 def scan_clips(folder: str | Path, root: str | Path | Root | None = None, *, frames: int, name: str | None = None,
@@ -122,7 +125,7 @@ def scan_clips(folder: str | Path, root: str | Path | Root | None = None, *, fra
         if not frame_files(clip):
             skipped.append(Skipped(entry.path, "no frames (image files) in this folder"))
             continue
-        width, height = check_clip(clip, frames, roots, max_pixels)
+        (width, height), reals = check_clip(clip, frames, roots, max_pixels)
         caption = _clip_caption(clip, caption_source, caption_extension, fixed_caption, caption_encoding, roots)
         if caption is None:
             if on_missing_caption == "error":
@@ -132,7 +135,7 @@ def scan_clips(folder: str | Path, root: str | Path | Root | None = None, *, fra
                 skipped.append(Skipped(entry.path, f"no caption file {clip.name}{caption_extension}"))
                 continue
             caption = ""
-        items.append(Item(os.path.realpath(clip), caption, max(int(repeats), 1), width, height))
+        items.append(Item(os.path.realpath(clip), caption, max(int(repeats), 1), width, height, frames=reals))
     if not items:
         raise DatasetError(f"No clips in '{shown(folder, roots)}': put each clip's frames in its own subfolder "
                            f"(e.g. walk/0001.png …) with walk{caption_extension} beside it.")
@@ -159,15 +162,25 @@ def prepare_clip(sample) -> list[Image.Image]:
     """A clip sample's first `clip_frames` frames as training pixels: each decoded, composited, prepared with the
     subset's preparation (one geometry for all, since the frames share one size) and mirrored when asked."""
     prep = sample.preparation
-    files = frame_files(sample.item.source)[:sample.clip_frames]
+    files = sample.item.frames[:sample.clip_frames]  # the real frame paths the scan checked, never listed again
+    name = Path(sample.item.source).name
     if len(files) < sample.clip_frames:
-        raise DatasetError(f"Clip '{Path(sample.item.source).name}' now has {len(files)} frame(s), fewer than "
-                           f"clip_frames = {sample.clip_frames}; was it edited after loading? Load the dataset again.")
+        raise DatasetError(f"Clip '{name}' has {len(files)} checked frame(s), fewer than clip_frames = "
+                           f"{sample.clip_frames}; load the dataset again with Load Clips.")
     buckets = make_buckets((prep.width, prep.height), step=prep.bucket_step) if prep.mode == "buckets" else None
     out = []
-    for path in files:
-        rgb, _ = to_rgb(open_image(os.path.realpath(path)), prep.background)
+    for real in files:
+        rgb, _ = to_rgb(_open_frame(real, name), prep.background)
         frame = prepare_image(rgb, prep.mode, prep.width, prep.height, pad_color=prep.pad_color, filter=prep.filter,
                               buckets=buckets, no_upscale=prep.no_upscale)
         out.append(flip_horizontal(frame) if sample.mirrored else frame)
     return out
+
+
+def _open_frame(real: str, clip: str) -> Image.Image:
+    """A frame decoded from the real path the scan checked, refused when that path became (or now passes) a link."""
+    if os.path.realpath(real) != real:
+        raise DatasetError(f"Clip '{clip}': frame '{os.path.basename(real)}' was replaced by a link since the dataset "
+                           "was loaded; it was not read. Copy the frame into the clip folder and load the dataset "
+                           "again.")
+    return open_image(real, roots=[Root("clip", os.path.dirname(real))])  # re-checked as it is opened

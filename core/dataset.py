@@ -77,6 +77,7 @@ class Item:
     repeats: int
     width: int
     height: int
+    frames: tuple[str, ...] = ()  # a clip's checked real frame paths (its first clip_frames frames), else empty
 
 
 @dataclass(frozen=True)

@@ -184,9 +184,10 @@ def aspect_problem(width: int, height: int, limit: float = MAX_ASPECT) -> str | 
             "use letterbox mode, or crop the image into pieces")
 
 
-def open_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decodes an image file by content into memory, upright (EXIF orientation applied), or raises ImageRejected."""
-    img = _open_header(path, max_pixels)
+def open_image(path, max_pixels: int = DEFAULT_MAX_PIXELS, roots=None) -> Image.Image:
+    """Decodes an image file by content into memory, upright (EXIF orientation applied), or raises ImageRejected;
+    with `roots`, its real path must lie inside one of them."""
+    img = _open_header(path, max_pixels, roots)
     try:
         _check_header(path, img, max_pixels)
         try:

@@ -23,7 +23,7 @@ from ..trainers.loop import Trainer, TrainConfig, TrainingStopped
 from ..trainers.reuse import FINISHED_KEY, IDENTITY_KEY, RunIdentity, differences, saved_losses
 from ..trainers.run import RunFiles, TrainingRun
 from .dataset import dataset_in
-from .host import forget_model_list
+from .host import forget_model_list, model_roots
 from .provenance import base_model
 from .reuse import run_identity
 from .train_adapter import make_encoder
@@ -73,7 +73,7 @@ def earlier_hypernetwork(path: Path, identity: RunIdentity) -> tuple[dict | None
     if not path.is_file():
         return None, "no earlier file of this name"
     try:
-        sd = read_hypernetwork(path)
+        sd = read_hypernetwork(path, model_roots("hypernetworks"))  # only a file inside ComfyUI's folders
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:  # damaged or refused: train again
         return None, f"the existing file could not be read ({e})"
     why = differences(identity, {k: sd[k] for k in (IDENTITY_KEY, FINISHED_KEY) if isinstance(sd.get(k), str)})

@@ -35,7 +35,7 @@ class LatentCache:
         self.hits = self.misses = 0
 
     def key(self, sample, memory: dict) -> str:
-        h = source_digest(sample.item.source, memory)  # the file the scan checked, no swapped link
+        h = source_digest(sample.item.source, memory, sample.item.frames)  # the file the scan checked, no swapped link
         h.update(f"|{sample.preparation.key()}|{sample.mirrored}|{sample.random_flip}|{self.encoder_key}".encode())
         if sample.clip_frames:  # a clip's latent depends on how many of its frames are taken
             h.update(f"|clip{sample.clip_frames}".encode())

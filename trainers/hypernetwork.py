@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core.paths import atomic_write_bytes
+from ..core.paths import Root, atomic_write_bytes, read_bytes_inside
 
 # Activations both readers build: A1111's own table plus torch's activation classes by lower-case name, and
 # ComfyUI's fixed table (its loader returns no patch for any other name). "swish" is Hardswish in both.
@@ -41,6 +41,9 @@ FORMAT_KEYS = ("layer_structure", "activation_func", "is_layer_norm", "weight_in
                "dropout_structure", "activate_output", "last_layer_dropout", "name", "step", "sd_checkpoint",
                "sd_checkpoint_name", "optional_info")
 DRAWS_KEY = "dropout_draws"  # resume-state entry: masks drawn so far per dropout (not part of the .pt file)
+MAX_LAYERS = 8  # Linear layers per MLP; A1111's presets use 2-4
+MAX_PARAMETERS = 500_000_000  # all K / V MLPs together; a 1,2,1 SD1.5 network has about 13 M
+MAX_FILE_BYTES = 4 * MAX_PARAMETERS + (64 << 20)  # float32 weights plus the pickle's own bytes
 SUFFIX = ".pt"  # ComfyUI lists .pt hypernetworks and A1111 only .pt; neither reads a safetensors variant
 
 
@@ -54,7 +57,16 @@ def parse_layer_structure(text: str) -> tuple[float, ...]:
                                                                         for v in values):
         raise ValueError(f"layer_structure should be comma-separated width multipliers that start and end with 1, "
                          f"each in (0, 16], e.g. '1, 2, 1'; got '{text}'.")
+    if len(values) - 1 > MAX_LAYERS:
+        raise ValueError(f"layer_structure '{text}' makes {len(values) - 1} layers; at most {MAX_LAYERS} are accepted. "
+                         "Use fewer multipliers, e.g. '1, 2, 1'.")
     return values
+
+
+def parameter_count(widths, layer_structure: tuple[float, ...]) -> int:
+    """Weights and biases of every K and V MLP for the given attention widths (what Hypernetwork allocates)."""
+    return 2 * sum(int(w * a) * int(w * b) + int(w * b) for w in widths
+                   for a, b in zip(layer_structure, layer_structure[1:]))
 
 
 def dropout_structure(layer_structure: tuple[float, ...], use_dropout: bool, last_layer_dropout: bool,
@@ -189,6 +201,11 @@ class Hypernetwork(nn.Module):
             found = ", ".join(name for name, _ in layers[:6]) or "no attention layers at all"
             raise ValueError(f"No cross-attention (attn2 with to_k / to_v) found in the UNet: found {found}. A "
                              "hypernetwork needs a UNet with text cross-attention (SD1.x, SD2.x, SDXL).")
+        count = parameter_count(widths, config.layer_structure)
+        if count > MAX_PARAMETERS:  # refused before anything is allocated
+            raise ValueError(f"layer_structure {','.join(f'{v:g}' for v in config.layer_structure)} makes "
+                             f"{count:,} parameters for the widths {widths}, above the {MAX_PARAMETERS:,} limit; use "
+                             "smaller multipliers or fewer layers, e.g. '1, 2, 1'.")
         self.pairs = nn.ModuleDict({str(w): nn.ModuleList([HypernetworkMLP(w, config, _seed(seed, w, kv))
                                                            for kv in ("k", "v")]) for w in widths})
         self.targets = [(m.to_k, m.to_v) for _, m in layers if m.to_k.in_features in widths]
@@ -299,9 +316,11 @@ def save_hypernetwork(path: Path, sd: dict, fields: dict | None = None) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def read_hypernetwork(path: Path) -> dict:
-    """A hypernetwork file read as ComfyUI reads it (weights-only unpickling), checked for the keys both readers use."""
-    sd = torch.load(Path(path), map_location="cpu", weights_only=True)
+def read_hypernetwork(path: Path, roots: list[Root]) -> dict:
+    """A hypernetwork file inside `roots` read as ComfyUI reads it (weights-only unpickling), checked for the keys
+    both readers use."""
+    data = read_bytes_inside(path, roots, "hypernetwork", limit=MAX_FILE_BYTES)  # root-checked, no link followed out
+    sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if not isinstance(sd, dict) or not any(isinstance(k, int) for k in sd):
         raise ValueError(f"'{Path(path).name}' is not an A1111 hypernetwork: expected a dict with integer width keys "
                          "such as 768 holding [k_state, v_state].")

@@ -36,15 +36,15 @@ def digest(value) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def source_digest(src: str, memory: dict):
+def source_digest(src: str, memory: dict, frames: tuple[str, ...] = ()):
     """A running sha256 (hashlib object) of an item's image bytes: the file the scan checked (no swapped link), or a
     graph image's pixels."""
     h = hashlib.sha256()
     if src.startswith("memory:"):
         h.update(memory[src].tobytes())
         return h
-    if os.path.isdir(src):  # a clip: every frame's name and bytes, in frame order
-        return clip_digest(src, h)
+    if frames:  # a clip: its checked frames' names and bytes, in frame order
+        return clip_digest(frames, h)
     with os.fdopen(open_resolved(src, "image"), "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -60,7 +60,7 @@ def data_digest(dataset: Dataset, tick=lambda: None) -> str:
                          subset.prior_loss_weight] + ([subset.clip_frames] if subset.clip_frames else [])).encode())
         for item in subset.items:
             tick()
-            h.update(source_digest(item.source, dataset.memory).digest())
+            h.update(source_digest(item.source, dataset.memory, item.frames).digest())
             h.update(digest([item.caption, item.repeats]).encode())
     if dataset.pairs:  # which image pairs with which (no pairs: digests as before)
         h.update(digest([[os.path.basename(a), os.path.basename(b)] for a, b in dataset.pairs]).encode())

@@ -22,6 +22,8 @@ from .objectives import SLIDER_ACTIONS
 
 RESOLUTION_RANGE = (64, 4096)
 GUIDANCE_RANGE = (-100.0, 100.0)
+MAX_SETS = 64  # LECO / sliders files hold a handful; more is a pasted mistake and multiplies every epoch
+MAX_SET_PIXELS = 4096 * 4096  # resolution² × batch_size of one set: one 4096² latent, or 16 at 1024²
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,10 @@ class SliderPrompts:
                 raise ValueError(f"{where}: '{name}' must be an integer between {low} and {high}, got {value!r}.")
         if self.resolution % 8:
             raise ValueError(f"{where}: 'resolution' must be a multiple of 8, got {self.resolution}.")
+        if self.resolution ** 2 * self.batch_size > MAX_SET_PIXELS:
+            raise ValueError(f"{where}: resolution² × batch_size is {self.resolution}² × {self.batch_size} = "
+                             f"{self.resolution ** 2 * self.batch_size:,} pixels, above the {MAX_SET_PIXELS:,} one set "
+                             "may take; lower 'resolution' or 'batch_size'.")
 
     def record(self) -> dict:
         return dataclasses.asdict(self)
@@ -79,6 +85,9 @@ def prompt_sets(items: list, source: str = "prompts_yaml") -> list[SliderPrompts
     """Validated SliderPrompts from a list of mappings; unknown keys are listed and refused."""
     if not isinstance(items, list) or not items:
         raise ValueError(f"{source} must be a non-empty list of prompt sets, got {_kind(items)}.")
+    if len(items) > MAX_SETS:
+        raise ValueError(f"{source} holds {len(items)} prompt sets; at most {MAX_SETS} are accepted. Split the "
+                         "sliders into separate runs, or remove sets.")
     out = []
     for n, item in enumerate(items, 1):
         where = f"{source}, set {n}"
@@ -145,15 +154,23 @@ def parse_flat_yaml(text: str, source: str = "prompts_yaml") -> list[dict]:
 
 
 def _strip_comment(line: str) -> str:
-    """The line without a '#' comment outside quotes."""
-    quote = None
-    for i, ch in enumerate(line):
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
+    """The line without a '#' comment outside quotes; only a quote that starts a value opens quoted text (the
+    apostrophe in `a person's face` does not)."""
+    quote, i = None, 0
+    while i < len(line):
+        ch = line[i]
+        if quote == '"' and ch == "\\":
+            i += 1  # an escaped character, e.g. \" inside double quotes
+        elif quote:
+            if ch == quote and quote == "'" and line[i + 1:i + 2] == "'":
+                i += 1  # '' is a quote inside single-quoted text
+            elif ch == quote:
+                quote = None
+        elif ch in "'\"" and re.search(r"(^|:|^\s*-)\s*$", line[:i]):
             quote = ch
         elif ch == "#" and (i == 0 or line[i - 1] in " \t"):
             return line[:i]
+        i += 1
     return line
 
 
@@ -164,7 +181,13 @@ def _scalar(value: str, source: str, number: int):
         if len(value) < 2 or value[-1] != value[0]:
             raise ValueError(f"{source}, line {number}: unterminated quoted text {value[:60]!r}.")
         inner = value[1:-1]
-        return inner.replace("''", "'") if value[0] == "'" else json.loads(value) if "\\" in inner else inner
+        if value[0] == "'" or "\\" not in inner:
+            return inner.replace("''", "'") if value[0] == "'" else inner
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{source}, line {number}: the double-quoted text {value[:60]!r} has a bad escape "
+                             f"({e.msg}); write \\\\ for a backslash, or use single quotes.") from None
     if value and value[0] in "[{|>&*!":
         raise ValueError(f"{source}, line {number}: {value[:30]!r} is a YAML feature prompts.yaml files do not use; "
                          "write plain or quoted text.")

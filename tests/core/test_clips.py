@@ -86,7 +86,7 @@ def fake_clip_encoder(calls):
     return encode
 
 
-def test_build_samples_encodes_each_clip_whole_and_the_cache_keys_on_every_frame(tmp_path):
+def test_build_samples_encodes_each_clip_whole_and_the_cache_keys_on_every_checked_frame(tmp_path):
     write_clip(tmp_path / "clips", "walk", 6)
     write_clip(tmp_path / "clips", "turn", 5, start=20)
     ds = with_preparation(scan_clips(tmp_path / "clips", frames=5), Preparation(mode="crop", width=16, height=16))
@@ -99,7 +99,9 @@ def test_build_samples_encodes_each_clip_whole_and_the_cache_keys_on_every_frame
     again = LatentCache(tmp_path / "cache", "enc")
     build_samples(ds, None, cache=again, encode_clip=fake_clip_encoder(calls))
     assert (again.hits, again.misses, calls) == (2, 0, [5, 5])
-    Image.new("RGB", (16, 16), (99, 99, 99)).save(tmp_path / "clips" / "walk" / "f6.png")  # a frame past the 5th too
+    Image.new("RGB", (16, 16), (99, 99, 99)).save(tmp_path / "clips" / "walk" / "f6.png")  # past the 5th: unread
+    assert data_digest(ds) == identity
+    Image.new("RGB", (16, 16), (99, 99, 99)).save(tmp_path / "clips" / "walk" / "f3.png")  # a trained frame
     edited = LatentCache(tmp_path / "cache", "enc")
     build_samples(ds, None, cache=edited, encode_clip=fake_clip_encoder(calls))
     assert (edited.hits, edited.misses) == (1, 1) and data_digest(ds) != identity
@@ -129,3 +131,30 @@ def test_report_counts_clips_and_their_frames(tmp_path):
 
     report = describe(scan_clips(tmp_path, frames=5, repeats=3))
     assert "2 clips of 5 frames × 3 repeats" in report and "empty: no frames" in report
+
+
+def test_a_frame_swapped_for_an_outside_link_after_the_scan_is_never_read(tmp_path):
+    root, outside = tmp_path / "data", tmp_path / "secret"
+    root.mkdir()
+    outside.mkdir()
+    write_clip(root, "walk", 5)
+    Image.new("RGB", (16, 16), (200, 200, 200)).save(outside / "private.png")
+    ds = scan_clips(root, frames=5)
+    (sample,) = ds.samples()
+    assert len(sample.item.frames) == 5 and all(f.startswith(str(root.resolve())) for f in sample.item.frames)
+    (root / "walk" / "f2.png").unlink()
+    (root / "walk" / "f2.png").symlink_to(outside / "private.png")  # planted after the scan
+    (root / "walk" / "f6.png").symlink_to(outside / "private.png")  # an extra frame past clip_frames
+    with pytest.raises(DatasetError, match="frame 'f2.png' was replaced by a link"):
+        prepare_clip(sample)
+    from atelier.core.paths import PathRefused
+    with pytest.raises(PathRefused, match="f2.png"):
+        data_digest(ds)
+
+
+def test_the_clip_digest_reads_only_the_checked_frames(tmp_path):
+    write_clip(tmp_path, "walk", 5)
+    ds = scan_clips(tmp_path, frames=5)
+    before = data_digest(ds)
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(tmp_path / "walk" / "f6.png")  # past clip_frames: not trained on
+    assert data_digest(ds) == before

@@ -7,6 +7,7 @@ import torch
 
 from tiny_models import TinyTextEncoder, TinyUNet
 
+from atelier.core.paths import Root
 from atelier.trainers import objectives as ob
 from atelier.trainers.checkpoint import load_state, save_state
 from atelier.trainers.hypernetwork import (ACTIVATIONS, FORMAT_KEYS, Hypernetwork, HypernetworkConfig,
@@ -191,7 +192,7 @@ def test_stopping_at_max_steps_then_resuming_to_twice_equals_an_uninterrupted_ru
         fields = lambda step, epoch: {"name": target.stem, "step": step}
         TrainingRun(rig.trainer(max_steps=max_steps, batch_size=2), RunFiles(target, tmp_path / target.stem),
                     fields, export_dtype=torch.float32, write=save_hypernetwork).train(resume)
-        return read_hypernetwork(target)
+        return read_hypernetwork(target, [Root("hypernetworks", tmp_path)])
 
     whole = run(Rig(**config), 6, tmp_path / "whole.pt")
     half = run(Rig(**config), 3, tmp_path / "half.pt")
@@ -209,7 +210,7 @@ def test_a_run_writes_the_pt_with_its_fields(tmp_path):
     run = TrainingRun(trainer, RunFiles(tmp_path / "run.pt", tmp_path / "state"), fields,
                       export_dtype=torch.float32, write=save_hypernetwork)
     run.train()
-    sd = read_hypernetwork(tmp_path / "run.pt")
+    sd = read_hypernetwork(tmp_path / "run.pt", [Root("hypernetworks", tmp_path)])
     assert sd["step"] == 3 and sd["sd_checkpoint_name"] == "base" and sd["use_dropout"] is True
     assert sd["dropout_structure"] == [0.0, 0.3, 0.0, 0.0]  # A1111's rule: the last hidden layer only with lld
     assert sd[CONTEXT][0]["linear.0.weight"].dtype == torch.float32
@@ -238,3 +239,33 @@ def test_bad_settings_are_refused(bad, message):
 
 def test_activations_are_comfyuis_table():
     assert list(ACTIVATIONS) == ["linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "softsign", "mish"]
+
+
+class _Attn(torch.nn.Module):
+    """A cross-attention layer with only its K / V projections, for counting parameters (never run)."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.to_k, self.to_v = (torch.nn.Linear(width, 4, device="meta") for _ in range(2))
+
+
+def test_layer_structure_caps_the_layers_and_the_parameters_before_allocating(tmp_path):
+    with pytest.raises(ValueError, match="makes 9 layers; at most 8"):
+        parse_layer_structure("1," + "2," * 8 + "1")
+    with pytest.raises(ValueError, match=r"layer_structure 1,16,16,16,16,16,16,16,1 makes .* parameters for the widths "
+                                         r"\[2048\], above the 500,000,000 limit"):
+        Hypernetwork(torch.nn.ModuleDict({"attn2": _Attn(2048)}),
+                     HypernetworkConfig(layer_structure=(1,) + (16,) * 7 + (1,)))
+
+
+def test_reading_a_saved_hypernetwork_refuses_a_link_out_of_its_roots(tmp_path):
+    from atelier.core.paths import PathRefused
+    rig = Rig()
+    outside, root = tmp_path / "outside", tmp_path / "hypernetworks"
+    outside.mkdir()
+    root.mkdir()
+    save_hypernetwork(outside / "real.pt", rig.network.export())
+    (root / "link.pt").symlink_to(outside / "real.pt")
+    with pytest.raises(PathRefused, match="link.pt' lies outside the allowed roots"):
+        read_hypernetwork(root / "link.pt", [Root("hypernetworks", root)])
+    assert isinstance(read_hypernetwork(outside / "real.pt", [Root("hypernetworks", outside)])[CONTEXT], list)

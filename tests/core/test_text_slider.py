@@ -226,3 +226,22 @@ def test_the_raw_output_target_moves_the_denoised_image_toward_positive_in_every
     denoised = ms.calculate_denoised(sigma, target, x_t)
     expected = clean["neutral"] + 3.0 * (clean["positive"] - clean["negative"])
     assert torch.allclose(denoised, expected, atol=1e-4)
+
+
+def test_prompts_yaml_caps_the_sets_and_the_pixels_of_one_set():
+    from atelier.trainers.slider import MAX_SETS, parse_prompts
+    many = "\n".join(f"- target: t{i}\n  positive: p\n  unconditional: u" for i in range(MAX_SETS + 1))
+    with pytest.raises(ValueError, match=f"holds {MAX_SETS + 1} prompt sets; at most {MAX_SETS}"):
+        parse_prompts(many)
+    assert len(parse_prompts(many.rsplit("\n- ", 1)[0])) == MAX_SETS
+    with pytest.raises(ValueError, match=r"set 1: resolution² × batch_size is 4096² × 2"):
+        parse_prompts("- target: a\n  positive: b\n  resolution: 4096\n  batch_size: 2")
+
+
+def test_prompts_yaml_comment_after_an_apostrophe_and_bad_escapes():
+    from atelier.trainers.slider import parse_flat_yaml
+    (item,) = parse_flat_yaml("- target: a person's face # subject\n  positive: 'it''s # kept'  # gone\n"
+                              '  neutral: "say \\"hi\\" # kept"  # gone')
+    assert item == {"target": "a person's face", "positive": "it's # kept", "neutral": 'say "hi" # kept'}
+    with pytest.raises(ValueError, match=r"prompts_yaml, line 2: the double-quoted text .* has a bad escape"):
+        parse_flat_yaml('- target: a\n  positive: "bad \\q escape"')
