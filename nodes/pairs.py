@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import json
 
 from .compat import io
@@ -35,6 +36,13 @@ def scan(folder: str, sub_path: str, name: str, repeats: int, caption_source: st
     if verify_images:
         loaded = verify_dataset(loaded, on_progress=Progress(len(unique_source_samples(loaded))))
     return loaded
+
+
+def same_folder(before_folder: str, before_sub_path: str, after_folder: str, after_sub_path: str) -> bool:
+    """Whether both sides resolve to one real folder (each checked inside its root first)."""
+    before, _ = resolve_dataset_folder(before_folder, before_sub_path)
+    after, _ = resolve_dataset_folder(after_folder, after_sub_path)
+    return os.path.realpath(before) == os.path.realpath(after)
 
 
 class AtelierLoadImagePairs(io.ComfyNode):
@@ -79,6 +87,10 @@ class AtelierLoadImagePairs(io.ComfyNode):
         check_choice(caption_source, ds.CAPTION_SOURCES, "caption_source")
         check_names(suffix=suffix)
         args = (repeats, caption_source, fixed_caption, verify_images is True)
+        if rule == "same_name" and same_folder(before_folder, before_sub_path, after_folder, after_sub_path):
+            raise ValueError("The 'before' and 'after' folders are the same folder, so every image would pair with "
+                             "itself and the slider would learn nothing; point after_folder / after_sub_path at the "
+                             "'after' images, or use the suffix rule for one folder holding both.")
         before = scan(before_folder, before_sub_path, "before", *args)
         after = scan(after_folder, after_sub_path, "after", *args) if rule == "same_name" else None
         paired, problems = load_pairs(before.subsets[0], after.subsets[0] if after else None, rule, suffix)

@@ -39,6 +39,9 @@ class QuickStartError(Exception):
         self.status = status
 
 
+MAX_BODY = 64 * 2**20  # /object_info of a large install is a few MiB; anything far beyond is not a ComfyUI answer
+
+
 class Server:
     """The running ComfyUI, over its HTTP API."""
 
@@ -52,9 +55,9 @@ class Server:
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                body = response.read()
+                body = response.read(MAX_BODY + 1)  # --server may be any address: never read an endless answer
         except urllib.error.HTTPError as error:
-            raw = error.read().decode(errors="replace")
+            raw = error.read(MAX_BODY).decode(errors="replace")
             try:
                 return error.code, json.loads(raw)
             except ValueError:
@@ -64,6 +67,9 @@ class Server:
             raise QuickStartError(f"No ComfyUI answered at {self.url} ({reason}). Start ComfyUI first (python main.py "
                                   "in its folder), wait for 'To see the GUI go to: ...', and pass that address "
                                   "with --server.") from None
+        if len(body) > MAX_BODY:
+            raise QuickStartError(f"{self.url}{path} answered with more than {MAX_BODY:,} bytes; is --server a "
+                                  "ComfyUI?")
         return 200, (json.loads(body) if body else None)
 
     def get(self, path: str):
@@ -266,6 +272,16 @@ def arguments(argv=None):
     return parser.parse_args(argv)
 
 
+def stop(server: Server, prompt_id: str) -> None:
+    """Ctrl-C: take our prompt out of the queue, and interrupt only when ours is the one running (someone else's
+    job in front of it is left alone)."""
+    server.call("/queue", {"delete": [prompt_id]})
+    status, queue_state = server.call("/queue")
+    running = queue_state.get("queue_running", []) if status == 200 and isinstance(queue_state, dict) else []
+    if any(isinstance(item, list) and len(item) > 1 and item[1] == prompt_id for item in running):
+        server.call("/interrupt", {"prompt_id": prompt_id})  # newer ComfyUI checks the id; 0.3.64 ignores it
+
+
 def main(argv=None) -> int:
     args = arguments(argv)
     server = Server(args.server)
@@ -276,7 +292,7 @@ def main(argv=None) -> int:
         try:
             entry = wait(server, prompt_id, args.timeout, Progress())
         except KeyboardInterrupt:
-            server.call("/interrupt", {})  # the run is ours: stop it rather than leave it running unseen
+            stop(server, prompt_id)
             raise QuickStartError("Stopped: asked ComfyUI to interrupt the run; what was trained so far is saved.",
                                   status=1) from None
         if entry["status"].get("status_str") != "success":

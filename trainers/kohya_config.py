@@ -379,7 +379,7 @@ def toml_text(data: dict, comments: list[str] = ()) -> str:
 
 def _toml_key(key: str) -> str:
     bare = key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key)
-    return key if bare else json.dumps(key)  # a JSON string is a valid TOML basic string (same escapes)
+    return key if bare else json.dumps(key, ensure_ascii=False)  # a JSON string is a TOML basic string
 
 
 def _toml_value(key: str, value) -> str:
@@ -392,9 +392,9 @@ def _toml_value(key: str, value) -> str:
             raise ValueError(f"'{key}' is {value}; a config file holds finite numbers only.")
         return repr(value)  # '0.0001', '1e-05', '1.0': all TOML floats
     if isinstance(value, str):
-        return json.dumps(value)
+        return json.dumps(value, ensure_ascii=False)  # \ud83d-style surrogate escapes are not TOML
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+        return "[" + ", ".join(json.dumps(v, ensure_ascii=False) for v in value) + "]"
     raise ValueError(f"'{key}' = {value!r} cannot be written to TOML here; expected text, a number, true/false or a "
                      "list of texts.")
 

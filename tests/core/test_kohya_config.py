@@ -217,3 +217,12 @@ def test_export_by_steps_writes_steps_only_and_says_so():
     assert TrainConfig.from_dict(import_kohya(text)[0]).max_steps == 300
     with pytest.raises(ValueError, match="Unknown format 'yaml'; expected one of toml, json"):
         export_text(config, NetworkConfig(), "yaml")
+
+
+def test_toml_strings_outside_the_basic_plane_stay_valid_toml():
+    import tomllib
+
+    from atelier.trainers.kohya_config import toml_text
+
+    data = {"output_name": "elf \U0001F600 \u00e9", "tags": ["\U0001F31F star"]}
+    assert tomllib.loads(toml_text(data)) == data  # no \ud83d-style surrogate escapes, which TOML refuses

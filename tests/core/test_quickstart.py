@@ -1,9 +1,12 @@
 """The quick-start client without a host: it imports nothing but the standard library, reads both /object_info
 spellings of a combo, and refuses clearly before queueing anything. The host tier runs it for real."""
 
+import json
 import socket
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -65,3 +68,56 @@ def test_the_bar_is_fixed_width_and_never_overfills():
     assert qs.bar(0, 8) == "[" + "." * 30 + "] 0/8"
     assert qs.bar(8, 8) == "[" + "#" * 30 + "] 8/8"
     assert qs.bar(9, 8) == "[" + "#" * 30 + "] 9/8" and qs.bar(3, 0) == "[" + "." * 30 + "] 3/0"
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """A loopback stand-in for ComfyUI's /queue and /interrupt routes that records what the command sent."""
+
+    calls: list = []
+    running: list = []
+    big = b""
+
+    def _answer(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        self.calls.append(("GET", self.path, None))
+        self._answer(self.big or json.dumps({"queue_running": self.running, "queue_pending": []}).encode())
+
+    def do_POST(self):  # noqa: N802
+        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.calls.append(("POST", self.path, payload))
+        self._answer(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def recorder():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Recorder.calls, _Recorder.running, _Recorder.big = [], [], b""
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_ctrl_c_removes_our_prompt_and_interrupts_only_our_run(recorder):
+    qs.stop(qs.Server(recorder), "ours")  # someone else's job is running: it is left alone
+    assert ("POST", "/queue", {"delete": ["ours"]}) in _Recorder.calls
+    assert not any(path == "/interrupt" for _, path, _ in _Recorder.calls)
+    _Recorder.calls, _Recorder.running = [], [[7, "ours", {}, {}, []]]
+    qs.stop(qs.Server(recorder), "ours")
+    assert ("POST", "/interrupt", {"prompt_id": "ours"}) in _Recorder.calls
+
+
+def test_an_endless_answer_is_refused_not_read_whole(recorder, monkeypatch):
+    monkeypatch.setattr(qs, "MAX_BODY", 1024)
+    _Recorder.big = b"[" + b"0," * 4096 + b"0]"
+    with pytest.raises(qs.QuickStartError, match="answered with more than"):
+        qs.Server(recorder).get("/object_info")

@@ -74,3 +74,19 @@ def test_pair_slider_trains_records_skips_and_moves_both_ways(comfy, comfy_serve
         assert np.abs(up).max() > 0 and np.abs(down).max() > 0, "+1 and −1 must both change the sampled latent"
         assert cosine(up, down) < -0.9, f"seed {seed}: +1 and −1 moved the latent the same way ({cosine(up, down)})"
     assert "lora key not loaded" not in comfy_server.log_text()[log_before:]
+
+
+def test_the_same_folder_on_both_sides_is_refused(comfy, comfy_server):
+    """With the same_name rule, one folder as both 'before' and 'after' would pair each image with itself."""
+    folder = comfy_server.input_dir / "pairs_same" / "both"
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 64), (200, 180, 150)).save(folder / "a.png")
+    node = {"class_type": "AtelierLoadImagePairs", "inputs": {
+        "before_folder": "input/pairs_same", "before_sub_path": "both", "after_folder": "input/pairs_same",
+        "after_sub_path": "both/.", "rule": "same_name", "suffix": "_after", "repeats": 1, "caption_source": "fixed",
+        "fixed_caption": "x", "verify_images": True}}
+    entry = comfy.wait(comfy.queue({"1": node, "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}}),
+                       timeout=120)
+    assert entry["status"]["status_str"] == "error"
+    error = next(m[1]["exception_message"] for m in entry["status"]["messages"] if m[0] == "execution_error")
+    assert "are the same folder, so every image would pair with itself" in error
