@@ -208,8 +208,9 @@ def training_line(server: Server, prompt_id: str) -> str | None:
     for run in server.get("/atelier/train/runs"):
         if str(run.get("run", "")).startswith(prompt_id + ":"):
             step, total = int(run.get("step") or 0), int(run.get("total") or 0)  # JSON numbers may be floats
-            if run.get("finished"):
-                return f"training done ({step} steps); drawing the grid..."
+            if run.get("finished"):  # the full bar too: a short run can finish between two polls
+                done = f"training {bar(step, total)} " if total else "training "
+                return done + f"done ({step} steps); drawing the grid..."
             return "training " + bar(step, total) if total else "training: caching latents and captions..."
     return None
 
