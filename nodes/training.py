@@ -136,8 +136,20 @@ def trainable_host(model, clip, train_text_encoder: bool, train_t5: bool = False
     return HostModel(mp, roots, ComfyDenoiser(mp), next(mp.model.diffusion_model.parameters()).device)
 
 
-def encoded_dataset(dataset, vae, host: HostModel, config: TrainConfig, cache_latents: bool, node_id):
-    """(samples, skipped, cache): every image prepared and VAE-encoded once (or read from the latent cache)."""
+def refuse_pairs(dataset) -> None:
+    """A dataset of image pairs trains only as a slider: any other trainer would quietly learn the 'after' images."""
+    if getattr(dataset, "pairs", ()):
+        raise ValueError(f"This dataset holds {len(dataset.pairs)} before/after image pairs (Load Image Pairs); only "
+                         "Train Slider LoRA from Pairs trains them as pairs. Connect it there, or load the images "
+                         "with Load Dataset to train on them as ordinary images.")
+
+
+def encoded_dataset(dataset, vae, host: HostModel, config: TrainConfig, cache_latents: bool, node_id,
+                    pairs_ok: bool = False):
+    """(samples, skipped, cache): every image prepared and VAE-encoded once (or read from the latent cache); a pairs
+    dataset only where the caller trains pairs (`pairs_ok`)."""
+    if not pairs_ok:
+        refuse_pairs(dataset)
     bar = comfy.utils.ProgressBar(max(len(dataset.samples()), 1), node_id=node_id)
     cache = (LatentCache(output_subdir("atelier", "cache", "latents"), encoder_key(vae, host.patcher))
              if cache_latents else None)
@@ -226,6 +238,8 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
     path = lora_output_path(output_name)  # refuse a bad name before any work
     config.validate()
     resume_dir = resume_folder(resume_state)
+    if objective is None:
+        refuse_pairs(dataset)  # before any model loading or hashing
     base = base or base_model(model, prompt, node_id)  # checkpoint name and hashes, patches carried
     identity = run_identity(config, net_config, dataset, base, model, clip, vae, continue_from, extra_metadata)
     earlier, why = earlier_run(path, identity, state_root() / path.stem) if reuse else (None, "reuse is off")
@@ -233,7 +247,8 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         return reused_outputs(model, clip, earlier, path, config, net_config, identity)
     with torch.inference_mode(False):
         host = trainable_host(model, clip, config.train_text_encoder, config.train_t5)
-        samples, skipped, cache = encoded_dataset(dataset, vae, host, config, cache_latents, node_id)
+        samples, skipped, cache = encoded_dataset(dataset, vae, host, config, cache_latents, node_id,
+                                                  pairs_ok=objective is not None)
         network, net = lora_network(host, net_config, config.seed, continue_from)
         events = TrainingEvents(node_id, path.stem, host, clip, vae, sampling)
         trainer = Trainer(config, network, host.denoise, host.denoise.model_sampling, samples,

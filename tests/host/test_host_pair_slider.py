@@ -90,3 +90,28 @@ def test_the_same_folder_on_both_sides_is_refused(comfy, comfy_server):
     assert entry["status"]["status_str"] == "error"
     error = next(m[1]["exception_message"] for m in entry["status"]["messages"] if m[0] == "execution_error")
     assert "are the same folder, so every image would pair with itself" in error
+
+
+def test_a_plain_training_node_refuses_a_pairs_dataset(comfy, comfy_server):
+    """Train LoRA would quietly learn only the 'after' images of pairs: it refuses them, naming the slider node."""
+    root = comfy_server.input_dir / "pairs_plain"
+    for side, colour in (("before", (90, 90, 90)), ("after", (200, 60, 60))):
+        (root / side).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 64), colour).save(root / side / "a.png")
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": FIXTURE_CHECKPOINT_NAME}},
+        "2": {"class_type": "AtelierLoadImagePairs", "inputs": {
+            "before_folder": "input/pairs_plain", "before_sub_path": "before", "after_folder": "input/pairs_plain",
+            "after_sub_path": "after", "rule": "same_name", "suffix": "_after", "repeats": 1,
+            "caption_source": "fixed", "fixed_caption": "x", "verify_images": True}},
+        "3": prepare_dataset_node(["2", 0]),
+        "4": {"class_type": "AtelierTrainLoRA", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset": ["3", 0], "output_name": "pairs_plain",
+            "rank": 4, "alpha": 4.0, "unet_lr": 1e-3, "epochs": 1, "max_steps": 1, "batch_size": 1,
+            "train_text_encoder": False, "te_lr": 1e-4, "seed": 0}},
+    }
+    entry = comfy.wait(comfy.queue(prompt), timeout=300)
+    assert entry["status"]["status_str"] == "error"
+    error = next(m[1]["exception_message"] for m in entry["status"]["messages"] if m[0] == "execution_error")
+    assert "holds 1 before/after image pairs (Load Image Pairs); only Train Slider LoRA from Pairs" in error
+    assert not (comfy_server.models / "loras" / "atelier" / "pairs_plain.safetensors").exists()
