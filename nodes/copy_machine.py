@@ -23,7 +23,8 @@ from ..trainers.network import NetworkConfig
 from .host import DATASET, model_file, output_subdir
 from .lora_files import LORA_FILES, fit_lora, read_lora, run_files
 from .provenance import base_model
-from .training import common_inputs, lora_options, reuse_input, train_lora, training_outputs, training_result
+from .training import (common_inputs, lora_options, lora_run_inputs, reuse_input, train_lora, training_outputs,
+                       training_result)
 from .validate import NONE, check_choice
 
 COPIERS = 3  # copier dropdowns; more copiers: merge them first (Merge LoRAs) or chain a training node's files
@@ -116,16 +117,7 @@ class AtelierTrainCopyMachine(io.ComfyNode):
                                tooltip="Target network alpha; effective scale alpha / rank (guide 004: 16)."),
                 io.Float.Input("unet_lr", default=1e-4, min=0.0, max=1.0, step=1e-6,
                                tooltip="UNet learning rate (1e-4 in the guides). Must be > 0."),
-                io.Int.Input("epochs", default=10, min=1, max=10000, tooltip="Passes over the dataset (with repeats)."),
-                io.Int.Input("max_steps", default=0, min=0, max=10_000_000,
-                             tooltip="Stop after this many optimizer steps; 0 = train for `epochs`."),
-                io.Int.Input("batch_size", default=1, min=1, max=256, tooltip="Images per step."),
-                io.Boolean.Input("train_text_encoder", default=False,
-                                 tooltip="Also train LoRA on the text encoder (attention + MLP layers)."),
-                io.Float.Input("te_lr", default=2e-5, min=0.0, max=1.0, step=1e-6,
-                               tooltip="Text-encoder learning rate when train_text_encoder is on (guides: 2e-5)."),
-                io.Int.Input("seed", default=0, control_after_generate=False, min=0, max=2**31 - 1,
-                             tooltip="Same seed, same data: the same LoRA (deterministic on CPU)."),
+                *lora_run_inputs(),
                 io.Float.Input("prior_loss_weight", default=1.0, min=0.0, max=100.0, step=0.05,
                                tooltip="Loss weight of the regularization images (guide 004: 1)."),
                 io.Int.Input("reg_repeats", default=1, min=1, max=10000,

@@ -357,6 +357,23 @@ def reuse_input():
                                     "after a restart; the report says so. Off: always train (replaces the file).")
 
 
+def lora_run_inputs() -> list:
+    """How long and how a simple LoRA run trains (epochs, steps, batch, text encoder, seed): shared by Train LoRA and
+    Train Copy-Machine LoRA, in this order."""
+    return [
+        io.Int.Input("epochs", default=10, min=1, max=10000, tooltip="Passes over the dataset (with repeats)."),
+        io.Int.Input("max_steps", default=0, min=0, max=10_000_000,
+                     tooltip="Stop after this many optimizer steps; 0 = train for `epochs`."),
+        io.Int.Input("batch_size", default=1, min=1, max=256, tooltip="Images per step."),
+        io.Boolean.Input("train_text_encoder", default=False,
+                         tooltip="Also train LoRA on the text encoder (attention + MLP layers)."),
+        io.Float.Input("te_lr", default=2e-5, min=0.0, max=1.0, step=1e-6,
+                       tooltip="Text-encoder learning rate when train_text_encoder is on (guides: 2e-5)."),
+        io.Int.Input("seed", default=0, control_after_generate=False, min=0, max=2**31 - 1,
+                     tooltip="Same seed, same data: the same LoRA (deterministic on CPU)."),
+    ]
+
+
 def training_outputs() -> list:
     return [io.Model.Output("model_out", display_name="model", tooltip="The model with the LoRA applied."),
             io.Clip.Output("clip_out", display_name="clip", tooltip="The CLIP with the LoRA applied."),
@@ -391,16 +408,7 @@ class AtelierTrainLoRA(io.ComfyNode):
                                tooltip="Network alpha. Effective scale is alpha / rank; kohya's default is rank/2."),
                 io.Float.Input("unet_lr", default=1e-4, min=0.0, max=1.0, step=1e-6,
                                tooltip="UNet learning rate (1e-4 is usual for LoRA). Must be > 0."),
-                io.Int.Input("epochs", default=10, min=1, max=10000, tooltip="Passes over the dataset (with repeats)."),
-                io.Int.Input("max_steps", default=0, min=0, max=10_000_000,
-                             tooltip="Stop after this many optimizer steps; 0 = train for `epochs`."),
-                io.Int.Input("batch_size", default=1, min=1, max=256, tooltip="Images per step."),
-                io.Boolean.Input("train_text_encoder", default=False,
-                                 tooltip="Also train LoRA on the text encoder (attention + MLP layers)."),
-                io.Float.Input("te_lr", default=2e-5, min=0.0, max=1.0, step=1e-6,
-                               tooltip="Text-encoder learning rate when train_text_encoder is on (guides: 2e-5)."),
-                io.Int.Input("seed", default=0, control_after_generate=False, min=0, max=2**31 - 1,
-                             tooltip="Same seed, same data: the same LoRA (deterministic on CPU)."),
+                *lora_run_inputs(),
                 reuse_input(),
             ],
             outputs=training_outputs(),
