@@ -29,6 +29,7 @@ from ..trainers.checkpoint import run_environment
 from ..trainers.data import LatentCache, build_samples, kohya_metadata
 from ..trainers.loop import CONFIG_RANGES, PRECISIONS, Callbacks, Trainer, TrainConfig, TrainingStopped
 from ..trainers.kohya_config import export_kohya, import_kohya, is_toml, looks_like_kohya
+from ..trainers.memory import block_swap
 from ..trainers.memory import gradient_checkpointing as checkpointed
 from ..trainers.reuse import IDENTITY_KEY
 from ..trainers.run import RunFiles, TrainingRun, run_loras
@@ -44,7 +45,7 @@ from .provenance import base_model
 from .reuse import earlier_run, run_identity
 from .train_adapter import (ComfyDenoiser, autograd_friendly_clip, clip_encoder, draw_samples, encode_latents,
                             encoder_key, interrupted, make_encoder, text_encoder_roots, thaw)
-from .validate import NONE, check_choice, check_names
+from .validate import NONE, check_choice, check_names, check_number
 
 def send_event(event: str, data: dict) -> None:
     """Websocket event for the web/ chart (no-op outside a server)."""
@@ -228,12 +229,12 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
                node_id=None, resume_state: str = STATE_NONE, continue_from: str = STATE_NONE, keep_last: int = 0,
                sampling: dict | None = None, cache_latents: bool = True, gradient_checkpointing: bool = False,
                advanced: bool = False, prompt: dict | None = None, reuse: bool = False, objective=None,
-               base: BaseModel | None = None, extra_metadata: dict | None = None):
+               base: BaseModel | None = None, extra_metadata: dict | None = None, blocks_to_swap: int = 0):
     """The shared body of the training nodes: host wiring around trainers.run; returns (model, clip, losses,
     report, files). `prompt` (the queued graph) tells which checkpoint file the MODEL came from, for the metadata,
     unless the caller passes `base` (the original model of a patched one); `objective` replaces the standard loss;
     `extra_metadata` goes into every file and into the run's identity; with `reuse`, a finished earlier run of the
-    same identity is loaded instead of training again."""
+    same identity is loaded instead of training again; `blocks_to_swap` blocks are swapped (trainers.memory)."""
     check_names(output_name=output_name)  # a 5,000-character name is refused now, not after training
     path = lora_output_path(output_name)  # refuse a bad name before any work
     config.validate()
@@ -259,7 +260,9 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
                           run_environment(trainer, str(host.patcher.model.get_dtype())),
                           state_extra={IDENTITY_KEY: identity.parts()})
         blocks = checkpoint_blocks(host.patcher.model.diffusion_model) if gradient_checkpointing else []
+        swapped, swap_note = swap_blocks(host, blocks_to_swap)
         contexts = [autograd_friendly_clip(clip.cond_stage_model) if config.train_text_encoder else nullcontext(),
+                    block_swap(swapped, host.device, swap_note.get("to", host.device)),  # before: it checkpoints too
                     checkpointed(blocks)]
         try:
             result = run.train(resume_dir, contexts)
@@ -280,6 +283,8 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         model_out, clip_out = comfy.sd.load_lora_for_models(model, clip, loaded, 1.0, 1.0)
     report = training_report(result, path, config, net, events, cache, skipped)
     report["reuse"] = f"trained ({why}); run identity {identity.short()}"
+    if swap_note:
+        report["block_swap"] = swap_note
     return (model_out, clip_out, result.state.losses, report,
             run_loras(result.saved, path, path.parent.name))  # names as the loras list has them: atelier/<file>
 
@@ -331,10 +336,33 @@ def training_report(result, path: Path, config: TrainConfig, net: NetworkConfig,
 
 
 def checkpoint_blocks(unet: torch.nn.Module) -> list[torch.nn.Module]:
-    """The UNet's / transformer's repeated blocks: items of its top-level ModuleLists, plus a middle block."""
+    """The UNet's / transformer's repeated blocks: items of its top-level ModuleLists, plus a middle block. A UNet's
+    blocks are Sequentials whose layers ComfyUI calls one by one (forward_timestep_embed never calls the Sequential's
+    own forward), so their layers with sublayers are the blocks there."""
     blocks = [b for child in unet.children() if isinstance(child, torch.nn.ModuleList) for b in child]
     middle = getattr(unet, "middle_block", None)
-    return blocks + ([middle] if isinstance(middle, torch.nn.Module) else [])
+    blocks += [middle] if isinstance(middle, torch.nn.Module) else []
+    return [layer for b in blocks
+            for layer in ([c for c in b.children() if next(c.children(), None) is not None]
+                          if isinstance(b, torch.nn.Sequential) else [b])]
+
+
+def swap_blocks(host: HostModel, count: int) -> tuple[list[torch.nn.Module], dict]:
+    """The last `count` repeated blocks, whose frozen weights block swap keeps on the offload device, and what the
+    report says of them; a count above the model's blocks is refused with the number it has."""
+    if count <= 0:
+        return [], {}
+    blocks = checkpoint_blocks(host.patcher.model.diffusion_model)
+    if count > len(blocks):
+        raise ValueError(f"blocks_to_swap is {count} but this model has {len(blocks)} swappable blocks; set "
+                         f"blocks_to_swap to at most {len(blocks)} (0 turns block swap off).")
+    chosen = blocks[len(blocks) - count:]
+    offload = torch.device(getattr(host.patcher, "offload_device", "cpu"))
+    size = sum(p.nbytes for b in chosen for p in b.parameters() if not p.requires_grad)
+    note = {"blocks": count, "of": len(blocks), "offloaded_mib": round(size / 2**20, 1), "to": str(offload)}
+    if offload == host.device:  # --cpu, or a host whose offload device is the compute device
+        note["note"] = f"the model already runs on {host.device}: block swap saves no memory there"
+    return chosen, note
 
 
 def common_inputs() -> list:
@@ -485,6 +513,7 @@ FLOAT_STEPS = {"unet_lr": 1e-6, "te_lr": 1e-6, "weight_decay": 1e-3, "min_timest
 # Settings added after workflows were saved: they come last and optional, so the widget values of saved workflows keep
 # their places (the frontend stores them by position) and API prompts without them still validate.
 APPENDED = ("train_t5",)
+MAX_SWAP = 200  # more blocks than any model ComfyUI loads has (Flux.1: 57, Wan 14B: 40, SDXL UNet layers: ~40)
 
 
 def appended_inputs() -> list:
@@ -601,6 +630,11 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
                                         "report); when given it replaces the training widgets above."),
                 reuse_input(),
                 *appended_inputs(),
+                io.Int.Input("blocks_to_swap", default=0, min=0, max=MAX_SWAP, optional=True,
+                             tooltip="Block swap for large models on small GPUs: the frozen weights of this many "
+                                     "transformer / UNet blocks (the last ones) stay in CPU memory and are copied "
+                                     "to the GPU only while their block runs; those blocks are also checkpointed. "
+                                     "Same result, slower steps. 0 = off (kohya's blocks_to_swap)."),
             ],
             outputs=training_outputs(),
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
@@ -611,7 +645,8 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
     def execute(cls, model, clip, vae, dataset, output_name, target_patterns, exclude_patterns, rank_overrides,
                 gradient_checkpointing, cache_latents, keep_last, resume_state, continue_from, config_json,
                 sample_prompts, sample_negative, sample_seed, sample_steps, sample_cfg, sample_sampler,
-                sample_scheduler, sample_width, sample_height, reuse=True, **widgets) -> io.NodeOutput:
+                sample_scheduler, sample_width, sample_height, reuse=True, blocks_to_swap=0,
+                **widgets) -> io.NodeOutput:
         for name, options in CHOICES.items():  # ComfyUI does not check V3 combo values; refuse before any work
             check_choice(widgets[name], options, name)
         check_choice(sample_sampler, comfy.samplers.KSampler.SAMPLERS, "sample_sampler")
@@ -631,7 +666,8 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
             model, clip, vae, dataset, output_name, config, net, node_id=cls.hidden.unique_id if cls.hidden else None,
             resume_state=resume_state, continue_from=continue_from, keep_last=keep_last, sampling=sampling,
             cache_latents=cache_latents, gradient_checkpointing=gradient_checkpointing, advanced=True,
-            prompt=cls.hidden.prompt if cls.hidden else None, reuse=reuse is True)
+            prompt=cls.hidden.prompt if cls.hidden else None, reuse=reuse is True,
+            blocks_to_swap=int(check_number("blocks_to_swap", blocks_to_swap, 0, MAX_SWAP)))
         if imported:  # a kohya config: which keys mapped, which were off, unknown or have no equivalent here
             report["config_import"] = imported
         report["kohya_config"] = export_kohya(config, net)  # the same run as sd-scripts keys (Export Kohya Config)

@@ -42,6 +42,7 @@ ELSEWHERE = {
     "flip_aug": "the dataset nodes (random_flip)", "caption_extension": "the dataset nodes",
     "output_name": "the output_name widget", "output_dir": "models/loras/atelier (fixed)",
     "gradient_checkpointing": "the gradient_checkpointing widget", "cache_latents": "the cache_latents widget",
+    "blocks_to_swap": "the blocks_to_swap widget (Train LoRA Advanced)",
     "cache_latents_to_disk": "the cache_latents widget", "save_last_n_epochs": "the keep_last widget",
     "save_last_n_steps": "the keep_last widget", "sample_prompts": "the sample_prompts widget",
     "sample_sampler": "the sample_sampler widget", "network_weights": "the continue_from widget",

@@ -53,3 +53,101 @@ def gradient_checkpointing(blocks: list[torch.nn.Module]):
         return forward
 
     return instance_forwards(blocks, make_forward)
+
+
+class BlockSwap:
+    """Block swap (CPU offload of frozen blocks): the frozen weights of the chosen blocks live on `offload_device`
+    and are copied to `device` only while their block runs, forward or recomputed in backward, so at most one swapped
+    block's weights are on the device at a time. Trainable parameters stay where they are.
+
+    Each swapped block runs under non-reentrant checkpointing when grad is enabled: autograd would otherwise keep
+    every weight a forward used until backward, and the checkpoint's recomputation loads the block again. The
+    optional `measure` root is summed after every load: `peak_bytes` is the most parameter memory it held at once."""
+
+    def __init__(self, blocks: list[torch.nn.Module], device, offload_device, measure: torch.nn.Module | None = None):
+        self.blocks = [b for b in blocks if "forward" not in b.__dict__]  # one already wrapped is left alone
+        self.device, self.offload_device = torch.device(device), torch.device(offload_device)
+        self.pin = self.device.type == "cuda" and self.offload_device.type == "cpu"  # pinned: async host->device
+        self.stores: dict[int, list] = {}
+        self.measure, self.peak_bytes, self.loads = measure, 0, 0
+        self.swapped_bytes = 0
+
+    @staticmethod
+    def frozen(block: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.nn.Parameter]]:
+        return [(m, name, p) for m in block.modules() for name, p in m._parameters.items()
+                if p is not None and not p.requires_grad]
+
+    def offload(self) -> None:
+        """Moves every chosen block's frozen weights to the offload device; the modules keep their own parameters,
+        emptied, until a load puts a device copy in their place."""
+        stores: dict[int, torch.Tensor] = {}  # a weight shared by two layers is stored once
+        for block in self.blocks:
+            entries = []
+            for module, name, p in self.frozen(block):
+                if id(p) not in stores:
+                    store = p.data.to(self.offload_device)
+                    stores[id(p)] = store.pin_memory() if self.pin else store
+                    self.swapped_bytes += store.nbytes
+                entries.append((module, name, p, stores[id(p)]))
+            for module, name, p, _ in entries:
+                p.data = torch.empty(0, dtype=p.dtype, device=self.device)
+            self.stores[id(block)] = entries
+
+    def load(self, block: torch.nn.Module) -> None:
+        # a new parameter object per load: autograd (and the checkpoint's recomputation) may keep the loaded tensor
+        # until backward has used it, so it must never be emptied in place
+        for module, name, _, store in self.stores[id(block)]:
+            module._parameters[name] = torch.nn.Parameter(store.to(self.device, non_blocking=self.pin),
+                                                          requires_grad=False)
+        self.loads += 1
+        if self.measure is not None:
+            self.peak_bytes = max(self.peak_bytes, resident_bytes(self.measure))
+
+    def unload(self, block: torch.nn.Module) -> None:
+        for module, name, p, _ in self.stores[id(block)]:
+            module._parameters[name] = p  # the emptied original
+
+    def restore(self) -> None:
+        """Every swapped weight back on the device in its original parameter object, as before offload()."""
+        for block in self.blocks:
+            for module, name, p, store in self.stores.pop(id(block), []):
+                if p.numel() == 0 and store.numel() != 0:  # a shared weight is restored once
+                    p.data = store.to(self.device)
+                module._parameters[name] = p
+
+    def make_forward(self, block: torch.nn.Module):
+        original = block.forward
+
+        def run(*args, **kwargs):
+            self.load(block)
+            try:
+                return original(*args, **kwargs)
+            finally:  # also when checkpointing stops a recomputation early
+                self.unload(block)
+
+        def forward(*args, **kwargs):
+            if not torch.is_grad_enabled():
+                return run(*args, **kwargs)
+            return checkpoint(on_copies(run), *args, use_reentrant=False, **kwargs)
+        return forward
+
+
+def resident_bytes(module: torch.nn.Module) -> int:
+    """Bytes of parameter data the module holds right now (a swapped-out weight holds none)."""
+    return sum(p.data.nbytes for p in module.parameters())
+
+
+@contextmanager
+def block_swap(blocks: list[torch.nn.Module], device, offload_device, measure: torch.nn.Module | None = None):
+    """While active, `blocks` are swapped (see BlockSwap) and checkpointed; yields the BlockSwap. Use it before
+    gradient_checkpointing, which then leaves these blocks alone. Nothing is swapped for an empty list."""
+    swap = BlockSwap(blocks, device, offload_device, measure)
+    if not swap.blocks:
+        yield swap
+        return
+    with instance_forwards(swap.blocks, swap.make_forward):
+        swap.offload()
+        try:
+            yield swap
+        finally:
+            swap.restore()

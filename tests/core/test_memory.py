@@ -4,7 +4,7 @@ import torch
 
 from tiny_models import TinyUNet
 
-from atelier.trainers.memory import gradient_checkpointing
+from atelier.trainers.memory import gradient_checkpointing, resident_bytes
 from atelier.trainers.network import LoRANetwork, NetworkConfig
 
 
@@ -39,3 +39,58 @@ def test_no_checkpoint_without_grad():
     x, t, c = torch.randn(1, 4, 8, 8), torch.tensor([5.0]), torch.randn(1, 6, 8)
     with torch.no_grad(), gradient_checkpointing([unet.out]):
         assert torch.equal(unet(x, t, c), unet.forward(x, t, c))
+
+
+def swap_grads(swap_blocks, dropout: float = 0.1):
+    """LoRA gradients of one step (with dropout, so recomputation must replay masks) and the BlockSwap used."""
+    from atelier.trainers.memory import block_swap
+
+    unet = TinyUNet(width=16)
+    for p in unet.parameters():
+        p.requires_grad_(False)  # frozen base, as training leaves it
+    network = LoRANetwork({"lora_unet": unet}, NetworkConfig(rank=4, alpha=4.0, conv_rank=4, dropout=dropout))
+    with torch.no_grad():
+        for m in network.modules_by_key.values():
+            m.up.weight.normal_(generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(0)
+    x, t, c = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([3.0, 700.0]), torch.randn(2, 6, 8, generator=g)
+    before = resident_bytes(unet)
+    with network.applied(), block_swap(swap_blocks(unet), "cpu", "cpu", measure=unet) as swap:
+        network.train()
+        during = resident_bytes(unet)
+        unet(x, t, c).pow(2).mean().backward()
+    assert resident_bytes(unet) == before  # every weight back afterwards
+    return [p.grad.clone() for p in network.parameters()], swap, before, during
+
+
+def test_block_swap_gives_the_same_gradients_and_holds_one_block_at_a_time():
+    plain, _, _, _ = swap_grads(lambda u: [])
+    blocks = lambda u: [u.input_blocks[1][0], u.out]
+    swapped, swap, before, during = swap_grads(blocks)
+    assert len(plain) == len(swapped) and all(torch.equal(a, b) for a, b in zip(plain, swapped))
+    unet = TinyUNet(width=16)
+    sizes = [sum(p.nbytes for p in b.parameters()) for b in blocks(unet)]
+    assert swap.swapped_bytes == sum(sizes) and during == before - sum(sizes)
+    assert swap.loads == 4  # each block loaded for its forward and again for its recomputation in backward
+    assert swap.peak_bytes == during + max(sizes)  # never two swapped blocks resident at once
+
+
+def test_block_swap_without_grad_and_an_already_wrapped_block():
+    from atelier.trainers.memory import block_swap
+
+    unet = TinyUNet().requires_grad_(False)
+    x, t, c = torch.randn(1, 4, 8, 8), torch.tensor([5.0]), torch.randn(1, 6, 8)
+    expected = unet(x, t, c)
+    unet.out.forward = unet.out.forward  # someone else's instance forward: not swapped
+    with torch.no_grad(), block_swap([unet.input_blocks[1][0], unet.out], "cpu", "cpu", measure=unet) as swap:
+        assert [len(v) for v in swap.stores.values()] == [len(list(unet.input_blocks[1][0].parameters()))]
+        assert torch.equal(unet(x, t, c), expected) and swap.loads == 1
+    assert "forward" not in unet.input_blocks[1][0].__dict__
+
+
+def test_block_swap_of_nothing_is_nothing():
+    from atelier.trainers.memory import block_swap
+
+    unet = TinyUNet()
+    with block_swap([], "cpu", "cpu") as swap:
+        assert swap.blocks == [] and resident_bytes(unet) == sum(p.nbytes for p in unet.parameters())

@@ -6,7 +6,7 @@ LoRA key map are ComfyUI's. The text side is fixed tensors of the family's shape
 encoders are far too large for a fixture). Trains a LoRA through the Atelier adapter with the family's default
 targets, exports kohya keys, loads them with comfy.sd.load_lora_for_models and checks: no unloaded keys, strength 0
 is the base bit for bit, the LoRA changes the output, the training target is noise - x0 (flow). Also compares
-gradients with and without per-block checkpointing, and trains on float8_e4m3fn-stored weights computing in fp32.
+gradients with and without per-block checkpointing and block swap (tests/host/memory_check.py), and trains on float8_e4m3fn-stored weights computing in fp32.
 Prints one JSON line. usage: python dit_family_check.py ATELIER_CHECKOUT FAMILY
 """
 
@@ -29,10 +29,10 @@ sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 import conftest  # noqa: E402,F401  registers the Atelier checkout as the package `atelier` (as the test suite does)
 from atelier.nodes.train_adapter import ComfyDenoiser, thaw  # noqa: E402
 from family_check import extraction, forward_time, tools  # noqa: E402  same checks as the SD families
-from atelier.nodes.training import checkpoint_blocks  # noqa: E402
 from atelier.trainers import objectives as ob  # noqa: E402
 from atelier.trainers.loop import Trainer, TrainConfig, TrainSample  # noqa: E402
 from atelier.trainers.memory import gradient_checkpointing  # noqa: E402
+from memory_check import memory_report  # noqa: E402
 from atelier.trainers.network import LoRANetwork, NetworkConfig, family_default_targets  # noqa: E402
 
 FAMILY = sys.argv[2]
@@ -151,28 +151,8 @@ xt = ms.noise_scaling(sigma, noise, x0)
 result["target_error"] = float((ob.prediction_target(ms, sigma, xt, x0) - (noise - x0)).abs().max())
 result["sampling"] = type(ms).__name__
 
-# per-block checkpointing: same gradients, fewer saved activations
-def grads(blocks):
-    p = build()
-    d = ComfyDenoiser(p)
-    net = LoRANetwork({"lora_unet": p.model.diffusion_model},
-                      family_default_targets(NetworkConfig(rank=4, alpha=4.0), d.family), seed=1)
-    net.apply()
-    for m in net.modules_by_key.values():
-        torch.nn.init.normal_(m.up.weight, std=0.1) if hasattr(m, "up") else None
-    saved = []
-    with gradient_checkpointing(blocks(p)), torch.autograd.graph.saved_tensors_hooks(
-            lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
-        loss = (d(x_t, sigma, cond, **dict(extra)) ** 2).mean()
-    loss.backward()
-    return torch.cat([q.grad.flatten() for q in net.parameters() if q.grad is not None]), sum(saved)
-
-
-plain, plain_bytes = grads(lambda p: [])
-ckpt, ckpt_bytes = grads(lambda p: checkpoint_blocks(p.model.diffusion_model))
-result.update(ckpt_grad_error=float((plain - ckpt).abs().max()), grad_norm=float(plain.norm()),
-              saved_bytes_plain=plain_bytes, saved_bytes_ckpt=ckpt_bytes,
-              ckpt_blocks=len(checkpoint_blocks(patcher.model.diffusion_model)))
+# per-block checkpointing and block swap: same gradients, fewer saved activations / resident weights
+result.update(memory_report(build, (x_t, sigma, cond, extra), lambda: build(torch.float8_e4m3fn)))
 
 # fp8-stored base weights, fp32 compute
 fp8 = build(torch.float8_e4m3fn)

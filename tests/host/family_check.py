@@ -40,6 +40,7 @@ from atelier.trainers.loop import Trainer, TrainConfig, TrainSample  # noqa: E40
 from atelier.nodes.train_adapter import ComfyDenoiser  # noqa: E402
 from atelier.trainers.network import NetworkConfig, extract_targets  # noqa: E402
 from atelier.trainers.objectives import prediction_target  # noqa: E402
+from memory_check import memory_report  # noqa: E402
 
 UNET_SD = dict(use_linear_in_transformer=True, transformer_depth=[1], transformer_depth_output=[1, 1],
                transformer_depth_middle=1, use_temporal_attention=False, in_channels=4, out_channels=4,
@@ -171,6 +172,8 @@ def main(family: str) -> dict:
     result.update(forward_time(patcher, loaded, x_t, sigma, cond, extra))
     result.update(extraction(patcher, loaded, x_t, sigma, cond, extra, result.pop("lora_out")))
     result.update(fp8_training(family, encode))
+    result.update(memory_report(lambda: build(family), (x_t, sigma, cond, extra),
+                                lambda: build(family, torch.float8_e4m3fn)))
     return result
 
 

@@ -48,3 +48,17 @@ def test_family_trains_ships_loads_and_tools(comfy_server, family):
     # training on float8_e4m3fn-stored base weights computing in fp32 (ComfyUI's fp8 weight_dtype)
     assert r["fp8_weight_dtypes"] == ["torch.float8_e4m3fn"]
     assert r["fp8_steps"] == 2 and r["fp8_losses_finite"] and r["fp8_lora_changed"]
+    assert_memory_options(r)
+    assert r["saved_bytes_ckpt"] < r["saved_bytes_plain"] / 2  # the UNet's layers are checkpointed (not a no-op)
+
+
+def assert_memory_options(r: dict) -> None:
+    """tests/host/memory_check.py's measurements: checkpointing and block swap change memory, not gradients."""
+    assert r["ckpt_blocks"] >= 2 and r["grad_norm"] > 0
+    assert r["ckpt_grad_error"] < 1e-6 * max(1.0, r["grad_norm"])
+    assert r["swap_blocks"] == r["ckpt_blocks"] and r["swap_grad_error"] < 1e-6 * max(1.0, r["grad_norm"])
+    assert r["swap_loads"] >= r["swap_blocks"] and r["swap_restored"]  # each block loaded; all weights back after
+    # the peak holds the unswapped weights plus one swapped block, never two: less than the whole model
+    assert r["resident_peak_swap"] == r["resident_bytes_plain"] - r["swapped_bytes"] + r["swap_largest_block"]
+    assert r["resident_peak_swap"] < r["resident_bytes_plain"]
+    assert r["swap_fp8_finite"] and r["swap_fp8_bytes"] < r["swapped_bytes"] / 2  # float8 weights swap as float8

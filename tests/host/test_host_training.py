@@ -191,13 +191,27 @@ def test_samples_during_training_use_comfyui_sampler(comfy, comfy_server, train_
     assert np.abs(first - later).max() > 0  # same seed and prompt: only the weights changed between them
 
 
-def test_gradient_checkpointing_gives_the_same_lora(comfy, comfy_server, train_folder):
+def test_gradient_checkpointing_and_block_swap_give_the_same_lora(comfy, comfy_server, train_folder):
+    import json
+
     loras = comfy_server.models / "loras" / "atelier"
     comfy.run(advanced_prompt("adv_gc_off", max_steps=2), timeout=600)
     comfy.run(advanced_prompt("adv_gc_on", max_steps=2, gradient_checkpointing=True), timeout=600)
+    out = comfy.run(advanced_prompt("adv_swap", max_steps=2, blocks_to_swap=5), timeout=600)
     off, on = lora_tensors(loras / "adv_gc_off.safetensors"), lora_tensors(loras / "adv_gc_on.safetensors")
-    assert off.keys() == on.keys()
+    swapped = lora_tensors(loras / "adv_swap.safetensors")
+    assert off.keys() == on.keys() == swapped.keys()
     assert all((off[k].float() - on[k].float()).abs().max() < 1e-3 for k in off)  # fp16 files; same maths
+    assert all((off[k].float() - swapped[k].float()).abs().max() < 1e-3 for k in off)  # block swap: same maths
+    note = json.loads(out["4"]["text"][0])["block_swap"]
+    assert note["blocks"] == 5 and note["of"] > 5 and note["offloaded_mib"] > 0 and "saves no memory" in note["note"]
+
+
+def test_blocks_to_swap_above_the_models_blocks_is_refused(comfy, comfy_server, train_folder):
+    entry = comfy.wait(comfy.queue(advanced_prompt("adv_swap_many", max_steps=1, blocks_to_swap=199)), 600)
+    err = [m for m in entry["status"]["messages"] if m[0] == "execution_error"][0][1]["exception_message"]
+    assert "blocks_to_swap is 199 but this model has" in err and "set blocks_to_swap to at most" in err
+    assert not (comfy_server.models / "loras" / "atelier" / "adv_swap_many.safetensors").exists()
 
 
 def test_targeting_rank_overrides_and_ema_weights_are_what_is_shipped(comfy, comfy_server, train_folder):
