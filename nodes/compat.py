@@ -76,6 +76,40 @@ def require_resident(what: str, *patchers) -> None:
                            f"{type(dynamic[0]).__name__} weights dynamically (dynamic VRAM). {DYNAMIC_VRAM_FIX}")
 
 
+def resident_patcher(patcher, what: str):
+    """A clone of `patcher` whose weights can be loaded whole and patched in place (training thaws them, a merge bakes
+    patches into them): a plain patcher's own clone, or for a dynamic-VRAM patcher upstream's non-dynamic delegate
+    (as its CFGGuider does for hooked conds): a ModelPatcher over a resident copy of the model with the same patches
+    and options, so the input patcher and its streamed weights are never touched."""
+    if not is_dynamic(patcher):
+        return patcher.clone()
+    delegate = getattr(patcher, "get_non_dynamic_delegate", None)
+    if callable(delegate):
+        resident = delegate()
+    else:  # upstream's TorchCompileModel way, where a patcher has no delegate method
+        try:
+            resident = patcher.clone(disable_dynamic=True)
+        except TypeError:  # a dynamic patcher that offers neither way: nothing here can load its weights
+            resident = patcher
+    meta = next((n for n, p in resident.model.named_parameters() if p.is_meta), None) if resident is not patcher \
+        else None
+    if is_dynamic(resident) or meta is not None:
+        found = f"weight '{meta}' is not loaded (meta)" if meta else f"{type(patcher).__name__} has no resident copy"
+        raise RuntimeError(f"{what} needs the model's weights loaded in memory, but this ComfyUI loads them "
+                           f"dynamically (dynamic VRAM) and {found}. {DYNAMIC_VRAM_FIX}")
+    return resident
+
+
+def resident_clip(clip, what: str):
+    """A clone of CLIP over a resident text-encoder patcher (resident_patcher), its cond_stage_model the patcher's own
+    model so text-encoder LoRA modules, thaw and encoding all act on the weights that are loaded."""
+    out = clip.clone()
+    if is_dynamic(clip.patcher):
+        out.patcher = resident_patcher(clip.patcher, what)
+        out.cond_stage_model = out.patcher.model
+    return out
+
+
 # --- Folder types ------------------------------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import torch
-from .compat import io, require_resident
+from .compat import io, resident_clip, resident_patcher
 
 import comfy.lora
 import comfy.model_management
@@ -432,13 +432,13 @@ class AtelierMergeLoRAIntoModel(io.ComfyNode):
 def save_checkpoint_file(path: Path, model, clip, vae, metadata: dict[str, str]) -> None:
     """comfy.sd.save_checkpoint's layout, written by us: a cancel check per tensor, NaN/inf refused, and one hidden
     temp file (removed on any failure, and by the next save of this name if a kill left it) renamed into place."""
-    clip_sd, load = None, [model]
-    if clip is not None:
-        load.append(clip.load_model())
-        clip_sd = clip.get_sd()  # the CLIP's own tensors: patched in place by the load below, as ComfyUI does
+    # dynamic-VRAM patchers refuse force_patch_weights: bake into upstream's resident delegates (plain clones here)
+    model = resident_patcher(model, "Saving a merged checkpoint")
+    clip = resident_clip(clip, "Saving a merged checkpoint") if clip is not None else None
+    load = [model] + ([clip.patcher] if clip is not None else [])
     vae_sd = vae.get_sd() if vae is not None else None
-    require_resident("Saving a merged checkpoint", *load)  # dynamic patchers refuse force_patch_weights
     comfy.model_management.load_models_gpu(load, force_patch_weights=True)  # bake the LoRA patches into weights
+    clip_sd = clip.get_sd() if clip is not None else None  # read after the load: the CLIP's tensors as patched
     sd = model.model.state_dict_for_saving(clip_sd, vae_sd, None)
     progress = Progress(len(sd) + 1)
     tensors = {}

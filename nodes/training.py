@@ -36,7 +36,7 @@ from ..trainers.run import RunFiles, TrainingRun, run_loras
 from ..trainers.objectives import LOSSES
 from ..trainers.optim import OPTIMIZERS, SCHEDULERS
 from ..trainers.network import LoRANetwork, NetworkConfig, family_default_targets, parse_rank_overrides
-from .compat import require_resident, show_stop_message
+from .compat import require_resident, resident_patcher, show_stop_message
 from .dataset import dataset_in
 from .host import forget_model_list, model_output_path, output_subdir
 from .live import HISTORY, run_id
@@ -125,8 +125,10 @@ def trainable_host(model, clip, train_text_encoder: bool, train_t5: bool = False
     """Loads and thaws a clone of MODEL (and CLIP's text encoders when they train, the T5-XXL too with `train_t5`),
     never changing the inputs."""
     te_roots = text_encoder_roots(clip, t5=train_t5) if train_text_encoder else {}  # refused before any loading
-    require_resident("Training", model, clip.patcher if train_text_encoder else None)  # thaw needs loaded weights
-    mp = model.clone()
+    # thaw needs loaded weights: a dynamic-VRAM MODEL trains on upstream's resident delegate; the text encoders still
+    # train in place on CLIP, so a dynamic CLIP patcher is refused (with the fix) when they train
+    require_resident("Training the text encoder", clip.patcher if train_text_encoder else None)
+    mp = resident_patcher(model, "Training")
     comfy.model_management.load_models_gpu([mp], force_full_load=True)
     thaw(mp.model.diffusion_model)
     roots = {"lora_unet": mp.model.diffusion_model}

@@ -1,15 +1,19 @@
 """Run inside ComfyUI's Python: exercises each path of nodes/compat.py on this host.
 
 Where 0.3.64 cannot show upstream's behaviour, a test double replaces ONLY that behaviour (named `Upstream...` below):
-a ModelPatcher that answers is_dynamic() True, a ProgressBar whose hook never runs (upstream throttles updates), and a
-pre-registered `datasets` folder type as upstream's folder_paths.py registers it. Everything else is the real host.
+a ModelPatcher that answers is_dynamic() True, refuses full loads and hands out a non-dynamic delegate (upstream's
+ModelPatcherDynamic), a ProgressBar whose hook never runs (upstream throttles updates), and a pre-registered
+`datasets` folder type as upstream's folder_paths.py registers it. Everything else is the real host.
 Prints one JSON line. usage: python compat_check.py ATELIER_CHECKOUT   (cwd = the ComfyUI checkout)
 """
 
+import copy
 import inspect
 import json
 import os
 import sys
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, os.getcwd())
@@ -18,14 +22,22 @@ import comfy.cli_args  # noqa: E402
 comfy.cli_args.args.cpu = True
 import torch  # noqa: E402
 
+import comfy.lora  # noqa: E402
 import comfy.model_management  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 import comfy.samplers  # noqa: E402
+import comfy.supported_models  # noqa: E402
+import comfy.utils  # noqa: E402
 import folder_paths  # noqa: E402
 
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 import conftest  # noqa: E402,F401  registers the Atelier checkout as the package `atelier` (as the test suite does)
-from atelier.nodes import compat, extension, host, training  # noqa: E402,F401  extension registers as ComfyUI loads it
+from atelier.nodes import compat, extension, host, lora_tools, training  # noqa: E402,F401  extension registers
+from atelier.trainers.loop import Trainer, TrainConfig, TrainSample  # noqa: E402
+from atelier.trainers.network import NetworkConfig  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import family_check  # noqa: E402  its tiny UNet config (importing it runs nothing)
 
 out = {}
 
@@ -90,25 +102,112 @@ out["real_bar_cancel_stops"] = events.should_stop()
 comfy.model_management.interrupt_current_processing(False)
 
 
-# 4. Dynamic-VRAM patchers: 0.3.64's ModelPatcher is resident; a patcher answering is_dynamic() True is refused
-#    with the fix, before anything is loaded.
+# 4. Dynamic-VRAM patchers. 0.3.64 has no ModelPatcherDynamic, so a test double models what matters of upstream's
+#    (comfy/model_patcher.py): is_dynamic() True, load() refusing full loads and forced patches (its asserts), clone()
+#    keeping the class, and get_non_dynamic_delegate() giving a plain ModelPatcher over a fresh resident copy of the
+#    model (upstream reloads the file through cached_patcher_init) with the same patches and options. Unlike upstream,
+#    the double lives on the CPU (upstream hands CPU devices a plain ModelPatcher). Everything else is the real host.
 class UpstreamDynamicPatcher(comfy.model_patcher.ModelPatcher):
-    """Test double of upstream's ModelPatcherDynamic: only its is_dynamic() answer."""
+    """Test double of upstream's ModelPatcherDynamic (see above)."""
 
     def is_dynamic(self):
         return True
 
+    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+        assert not force_patch_weights, "ModelPatcherDynamic.load: force_patch_weights"  # upstream's asserts
+        assert not full_load, "ModelPatcherDynamic.load: full_load"
+        return super().load(device_to, lowvram_model_memory, force_patch_weights, full_load)
 
-real = comfy.model_patcher.ModelPatcher(torch.nn.Linear(2, 2), torch.device("cpu"), torch.device("cpu"))
-dynamic = UpstreamDynamicPatcher(torch.nn.Linear(2, 2), torch.device("cpu"), torch.device("cpu"))
+    def get_non_dynamic_delegate(self):
+        plain = comfy.model_patcher.ModelPatcher.clone(self)  # same patches, options, wrappers
+        plain.__class__ = comfy.model_patcher.ModelPatcher
+        plain.model = copy.deepcopy(self.model)  # a fresh resident model, as upstream's reload gives
+        plain.backup, plain.object_patches_backup = {}, {}
+        return plain
+
+
+def sd15(patcher_class):
+    """A tiny SD1.x-shaped model (same seed, same weights every call) under `patcher_class`."""
+    config = comfy.supported_models.SD15(dict(family_check.UNET_SD, context_dim=768, adm_in_channels=None))
+    torch.manual_seed(0)
+    model = config.get_model({})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape) * 0.02)
+    return patcher_class(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def train_lora(patcher) -> dict:
+    """Three LoRA steps through the nodes' wiring (trainable_host, lora_network, the Trainer, checkpointed blocks)."""
+    g = torch.Generator().manual_seed(1)
+    texts = {f"caption {i}": torch.randn(1, 77, 768, generator=g) for i in range(2)}
+    samples = [TrainSample(latent=torch.randn(4, 8, 8, generator=g), caption=f"caption {i}") for i in range(2)]
+    with torch.inference_mode(False):
+        host = training.trainable_host(patcher, None, False)
+        network, _ = training.lora_network(host, NetworkConfig(rank=4, alpha=4.0), seed=0, continue_from="(none)")
+        trainer = Trainer(TrainConfig(max_steps=3, batch_size=2, unet_lr=1e-2, save_every_epochs=0), network,
+                          host.denoise, host.denoise.model_sampling, samples,
+                          lambda captions: (torch.cat([texts[c] for c in captions]), {}))
+        with training.checkpointed(training.checkpoint_blocks(host.patcher.model.diffusion_model)):
+            state = trainer.run()
+        network.remove()
+    return {"steps": state.step, "lora": network.kohya_state_dict(torch.float32), "host": host}
+
+
+def frozen_snapshot(patcher):
+    return ({k: v.clone() for k, v in patcher.model.state_dict().items()},
+            any(p.requires_grad for p in patcher.model.parameters()), sorted(patcher.patches))
+
+
+real, dynamic = sd15(comfy.model_patcher.ModelPatcher), sd15(UpstreamDynamicPatcher)
 out["real_is_dynamic"] = compat.is_dynamic(real)
 out["double_is_dynamic"] = compat.is_dynamic(dynamic) and compat.is_dynamic(dynamic.clone())
-compat.require_resident("Training", real, None)
+try:  # what the old code did (a full load of the patcher itself): the double refuses it as upstream does
+    comfy.model_management.load_models_gpu([dynamic.clone()], force_full_load=True)
+    out["double_refuses_full_load"] = ""
+except AssertionError as error:
+    out["double_refuses_full_load"] = str(error)
+before = frozen_snapshot(dynamic)
+plain_run, dynamic_run = train_lora(real), train_lora(dynamic)
+after = frozen_snapshot(dynamic)
+out["dynamic_steps"] = dynamic_run["steps"]
+out["trained_on_plain_patcher"] = not compat.is_dynamic(dynamic_run["host"].patcher)
+out["same_lora"] = sorted(plain_run["lora"]) == sorted(dynamic_run["lora"]) and all(
+    torch.equal(plain_run["lora"][k], dynamic_run["lora"][k]) for k in plain_run["lora"])
+out["lora_changed"] = any(float(v.abs().sum()) > 0 for k, v in dynamic_run["lora"].items() if "lora_up" in k)
+out["input_unchanged"] = (before[1:] == after[1:]  # requires_grad flags and patches as they were, and every weight
+                          and all(torch.equal(before[0][k], after[0][k]) for k in before[0]))
+
+# the merged-checkpoint path: LoRA patches baked into a resident delegate equal the plain patcher's bake
+lora_patches = comfy.lora.load_lora(dynamic_run["lora"], comfy.lora.model_lora_keys_unet(real.model, {}))
+saved, fresh = {}, sd15(comfy.model_patcher.ModelPatcher).model.state_dict()
+with tempfile.TemporaryDirectory() as tmp:
+    for name, base in (("plain", sd15(comfy.model_patcher.ModelPatcher)), ("dynamic", sd15(UpstreamDynamicPatcher))):
+        merged = base.clone()
+        merged.add_patches(lora_patches, 1.0)
+        lora_tools.save_checkpoint_file(Path(tmp) / f"{name}.safetensors", merged, None, None, {"t": name})
+        saved[name] = comfy.utils.load_torch_file(os.path.join(tmp, f"{name}.safetensors"))
+        unpatched = all(torch.equal(v, fresh[k]) for k, v in base.model.state_dict().items())
+out["checkpoint_input_unpatched"] = unpatched  # the dynamic input's own weights: the bake went to the delegate
+out["checkpoint_keys"] = len(saved["dynamic"])
+out["checkpoint_same"] = sorted(saved["plain"]) == sorted(saved["dynamic"]) and all(
+    torch.equal(saved["plain"][k], saved["dynamic"][k]) for k in saved["plain"])
+out["checkpoint_baked"] = any(not torch.equal(saved["dynamic"][k], v) for k, v in
+                              sd15(comfy.model_patcher.ModelPatcher).model.state_dict_for_saving(None, None, None)
+                              .items() if k in saved["dynamic"])
+
+
+class UpstreamDynamicNoDelegate(UpstreamDynamicPatcher):
+    """A dynamic patcher offering neither get_non_dynamic_delegate nor clone(disable_dynamic=...)."""
+
+    get_non_dynamic_delegate = None
+
+
 try:
-    training.trainable_host(dynamic, None, False)
-    out["dynamic_refused"] = ""
+    training.trainable_host(sd15(UpstreamDynamicNoDelegate), None, False)
+    out["no_delegate_refused"] = ""
 except RuntimeError as error:
-    out["dynamic_refused"] = str(error)
+    out["no_delegate_refused"] = str(error)
 
 # 5. The `datasets` folder type: 0.3.64 has none, so Atelier adds models/datasets once (registering twice adds
 #    nothing); with upstream's built-in type (a double: registered as upstream's folder_paths.py does) the host's

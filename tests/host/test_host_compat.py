@@ -44,10 +44,22 @@ def test_cancel_is_read_from_the_flag_even_when_progress_updates_are_throttled(c
     assert checked["real_bar_cancel_stops"] and checked["no_cancel_no_stop"]
 
 
-def test_dynamic_vram_patchers_are_refused_with_the_fix(checked):
+def test_dynamic_vram_patchers_train_on_upstreams_resident_delegate(checked):
     assert checked["real_is_dynamic"] is False and checked["double_is_dynamic"]
-    assert "--disable-dynamic-vram" in checked["dynamic_refused"]
-    assert checked["dynamic_refused"].startswith("Training needs the model's weights loaded")
+    assert "full_load" in checked["double_refuses_full_load"]  # double: the old direct full load would fail upstream
+    assert checked["dynamic_steps"] == 3 and checked["trained_on_plain_patcher"] and checked["lora_changed"]
+    assert checked["same_lora"]  # the same LoRA, tensor for tensor, as on 0.3.64's plain patcher
+    assert checked["input_unchanged"]  # the dynamic MODEL input: weights, grads and patches as they were
+
+
+def test_a_merged_checkpoint_from_a_dynamic_patcher_equals_the_plain_one(checked):
+    assert checked["checkpoint_keys"] > 100 and checked["checkpoint_baked"]  # the LoRA is in the weights
+    assert checked["checkpoint_same"] and checked["checkpoint_input_unpatched"]
+
+
+def test_a_dynamic_patcher_without_a_resident_copy_is_refused_with_the_fix(checked):
+    assert checked["no_delegate_refused"].startswith("Training needs the model's weights loaded")
+    assert "--disable-dynamic-vram" in checked["no_delegate_refused"]
 
 
 def test_datasets_folder_type_is_never_registered_twice(checked):
