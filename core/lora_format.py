@@ -30,17 +30,29 @@ PAIR_SUFFIXES = ((UP, DOWN), ("_lora.up.weight", "_lora.down.weight"), (".lora_B
                  (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight"),
                  (".lora_B.default.weight", ".lora_A.default.weight"), (".lora_B", ".lora_A"))
 TEXT_PREFIXES = ("lora_te", "text_encoder", "te_", "te1_", "te2_")  # keys meant for the CLIP, not the MODEL
+# ComfyUI's generic text-encoder names: model_lora_keys_clip maps "text_encoders.<CLIP state-dict key without
+# .weight>" for every encoder weight; the only names it maps for encoders with no kohya lora_te prefix (Qwen-Image's
+# Qwen2.5-VL, Wan 2.x's umT5-XXL). A base under this prefix keeps its dots.
+GENERIC_TE_PREFIX = "text_encoders."
 
 
 def kohya_base(prefix: str, module_name: str) -> str:
-    """'lora_unet' + 'input_blocks.1.1.proj_in' -> 'lora_unet_input_blocks_1_1_proj_in' (kohya's '.' -> '_')."""
-    return f"{prefix}_{module_name.replace('.', '_')}" if module_name else prefix
+    """'lora_unet' + 'input_blocks.1.1.proj_in' -> 'lora_unet_input_blocks_1_1_proj_in' (kohya's '.' -> '_');
+    a generic prefix keeps the dots: 'text_encoders.qwen25_7b.transformer' + 'model.layers.0.mlp.up_proj' ->
+    'text_encoders.qwen25_7b.transformer.model.layers.0.mlp.up_proj'."""
+    if not module_name:
+        return prefix
+    if prefix.startswith(GENERIC_TE_PREFIX):
+        return f"{prefix}.{module_name}"
+    return f"{prefix}_{module_name.replace('.', '_')}"
 
 
 def base_prefix(base: str) -> str:
     """'lora_unet_input_blocks_1' -> 'lora_unet', 'lora_te1_text_model' -> 'lora_te1', ComfyUI's
-    'diffusion_model.input_blocks.1' -> 'diffusion_model', 'text_encoders.clip_l....' -> 'text_encoders'."""
+    'diffusion_model.input_blocks.1' -> 'diffusion_model', 'text_encoders.clip_l....' -> 'text_encoders.clip_l'."""
     parts = base.split("_")
+    if base.startswith(GENERIC_TE_PREFIX):  # 'text_encoders.qwen25_7b.transformer...' -> 'text_encoders.qwen25_7b'
+        return ".".join(base.split(".")[:2])
     return "_".join(parts[:2]) if base.startswith("lora_") and len(parts) > 1 else base.split(".")[0]
 
 

@@ -16,6 +16,7 @@ from .compat import io
 import comfy.model_management
 
 from ..core.draw import line_chart, pil_to_image_tensor
+from ..core.lora_format import GENERIC_TE_PREFIX
 from ..core.lora_io import write_safetensors
 from ..core.lora_meta import subsets_record
 from ..trainers.checkpoint import run_environment
@@ -40,8 +41,14 @@ UNET_PREFIX = "diffusion_model."  # the UNet's keys in the MODEL patcher's state
 def te_roots(clip) -> dict[str, tuple[torch.nn.Module, str]]:
     """Short prefix ("te", "te1", "te2") -> (text encoder module, its key prefix in the CLIP patcher's state dict)."""
     names = {id(m): n for n, m in clip.cond_stage_model.named_modules()}
+    roots = text_encoder_roots(clip)
+    generic = [p for p in roots if p.startswith(GENERIC_TE_PREFIX)]
+    if generic:  # LoRA for them is written under ComfyUI's generic keys; a full fine-tune of them is not built yet
+        raise ValueError(f"Full fine-tune trains CLIP text encoders only; this CLIP's is {generic[0].split('.')[1]} "
+                         f"({type(clip.cond_stage_model).__name__}). Turn train_text_encoder off to fine-tune the "
+                         "diffusion model only, or train a LoRA (Train LoRA Advanced trains this text encoder).")
     return {prefix.removeprefix("lora_"): (module, names[id(module)] + ".")
-            for prefix, module in text_encoder_roots(clip).items()}
+            for prefix, module in roots.items()}
 
 
 def left_out_tensors(base, sd: dict) -> dict[str, torch.Tensor]:
@@ -112,10 +119,10 @@ def train_full(model, clip, vae, dataset, output_name: str, config: TrainConfig,
     rules = parse_block_lrs(block_lrs)
     resume_dir = resume_folder(resume)
     base = base_model(model, prompt, node_id)
+    te = te_roots(clip) if config.train_text_encoder else {}  # refused before any loading; thaw keeps the modules
     with torch.inference_mode(False):
         host = trainable_host(model, clip, config.train_text_encoder)
         clip.load_model()  # CLIP patches (a LoRA upstream) are in its weights before any checkpoint is written
-        te = te_roots(clip) if config.train_text_encoder else {}
         tune = FullFineTune({"unet": host.patcher.model.diffusion_model, **{k: m for k, (m, _) in te.items()}},
                             rules).to(host.device)
         host.denoise.dtype = torch.float32  # the private master weights are float32 whatever the model loaded as

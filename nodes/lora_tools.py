@@ -25,6 +25,7 @@ from ..core.lora_math import (EXTRACT_METHODS, STRENGTH_LIMIT, apply_block_weigh
                               energy_report_text, extract, merge_average_weights, merge_concat, merge_svd,
                               parse_block_weights, resize)
 from ..trainers.network import TE_INCLUDE, UNET_INCLUDE, extract_targets
+from .train_adapter import GENERIC_KEY_ENCODERS
 from .validate import NONE, check_choice, check_number
 from .host import Progress, model_output_path
 from .lora_files import chosen_lora, fit_lora, lora_files_input, read_lora
@@ -333,8 +334,17 @@ def extract_lora(tuned_model, base_model, tuned_clip, base_clip, *, rank: int, o
                                         "ss_training_comment": f"extracted with Atelier ({method} SVD)"},
                  dynamic=bool(kw.get("dynamic")), family=family, v_prediction=v_prediction)
     text = f"wrote {path}: {len(modules)} modules, {len(skipped)} unchanged layers skipped\n" + \
-        energy_report_text(report)
+        unextracted_encoders(base_clip) + energy_report_text(report)
     return text, report
+
+
+def unextracted_encoders(clip) -> str:
+    """A line naming the CLIP's text encoders that extraction leaves out (those ComfyUI keys only as
+    text_encoders.*: Qwen-Image's Qwen2.5-VL, Wan's umT5-XXL), else ''."""
+    csm = getattr(clip, "cond_stage_model", None)
+    left = [label for name, label in GENERIC_KEY_ENCODERS.items() if getattr(csm, name, None) is not None]
+    return (f"text encoder not extracted: {', '.join(left)} (extraction writes kohya lora_te names, which ComfyUI "
+            "does not map for it; the diffusion model's layers are extracted)\n") if left else ""
 
 
 class AtelierInspectLoRA(io.ComfyNode):

@@ -76,33 +76,33 @@ def autograd_friendly_clip(module: torch.nn.Module):
 # ComfyUI's CLIP attributes of the text encoders LoRA users train; T5-XXL only when asked (kohya's train_t5xxl)
 CLIP_ENCODERS = ("clip_l", "clip_h", "clip_g")
 # Encoders ComfyUI 0.3.64's model_lora_keys_clip maps only under its generic "text_encoders.<weight key>" names, with
-# no kohya lora_te prefix (every one of WanT5Model's and QwenImageTEModel's keys is text_encoders.*); Atelier writes
-# kohya keys, so their text-encoder LoRA is refused (tests/host/test_host_te_families.py checks both facts).
+# no kohya lora_te prefix (every one of WanT5Model's and QwenImageTEModel's keys is text_encoders.*): their LoRA is
+# written under those names (core.lora_format.GENERIC_TE_PREFIX; tests/host/test_host_te_families.py loads it).
 GENERIC_KEY_ENCODERS = {"umt5xxl": "Wan 2.x's umT5-XXL", "qwen25_7b": "Qwen-Image's Qwen2.5-VL 7B"}
 
 
 def text_encoder_roots(clip, t5: bool = False) -> dict[str, torch.nn.Module]:
-    """kohya prefixes of the CLIP's text encoders, as ComfyUI 0.3.64's model_lora_keys_clip maps them and kohya
+    """LoRA prefixes of the CLIP's text encoders, as ComfyUI 0.3.64's model_lora_keys_clip maps them and kohya
     sd-scripts writes them: lora_te for a lone encoder (SD1.x CLIP-L, SD2.x OpenCLIP-H); lora_te1 (CLIP-L) and
     lora_te2 (OpenCLIP-G) for SDXL and SD3.5; lora_te1 (CLIP-L) for Flux.1; T5-XXL (with `t5`) lora_te3 beside a
-    CLIP-L (SD3.5, Flux.1), else lora_te<its place after the CLIPs>, as ComfyUI numbers it."""
+    CLIP-L (SD3.5, Flux.1), else lora_te<its place after the CLIPs>, as ComfyUI numbers it; Qwen-Image's
+    Qwen2.5-VL and Wan's umT5-XXL under ComfyUI's generic 'text_encoders.<name>.transformer'."""
     csm = clip.cond_stage_model
     present = {n: getattr(csm, n) for n in CLIP_ENCODERS + ("t5xxl",) if getattr(csm, n, None) is not None}
     generic = next((n for n in GENERIC_KEY_ENCODERS if getattr(csm, n, None) is not None), None)
-    if generic:
-        raise ValueError(f"Text-encoder LoRA for {GENERIC_KEY_ENCODERS[generic]} ({type(csm).__name__}) is not "
-                         "trained here: ComfyUI 0.3.64's LoraLoader maps no kohya lora_te prefix for it, only "
-                         f"generic 'text_encoders.{generic}.transformer.*' keys, which Atelier does not write. Turn "
-                         "train_text_encoder off to train the diffusion model only.")
-    if not any(n in present for n in CLIP_ENCODERS) and not (t5 and "t5xxl" in present):
-        t5_hint = " or turn train_t5 on to train its T5-XXL" if "t5xxl" in present else ""
-        raise ValueError(f"Text-encoder training supports CLIP text encoders (SD1.x, SD2.x, SDXL, SD3.5, Flux.1); "
-                         f"this CLIP is {type(csm).__name__}. Turn train_text_encoder off to train the diffusion "
-                         f"model only{t5_hint}.")
     if t5 and "t5xxl" not in present:
         raise ValueError(f"train_t5 trains the T5-XXL text encoder of SD3.5 and Flux.1, but this CLIP "
-                         f"({type(csm).__name__}) has no T5-XXL loaded; turn train_t5 off (its CLIP text encoders "
-                         "still train with train_text_encoder), or load the model's T5-XXL with its CLIP loader.")
+                         f"({type(csm).__name__}) has no T5-XXL loaded; turn train_t5 off (its "
+                         f"{'text encoder' if generic else 'CLIP text encoders'} still train"
+                         f"{'s' if generic else ''} with train_text_encoder), or load the model's T5-XXL with its "
+                         "CLIP loader.")
+    if generic:  # ComfyUI keys these by the CLIP's own state-dict names: '<name>.transformer.<module>.weight'
+        return {f"text_encoders.{generic}.transformer": getattr(csm, generic).transformer}
+    if not any(n in present for n in CLIP_ENCODERS) and not (t5 and "t5xxl" in present):
+        t5_hint = " or turn train_t5 on to train its T5-XXL" if "t5xxl" in present else ""
+        raise ValueError(f"Text-encoder training supports CLIP text encoders (SD1.x, SD2.x, SDXL, SD3.5, Flux.1), "
+                         f"Qwen-Image's Qwen2.5-VL and Wan 2.x's umT5-XXL; this CLIP is {type(csm).__name__}. Turn "
+                         f"train_text_encoder off to train the diffusion model only{t5_hint}.")
     lone = len(present) == 1
     roots = {}
     if "clip_h" in present:

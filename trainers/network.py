@@ -56,6 +56,12 @@ DIT_TARGETS: dict[str, tuple[str, str]] = {
     "WAN21": (r"^blocks\.", ""),
     "WAN22": (r"^blocks\.", ""),
 }
+# DiT families' default text-encoder targets (TE_INCLUDE's CLIP layers elsewhere), by the same class names: every
+# decoder layer's attention q/k/v/o and gated MLP of Qwen-Image's Qwen2.5-VL, not its vision tower (which text
+# prompts never run), and every attention / feed-forward of Wan's umT5-XXL (T5_INCLUDE). They match only where the
+# encoder's root was given.
+QWEN_TE_INCLUDE = r"^model\.layers\.\d+\.(self_attn|mlp)\."
+DIT_TE_TARGETS: dict[str, str] = {"QwenImage": QWEN_TE_INCLUDE, "WAN21": T5_INCLUDE, "WAN22": T5_INCLUDE}
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,8 @@ def with_default_targets(config: NetworkConfig, family: str | None = None) -> Ne
 def family_default_targets(config: NetworkConfig, family: str, config_family: str | None = None) -> NetworkConfig:
     """with_default_targets (for `config_family`, core.lora_meta's name), except that a DiT family in DIT_TARGETS
     (ComfyUI's model class name) gets its own transformer blocks as default targets (UNet block names match nothing
-    there); families with a T5-XXL (SD3.5, Flux.1) also target its attention and feed-forward."""
+    there, and its text encoder's layers in DIT_TE_TARGETS); families with a T5-XXL (SD3.5, Flux.1) also target its
+    attention and feed-forward."""
     if config.target_patterns:
         return config
     t5 = (T5_INCLUDE,) if config_family in T5_FAMILIES else ()  # the T5 trains only when its root is given
@@ -122,7 +129,8 @@ def family_default_targets(config: NetworkConfig, family: str, config_family: st
         chosen = with_default_targets(config, config_family)
         return dataclasses.replace(chosen, target_patterns=chosen.target_patterns + t5)
     include, exclude = DIT_TARGETS[family]
-    return dataclasses.replace(config, target_patterns=(include, TE_INCLUDE) + t5,
+    te = DIT_TE_TARGETS.get(family, TE_INCLUDE)
+    return dataclasses.replace(config, target_patterns=(include, te) + t5,
                                exclude_patterns=config.exclude_patterns + ((exclude,) if exclude else ()))
 
 
@@ -394,8 +402,10 @@ class LoRANetwork(nn.Module):
                              f"target_patterns={list(config.target_patterns)}, "
                              f"exclude_patterns={list(config.exclude_patterns)}. Patterns are re.search on the module "
                              "name (e.g. 'attn1\\.to_q') or its kohya key (e.g. 'lora_unet_.*attn1').")
-        self.lora = nn.ModuleDict({key: built[key] for key in sorted(built)})
-        self.modules_by_key: dict[str, LoRAModule] = dict(self.lora.items())
+        # torch module names cannot hold '.', which ComfyUI's generic text_encoders.* keys keep; the file keys
+        # (modules_by_key) stay as they are
+        self.lora = nn.ModuleDict({key.replace(".", "__"): built[key] for key in sorted(built)})
+        self.modules_by_key: dict[str, LoRAModule] = {key: built[key] for key in sorted(built)}
         self._applied = False
 
     @property

@@ -27,6 +27,11 @@ def test_key_names():
     assert kohya_base("lora_unet", "input_blocks.1.1.proj_in") == "lora_unet_input_blocks_1_1_proj_in"
     assert kohya_base("lora_te", "") == "lora_te"
     assert base_prefix("lora_te1_text_model_q") == "lora_te1" and base_prefix("lora_unet_a") == "lora_unet"
+    # ComfyUI's generic text-encoder names keep their dots (the only ones it maps for Qwen2.5-VL and umT5-XXL)
+    assert kohya_base("text_encoders.qwen25_7b.transformer", "model.layers.0.mlp.up_proj") == \
+        "text_encoders.qwen25_7b.transformer.model.layers.0.mlp.up_proj"
+    assert base_prefix("text_encoders.umt5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q") == \
+        "text_encoders.umt5xxl"
     sd = {"b" + DOWN: 0, "b" + UP: 0, "b" + ALPHA: 0, "a" + DOWN: 0, "c.hada_w1_a": 0}
     assert module_bases(sd) == ["a", "b"]
 

@@ -413,3 +413,32 @@ def test_t5_is_a_default_text_encoder_target_of_sd3_and_flux_only():
                     "lora_te3_encoder_block_0_layer_1_DenseReluDense_wo"]
     with pytest.raises(ValueError, match="No layer matched for LoRA in roots \\['lora_te3'\\]"):
         LoRANetwork({"lora_te3": t5}, sdxl)  # CLIP patterns leave a T5 alone
+
+
+def test_qwen_and_wan_text_encoders_train_under_comfyui_generic_keys_and_round_trip():
+    from atelier.core.lora_format import split_modules
+    from atelier.trainers.network import QWEN_TE_INCLUDE, T5_INCLUDE, family_default_targets
+
+    layer = nn.ModuleDict({"self_attn": nn.ModuleDict({"q_proj": nn.Linear(4, 8), "o_proj": nn.Linear(8, 4)}),
+                           "mlp": nn.ModuleDict({"up_proj": nn.Linear(4, 6)})})
+    qwen = nn.ModuleDict({"model": nn.ModuleDict({"layers": nn.ModuleList([layer])}),
+                          "visual": nn.ModuleDict({"blocks": nn.ModuleList([nn.ModuleDict({"mlp": nn.ModuleDict(
+                              {"fc": nn.Linear(4, 4)})})])})})  # the vision tower: text prompts never run it
+    config = family_default_targets(NetworkConfig(rank=2, alpha=1.0), "QwenImage", "Qwen-Image")
+    assert QWEN_TE_INCLUDE in config.target_patterns and T5_INCLUDE not in config.target_patterns
+    assert T5_INCLUDE in family_default_targets(NetworkConfig(), "WAN21", "Wan 2.1").target_patterns
+    net = LoRANetwork({"text_encoders.qwen25_7b.transformer": qwen}, config)
+    assert sorted(net.modules_by_key) == ["text_encoders.qwen25_7b.transformer.model.layers.0.mlp.up_proj",
+                  "text_encoders.qwen25_7b.transformer.model.layers.0.self_attn.o_proj",
+                  "text_encoders.qwen25_7b.transformer.model.layers.0.self_attn.q_proj"]
+    groups = net.param_groups(1e-3, 5e-4, True)  # the encoder's adapters get te_lr, none counts as the UNet's
+    assert [(g["name"], len(g["params"])) for g in groups] == [("unet", 0), ("te", 2 * 3)]
+    with torch.no_grad():
+        for m in net.modules_by_key.values():
+            m.up.weight.fill_(0.5)
+    sd = net.kohya_state_dict(torch.float32)
+    modules, others = split_modules(sd)
+    assert others == [] and set(modules) == set(net.modules_by_key)
+    again = LoRANetwork({"text_encoders.qwen25_7b.transformer": qwen}, config)
+    again.load_kohya_state_dict(sd)  # resume reads the dotted keys back
+    assert all(torch.equal(again.modules_by_key[k].up.weight, m.up.weight) for k, m in net.modules_by_key.items())

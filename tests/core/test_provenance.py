@@ -313,7 +313,7 @@ def comfy_format(clip: str = "clip_l", width: int = 768):
 def test_comfyui_format_loras_are_summarised_and_their_family_read():
     tensors = comfy_format()
     summary = lora_summary(tensors, {})
-    assert summary["modules"] == 2 and summary["prefixes"] == {"diffusion_model": 1, "text_encoders": 1}
+    assert summary["modules"] == 2 and summary["prefixes"] == {"diffusion_model": 1, "text_encoders.clip_l": 1}
     assert summary["other_keys"] == ["diffusion_model.input_blocks.1.1.proj_in.diff_b"]
     assert lora_family(tensors) == "SD1.x" and key_formats(tensors) == ["ComfyUI"]
     assert lora_family(comfy_format("clip_g", 2048)) == "SDXL"

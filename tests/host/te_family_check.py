@@ -11,8 +11,10 @@ train_text_encoder and train_t5 (text_encoder_roots; for Flux the T5 too), lora_
 with the family's default targets, make_encoder and autograd_friendly_clip. The LoRA is saved and read back with
 core.lora_io, then loaded with comfy.sd.load_lora_for_models (what stock LoraLoader calls) on MODEL and CLIP while
 "lora key not loaded" lines are counted; the encodings at clip strength 0 and 1 are compared with the base CLIP's.
-For wan and qwen_image it only reports which LoRA prefixes ComfyUI maps for their text encoders (umT5-XXL,
-Qwen2.5-VL; generic text_encoders.* keys, no kohya lora_te*) and the node's refusal. Prints one JSON line.
+Wan 2.x (WanT5Model, umT5-XXL) and Qwen-Image (QwenImageTEModel, Qwen2.5-VL with a one-block vision tower) train
+the same way under ComfyUI's generic text_encoders.<name>.transformer.* keys, the only names ComfyUI maps for them
+(the check also counts those: no kohya lora_te* key). umT5's tokenizer ships inside a checkpoint, not ComfyUI, so
+Wan's tiny CLIP tokenizes with ComfyUI's own T5 sentencepiece model (t5_pile_tokenizer). Prints one JSON line.
 """
 
 import contextlib
@@ -21,7 +23,6 @@ import logging
 import os
 import sys
 import tempfile
-import types
 
 sys.path.insert(0, os.getcwd())
 import comfy.cli_args  # noqa: E402
@@ -37,13 +38,18 @@ import comfy.sdxl_clip  # noqa: E402
 import comfy.supported_models as sm  # noqa: E402
 import comfy.text_encoders.flux  # noqa: E402
 import comfy.text_encoders.qwen_image  # noqa: E402
+import comfy.text_encoders.qwen_vl  # noqa: E402
 import comfy.text_encoders.wan  # noqa: E402
 import comfy.text_encoders.sd2_clip  # noqa: E402
 import comfy.text_encoders.sd3_clip  # noqa: E402
 
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 import conftest  # noqa: E402,F401  registers the Atelier checkout as the package `atelier` (as the test suite does)
-from atelier.core.lora_io import load_lora, save_lora  # noqa: E402
+from atelier.core.lora_format import join_modules, module_bases, split_modules  # noqa: E402
+from atelier.core.lora_io import load_lora, lora_summary, save_lora  # noqa: E402
+from atelier.core.lora_math import merge_concat, resize  # noqa: E402
+from atelier.nodes.finetune import te_roots  # noqa: E402
+from atelier.nodes.lora_tools import unextracted_encoders  # noqa: E402
 from atelier.core.lora_meta import HOST_FAMILIES, minimum_metadata  # noqa: E402
 from atelier.nodes.train_adapter import autograd_friendly_clip, make_encoder  # noqa: E402
 from atelier.nodes.training import config_from, lora_network, trainable_host  # noqa: E402
@@ -63,6 +69,14 @@ FLUX = dict(in_channels=16, out_channels=16, context_in_dim=32, hidden_size=64, 
 SD3 = dict(in_channels=16, pos_embed_scaling_factor=None, depth=2, patch_size=2, adm_in_channels=32 + 48,
            pos_embed_max_size=16, num_patches=256, qk_norm="rms", x_block_self_attn_layers=[0],
            context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}})
+WAN = dict(model_type="t2v", patch_size=(1, 2, 2), text_len=16, in_dim=16, dim=64, ffn_dim=128, freq_dim=32,
+           text_dim=32, out_dim=16, num_heads=2, num_layers=2, image_model="wan2.1")
+QWEN = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=2,
+            attention_head_dim=32, num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(8, 12, 12))
+# Qwen2.5-VL's decoder made tiny (its head_dim 128 and rope sections are fixed in ComfyUI's config class)
+QWEN_LLM = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
+T5_SPIECE = os.path.join(os.path.dirname(comfy.sd1_clip.__file__), "text_encoders", "t5_pile_tokenizer",
+                         "tokenizer.model")
 # family -> (model config class, its unet_config, CLIP class, tokenizer class, train_t5, latent shape of one sample)
 FAMILIES = {
     "sd2v": (sm.SD20, dict(UNET_SD, context_dim=40, adm_in_channels=None), comfy.text_encoders.sd2_clip.SD2ClipModel,
@@ -73,19 +87,21 @@ FAMILIES = {
             comfy.text_encoders.sd3_clip.SD3Tokenizer, False, (16, 8, 8)),
     "flux": (sm.Flux, FLUX, comfy.text_encoders.flux.flux_clip(), comfy.text_encoders.flux.FluxTokenizer, True,
              (16, 8, 8)),
+    "wan": (sm.WAN21_T2V, WAN, comfy.text_encoders.wan.WanT5Model, comfy.text_encoders.wan.WanT5Tokenizer, False,
+            (16, 1, 8, 8)),
+    "qwen_image": (sm.QwenImage, QWEN, comfy.text_encoders.qwen_image.QwenImageTEModel,
+                   comfy.text_encoders.qwen_image.QwenImageTokenizer, False, (16, 1, 8, 8)),
 }
-# families whose text encoder ComfyUI maps only under generic text_encoders.* keys: checked on the real-size class
-# built on the meta device (no memory), and the node's refusal
-GENERIC_KEY_FAMILIES = {"wan": comfy.text_encoders.wan.WanT5Model,
-                        "qwen_image": comfy.text_encoders.qwen_image.QwenImageTEModel}
-if FAMILY in FAMILIES:
-    config_class, unet_config, clip_class, tokenizer_class, train_t5, latent_shape = FAMILIES[FAMILY]
+config_class, unet_config, clip_class, tokenizer_class, train_t5, latent_shape = FAMILIES[FAMILY]
+TOKENIZER_DATA = {"spiece_model": T5_SPIECE} if FAMILY == "wan" else {}
 # the Advanced node's training widgets this check sets (the rest keep their defaults)
 WIDGETS = dict(max_steps=3, batch_size=2, unet_lr=1e-2, te_lr=1e-2, train_text_encoder=True, save_every_epochs=0)
 
 
 def tiny(config: dict) -> dict:
     """The encoder's config dict with its real vocabulary and positions, and few narrow layers."""
+    if not config:  # Qwen2.5-VL: ComfyUI passes {} and its config class holds the sizes
+        return dict(QWEN_LLM)
     if "d_model" in config:  # T5
         width = TINY[config["d_model"]]
         return dict(config, d_model=width, d_ff=2 * width, d_kv=8, num_heads=2, num_layers=2)
@@ -96,20 +112,31 @@ def tiny(config: dict) -> dict:
 
 @contextlib.contextmanager
 def tiny_encoders():
-    """While active, every SDClipModel (CLIP and T5 encoders alike) is built from a tiny copy of its config."""
+    """While active, every SDClipModel (CLIP, T5 and Qwen2.5-VL encoders alike) is built from a tiny copy of its
+    config, and Qwen2.5-VL's vision tower has one narrow block."""
     original = comfy.sd1_clip.SDClipModel.__init__
+    vision = comfy.text_encoders.qwen_vl.Qwen2VLVisionTransformer.__init__
 
     def init(self, *args, textmodel_json_config=None, **kwargs):
-        path = textmodel_json_config or os.path.join(os.path.dirname(comfy.sd1_clip.__file__), "sd1_clip_config.json")
-        with open(path) as f:
-            config = json.load(f)
+        if isinstance(textmodel_json_config, dict):
+            config = textmodel_json_config
+        else:
+            path = textmodel_json_config or os.path.join(os.path.dirname(comfy.sd1_clip.__file__),
+                                                         "sd1_clip_config.json")
+            with open(path) as f:
+                config = json.load(f)
         original(self, *args, textmodel_json_config=tiny(config), **kwargs)
 
+    def vision_init(self, *args, **kwargs):
+        vision(self, *args, **dict(kwargs, hidden_size=32, intermediate_size=32, num_heads=2, num_layers=1))
+
     comfy.sd1_clip.SDClipModel.__init__ = init
+    comfy.text_encoders.qwen_vl.Qwen2VLVisionTransformer.__init__ = vision_init
     try:
         yield
     finally:
         comfy.sd1_clip.SDClipModel.__init__ = original
+        comfy.text_encoders.qwen_vl.Qwen2VLVisionTransformer.__init__ = vision
 
 
 class Target:
@@ -121,7 +148,7 @@ class Target:
 
 def build_clip():
     with tiny_encoders():
-        clip = comfy.sd.CLIP(Target(), model_options={"dtype": torch.float32})
+        clip = comfy.sd.CLIP(Target(), tokenizer_data=TOKENIZER_DATA, model_options={"dtype": torch.float32})
     torch.manual_seed(1)
     with torch.no_grad():
         for name, p in clip.cond_stage_model.named_parameters():
@@ -161,7 +188,7 @@ def encoding(clip, caption: str):
     """The CLIP's (cond, pooled) for a caption, as a sampler's conditioning would get them."""
     with torch.no_grad():
         cond, pooled = clip.encode_from_tokens(clip.tokenize(caption), return_pooled=True)
-    return cond.float(), pooled.float()
+    return cond.float(), (torch.zeros(1) if pooled is None else pooled.float())  # Qwen-Image and Wan pool nothing
 
 
 def refusals(patcher, clip) -> dict:
@@ -180,6 +207,11 @@ def refusals(patcher, clip) -> dict:
     return out
 
 
+def joined(prefix: str) -> str:
+    """What a prefix's module keys start with: kohya prefixes join with '_', ComfyUI's generic ones with '.'."""
+    return prefix + ("." if prefix.startswith("text_encoders.") else "_")
+
+
 def train(patcher, clip) -> tuple[dict, dict]:
     """Trains UNet + text-encoder LoRA for 3 steps through the node's wiring; (kohya tensors, facts)."""
     facts = {}
@@ -193,7 +225,7 @@ def train(patcher, clip) -> tuple[dict, dict]:
         network, net = lora_network(host, NetworkConfig(rank=4, alpha=4.0), seed=0, continue_from="(none)")
         facts["targets"] = list(net.target_patterns)
         keys = sorted(network.modules_by_key)
-        facts["te_modules"] = {p: sum(k.startswith(p + "_") for k in keys) for p in facts["roots"]}
+        facts["te_modules"] = {p: sum(k.startswith(joined(p)) for k in keys) for p in facts["roots"]}
         g = torch.Generator().manual_seed(2)
         samples = [TrainSample(latent=torch.randn(latent_shape, generator=g), caption=c)
                    for c in ("a red fox", "a blue bird")]
@@ -206,14 +238,21 @@ def train(patcher, clip) -> tuple[dict, dict]:
         network.remove()
         tensors = network.kohya_state_dict(torch.float32)
     facts["te_changed"] = {p: any(float(v.abs().sum()) > 0 for k, v in tensors.items()
-                                  if k.startswith(p + "_") and "lora_up" in k) for p in facts["roots"]}
-    facts["sample_keys"] = {p: next(k for k in sorted(tensors) if k.startswith(p + "_")) for p in facts["roots"]}
+                                  if k.startswith(joined(p)) and "lora_up" in k) for p in facts["roots"]}
+    facts["sample_keys"] = {p: next(k for k in sorted(tensors) if k.startswith(joined(p))) for p in facts["roots"]}
+    # a generic-key encoder's adapted layers: the last part of each module name, and the blocks they sit in
+    bases = [b for b in module_bases(tensors) if b.startswith("text_encoders.")]
+    facts["te_layer_names"] = sorted({b.rsplit(".", 1)[1] for b in bases})
+    facts["te_vision_modules"] = sum(".visual." in b for b in bases)
     return tensors, facts
 
 
 def main() -> dict:
     patcher, clip = build_model(), build_clip()
     result = {"family": FAMILY, "clip": type(clip.cond_stage_model).__name__}
+    mapped = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
+    result.update(mapped=len(mapped), kohya_mapped=sum(k.startswith("lora_") for k in mapped),
+                  mapped_prefixes=sorted({".".join(k.split(".")[:2]) for k in mapped}))
     base = encoding(clip, "a red fox")
     result["refusals"] = refusals(patcher, clip)
     tensors, facts = train(patcher, clip)
@@ -239,23 +278,32 @@ def main() -> dict:
     result["strength0_equal"] = all(torch.equal(a, b) for a, b in zip(base, outs[0.0]))
     result["cond_change"] = float((outs[1.0][0] - base[0]).abs().max())
     result["pooled_change"] = float((outs[1.0][1] - base[1]).abs().max())
+    result.update(tools(patcher, clip, loaded))
     return result
 
 
-def generic_key_check() -> dict:
-    """The prefixes ComfyUI's model_lora_keys_clip maps for the family's text encoder, and the node's refusal."""
-    with torch.device("meta"):  # the real-size encoder's names without its weights
-        encoder = GENERIC_KEY_FAMILIES[FAMILY](dtype=torch.float16)
-    mapped = comfy.lora.model_lora_keys_clip(encoder, {})
-    result = {"family": FAMILY, "clip": type(encoder).__name__, "mapped": len(mapped),
-              "kohya_mapped": sum(k.startswith("lora_") for k in mapped),
-              "prefixes": sorted({".".join(k.split(".")[:2]) for k in mapped})}
+def tools(patcher, clip, tensors: dict) -> dict:
+    """Inspect's prefixes, resize (rank 4 -> 2) and merge (concatenated with itself) on the LoRA, each loaded on
+    MODEL and CLIP with its 'lora key not loaded' lines counted; what extraction and full fine-tune say of the CLIP."""
+    modules, _ = split_modules(tensors)
+    out = {"inspect_prefixes": sorted(lora_summary(tensors, {})["prefixes"]),
+           "extract_note": unextracted_encoders(clip)}
+    for name, made in (("resized", resize(modules, rank=2)[0]), ("merged", merge_concat([(modules, 1.0),
+                                                                                          (modules, 0.5)]))):
+        handler = NotLoaded()
+        logging.getLogger().addHandler(handler)
+        try:
+            comfy.sd.load_lora_for_models(patcher, clip, join_modules(made, torch.float32), 1.0, 1.0)
+        finally:
+            logging.getLogger().removeHandler(handler)
+        out[f"{name}_not_loaded"] = len(handler.keys)
+        out[f"{name}_rank"] = max(m.rank for m in made.values())
     try:
-        trainable_host(None, types.SimpleNamespace(cond_stage_model=encoder), True)  # refused before any loading
+        te_roots(clip)
     except ValueError as e:
-        result["refusal"] = str(e)
-    return result
+        out["finetune_refusal"] = str(e)
+    return out
 
 
 if __name__ == "__main__":
-    print(json.dumps(generic_key_check() if FAMILY in GENERIC_KEY_FAMILIES else main()))
+    print(json.dumps(main()))
