@@ -1,5 +1,6 @@
-"""Text-encoder LoRA for SD2.x, SDXL, SD3.5 and Flux.1 on tiny CLIPs built from ComfyUI's own encoder classes;
-Wan and Qwen-Image text encoders refused, with the prefixes ComfyUI maps for them."""
+"""Text-encoder LoRA for SD2.x, SDXL, SD3.5 (CLIPs, and with its T5-XXL), Flux.1 and Chroma (lone T5-XXL) on tiny
+CLIPs built from ComfyUI's own encoder classes; Wan and Qwen-Image text encoders refused, with the prefixes ComfyUI
+maps for them."""
 
 import pytest
 from test_host_objectives import host_script
@@ -11,10 +12,17 @@ EXPECTED = {
                                "lora_te2": "lora_te2_text_model_encoder_layers_0_mlp_fc1"}),
     "sd3": ("SD3ClipModel_", {"lora_te1": "lora_te1_text_model_encoder_layers_0_mlp_fc1",
                               "lora_te2": "lora_te2_text_model_encoder_layers_0_mlp_fc1"}),
+    # kohya lora_sd3 with train_t5xxl: CLIP-L lora_te1, CLIP-G lora_te2, T5-XXL lora_te3; ComfyUI maps all three
+    "sd3_t5": ("SD3ClipModel_", {"lora_te1": "lora_te1_text_model_encoder_layers_0_mlp_fc1",
+                                 "lora_te2": "lora_te2_text_model_encoder_layers_0_mlp_fc1",
+                                 "lora_te3": "lora_te3_encoder_block_0_layer_0_SelfAttention_k"}),
     # kohya lora_flux: CLIP-L lora_te1, T5-XXL lora_te3 (with train_t5xxl); ComfyUI maps both
     "flux": ("FluxClipModel_", {"lora_te1": "lora_te1_text_model_encoder_layers_0_mlp_fc1",
                                 "lora_te3": "lora_te3_encoder_block_0_layer_0_SelfAttention_k"}),
+    # Chroma's lone T5-XXL: ComfyUI's model_lora_keys_clip numbers a T5 after the CLIPs, so with none it is lora_te1
+    "chroma": ("PixArtTEModel_", {"lora_te1": "lora_te1_encoder_block_0_layer_0_SelfAttention_k"}),
 }
+T5_FAMILIES = {"sd3_t5", "flux", "chroma"}  # trained with train_t5
 
 
 @pytest.mark.parametrize("family", sorted(EXPECTED))
@@ -29,16 +37,29 @@ def test_text_encoder_lora_trains_and_loads_in_stock_comfyui(comfy_server, famil
     # LoraLoader on MODEL and CLIP: every key maps, clip strength 0 is the base encoding bit for bit, 1 changes it
     assert r["not_loaded_count"] == 0, r["not_loaded"]
     assert r["patched"] == r["modules"] == r["lora_keys"] // 3
-    assert r["strength0_equal"] and r["cond_change"] > 1e-4 and r["pooled_change"] > 1e-4
-    # train_t5 (kohya's train_t5xxl): set through the Advanced node's widgets for Flux, refused without a T5 or
-    # without train_text_encoder, each message saying what to do
-    assert r["config_train_t5"] == (family == "flux")
+    assert r["strength0_equal"] and r["cond_change"] > 1e-4
+    if family == "chroma":
+        assert r["pooled_change"] is None  # a lone T5 has no pooled output
+    else:
+        assert r["pooled_change"] > 1e-4
+    if family in T5_FAMILIES:  # the T5's own tokens (appended after the CLIPs' on SD3.5) change at strength 1
+        assert r["t5_change"] > 1e-4
+    else:
+        assert r["t5_change"] is None
+    # train_t5 (kohya's train_t5xxl): set through the Advanced node's widgets, refused without a T5 or without
+    # train_text_encoder, each message saying what to do
+    assert r["config_train_t5"] == (family in T5_FAMILIES)
     assert "train_text_encoder is off; turn train_text_encoder on, or train_t5 off" in r["refusals"]["t5_without_te"]
-    if family != "flux":
+    if family not in T5_FAMILIES:
         assert r["refusals"]["t5_missing"] == (
-            f"train_t5 trains the T5-XXL text encoder of SD3.5 and Flux.1, but this CLIP ({r['clip']}) has "
+            f"train_t5 trains the T5-XXL text encoder of SD3.5, Flux.1 and Chroma, but this CLIP ({r['clip']}) has "
             "no T5-XXL loaded; turn train_t5 off (its CLIP text encoders still train with train_text_encoder), or "
             "load the model's T5-XXL with its CLIP loader.")
+    if family == "chroma":  # its only encoder is the T5, so train_text_encoder alone has nothing to train
+        assert r["refusals"]["t5_needed"] == (
+            "Text-encoder training supports CLIP text encoders (SD1.x, SD2.x, SDXL, SD3.5, Flux.1) and, with "
+            "train_t5, T5-XXL (SD3.5, Flux.1, Chroma); this CLIP is PixArtTEModel_. Turn train_text_encoder off to "
+            "train the diffusion model only, or turn train_t5 on to train its T5-XXL.")
 
 
 # family -> (ComfyUI's text-encoder class, its attribute in the CLIP, what the refusal names)
