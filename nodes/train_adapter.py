@@ -18,7 +18,7 @@ import torch
 
 import comfy.clip_model
 import comfy.model_management
-import comfy.text_encoders.t5  # T5-XXL of SD3.5 and Flux.1
+import comfy.text_encoders.t5  # T5-XXL of SD3.5, Flux.1 and Chroma
 
 from ..core.caption_text import ENCODE_MAX_WINDOWS, caption_for_encoder
 from ..core.conditioning import tile_tokens
@@ -85,13 +85,13 @@ def text_encoder_roots(clip, t5: bool = False) -> dict[str, torch.nn.Module]:
     """LoRA prefixes of the CLIP's text encoders, as ComfyUI 0.3.64's model_lora_keys_clip maps them and kohya
     sd-scripts writes them: lora_te for a lone encoder (SD1.x CLIP-L, SD2.x OpenCLIP-H); lora_te1 (CLIP-L) and
     lora_te2 (OpenCLIP-G) for SDXL and SD3.5; lora_te1 (CLIP-L) for Flux.1; T5-XXL (with `t5`) lora_te3 beside a
-    CLIP-L (SD3.5, Flux.1), else lora_te<its place after the CLIPs>, as ComfyUI numbers it; Qwen-Image's
-    Qwen2.5-VL and Wan's umT5-XXL under ComfyUI's generic 'text_encoders.<name>.transformer'."""
+    CLIP-L (SD3.5, Flux.1), else lora_te<its place after the CLIPs>, as ComfyUI numbers it (lora_te1 for Chroma's lone
+    T5-XXL); Qwen-Image's Qwen2.5-VL and Wan's umT5-XXL under ComfyUI's generic 'text_encoders.<name>.transformer'."""
     csm = clip.cond_stage_model
     present = {n: getattr(csm, n) for n in CLIP_ENCODERS + ("t5xxl",) if getattr(csm, n, None) is not None}
     generic = next((n for n in GENERIC_KEY_ENCODERS if getattr(csm, n, None) is not None), None)
     if t5 and "t5xxl" not in present:
-        raise ValueError(f"train_t5 trains the T5-XXL text encoder of SD3.5 and Flux.1, but this CLIP "
+        raise ValueError(f"train_t5 trains the T5-XXL text encoder of SD3.5, Flux.1 and Chroma, but this CLIP "
                          f"({type(csm).__name__}) has no T5-XXL loaded; turn train_t5 off (its "
                          f"{'text encoder' if generic else 'CLIP text encoders'} still train"
                          f"{'s' if generic else ''} with train_text_encoder), or load the model's T5-XXL with its "
@@ -99,10 +99,11 @@ def text_encoder_roots(clip, t5: bool = False) -> dict[str, torch.nn.Module]:
     if generic:  # ComfyUI keys these by the CLIP's own state-dict names: '<name>.transformer.<module>.weight'
         return {f"text_encoders.{generic}.transformer": getattr(csm, generic).transformer}
     if not any(n in present for n in CLIP_ENCODERS) and not (t5 and "t5xxl" in present):
-        t5_hint = " or turn train_t5 on to train its T5-XXL" if "t5xxl" in present else ""
+        t5_hint = ", or turn train_t5 on to train its T5-XXL" if "t5xxl" in present else ""
         raise ValueError(f"Text-encoder training supports CLIP text encoders (SD1.x, SD2.x, SDXL, SD3.5, Flux.1), "
-                         f"Qwen-Image's Qwen2.5-VL and Wan 2.x's umT5-XXL; this CLIP is {type(csm).__name__}. Turn "
-                         f"train_text_encoder off to train the diffusion model only{t5_hint}.")
+                         "with train_t5 T5-XXL (SD3.5, Flux.1, Chroma), Qwen-Image's Qwen2.5-VL and Wan 2.x's "
+                         f"umT5-XXL; this CLIP is {type(csm).__name__}. Turn train_text_encoder off to train the "
+                         f"diffusion model only{t5_hint}.")
     lone = len(present) == 1
     roots = {}
     if "clip_h" in present:

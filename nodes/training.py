@@ -465,8 +465,9 @@ CONFIG_TOOLTIPS = {
     "unet_lr": "UNet learning rate (1e-4 usual for LoRA; full-dataset phases 3e-6 then 2e-6).",
     "te_lr": "Text-encoder learning rate (guides: 2e-5).",
     "train_text_encoder": "Also train LoRA on the text encoder's attention and MLP layers.",
-    "train_t5": "With train_text_encoder: also train the T5-XXL (SD3.5, Flux.1; kohya's train_t5xxl, saved as "
-                "lora_te3_*). Off trains the CLIPs only, as kohya's default; refused for models without a T5.",
+    "train_t5": "With train_text_encoder: also train the T5-XXL (kohya's train_t5xxl; SD3.5 and Flux.1 save it as "
+                "lora_te3_*, Chroma's lone T5 as lora_te1_*). Off trains the CLIPs only, as kohya's default; "
+                "refused for models without a T5.",
     "optimizer": "adamw (default), adafactor, lion (use ~1/3 of the AdamW lr) or sgd.",
     "weight_decay": "Decoupled weight decay of the LoRA weights.",
     "scheduler": "Learning-rate schedule after warmup.",

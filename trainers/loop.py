@@ -49,7 +49,7 @@ class TrainConfig:
     unet_lr: float = 1e-4
     te_lr: float = 2e-5
     train_text_encoder: bool = False
-    train_t5: bool = False  # also the T5-XXL beside the CLIPs (SD3.5, Flux.1); kohya's train_t5xxl
+    train_t5: bool = False  # also the T5-XXL (SD3.5, Flux.1 beside the CLIPs; Chroma's lone T5); kohya's train_t5xxl
     optimizer: str = "adamw"
     weight_decay: float = 0.01
     scheduler: str = "constant"

@@ -28,9 +28,10 @@ UNET_INCLUDE = r"(^|\.)(proj_in|proj_out|transformer_blocks)(\.|$)"
 TE_INCLUDE = r"\.(self_attn|mlp)\."
 # T5-XXL's attention and gated feed-forward (kohya lora_sd3 / lora_flux with train_t5xxl: T5Attention and
 # T5DenseGatedActDense, ComfyUI's `SelfAttention` and `DenseReluDense` sublayers), a default target of the families
-# that carry a T5 (core.lora_meta names); it only matches where a T5 root was given (module class names elsewhere).
+# that carry a T5 (core.lora_meta names, or ComfyUI's model class name for Chroma, whose lone T5-XXL is its only text
+# encoder); it only matches where a T5 root was given (module class names elsewhere).
 T5_INCLUDE = r"\.(SelfAttention|DenseReluDense)\."
-T5_FAMILIES = frozenset({"SD3", "Flux"})
+T5_FAMILIES = frozenset({"SD3", "Flux", "Chroma"})
 # With a conv rank, kohya's LoCon adds UNET_TARGET_REPLACE_MODULE_CONV2D_3X3 (ResnetBlock2D, Downsample2D,
 # Upsample2D): a ResBlock's in_layers / out_layers convolutions, its emb_layers linear and 1x1 skip_connection, a
 # Downsample's `op` and an Upsample's `conv`. conv_in / conv_out and the time embedding stay out, as in kohya.
@@ -120,11 +121,12 @@ def with_default_targets(config: NetworkConfig, family: str | None = None) -> Ne
 def family_default_targets(config: NetworkConfig, family: str, config_family: str | None = None) -> NetworkConfig:
     """with_default_targets (for `config_family`, core.lora_meta's name), except that a DiT family in DIT_TARGETS
     (ComfyUI's model class name) gets its own transformer blocks as default targets (UNet block names match nothing
-    there, and its text encoder's layers in DIT_TE_TARGETS); families with a T5-XXL (SD3.5, Flux.1) also target its
-    attention and feed-forward."""
+    there, and its text encoder's layers in DIT_TE_TARGETS); families with a T5-XXL (SD3.5, Flux.1, Chroma) also
+    target its attention and feed-forward."""
     if config.target_patterns:
         return config
-    t5 = (T5_INCLUDE,) if config_family in T5_FAMILIES else ()  # the T5 trains only when its root is given
+    # the T5 trains only when its root is given
+    t5 = (T5_INCLUDE,) if config_family in T5_FAMILIES or family in T5_FAMILIES else ()
     if family not in DIT_TARGETS:
         chosen = with_default_targets(config, config_family)
         return dataclasses.replace(chosen, target_patterns=chosen.target_patterns + t5)

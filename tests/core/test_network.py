@@ -395,7 +395,7 @@ def test_parse_rank_overrides():
             parse_rank_overrides(bad)
 
 
-def test_t5_is_a_default_text_encoder_target_of_sd3_and_flux_only():
+def test_t5_is_a_default_text_encoder_target_of_sd3_flux_and_chroma_only():
     from atelier.trainers.network import T5_INCLUDE, TE_INCLUDE, family_default_targets
 
     t5 = nn.ModuleDict({"encoder": nn.ModuleDict({"block": nn.ModuleList([nn.ModuleDict({"layer": nn.ModuleList([
@@ -404,7 +404,11 @@ def test_t5_is_a_default_text_encoder_target_of_sd3_and_flux_only():
     flux = family_default_targets(NetworkConfig(rank=2, alpha=2.0), "Flux", "Flux")
     sd3 = family_default_targets(NetworkConfig(rank=2, alpha=2.0), "", "SD3")
     sdxl = family_default_targets(NetworkConfig(rank=2, alpha=2.0), "", "SDXL")
+    chroma = family_default_targets(NetworkConfig(rank=2, alpha=2.0), "Chroma", None)  # no core.lora_meta name
     assert T5_INCLUDE in flux.target_patterns and T5_INCLUDE in sd3.target_patterns
+    assert chroma.target_patterns == (r"^(double_blocks|single_blocks)\.", TE_INCLUDE, T5_INCLUDE)
+    assert sorted(LoRANetwork({"lora_te1": t5}, chroma).modules_by_key)[0] == (
+        "lora_te1_encoder_block_0_layer_0_SelfAttention_o")  # Chroma's lone T5 as ComfyUI maps it
     assert T5_INCLUDE not in sdxl.target_patterns and TE_INCLUDE in sdxl.target_patterns
     keys = sorted(LoRANetwork({"lora_te3": t5}, flux).modules_by_key)
     assert keys == ["lora_te3_encoder_block_0_layer_0_SelfAttention_o",

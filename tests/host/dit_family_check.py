@@ -6,7 +6,8 @@ LoRA key map are ComfyUI's. The text side is fixed tensors of the family's shape
 encoders are far too large for a fixture). Trains a LoRA through the Atelier adapter with the family's default
 targets, exports kohya keys, loads them with comfy.sd.load_lora_for_models and checks: no unloaded keys, strength 0
 is the base bit for bit, the LoRA changes the output, the training target is noise - x0 (flow). Also compares
-gradients with and without per-block checkpointing and block swap (tests/host/memory_check.py), and trains on float8_e4m3fn-stored weights computing in fp32.
+gradients with and without per-block checkpointing and block swap (tests/host/memory_check.py), and trains on
+float8_e4m3fn-stored weights computing in fp32.
 Prints one JSON line. usage: python dit_family_check.py ATELIER_CHECKOUT FAMILY
 """
 

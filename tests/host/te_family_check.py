@@ -1,16 +1,18 @@
 """Run inside ComfyUI's Python: text-encoder LoRA training for one family on a tiny model and a tiny CLIP.
 
-usage: python te_family_check.py ATELIER_CHECKOUT FAMILY   (FAMILY: sd2v, sdxl, sd3, flux; wan, qwen_image)
+usage: python te_family_check.py ATELIER_CHECKOUT FAMILY
+       (FAMILY: sd2v, sdxl, sd3, sd3_t5, flux, chroma, wan, qwen_image)
 
 The CLIP is comfy.sd.CLIP over the family's own text-encoder classes (SD2ClipModel, SDXLClipModel, SD3ClipModel with
-CLIP-L + CLIP-G, FluxClipModel with CLIP-L + T5-XXL) and tokenizers (shipped inside the ComfyUI checkout), with
-each encoder's config dict made tiny (few narrow layers, the real vocabularies) while it is built, and random
-weights. The diffusion model is the family's tiny ComfyUI model whose text widths match. Training goes through the
-node's own wiring: the Advanced node's widgets through config_from into TrainConfig, trainable_host with
-train_text_encoder and train_t5 (text_encoder_roots; for Flux the T5 too), lora_network
-with the family's default targets, make_encoder and autograd_friendly_clip. The LoRA is saved and read back with
-core.lora_io, then loaded with comfy.sd.load_lora_for_models (what stock LoraLoader calls) on MODEL and CLIP while
-"lora key not loaded" lines are counted; the encodings at clip strength 0 and 1 are compared with the base CLIP's.
+CLIP-L + CLIP-G, and with a T5-XXL too for sd3_t5, FluxClipModel with CLIP-L + T5-XXL, Chroma's PixArt T5-XXL alone)
+and tokenizers (shipped inside the ComfyUI checkout), with each encoder's config dict made tiny (few narrow layers,
+the real vocabularies) while it is built, and random weights. The diffusion model is the family's tiny ComfyUI model
+whose text widths match. Training goes through the node's own wiring: the Advanced node's widgets through config_from
+into TrainConfig, trainable_host with train_text_encoder and train_t5 (text_encoder_roots; for sd3_t5, Flux and
+Chroma the T5 too), lora_network with the family's default targets, make_encoder and autograd_friendly_clip. The
+LoRA is saved and read back with core.lora_io, then loaded with comfy.sd.load_lora_for_models (what stock LoraLoader
+calls) on MODEL and CLIP while "lora key not loaded" lines are counted; the encodings at clip strength 0 and 1 are
+compared with the base CLIP's (the whole conditioning, the pooled output, and the T5's own tokens at its end).
 Wan 2.x (WanT5Model, umT5-XXL) and Qwen-Image (QwenImageTEModel, Qwen2.5-VL with a one-block vision tower) train
 the same way under ComfyUI's generic text_encoders.<name>.transformer.* keys, the only names ComfyUI maps for them
 (the check also counts those: no kohya lora_te* key). umT5's tokenizer ships inside a checkpoint, not ComfyUI, so
@@ -37,6 +39,7 @@ import comfy.sd1_clip  # noqa: E402
 import comfy.sdxl_clip  # noqa: E402
 import comfy.supported_models as sm  # noqa: E402
 import comfy.text_encoders.flux  # noqa: E402
+import comfy.text_encoders.pixart_t5  # noqa: E402
 import comfy.text_encoders.qwen_image  # noqa: E402
 import comfy.text_encoders.qwen_vl  # noqa: E402
 import comfy.text_encoders.wan  # noqa: E402
@@ -59,6 +62,9 @@ from atelier.trainers.network import NetworkConfig  # noqa: E402
 FAMILY = sys.argv[2]
 # tiny widths by the real encoder's width: CLIP-L 768, OpenCLIP-H 1024, OpenCLIP-G 1280, T5-XXL 4096
 TINY = {768: 32, 1024: 40, 1280: 48, 4096: 32}
+# SD3.5 pads its CLIP-L + CLIP-G tokens to T5-XXL's 4096 features and appends the T5's tokens, so there the T5 keeps
+# its real width (narrow attention and feed-forward; its 32128 x 4096 embedding, ~0.5 GB, is most of it)
+T5_WIDTH = 4096 if FAMILY == "sd3_t5" else TINY[4096]
 UNET_SD = dict(use_linear_in_transformer=True, transformer_depth=[1], transformer_depth_output=[1, 1],
                transformer_depth_middle=1, use_temporal_attention=False, in_channels=4, out_channels=4,
                num_res_blocks=[1], channel_mult=[1], num_head_channels=64, num_heads=-1, image_size=32,
@@ -85,8 +91,17 @@ FAMILIES = {
              comfy.sdxl_clip.SDXLClipModel, comfy.sdxl_clip.SDXLTokenizer, False, (4, 8, 8)),
     "sd3": (sm.SD3, SD3, comfy.text_encoders.sd3_clip.sd3_clip(clip_l=True, clip_g=True, t5=False),
             comfy.text_encoders.sd3_clip.SD3Tokenizer, False, (16, 8, 8)),
+    "sd3_t5": (sm.SD3, SD3, comfy.text_encoders.sd3_clip.sd3_clip(clip_l=True, clip_g=True, t5=True),
+               comfy.text_encoders.sd3_clip.SD3Tokenizer, True, (16, 8, 8)),
     "flux": (sm.Flux, FLUX, comfy.text_encoders.flux.flux_clip(), comfy.text_encoders.flux.FluxTokenizer, True,
              (16, 8, 8)),
+    # Chroma: Flux's blocks without guidance or pooled `y`, its modulation from a small approximator, 2x2-patched
+    # 64-channel img_in (as in dit_family_check.py); its text encoder is a lone T5-XXL
+    "chroma": (sm.Chroma, dict({k: v for k, v in FLUX.items() if k not in ("guidance_embed", "vec_in_dim")},
+                               image_model="chroma", in_channels=64, out_channels=64, in_dim=64, out_dim=64,
+                               hidden_dim=32, n_layers=1),
+               comfy.text_encoders.pixart_t5.pixart_te(), comfy.text_encoders.pixart_t5.PixArtTokenizer, True,
+               (16, 8, 8)),
     "wan": (sm.WAN21_T2V, WAN, comfy.text_encoders.wan.WanT5Model, comfy.text_encoders.wan.WanT5Tokenizer, False,
             (16, 1, 8, 8)),
     "qwen_image": (sm.QwenImage, QWEN, comfy.text_encoders.qwen_image.QwenImageTEModel,
@@ -103,8 +118,7 @@ def tiny(config: dict) -> dict:
     if not config:  # Qwen2.5-VL: ComfyUI passes {} and its config class holds the sizes
         return dict(QWEN_LLM)
     if "d_model" in config:  # T5
-        width = TINY[config["d_model"]]
-        return dict(config, d_model=width, d_ff=2 * width, d_kv=8, num_heads=2, num_layers=2)
+        return dict(config, d_model=T5_WIDTH, d_ff=64, d_kv=8, num_heads=2, num_layers=2)
     width = TINY[config["hidden_size"]]
     return dict(config, hidden_size=width, intermediate_size=2 * width, num_attention_heads=2, num_hidden_layers=3,
                 projection_dim=width)
@@ -185,10 +199,14 @@ class NotLoaded(logging.Handler):
 
 
 def encoding(clip, caption: str):
-    """The CLIP's (cond, pooled) for a caption, as a sampler's conditioning would get them."""
+    """The CLIP's (cond, pooled, the T5's tokens at the end of cond or None) for a caption, as a sampler's
+    conditioning would get them; pooled is None where the encoder pools nothing (Chroma, Qwen-Image, Wan)."""
+    tokens = clip.tokenize(caption)
     with torch.no_grad():
-        cond, pooled = clip.encode_from_tokens(clip.tokenize(caption), return_pooled=True)
-    return cond.float(), (torch.zeros(1) if pooled is None else pooled.float())  # Qwen-Image and Wan pool nothing
+        cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    t5_tokens = sum(len(batch) for batch in tokens.get("t5xxl", ())) if train_t5 else 0
+    t5 = cond[:, -t5_tokens:].float() if t5_tokens else None
+    return cond.float(), None if pooled is None else pooled.float(), t5
 
 
 def refusals(patcher, clip) -> dict:
@@ -198,6 +216,12 @@ def refusals(patcher, clip) -> dict:
         config_from(dict(WIDGETS, train_text_encoder=False, train_t5=True), "")[0].validate()
     except ValueError as e:
         out["t5_without_te"] = str(e)
+    if clip_class.__name__.startswith("PixArt"):  # a lone T5 trains only with train_t5
+        try:
+            with torch.inference_mode(False):
+                trainable_host(patcher, clip, True, False)
+        except ValueError as e:
+            out["t5_needed"] = str(e)
     if not train_t5:
         try:
             with torch.inference_mode(False):
@@ -275,9 +299,9 @@ def main() -> dict:
         logging.getLogger().removeHandler(handler)
     result.update(not_loaded=handler.keys[:5], not_loaded_count=len(handler.keys), patched=patched[1.0],
                   modules=len(loaded) // 3)
-    result["strength0_equal"] = all(torch.equal(a, b) for a, b in zip(base, outs[0.0]))
-    result["cond_change"] = float((outs[1.0][0] - base[0]).abs().max())
-    result["pooled_change"] = float((outs[1.0][1] - base[1]).abs().max())
+    result["strength0_equal"] = all(a is b is None or torch.equal(a, b) for a, b in zip(base, outs[0.0]))
+    changes = [None if a is None else float((b - a).abs().max()) for a, b in zip(base, outs[1.0])]
+    result["cond_change"], result["pooled_change"], result["t5_change"] = changes
     result.update(tools(patcher, clip, loaded))
     return result
 

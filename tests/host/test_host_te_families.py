@@ -1,5 +1,6 @@
-"""Text-encoder LoRA for SD2.x, SDXL, SD3.5, Flux.1, Qwen-Image and Wan 2.x on tiny CLIPs built from ComfyUI's own
-encoder classes; Qwen2.5-VL and umT5-XXL under ComfyUI's generic text_encoders.* keys, the only ones it maps."""
+"""Text-encoder LoRA for SD2.x, SDXL, SD3.5 (CLIPs, and with its T5-XXL), Flux.1, Chroma (lone T5-XXL), Qwen-Image
+and Wan 2.x on tiny CLIPs built from ComfyUI's own encoder classes; Qwen2.5-VL and umT5-XXL under ComfyUI's generic
+text_encoders.* keys, the only ones it maps."""
 
 import pytest
 from test_host_objectives import host_script
@@ -11,15 +12,22 @@ EXPECTED = {
                                "lora_te2": "lora_te2_text_model_encoder_layers_0_mlp_fc1"}),
     "sd3": ("SD3ClipModel_", {"lora_te1": "lora_te1_text_model_encoder_layers_0_mlp_fc1",
                               "lora_te2": "lora_te2_text_model_encoder_layers_0_mlp_fc1"}),
+    # kohya lora_sd3 with train_t5xxl: CLIP-L lora_te1, CLIP-G lora_te2, T5-XXL lora_te3; ComfyUI maps all three
+    "sd3_t5": ("SD3ClipModel_", {"lora_te1": "lora_te1_text_model_encoder_layers_0_mlp_fc1",
+                                 "lora_te2": "lora_te2_text_model_encoder_layers_0_mlp_fc1",
+                                 "lora_te3": "lora_te3_encoder_block_0_layer_0_SelfAttention_k"}),
     # kohya lora_flux: CLIP-L lora_te1, T5-XXL lora_te3 (with train_t5xxl); ComfyUI maps both
     "flux": ("FluxClipModel_", {"lora_te1": "lora_te1_text_model_encoder_layers_0_mlp_fc1",
                                 "lora_te3": "lora_te3_encoder_block_0_layer_0_SelfAttention_k"}),
+    # Chroma's lone T5-XXL: ComfyUI's model_lora_keys_clip numbers a T5 after the CLIPs, so with none it is lora_te1
+    "chroma": ("PixArtTEModel_", {"lora_te1": "lora_te1_encoder_block_0_layer_0_SelfAttention_k"}),
     # ComfyUI maps no kohya lora_te* key for these, only text_encoders.<CLIP state-dict key>: written that way
     "wan": ("WanT5Model", {"text_encoders.umt5xxl.transformer":
                            "text_encoders.umt5xxl.transformer.encoder.block.0.layer.0.SelfAttention.k"}),
     "qwen_image": ("QwenImageTEModel", {"text_encoders.qwen25_7b.transformer":
                                         "text_encoders.qwen25_7b.transformer.model.layers.0.mlp.down_proj"}),
 }
+T5_FAMILIES = {"sd3_t5", "flux", "chroma"}  # trained with train_t5
 GENERIC = {"wan": "umt5xxl", "qwen_image": "qwen25_7b"}  # ComfyUI's name of the family's text encoder
 LABELS = {"wan": "Wan 2.x's umT5-XXL", "qwen_image": "Qwen-Image's Qwen2.5-VL 7B"}
 # the layers a generic-key encoder's LoRA adapts by default: umT5's attention q/k/v/o and gated feed-forward; the
@@ -41,7 +49,14 @@ def test_text_encoder_lora_trains_and_loads_in_stock_comfyui(comfy_server, famil
     assert r["not_loaded_count"] == 0, r["not_loaded"]
     assert r["patched"] == r["modules"] == r["lora_keys"] // 3
     assert r["strength0_equal"] and r["cond_change"] > 1e-4
-    assert (r["pooled_change"] > 1e-4) == (family not in GENERIC)  # Qwen-Image and Wan have no pooled output
+    if family in GENERIC or family == "chroma":
+        assert r["pooled_change"] is None  # Qwen-Image, Wan and a lone T5 have no pooled output
+    else:
+        assert r["pooled_change"] > 1e-4
+    if family in T5_FAMILIES:  # the T5's own tokens (appended after the CLIPs' on SD3.5) change at strength 1
+        assert r["t5_change"] > 1e-4
+    else:
+        assert r["t5_change"] is None
     if family in GENERIC:  # ComfyUI 0.3.64 maps every encoder weight under text_encoders.<name>.*, no kohya key
         assert r["kohya_mapped"] == 0 and r["mapped_prefixes"] == [f"text_encoders.{GENERIC[family]}"]
         assert r["te_layer_names"] == LAYERS[family] and r["te_vision_modules"] == 0
@@ -54,14 +69,20 @@ def test_text_encoder_lora_trains_and_loads_in_stock_comfyui(comfy_server, famil
     assert r["inspect_prefixes"] == sorted(["lora_unet", *(p.removesuffix(".transformer") for p in prefixes)])
     assert r["resized_rank"] == 2 and r["merged_rank"] == 8
     assert r["resized_not_loaded"] == r["merged_not_loaded"] == 0
-    # train_t5 (kohya's train_t5xxl): set through the Advanced node's widgets for Flux, refused without a T5 or
-    # without train_text_encoder, each message saying what to do
-    assert r["config_train_t5"] == (family == "flux")
+    # train_t5 (kohya's train_t5xxl): set through the Advanced node's widgets, refused without a T5 or without
+    # train_text_encoder, each message saying what to do
+    assert r["config_train_t5"] == (family in T5_FAMILIES)
     assert "train_text_encoder is off; turn train_text_encoder on, or train_t5 off" in r["refusals"]["t5_without_te"]
-    if family != "flux":
+    if family not in T5_FAMILIES:
         still = "its text encoder still trains" if family in GENERIC else "its CLIP text encoders still train"
         assert r["refusals"]["t5_missing"] == (
-            f"train_t5 trains the T5-XXL text encoder of SD3.5 and Flux.1, but this CLIP ({r['clip']}) has "
+            f"train_t5 trains the T5-XXL text encoder of SD3.5, Flux.1 and Chroma, but this CLIP ({r['clip']}) has "
             f"no T5-XXL loaded; turn train_t5 off ({still} with train_text_encoder), or "
             "load the model's T5-XXL with its CLIP loader.")
 
+    if family == "chroma":  # its only encoder is the T5, so train_text_encoder alone has nothing to train
+        assert r["refusals"]["t5_needed"] == (
+            "Text-encoder training supports CLIP text encoders (SD1.x, SD2.x, SDXL, SD3.5, Flux.1), with train_t5 "
+            "T5-XXL (SD3.5, Flux.1, Chroma), Qwen-Image's Qwen2.5-VL and Wan 2.x's umT5-XXL; this CLIP is "
+            "PixArtTEModel_. Turn train_text_encoder off to train the diffusion model only, or turn train_t5 on to "
+            "train its T5-XXL.")

@@ -1,12 +1,13 @@
-"""Run inside ComfyUI's Python: Wan 2.1 short-clip training through Atelier's real data path on a tiny model.
+"""Run inside ComfyUI's Python: Wan 2.x short-clip training through Atelier's real data path on a tiny model.
 
 A folder of clips (one subfolder of frames per clip, '<clip>.txt' beside it) is scanned by core.clips, prepared,
-and encoded by a Wan 2.1 VAE that ComfyUI's own comfy.sd.VAE builds and detects from a state dict (the real
-architecture with random weights: ComfyUI fixes the VAE's widths, so it cannot be made smaller) through the
-training node's own clip encoder; each 5-frame clip becomes one (16, 2, h, w) latent. The latent cache is checked
-to key on every frame. A tiny WAN21 model (ComfyUI's classes, random weights) then trains a LoRA on the clips; the
-LoRA is loaded by comfy.sd.load_lora_for_models: no unloaded keys, strength 0 = base bit for bit on a 5-D input.
-Prints one JSON line. usage: python wan_clip_check.py ATELIER_CHECKOUT
+and encoded by the version's VAE (Wan 2.1: 16 channels, 8x; Wan 2.2: 48 channels, 16x) that ComfyUI's own
+comfy.sd.VAE builds and detects from a state dict (the real architecture with random weights: ComfyUI fixes the
+VAE's widths, so it cannot be made smaller) through the training node's own clip encoder; each 5-frame clip becomes
+one (C, 2, 4, 4) latent. The latent cache is checked to key on every frame. A tiny WAN21 / WAN22 model (ComfyUI's
+classes, random weights) then trains a LoRA on the clips; the LoRA is loaded by comfy.sd.load_lora_for_models: no
+unloaded keys, strength 0 = base bit for bit on a 5-D input.
+Prints one JSON line. usage: python wan_clip_check.py ATELIER_CHECKOUT [WAN21|WAN22]
 """
 
 import json
@@ -25,6 +26,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import comfy.ldm.wan.vae  # noqa: E402
+import comfy.ldm.wan.vae2_2  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 import comfy.sd  # noqa: E402
 import comfy.supported_models as sm  # noqa: E402
@@ -42,13 +44,18 @@ from atelier.trainers.reuse import data_digest  # noqa: E402
 CTX = 32
 WAN = dict(model_type="t2v", patch_size=(1, 2, 2), text_len=16, in_dim=16, dim=64, ffn_dim=128, freq_dim=32,
            text_dim=CTX, out_dim=16, num_heads=2, num_layers=2, image_model="wan2.1")
-SIDE = 32  # frame side: the Wan 2.1 VAE's 8x downscale gives 4x4 latents, 2x2 tokens after the 1x2x2 patches
+VERSION = sys.argv[2] if len(sys.argv) > 2 else "WAN21"
+# version -> (model config, latent channels, VAE class and width as comfy.sd.VAE detects them, frame side); the side
+# gives 4x4 latents (2x2 tokens after the 1x2x2 patches) under the VAE's 8x (2.1) or 16x (2.2) downscale
+VERSIONS = {"WAN21": (sm.WAN21_T2V, 16, comfy.ldm.wan.vae.WanVAE, 96, 32),
+            "WAN22": (sm.WAN22_T2V, 48, comfy.ldm.wan.vae2_2.WanVAE, 160, 64)}
+config_class, CHANNELS, vae_class, vae_dim, SIDE = VERSIONS[VERSION]
 
 
 def wan_vae():
-    """ComfyUI's VAE for a Wan 2.1 VAE state dict (random weights: RMS gains 1, weights ~ 1/sqrt(fan-in))."""
-    shape = comfy.ldm.wan.vae.WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                                     temperal_downsample=[False, True, True]).state_dict()
+    """ComfyUI's VAE for a Wan 2.x VAE state dict (random weights: RMS gains 1, weights ~ 1/sqrt(fan-in))."""
+    shape = vae_class(dim=vae_dim, z_dim=CHANNELS, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                      temperal_downsample=[False, True, True]).state_dict()
     g = torch.Generator().manual_seed(0)
     sd = {k: torch.ones_like(v) if "gamma" in k else torch.randn(v.shape, generator=g) / v[0].numel() ** 0.5
           if v.ndim > 1 else torch.zeros_like(v) for k, v in shape.items()}
@@ -56,9 +63,9 @@ def wan_vae():
 
 
 def wan_model():
-    """A tiny WAN21 text-to-video model from ComfyUI's classes, wrapped in a ModelPatcher."""
+    """A tiny WAN21 / WAN22 text-to-video model from ComfyUI's classes, wrapped in a ModelPatcher."""
     torch.manual_seed(0)
-    model = sm.WAN21_T2V(dict(WAN)).get_model({})
+    model = config_class(dict(WAN, in_dim=CHANNELS, out_dim=CHANNELS)).get_model({})
     with torch.no_grad():
         for p in model.diffusion_model.parameters():
             p.copy_((torch.randn(p.shape) * 0.05).to(p.dtype))
@@ -82,6 +89,7 @@ tmp = Path(tempfile.mkdtemp(prefix="atelier-wanclip-"))
 write_clips(tmp / "clips")
 dataset = with_preparation(scan_clips(tmp / "clips", frames=5), Preparation(mode="crop", width=SIDE, height=SIDE))
 patcher, vae = wan_model(), wan_vae()
+result.update(vae=type(vae.first_stage_model).__module__, vae_channels=vae.latent_channels)  # what ComfyUI detected
 encode_clip = clip_encoder(vae, patcher)
 cache = LatentCache(tmp / "cache", "wan-test")
 samples, skipped = build_samples(dataset, lambda imgs: encode_latents(vae, patcher, imgs), cache=cache,
@@ -110,7 +118,7 @@ walk_after = next(s for s in samples_after if s.caption == "a walk clip")
 result.update(edited_hits=edited.hits, edited_misses=edited.misses, identity_changed=data_digest(dataset) != identity,
               edited_latent_changed=float((walk_after.latent - walk.latent).abs().max()))
 
-# train a LoRA on the two clips (one batch of two (16, 2, 4, 4) latents), ship it, load it with the stock loader
+# train a LoRA on the two clips (one batch of two (C, 2, 4, 4) latents), ship it, load it with the stock loader
 g = torch.Generator().manual_seed(0)
 texts = {c: torch.randn(1, 7, CTX, generator=g) for c in ("a walk clip", "a turn clip")}
 
@@ -127,8 +135,9 @@ trainer = Trainer(TrainConfig(max_steps=3, batch_size=2, unet_lr=1e-2, save_ever
 state = trainer.run()
 lora = network.export(torch.float32)
 network.remove()
-result.update(family=denoise.family, steps=state.step, losses_finite=all(abs(v) < 1e9 for v in state.losses),
-              lora_modules=len(network.modules_by_key), lora_keys=len(lora))
+result.update(family=denoise.family, model=type(patcher.model).__name__, steps=state.step,
+              losses_finite=all(abs(v) < 1e9 for v in state.losses), lora_modules=len(network.modules_by_key),
+              lora_keys=len(lora))
 unloaded = []
 
 
@@ -139,7 +148,7 @@ class Catch(logging.Handler):
 
 
 logging.getLogger().addHandler(Catch())
-x_t, sigma, cond = torch.randn((1, 16, 2, 4, 4), generator=g), torch.tensor([0.7]), texts["a walk clip"]
+x_t, sigma, cond = torch.randn((1, CHANNELS, 2, 4, 4), generator=g), torch.tensor([0.7]), texts["a walk clip"]
 
 
 def run(p):
