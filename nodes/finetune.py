@@ -29,7 +29,7 @@ from .host import forget_model_list, model_file, model_output_path
 from .live import HISTORY
 from .lora_tools import extract_lora
 from .provenance import base_model
-from .train_adapter import autograd_friendly_clip, make_encoder, text_encoder_roots
+from .train_adapter import CLIP_ENCODERS, autograd_friendly_clip, make_encoder, text_encoder_roots
 from .training import (STATE_NONE, TrainingEvents, checkpoint_blocks, common_inputs, encoded_dataset,
                        lora_output_path, resume_folder, resume_hint, resume_options, send_event, shown, state_root,
                        trainable_host)
@@ -41,8 +41,12 @@ UNET_PREFIX = "diffusion_model."  # the UNet's keys in the MODEL patcher's state
 def te_roots(clip) -> dict[str, tuple[torch.nn.Module, str]]:
     """Short prefix ("te", "te1", "te2") -> (text encoder module, its key prefix in the CLIP patcher's state dict)."""
     names = {id(m): n for n, m in clip.cond_stage_model.named_modules()}
-    roots = text_encoder_roots(clip)
-    generic = [p for p in roots if p.startswith(GENERIC_TE_PREFIX)]
+    csm = clip.cond_stage_model
+    if getattr(csm, "t5xxl", None) is not None and not any(getattr(csm, n, None) is not None for n in CLIP_ENCODERS):
+        generic = ["text_encoders.t5xxl"]  # a lone T5-XXL (Chroma): a LoRA trains it (train_t5), a fine-tune not yet
+    else:
+        roots = text_encoder_roots(clip)
+        generic = [p for p in roots if p.startswith(GENERIC_TE_PREFIX)]
     if generic:  # LoRA for them is written under ComfyUI's generic keys; a full fine-tune of them is not built yet
         raise ValueError(f"Full fine-tune trains CLIP text encoders only; this CLIP's is {generic[0].split('.')[1]} "
                          f"({type(clip.cond_stage_model).__name__}). Turn train_text_encoder off to fine-tune the "

@@ -63,6 +63,10 @@ def test_text_encoder_lora_trains_and_loads_in_stock_comfyui(comfy_server, famil
         assert r["extract_note"].startswith(f"text encoder not extracted: {LABELS[family]} (extraction writes kohya")
         assert r["finetune_refusal"].startswith(f"Full fine-tune trains CLIP text encoders only; this CLIP's is "
                                                 f"{GENERIC[family]} ({clip_class}). Turn train_text_encoder off")
+    elif family == "chroma":  # its lone T5-XXL trains as a LoRA (train_t5), not in a full fine-tune
+        assert r["extract_note"] == "" and r["finetune_refusal"].startswith(
+            "Full fine-tune trains CLIP text encoders only; this CLIP's is t5xxl (PixArtTEModel_). Turn "
+            "train_text_encoder off")
     else:
         assert r["extract_note"] == "" and "finetune_refusal" not in r
     # Inspect names each encoder's prefix; resize and merge write files stock LoraLoader maps whole
