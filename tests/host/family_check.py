@@ -1,6 +1,6 @@
 """Run inside ComfyUI's Python: one model family end to end on a tiny model built from ComfyUI's own classes.
 
-usage: python family_check.py ATELIER_CHECKOUT FAMILY   (FAMILY: sd2v, sdxl, sd3)
+usage: python family_check.py ATELIER_CHECKOUT FAMILY   (FAMILY: sd15, sd2v, sdxl, sd3)
 
 The model is the family's comfy.supported_models config with small widths and depths, random weights, wrapped in a
 ModelPatcher as ComfyUI wraps a loaded checkpoint. Training goes through the training node's own wiring
@@ -48,6 +48,8 @@ UNET_SD = dict(use_linear_in_transformer=True, transformer_depth=[1], transforme
                use_spatial_transformer=True, legacy=False, use_temporal_resblock=False, model_channels=64)
 # family -> (config class, its unet_config, text width, pooled width or 0, latent channels)
 FAMILIES = {
+    # SD1.5's own config class at tiny width (the host tier's other SD1.5 tests use the full-width fixture checkpoint)
+    "sd15": (comfy.supported_models.SD15, dict(UNET_SD, context_dim=768, adm_in_channels=None), 768, 0, 4),
     "sd2v": (comfy.supported_models.SD20, dict(UNET_SD, context_dim=1024, adm_in_channels=None), 1024, 0, 4),
     "sdxl": (comfy.supported_models.SDXL, dict(UNET_SD, context_dim=2048, adm_in_channels=2816,
                                                num_classes="sequential"), 2048, 1280, 4),

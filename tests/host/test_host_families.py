@@ -1,4 +1,4 @@
-"""SD2.x 768-v, SDXL and SD3.5 end to end on tiny models built from ComfyUI's own classes (in the host's Python)."""
+"""SD1.5 (tiny: memory options), SD2.x 768-v, SDXL and SD3.5 end to end on tiny models built from ComfyUI's own classes (in the host's Python)."""
 
 import json
 import subprocess
@@ -10,6 +10,7 @@ from comfy_host import ROOT
 
 # family -> (ComfyUI config class, model type, latent channels, kohya ss_base_model_version, a default target)
 EXPECTED = {
+    "sd15": ("SD15", "EPS", 4, "sd_v1", "lora_unet_input_blocks_1_1_proj_in"),
     "sd2v": ("SD20", "V_PREDICTION", 4, "sd_v2_v", "lora_unet_input_blocks_1_1_proj_in"),
     "sdxl": ("SDXL", "EPS", 4, "sdxl_base_v1-0", "lora_unet_input_blocks_1_1_proj_in"),
     "sd3": ("SD3", "FLOW", 16, "unknown", "lora_unet_joint_blocks_0_context_block_adaLN_modulation_1"),
