@@ -189,6 +189,14 @@ def test_samples_during_training_use_comfyui_sampler(comfy, comfy_server, train_
     assert len(report["samples"]) == 4 and Image.open(folder / names[0]).size == (64, 64)
     first, later = (np.asarray(Image.open(folder / n), dtype=np.int16) for n in (names[0], names[2]))
     assert np.abs(first - later).max() > 0  # same seed and prompt: only the weights changed between them
+    # with block swap the previews are drawn while the blocks are swapped out: the same pictures
+    comfy.run(advanced_prompt("adv_samples_swap", max_steps=4, sample_every_steps=2, blocks_to_swap=6,
+                              sample_prompts="blonde elf\na cat"), timeout=600)
+    swapped = comfy_server.output_dir / "atelier" / "samples" / "adv_samples_swap"
+    assert sorted(p.name for p in swapped.glob("*.png")) == names
+    for name in names:
+        a, b = (np.asarray(Image.open(f / name), dtype=np.int16) for f in (folder, swapped))
+        assert np.abs(a - b).max() <= 2, name
 
 
 def test_gradient_checkpointing_and_block_swap_give_the_same_lora(comfy, comfy_server, train_folder):
