@@ -1,11 +1,12 @@
-"""Short clips for video models (Wan 2.x): a clip is a folder of frames, one training sample per clip.
+"""Short clips for video models (Wan 2.x): a clip is a folder of frames or an animated image file, one training
+sample per clip.
 
-Nothing here knows ComfyUI. Layout, one subfolder per clip, its caption beside the folder:
+Nothing here knows ComfyUI. Layout, one subfolder or animated GIF / WebP / PNG (APNG) per clip, its caption beside it:
 
     clips/
       walk_cycle/  0001.png 0002.png … (frames in natural name order: 2 before 10)
       walk_cycle.txt
-      turn/        …
+      turn.gif     (an animation: its frames in playing order, composited as a viewer shows them)
       turn.txt
 
 Every clip trains on its first `frames` frames, where frames = 1 + 4k (1, 5, 9, 13, 17, …): the Wan VAE encodes the
@@ -23,12 +24,15 @@ from PIL import Image
 
 from .caption_text import caption_size_problem, check_caption_encoding, check_caption_extension, clean_caption
 from .dataset import MISSING_CAPTION_POLICIES, ROLES, Dataset, DatasetError, Item, Skipped, Subset, read_caption
-from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageRejected, flip_horizontal, image_info, open_image
+from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageRejected, animation_frames, flip_horizontal, image_info
+from .images import open_image
 from .images import make_buckets, prepare_image, to_rgb
 from .paths import Root, is_inside, natural_key, open_resolved, shown
 
 MAX_CLIP_FRAMES = 257  # 1 + 4·64: far beyond what a LoRA run on a short clip needs
 CLIP_CAPTION_SOURCES = ("sidecar", "filename", "fixed")
+ANIMATION_EXTENSIONS = (".gif", ".webp", ".png")  # files read as clips when animated (content decides the format)
+MAX_CLIP_PIXELS = 400_000_000  # frames × width × height an animated clip may decode (1280×720 × 257 fits)
 
 
 def frame_count_problem(frames: int) -> str | None:
@@ -92,12 +96,38 @@ def check_clip(folder: Path, frames: int, roots: list[Root], max_pixels: int = D
     return size, tuple(reals)
 
 
+def check_animation(path: Path, frames: int, roots: list[Root], max_pixels: int = DEFAULT_MAX_PIXELS,
+                    max_clip_pixels: int = MAX_CLIP_PIXELS) -> tuple[tuple[int, int], tuple[str, ...]]:
+    """((width, height), (its real path,)) of an animated GIF / WebP / APNG clip with at least `frames` frames, from
+    its header alone; ImageRejected for a file that is not an animation we read (the scan skips and reports it)."""
+    name = shown(path, roots)
+    width, height, available, fmt = image_info(path, max_pixels, roots)  # inside the roots, allowed format, size cap
+    if available < 2:
+        raise ImageRejected(path, f"a still {fmt} image (1 frame), not an animation; a clip is a folder of frames or "
+                                  "an animated GIF, WebP or PNG")
+    if available < frames:
+        raise DatasetError(f"Clip '{name}' has {available} frame(s); this subset takes clip_frames = {frames}. Use a "
+                           f"longer animation, remove it, or lower clip_frames (1 + 4k: 1, 5, 9, …).")
+    if frames * width * height > max_clip_pixels:
+        raise DatasetError(f"Clip '{name}' would decode {frames} frames of {width}×{height} = "
+                           f"{frames * width * height:,} pixels, over the limit of {max_clip_pixels:,} per clip "
+                           "(decompression-bomb guard). Downscale the animation or lower clip_frames.")
+    return (width, height), (os.path.realpath(path),)
+
+
+def is_animation_clip(item) -> bool:
+    """True for a clip read from one animated file (its only recorded frame path is the file itself)."""
+    return bool(item.frames) and item.frames == (item.source,)
+
+
 def scan_clips(folder: str | Path, root: str | Path | Root | None = None, *, frames: int, name: str | None = None,
                role: str = "train", repeats: int = 1, caption_source: str = "sidecar",
                caption_extension: str = ".txt", fixed_caption: str = "", caption_encoding: str = "utf-8",
-               on_missing_caption: str = "error", max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
-    """One subset of clips: every subfolder of `folder` holding frames is a clip, captioned by '<clip>.txt' beside
-    it (caption_source 'sidecar'), its folder name ('filename') or one fixed text ('fixed')."""
+               on_missing_caption: str = "error", max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_clip_pixels: int = MAX_CLIP_PIXELS) -> Dataset:
+    """One subset of clips: every subfolder of `folder` holding frames, and every animated GIF / WebP / PNG in it, is
+    a clip, captioned by '<clip>.txt' beside it (caption_source 'sidecar'), its name ('filename') or one fixed text
+    ('fixed'); still images and unreadable files there are skipped and reported."""
     folder = Path(folder)
     root = root if isinstance(root, Root) else Root(folder.name, folder) if root is None else Root("dataset", root)
     roots = [root]
@@ -116,45 +146,57 @@ def scan_clips(folder: str | Path, root: str | Path | Root | None = None, *, fra
         raise DatasetError(f"Clip folder '{shown(folder, roots)}' does not exist or is not a folder.")
     items, skipped = [], []
     for entry in sorted(os.scandir(folder), key=lambda e: natural_key(e.name)):
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
         clip = Path(entry.path)
+        animated = entry.is_file() and clip.suffix.lower() in ANIMATION_EXTENSIONS  # other files: captions, notes
+        if entry.name.startswith(".") or not (animated or entry.is_dir()):
+            continue
         if entry.is_symlink() and not is_inside(clip, root.path):
             skipped.append(Skipped(entry.path, "symlink leads outside the allowed root; not read"))
             continue
-        if not frame_files(clip):
+        if animated:
+            try:
+                (width, height), reals = check_animation(clip, frames, roots, max_pixels, max_clip_pixels)
+            except ImageRejected as e:
+                skipped.append(Skipped(entry.path, e.reason))
+                continue
+        elif not frame_files(clip):
             skipped.append(Skipped(entry.path, "no frames (image files) in this folder"))
             continue
-        (width, height), reals = check_clip(clip, frames, roots, max_pixels)
-        caption = _clip_caption(clip, caption_source, caption_extension, fixed_caption, caption_encoding, roots)
+        else:
+            (width, height), reals = check_clip(clip, frames, roots, max_pixels)
+        stem = clip.stem if animated else clip.name  # 'walk.gif' and 'walk/' are both captioned by 'walk.txt'
+        caption = _clip_caption(clip.parent, stem, caption_source, caption_extension, fixed_caption, caption_encoding,
+                                roots)
         if caption is None:
             if on_missing_caption == "error":
-                raise DatasetError(f"Clip '{shown(clip, roots)}' has no caption file '{clip.name}{caption_extension}' "
-                                   "beside its folder. Add one, or set on_missing_caption to 'skip' or 'empty'.")
+                raise DatasetError(f"Clip '{shown(clip, roots)}' has no caption file '{stem}{caption_extension}' "
+                                   f"beside {'it' if animated else 'its folder'}. Add one, or set "
+                                   "on_missing_caption to 'skip' or 'empty'.")
             if on_missing_caption == "skip":
-                skipped.append(Skipped(entry.path, f"no caption file {clip.name}{caption_extension}"))
+                skipped.append(Skipped(entry.path, f"no caption file {stem}{caption_extension}"))
                 continue
             caption = ""
         items.append(Item(os.path.realpath(clip), caption, max(int(repeats), 1), width, height, frames=reals))
     if not items:
         raise DatasetError(f"No clips in '{shown(folder, roots)}': put each clip's frames in its own subfolder "
-                           f"(e.g. walk/0001.png …) with walk{caption_extension} beside it.")
+                           f"(e.g. walk/0001.png …), or add each clip as an animated GIF, WebP or PNG (walk.gif), "
+                           f"with walk{caption_extension} beside it.")
     subset = Subset(name or folder.name, role, tuple(items), folders=(shown(folder, roots),), clip_frames=frames)
     return Dataset((subset,), tuple(skipped))
 
 
-def _clip_caption(clip: Path, source: str, ext: str, fixed: str, encoding: str, roots) -> str | None:
+def _clip_caption(parent: Path, stem: str, source: str, ext: str, fixed: str, encoding: str, roots) -> str | None:
     if source == "fixed":
         return clean_caption(fixed.strip())[0]
     if source == "filename":
-        return clip.name.replace("_", " ").strip()
-    sidecar = clip.parent / (clip.name + ext)  # beside the folder: 'walk.v2' + '.txt', not 'walk.txt'
+        return stem.replace("_", " ").strip()
+    sidecar = parent / (stem + ext)  # beside the folder: 'walk.v2' + '.txt', not 'walk.txt'
     if not sidecar.is_file():
         return None
     text = read_caption(sidecar, encoding, roots)
     problem = caption_size_problem(text)
     if problem:
-        raise DatasetError(f"Caption '{sidecar.name}' of clip '{clip.name}': {problem}.")
+        raise DatasetError(f"Caption '{sidecar.name}' of clip '{stem}': {problem}.")
     return clean_caption(text)[0]
 
 
@@ -164,13 +206,17 @@ def prepare_clip(sample) -> list[Image.Image]:
     prep = sample.preparation
     files = sample.item.frames[:sample.clip_frames]  # the real frame paths the scan checked, never listed again
     name = Path(sample.item.source).name
-    if len(files) < sample.clip_frames:
+    if is_animation_clip(sample.item):
+        pictures = _animation(sample.item.source, sample.clip_frames, name)
+    elif len(files) < sample.clip_frames:
         raise DatasetError(f"Clip '{name}' has {len(files)} checked frame(s), fewer than clip_frames = "
                            f"{sample.clip_frames}; load the dataset again with Load Clips.")
+    else:
+        pictures = (_open_frame(real, name) for real in files)  # one frame decoded at a time
     buckets = make_buckets((prep.width, prep.height), step=prep.bucket_step) if prep.mode == "buckets" else None
     out = []
-    for real in files:
-        rgb, _ = to_rgb(_open_frame(real, name), prep.background)
+    for picture in pictures:
+        rgb, _ = to_rgb(picture, prep.background)
         frame = prepare_image(rgb, prep.mode, prep.width, prep.height, pad_color=prep.pad_color, filter=prep.filter,
                               buckets=buckets, no_upscale=prep.no_upscale)
         out.append(flip_horizontal(frame) if sample.mirrored else frame)
@@ -184,3 +230,16 @@ def _open_frame(real: str, clip: str) -> Image.Image:
                            "was loaded; it was not read. Copy the frame into the clip folder and load the dataset "
                            "again.")
     return open_image(real, roots=[Root("clip", os.path.dirname(real))])  # re-checked as it is opened
+
+
+def _animation(real: str, frames: int, clip: str):
+    """The first `frames` frames of the animated file the scan checked, decoded one at a time, refused when that path
+    became (or now passes) a link."""
+    if os.path.realpath(real) != real:
+        raise DatasetError(f"Clip '{clip}' was replaced by a link since the dataset was loaded; it was not read. Copy "
+                           "the animation into the clips folder and load the dataset again.")
+    try:
+        yield from animation_frames(real, frames, roots=[Root("clip", os.path.dirname(real))])  # re-checked on open
+    except ImageRejected as e:
+        raise DatasetError(f"Clip '{clip}' cannot be used ({e.reason}); re-export it or load the dataset again with "
+                           "Load Clips.") from None

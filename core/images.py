@@ -210,6 +210,42 @@ def open_image(path, max_pixels: int = DEFAULT_MAX_PIXELS, roots=None) -> Image.
     return upright
 
 
+# EXIF Orientation -> the turn that makes a frame upright (EXIF 2.3, tag 0x0112)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+def animation_frames(path, count: int, max_pixels: int = DEFAULT_MAX_PIXELS, roots=None):
+    """Yields the first `count` frames of an animated GIF, WebP or PNG (APNG) as whole pictures, upright, one at a
+    time: Pillow composites each frame onto the canvas (GIF disposal, APNG dispose/blend ops, WebP blending). Frames
+    past `count` are never decoded; the file's header passes open_image's checks and every frame's size is its own."""
+    img = _open_header(path, max_pixels, roots)
+    with img:
+        _check_header(path, img, max_pixels)
+        try:
+            available = int(getattr(img, "n_frames", 1)) if img.format in ANIMATED_FORMATS else 1
+            turn = _UPRIGHT.get(_header_orientation(img))
+        except _DECODE_ERRORS as e:
+            raise ImageRejected(path, f"unreadable animation header ({type(e).__name__}: {e}); re-export the file "
+                                      "or remove it") from None
+        if available < count:
+            raise ImageRejected(path, f"has {available} frame(s), fewer than the {count} asked for")
+        size = img.size
+        for index in range(count):
+            try:
+                img.seek(index)  # sequential seeks: each frame is composited onto the one before it
+                img.load()
+            except _DECODE_ERRORS as e:
+                raise ImageRejected(path, f"frame {index + 1} is truncated or corrupt ({type(e).__name__}: {e}); "
+                                          "re-export the file or remove it") from None
+            if img.size != size:
+                raise ImageRejected(path, f"frame {index + 1} is {img.size[0]}×{img.size[1]} but frame 1 is "
+                                          f"{size[0]}×{size[1]}; re-export the animation at one size")
+            frame = img.copy()  # detached from the file, palette and transparency kept for to_rgb
+            yield frame.transpose(turn) if turn is not None else frame
+
+
 # ---------------------------------------------------------------- colour
 
 

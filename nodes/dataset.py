@@ -132,24 +132,25 @@ class AtelierLoadClips(io.ComfyNode):
             node_id="AtelierLoadClips",
             display_name="Load Clips (Atelier)",
             category="atelier/dataset",
-            description="Scans a folder of short clips for Wan 2.x: one subfolder of frames per clip, its caption "
-                        "'<clip>.txt' beside the folder. Each clip is one training sample.",
+            description="Scans a folder of short clips for Wan 2.x: one subfolder of frames, or one animated GIF / "
+                        "WebP / PNG, per clip, its caption '<clip>.txt' beside it. Each clip is one training sample.",
             inputs=[
                 io.Combo.Input("folder", options=dataset_folder_options(),
-                               tooltip="Folder inside an allowed root whose subfolders are clips (walk/0001.png …, "
-                                       "walk.txt beside walk/)."),
+                               tooltip="Folder inside an allowed root whose subfolders (walk/0001.png …) and animated "
+                                       "GIF / WebP / PNG files (turn.gif) are clips, walk.txt beside walk/."),
                 io.String.Input("sub_path", default="",
                                 tooltip="Optional path inside the chosen folder. Must stay inside the root: no "
                                         "'..', absolute or drive paths."),
                 io.Int.Input("clip_frames", default=17, min=1, max=MAX_CLIP_FRAMES, step=4,
                              tooltip="Frames taken from the start of each clip: 1 + 4k (5, 9, 17, 33 …), the Wan "
-                                     "VAE's rule; k + 1 latent frames. Frames sort by natural name order."),
+                                     "VAE's rule; k + 1 latent frames. Folder frames sort by natural name order; "
+                                     "an animation's play in order."),
                 io.Combo.Input("role", options=list(ds.ROLES), default="train",
                                tooltip="train: clips to learn. regularization: class clips for prior preservation."),
                 io.Int.Input("repeats", default=1, min=1, max=10000, tooltip="Times each clip is seen per epoch."),
                 io.Combo.Input("caption_source", options=list(CLIP_CAPTION_SOURCES), default="sidecar",
-                               tooltip="sidecar: '<clip>.txt' beside the clip folder; filename: the clip folder's "
-                                       "name, '_' → space; fixed: fixed_caption."),
+                               tooltip="sidecar: '<clip>.txt' beside the clip folder or file; filename: the clip's "
+                                       "name without extension, '_' → space; fixed: fixed_caption."),
                 io.String.Input("caption_extension", default=".txt",
                                 tooltip=f"Extension of sidecar caption files: one of {', '.join(CAPTION_EXTENSIONS)}."),
                 io.String.Input("fixed_caption", default="",
@@ -162,7 +163,8 @@ class AtelierLoadClips(io.ComfyNode):
             ],
             outputs=[DATASET.Output("dataset_out", display_name="dataset",
                                     tooltip="The dataset description (clips, captions, subsets)."),
-                     io.String.Output("report", tooltip="Subsets, clip counts, skipped folders with reasons.")],
+                     io.String.Output("report",
+                                      tooltip="Subsets, clip counts, skipped folders and still images with reasons.")],
         )
 
     @classmethod

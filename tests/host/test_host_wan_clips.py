@@ -1,5 +1,6 @@
-"""Wan 2.1 and 2.2 short clips: a folder of frames per clip trains a LoRA through the real data path (scan, prepare,
-the version's own Wan VAE encoding the clip, latent cache, trainer) on a tiny model from ComfyUI's own classes."""
+"""Wan 2.1 and 2.2 short clips: a folder of frames and an animated GIF train a LoRA through the real data path (scan,
+prepare, the version's own Wan VAE encoding the clip, latent cache, trainer) on a tiny model from ComfyUI's own
+classes."""
 
 import pytest
 from test_host_objectives import host_script
@@ -13,10 +14,13 @@ def test_wan_clip_trains_through_the_data_path_and_loads_in_stock_comfyui(comfy_
     model, vae, channels = VERSIONS[version]
     r = host_script(comfy_server, "wan_clip_check.py", 300, version)
     assert r["vae"] == vae and r["vae_channels"] == channels  # ComfyUI's own VAE detection picked the version's VAE
-    # two clips, captions from '<clip>.txt' beside each folder; 5 frames -> 2 latent frames (1 + 4k rule)
+    # two clips, captions from '<clip>.txt' beside each; 5 frames -> 2 latent frames (1 + 4k rule)
     assert r["clips"] == 2 and r["skipped"] == 0 and r["captions"] == ["a turn clip", "a walk clip"]
     assert r["latent_shapes"] == [[channels, 2, 4, 4]] and r["latents_finite"] and r["misses"] == 2
     assert r["direct_error"] == 0.0  # the VAE's own encoding of the first five frames in natural name order
+    # 'turn' is an animated GIF with partial frames: its latent is the VAE's encoding of its first five frames as
+    # Pillow composites them
+    assert r["clip_sources"] == ["turn.gif", "walk"] and r["turn_direct_error"] == 0.0
     # the cache keys on every frame: a second load hits both; editing one frame of one clip re-encodes that clip
     assert (r["second_hits"], r["second_misses"]) == (2, 0)
     assert (r["edited_hits"], r["edited_misses"]) == (1, 1) and r["identity_changed"]

@@ -1,6 +1,7 @@
 """Run inside ComfyUI's Python: Wan 2.x short-clip training through Atelier's real data path on a tiny model.
 
-A folder of clips (one subfolder of frames per clip, '<clip>.txt' beside it) is scanned by core.clips, prepared,
+A folder of clips ('walk': a subfolder of frames; 'turn': an animated GIF; '<clip>.txt' beside each) is scanned by
+core.clips, prepared,
 and encoded by the version's VAE (Wan 2.1: 16 channels, 8x; Wan 2.2: 48 channels, 16x) that ComfyUI's own
 comfy.sd.VAE builds and detects from a state dict (the real architecture with random weights: ComfyUI fixes the
 VAE's widths, so it cannot be made smaller) through the training node's own clip encoder; each 5-frame clip becomes
@@ -74,13 +75,21 @@ def wan_model():
 
 
 def write_clips(top: Path) -> None:
-    """Two clips of 6 frames named frame_1 … frame_10 style (natural order), captions beside the folders."""
+    """'walk': 6 frames named frame_1, frame_3 … frame_11 (natural order); 'turn.gif': a 7-frame animated GIF whose
+    later frames change only a square (stored as partial frames); captions beside them."""
     rng = np.random.default_rng(0)
-    for name, n in (("walk", 6), ("turn", 5)):
-        (top / name).mkdir(parents=True)
-        for i in range(n):
-            pixels = rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(top / name / f"frame_{2 * i + 1}.png")  # 1, 3, …, 9, 11: natural order
+    (top / "walk").mkdir(parents=True)
+    for i in range(6):
+        pixels = rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(top / "walk" / f"frame_{2 * i + 1}.png")  # 1, 3, …, 9, 11: natural order
+    canvas = rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)
+    turn = []
+    for i in range(7):
+        canvas = canvas.copy()
+        canvas[4 * i:4 * i + 4, 4 * i:4 * i + 4] = 255 - 30 * i  # a square moving down the diagonal
+        turn.append(Image.fromarray(canvas))
+    turn[0].save(top / "turn.gif", save_all=True, append_images=turn[1:], duration=40)
+    for name in ("walk", "turn"):
         (top / f"{name}.txt").write_text(f"a {name} clip", encoding="utf-8")
 
 
@@ -104,6 +113,17 @@ with torch.no_grad():
     direct = patcher.model.process_latent_in(vae.encode(torch.from_numpy(np.stack(frames))))[0].float()
 walk = next(s for s in samples if s.caption == "a walk clip")
 result["direct_error"] = float((walk.latent - direct).abs().max())
+# the GIF's latent is the VAE's encoding of its first five frames as Pillow composites them
+with Image.open(tmp / "clips" / "turn.gif") as gif:
+    frames = []
+    for i in range(5):
+        gif.seek(i)
+        frames.append(np.asarray(gif.convert("RGB"), dtype=np.float32) / 255.0)
+with torch.no_grad():
+    direct = patcher.model.process_latent_in(vae.encode(torch.from_numpy(np.stack(frames))))[0].float()
+turn = next(s for s in samples if s.caption == "a turn clip")
+result.update(turn_direct_error=float((turn.latent - direct).abs().max()),
+              clip_sources=sorted(os.path.basename(i.source) for i in dataset.subsets[0].items))
 
 # the cache and the run identity key on every frame: a second load hits; editing the third frame misses
 identity = data_digest(dataset)
