@@ -84,22 +84,19 @@ def comfy_job_model(job: Job, path: Path) -> tuple[JobModel, object]:
 
 
 def memory_contexts(job: Job, model: JobModel, patcher, stream) -> list:
-    """The job's gradient checkpointing and block swap as the training node applies them (its own helpers, in its
-    order), each said in one line on `stream` (None on ranks other than 0)."""
-    from ..trainers.memory import block_swap, gradient_checkpointing
-    from .training import HostModel, checkpoint_blocks, swap_blocks
+    """The job's gradient checkpointing and block swap, built by the training node's own memory_savers, each said in
+    one line on `stream` (None on ranks other than 0)."""
+    from .training import HostModel, memory_savers
 
-    unet = patcher.model.diffusion_model
-    blocks = checkpoint_blocks(unet) if job.gradient_checkpointing else []
-    swapped, note = swap_blocks(HostModel(patcher, model.roots, model.denoise, model.device), job.blocks_to_swap)
-    if stream is not None and blocks:
-        print(f"Gradient checkpointing: on, {len(blocks)} blocks", file=stream)
+    host = HostModel(patcher, model.roots, model.denoise, model.device)
+    contexts, note = memory_savers(host, job.gradient_checkpointing, job.blocks_to_swap)
+    if stream is not None and job.gradient_checkpointing:
+        print("Gradient checkpointing: on", file=stream)
     if stream is not None and note:
         extra = f" ({note['note']})" if "note" in note else ""
         print(f"Block swap: {note['blocks']} of {note['of']} blocks, {note['offloaded_mib']} MiB of frozen weights "
               f"kept on {note['to']}{extra}", file=stream)
-    return [block_swap(swapped, model.device, note.get("to", model.device)),  # before: it checkpoints its blocks
-            gradient_checkpointing(blocks)]
+    return contexts
 
 
 def swap_count(text: str) -> int:
@@ -148,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with torch.inference_mode(False):
             model, patcher = comfy_job_model(job, checkpoint_path(job, a.checkpoint))
-            contexts = memory_contexts(job, model, patcher, sys.stderr if progress is not None else None)
+            try:
+                contexts = memory_contexts(job, model, patcher, sys.stderr if progress is not None else None)
+            except ValueError as e:  # more blocks to swap than the model has: one clear line, no traceback
+                raise SystemExit(f"{e} It comes from {job.folder.name}/job.json's memory or --blocks-to-swap.")
             result = run_job(a.job, model, out=out, resume=a.resume, on_step=progress, distributed=distributed,
                              contexts=contexts)
     finally:

@@ -261,13 +261,10 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         run = TrainingRun(trainer, RunFiles(path, state_root() / path.stem, keep_last, shown), metadata,
                           run_environment(trainer, str(host.patcher.model.get_dtype())),
                           state_extra={IDENTITY_KEY: identity.parts()})
-        blocks = checkpoint_blocks(host.patcher.model.diffusion_model) if gradient_checkpointing else []
-        swapped, swap_note = swap_blocks(host, blocks_to_swap)
-        contexts = [autograd_friendly_clip(clip.cond_stage_model) if config.train_text_encoder else nullcontext(),
-                    block_swap(swapped, host.device, swap_note.get("to", host.device)),  # before: it checkpoints too
-                    checkpointed(blocks)]
+        savers, swap_note = memory_savers(host, gradient_checkpointing, blocks_to_swap)
+        clip_ok = autograd_friendly_clip(clip.cond_stage_model) if config.train_text_encoder else nullcontext()
         try:
-            result = run.train(resume_dir, contexts)
+            result = run.train(resume_dir, [clip_ok, *savers])
         finally:
             HISTORY.finish(events.run)
         forget_model_list("loras")  # the new files are in the loras list for nodes downstream and the dropdowns
@@ -365,6 +362,15 @@ def swap_blocks(host: HostModel, count: int) -> tuple[list[torch.nn.Module], dic
     if offload == host.device:  # --cpu, or a host whose offload device is the compute device
         note["note"] = f"the model already runs on {host.device}: block swap saves no memory there"
     return chosen, note
+
+
+def memory_savers(host: HostModel, gradient_checkpointing: bool, blocks_to_swap: int) -> tuple[list, dict]:
+    """Block swap and gradient checkpointing as the contexts a run trains inside, in the order they must be entered,
+    and the report's block_swap note (empty when off); the training nodes and the job runner (nodes/job.py) share it."""
+    blocks = checkpoint_blocks(host.patcher.model.diffusion_model) if gradient_checkpointing else []
+    swapped, note = swap_blocks(host, blocks_to_swap)
+    return [block_swap(swapped, host.device, note.get("to", host.device)),  # first: it checkpoints its blocks too
+            checkpointed(blocks)], note
 
 
 def common_inputs() -> list:
