@@ -3,6 +3,7 @@ ComfyUI as a library:
 
     python -m atelier.nodes.job run output/atelier/jobs/my_lora --comfyui ~/ComfyUI [--device cuda] [--out DIR]
     torchrun --nproc-per-node 2 -m atelier.nodes.job run output/atelier/jobs/my_lora --comfyui ~/ComfyUI
+    ... run JOB --comfyui ~/ComfyUI --blocks-to-swap 20 --gradient-checkpointing   (override the job's memory settings)
 
 Why it lives in nodes/: the job's base model is a ComfyUI checkpoint and it must be loaded exactly as the node
 loaded it (comfy.sd detects the family, ComfyDenoiser calls it), and only nodes/ may import ComfyUI. The pure
@@ -23,7 +24,9 @@ import torch
 
 from ..core.provenance import file_hashes
 from ..trainers.distributed import from_environment, leave, local_device
-from ..trainers.job import Job, JobModel, TerminalProgress, needs_text_encoder, read_job, run_job
+from ..trainers.job import (Job, JobModel, TerminalProgress, check_blocks_to_swap, needs_text_encoder, read_job,
+                            run_job)
+from ..trainers.memory import MAX_SWAP
 
 
 def setup_comfy(comfyui: Path | None, device: torch.device) -> None:
@@ -57,9 +60,9 @@ def checkpoint_path(job: Job, given: Path | None) -> Path:
     return given
 
 
-def comfy_job_model(job: Job, path: Path) -> JobModel:
+def comfy_job_model(job: Job, path: Path) -> tuple[JobModel, object]:
     """The job's base model loaded through ComfyUI: the UNet (and text encoders when they train) as LoRA roots,
-    ComfyDenoiser, and the caption encoder when the job carries no frozen embeddings."""
+    ComfyDenoiser, and the caption encoder when the job carries no frozen embeddings; with its ModelPatcher."""
     import comfy.model_management
     import comfy.sd
 
@@ -76,7 +79,33 @@ def comfy_job_model(job: Job, path: Path) -> JobModel:
         roots.update(text_encoder_roots(clip, t5=job.config.train_t5))
     denoise = ComfyDenoiser(model)
     return JobModel(roots, denoise, denoise.model_sampling, next(model.model.diffusion_model.parameters()).device,
-                    make_encoder(clip, pooled=denoise.needs_pooled) if text else None, str(model.model.get_dtype()))
+                    make_encoder(clip, pooled=denoise.needs_pooled) if text else None,
+                    str(model.model.get_dtype())), model
+
+
+def memory_contexts(job: Job, model: JobModel, patcher, stream) -> list:
+    """The job's gradient checkpointing and block swap, built by the training node's own memory_savers, each said in
+    one line on `stream` (None on ranks other than 0)."""
+    from .training import HostModel, memory_savers
+
+    host = HostModel(patcher, model.roots, model.denoise, model.device)
+    contexts, note = memory_savers(host, job.gradient_checkpointing, job.blocks_to_swap)
+    if stream is not None and job.gradient_checkpointing:
+        print("Gradient checkpointing: on", file=stream)
+    if stream is not None and note:
+        extra = f" ({note['note']})" if "note" in note else ""
+        print(f"Block swap: {note['blocks']} of {note['of']} blocks, {note['offloaded_mib']} MiB of frozen weights "
+              f"kept on {note['to']}{extra}", file=stream)
+    return contexts
+
+
+def swap_count(text: str) -> int:
+    """--blocks-to-swap's value, checked like job.json's blocks_to_swap."""
+    try:
+        return check_blocks_to_swap(int(text), "--blocks-to-swap")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_SWAP} (0 turns block swap off), "
+                                         f"got {text!r}") from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -90,6 +119,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     run.add_argument("--resume", action="store_true", help="continue from <out>/state/<name> (any world size)")
     run.add_argument("--log", type=Path, help="JSON-lines step log (default: <out>/<name>.steps.jsonl)")
+    run.add_argument("--blocks-to-swap", type=swap_count, metavar="N",
+                     help="block swap: keep the frozen weights of the last N blocks on the offload device (overrides "
+                          "the job's blocks_to_swap; 0 turns it off)")
+    run.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
+                     help="recompute block activations in backward (overrides the job's gradient_checkpointing)")
     return p
 
 
@@ -98,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     device = local_device(a.device)
     setup_comfy(a.comfyui.expanduser().resolve() if a.comfyui else None, device)
     job = read_job(a.job)
+    if a.blocks_to_swap is not None:
+        job.blocks_to_swap = a.blocks_to_swap
+    if a.gradient_checkpointing is not None:
+        job.gradient_checkpointing = a.gradient_checkpointing
     distributed = from_environment(device)
     out = a.out or a.job
     progress = None
@@ -106,8 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         progress = TerminalProgress(a.log or out / f"{job.name}.steps.jsonl", sys.stderr)
     try:
         with torch.inference_mode(False):
-            model = comfy_job_model(job, checkpoint_path(job, a.checkpoint))
-            result = run_job(a.job, model, out=out, resume=a.resume, on_step=progress, distributed=distributed)
+            model, patcher = comfy_job_model(job, checkpoint_path(job, a.checkpoint))
+            try:
+                contexts = memory_contexts(job, model, patcher, sys.stderr if progress is not None else None)
+            except ValueError as e:  # more blocks to swap than the model has: one clear line, no traceback
+                raise SystemExit(f"{e} It comes from {job.folder.name}/job.json's memory or --blocks-to-swap.")
+            result = run_job(a.job, model, out=out, resume=a.resume, on_step=progress, distributed=distributed,
+                             contexts=contexts)
     finally:
         leave()
     if progress is not None:

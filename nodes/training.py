@@ -29,7 +29,7 @@ from ..trainers.checkpoint import run_environment
 from ..trainers.data import LatentCache, build_samples, kohya_metadata
 from ..trainers.loop import CONFIG_RANGES, PRECISIONS, Callbacks, Trainer, TrainConfig, TrainingStopped
 from ..trainers.kohya_config import export_kohya, import_kohya, is_toml, looks_like_kohya
-from ..trainers.memory import block_swap
+from ..trainers.memory import MAX_SWAP, block_swap
 from ..trainers.memory import gradient_checkpointing as checkpointed
 from ..trainers.reuse import IDENTITY_KEY
 from ..trainers.run import RunFiles, TrainingRun, run_loras
@@ -261,13 +261,10 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         run = TrainingRun(trainer, RunFiles(path, state_root() / path.stem, keep_last, shown), metadata,
                           run_environment(trainer, str(host.patcher.model.get_dtype())),
                           state_extra={IDENTITY_KEY: identity.parts()})
-        blocks = checkpoint_blocks(host.patcher.model.diffusion_model) if gradient_checkpointing else []
-        swapped, swap_note = swap_blocks(host, blocks_to_swap)
-        contexts = [autograd_friendly_clip(clip.cond_stage_model) if config.train_text_encoder else nullcontext(),
-                    block_swap(swapped, host.device, swap_note.get("to", host.device)),  # before: it checkpoints too
-                    checkpointed(blocks)]
+        savers, swap_note = memory_savers(host, gradient_checkpointing, blocks_to_swap)
+        clip_ok = autograd_friendly_clip(clip.cond_stage_model) if config.train_text_encoder else nullcontext()
         try:
-            result = run.train(resume_dir, contexts)
+            result = run.train(resume_dir, [clip_ok, *savers])
         finally:
             HISTORY.finish(events.run)
         forget_model_list("loras")  # the new files are in the loras list for nodes downstream and the dropdowns
@@ -365,6 +362,15 @@ def swap_blocks(host: HostModel, count: int) -> tuple[list[torch.nn.Module], dic
     if offload == host.device:  # --cpu, or a host whose offload device is the compute device
         note["note"] = f"the model already runs on {host.device}: block swap saves no memory there"
     return chosen, note
+
+
+def memory_savers(host: HostModel, gradient_checkpointing: bool, blocks_to_swap: int) -> tuple[list, dict]:
+    """Block swap and gradient checkpointing as the contexts a run trains inside, in the order they must be entered,
+    and the report's block_swap note (empty when off); the training nodes and the job runner (nodes/job.py) share it."""
+    blocks = checkpoint_blocks(host.patcher.model.diffusion_model) if gradient_checkpointing else []
+    swapped, note = swap_blocks(host, blocks_to_swap)
+    return [block_swap(swapped, host.device, note.get("to", host.device)),  # first: it checkpoints its blocks too
+            checkpointed(blocks)], note
 
 
 def common_inputs() -> list:
@@ -516,7 +522,6 @@ FLOAT_STEPS = {"unet_lr": 1e-6, "te_lr": 1e-6, "weight_decay": 1e-3, "min_timest
 # Settings added after workflows were saved: they come last and optional, so the widget values of saved workflows keep
 # their places (the frontend stores them by position) and API prompts without them still validate.
 APPENDED = ("train_t5",)
-MAX_SWAP = 200  # more blocks than any model ComfyUI loads has (Flux.1: 57, Wan 14B: 40, SDXL UNet layers: ~40)
 
 
 def appended_inputs() -> list:
@@ -524,6 +529,22 @@ def appended_inputs() -> list:
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     return [io.Boolean.Input(name, default=defaults[name], optional=True, tooltip=CONFIG_TOOLTIPS[name])
             for name in APPENDED]
+
+
+def checkpointing_input(optional: bool = False):
+    """The gradient_checkpointing widget (optional where it was appended to a node after workflows were saved)."""
+    return io.Boolean.Input("gradient_checkpointing", default=False, optional=optional,
+                            tooltip="Recompute block activations during backward: much less memory for ~30% more "
+                                    "time; same result.")
+
+
+def swap_input():
+    """The blocks_to_swap widget: appended after workflows were saved, so optional on every node that has it."""
+    return io.Int.Input("blocks_to_swap", default=0, min=0, max=MAX_SWAP, optional=True,
+                        tooltip="Block swap for large models on small GPUs: the frozen weights of this many "
+                                "transformer / UNet blocks (the last ones) stay in CPU memory and are copied to the "
+                                "GPU only while their block runs; those blocks are also checkpointed. Same result, "
+                                "slower steps. 0 = off (kohya's blocks_to_swap).")
 
 
 def widgets_for(cls, tooltips: dict, skip=()) -> list:
@@ -600,9 +621,7 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
                 io.String.Input("rank_overrides", default="", multiline=True,
                                 tooltip="Per-block ranks, one 'regex = rank' or 'regex = rank/alpha' per line, e.g. "
                                         "'input_blocks_[12] = 8/4'; rank 0 leaves those layers out."),
-                io.Boolean.Input("gradient_checkpointing", default=False,
-                                 tooltip="Recompute block activations during backward: much less memory for ~30% "
-                                         "more time; same result."),
+                checkpointing_input(),
                 io.Boolean.Input("cache_latents", default=True,
                                  tooltip="Keep VAE latents on disk (output/atelier/cache/latents), keyed by image "
                                          "bytes, preparation and VAE, so the next run skips decoding and encoding."),
@@ -633,11 +652,7 @@ class AtelierTrainLoRAAdvanced(io.ComfyNode):
                                         "report); when given it replaces the training widgets above."),
                 reuse_input(),
                 *appended_inputs(),
-                io.Int.Input("blocks_to_swap", default=0, min=0, max=MAX_SWAP, optional=True,
-                             tooltip="Block swap for large models on small GPUs: the frozen weights of this many "
-                                     "transformer / UNet blocks (the last ones) stay in CPU memory and are copied "
-                                     "to the GPU only while their block runs; those blocks are also checkpointed. "
-                                     "Same result, slower steps. 0 = off (kohya's blocks_to_swap)."),
+                swap_input(),
             ],
             outputs=training_outputs(),
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],

@@ -5,6 +5,8 @@ name, folder and sha256, never a server path; the kohya metadata known at export
 sha256 of each tensor file, so a set left half-rewritten is refused and a state trained on other data is not resumed),
 latents.safetensors (`latent.<i>`, `flipped.<i>`, `mask.<i>` in the model's latent space) and, when the text
 encoder is frozen, text.safetensors (`cond.<j>` and `<extra key>.<j>` for caption j of job.json's "captions").
+job.json's optional "memory" holds the node-level memory settings (gradient_checkpointing, blocks_to_swap); they
+change how much memory a step takes, never the result, and a job written before them runs with both off.
 No source image is needed to train it. The model is not in the folder: the caller hands run_job a JobModel (the
 denoiser, model sampling and the modules LoRA adapts). nodes/job.py loads it through ComfyUI as a library for the
 command line; tests build it from tests/tiny_models.py. Under torchrun, see trainers/distributed.py.
@@ -30,12 +32,14 @@ from ..core.lora_meta import epochs_of
 from ..core.paths import Root, atomic_write_bytes, open_inside, read_bytes_inside
 from .checkpoint import read_state_config, run_environment
 from .loop import Callbacks, StepInfo, Trainer, TrainConfig, TrainSample
+from .memory import MAX_SWAP
 from .network import LoRANetwork, NetworkConfig
 from .run import RunFiles, RunResult, TrainingRun
 
 JOB_FORMAT, JOB_VERSION = "atelier.training_job", 1
 JOB_FILE, LATENTS_FILE, TEXT_FILE = "job.json", "latents.safetensors", "text.safetensors"
 JOB_KEYS = ("name", "config", "network", "base", "metadata", "captions", "samples", "files")
+MEMORY_KEY, MEMORY_DEFAULTS = "memory", {"gradient_checkpointing": False, "blocks_to_swap": 0}
 SAMPLE_KEYS = ("caption", "loss_weight", "repeats", "random_flip", "regularization", "key", "flipped", "mask")
 JOB_FILE_LIMIT = 256 << 20  # per-sample records and metadata only; the tensors live in the safetensors files
 # Metadata keys the run fills in at each save; the rest of the template is fixed at export.
@@ -56,6 +60,8 @@ class Job:
     samples: list[TrainSample]
     text: dict[str, tuple[torch.Tensor, dict]] | None  # frozen embeddings per caption, or None (encode at run time)
     data_sha256: str = ""  # digest of the tensor files: a resume from a state trained on other data is refused
+    gradient_checkpointing: bool = False  # memory settings: how the runner runs the steps, not what they compute
+    blocks_to_swap: int = 0
 
 
 @dataclass
@@ -82,6 +88,34 @@ def job_captions(samples: list[TrainSample], config: TrainConfig) -> list[str]:
     return captions + ([""] if config.caption_dropout > 0 and "" not in captions else [])
 
 
+def check_blocks_to_swap(value, what: str = "blocks_to_swap") -> int:
+    """`value` when it is a whole number from 0 to MAX_SWAP (true, 2.5 and "3" are refused), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SWAP:
+        raise ValueError(f"{what} is {value!r}; expected a whole number from 0 to {MAX_SWAP} (0 turns block swap "
+                         "off). Fix it, or override it with --blocks-to-swap N.")
+    return value
+
+
+def check_memory(memory, where: str) -> dict:
+    """A job's memory settings checked, {"gradient_checkpointing": bool, "blocks_to_swap": int}; absent ones are
+    off, so a job exported before they existed runs as it did."""
+    if memory is None:
+        return dict(MEMORY_DEFAULTS)
+    if not isinstance(memory, dict):
+        raise ValueError(f"{where} is {memory!r}; expected an object such as {json.dumps(MEMORY_DEFAULTS)}. Fix it "
+                         "or export the job again.")
+    unknown = sorted(set(memory) - set(MEMORY_DEFAULTS))
+    if unknown:
+        raise ValueError(f"{where} has unknown '{unknown[0]}'; expected only {', '.join(MEMORY_DEFAULTS)}. Fix it "
+                         "or export the job again.")
+    checkpointing = memory.get("gradient_checkpointing", False)
+    if not isinstance(checkpointing, bool):
+        raise ValueError(f"{where}'s gradient_checkpointing is {checkpointing!r}; expected true or false. Fix it or "
+                         "export the job again.")
+    return {"gradient_checkpointing": checkpointing,
+            "blocks_to_swap": check_blocks_to_swap(memory.get("blocks_to_swap", 0), f"{where}'s blocks_to_swap")}
+
+
 def sample_record(s: TrainSample) -> dict:
     return {"caption": s.caption, "loss_weight": s.loss_weight, "repeats": s.repeats, "random_flip": s.random_flip,
             "regularization": s.regularization, "key": s.key, "flipped": s.flipped_latent is not None,
@@ -90,9 +124,13 @@ def sample_record(s: TrainSample) -> dict:
 
 def write_job(folder: Path, *, name: str, config: TrainConfig, network: NetworkConfig, base: dict,
               metadata: dict[str, str], samples: list[TrainSample],
-              encode: Callable[[list[str]], tuple[torch.Tensor, dict]] | None = None) -> Path:
-    """Writes a job folder (each file atomically); `encode` freezes the captions' embeddings when the run allows."""
+              encode: Callable[[list[str]], tuple[torch.Tensor, dict]] | None = None,
+              gradient_checkpointing: bool = False, blocks_to_swap: int = 0) -> Path:
+    """Writes a job folder (each file atomically); `encode` freezes the captions' embeddings when the run allows;
+    the memory settings go into job.json for the runner."""
     config.validate()
+    memory = check_memory({"gradient_checkpointing": gradient_checkpointing, "blocks_to_swap": blocks_to_swap},
+                          "The job's memory settings")
     if not samples:
         raise ValueError("No training samples: the dataset is empty, so there is no job to export.")
     latents = {}
@@ -113,7 +151,7 @@ def write_job(folder: Path, *, name: str, config: TrainConfig, network: NetworkC
     # job.json last, with each tensor file's digest: a re-export cut short leaves a set read_job refuses
     job = {"format": JOB_FORMAT, "version": JOB_VERSION, "name": name, "config": config.to_dict(),
            "network": dataclasses.asdict(network), "base": base, "metadata": metadata, "captions": captions,
-           "samples": [sample_record(s) for s in samples],
+           "samples": [sample_record(s) for s in samples], MEMORY_KEY: memory,
            "files": {n: hashlib.sha256(data).hexdigest() for n, data in files.items()}}
     atomic_write_bytes(folder / JOB_FILE, json.dumps(job, indent=1).encode("utf-8"))
     return folder
@@ -160,6 +198,7 @@ def read_job(folder: str | Path) -> Job:
                          f"this Atelier reads {JOB_FORMAT!r} version {JOB_VERSION}. Export the job again.")
     check_fields(data, JOB_KEYS, "job.json")
     check_fields(data["network"], [], "job.json's network", {f.name for f in dataclasses.fields(NetworkConfig)})
+    memory = check_memory(data.get(MEMORY_KEY), f"{folder.name}/{JOB_FILE}'s {MEMORY_KEY}")
     raw = {}
     for name in data["files"]:
         raw[name] = _job_bytes(folder, name)
@@ -184,7 +223,7 @@ def read_job(folder: str | Path) -> Job:
     network = NetworkConfig(**data["network"])
     digest = hashlib.sha256("".join(data["files"][n] for n in sorted(data["files"])).encode()).hexdigest()
     return Job(folder, data["name"], TrainConfig.from_dict(data["config"]), network, data["base"],
-               data["metadata"], samples, text, digest)
+               data["metadata"], samples, text, digest, **memory)
 
 
 def check_fields(data, required, where: str, allowed: set[str] | None = None) -> None:
@@ -252,8 +291,9 @@ def build_run(job: Job, model: JobModel, out: Path | None = None, on_step: Calla
 
 
 def run_job(folder: str | Path, model: JobModel, out: Path | None = None, resume: bool = False,
-            on_step: Callable | None = None, distributed=None) -> RunResult:
-    """Trains a job folder on `model`; with `resume`, continues from its state folder (any world size)."""
+            on_step: Callable | None = None, distributed=None, contexts=()) -> RunResult:
+    """Trains a job folder on `model`; with `resume`, continues from its state folder (any world size); the steps
+    run inside `contexts` (the caller's memory savers: gradient checkpointing, block swap)."""
     job = read_job(folder)
     run = build_run(job, model, out, on_step, distributed)
     resume_dir = run.files.state_dir if resume else None
@@ -268,7 +308,7 @@ def run_job(folder: str | Path, model: JobModel, out: Path | None = None, resume
                              f"again); run without --resume to start over, or delete '{where}'.")
     out_dir = run.files.final.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    return run.train(resume_dir)
+    return run.train(resume_dir, contexts)
 
 
 class TerminalProgress:

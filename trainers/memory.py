@@ -12,6 +12,8 @@ from contextlib import contextmanager
 import torch
 from torch.utils.checkpoint import checkpoint
 
+MAX_SWAP = 200  # more blocks than any model ComfyUI loads has (Flux.1: 57, Wan 14B: 40, SDXL UNet layers: ~40)
+
 
 @contextmanager
 def instance_forwards(modules, make_forward):

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,11 @@ TESTS = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5  # max abs difference of fp32 LoRA weights: only the order of the gradient sums differs
 
 
-def export(folder: Path, samples=None, **cfg) -> Path:
+def export(folder: Path, samples=None, memory=None, **cfg) -> Path:
     config = TrainConfig(**{"unet_lr": 1e-2, "epochs": 2, "batch_size": 4, "save_every_epochs": 0, **cfg})
     return write_job(folder, name="tiny", config=config, network=NetworkConfig(rank=4, alpha=4.0),
                      base={"name": "tiny.safetensors", "sha256": "ab" * 32}, metadata={"ss_output_name": "tiny"},
-                     samples=samples or make_samples(6), encode=tiny_encode)
+                     samples=samples or make_samples(6), encode=tiny_encode, **(memory or {}))
 
 
 def state_weights(out: Path) -> dict:
@@ -201,3 +202,61 @@ def test_a_re_export_is_checked_as_a_set_and_its_old_state_is_not_resumed(tmp_pa
     (folder / JOB_FILE).write_bytes(old_json)  # a re-export cut short: new latents beside the old job.json
     with pytest.raises(ValueError, match="job/latents.safetensors does not match the digest in job.json"):
         read_job(folder)
+
+
+def test_memory_settings_round_trip_and_an_old_job_runs_with_them_off(tmp_path):
+    job = read_job(export(tmp_path / "on", make_samples(2), {"gradient_checkpointing": True, "blocks_to_swap": 3}))
+    assert (job.gradient_checkpointing, job.blocks_to_swap) == (True, 3)
+    folder = export(tmp_path / "old", make_samples(2))
+    data = json.loads((folder / JOB_FILE).read_text())
+    assert data["memory"] == {"gradient_checkpointing": False, "blocks_to_swap": 0}
+    del data["memory"]  # a job exported before the memory settings existed
+    (folder / JOB_FILE).write_text(json.dumps(data))
+    job = read_job(folder)
+    assert (job.gradient_checkpointing, job.blocks_to_swap) == (False, 0)
+
+
+@pytest.mark.parametrize("memory, message", [
+    ({"blocks_to_swap": 201}, "job/job.json's memory's blocks_to_swap is 201; expected a whole number from 0 to 200"),
+    ({"blocks_to_swap": -1}, "blocks_to_swap is -1; expected a whole number from 0 to 200 \\(0 turns block swap off"),
+    ({"blocks_to_swap": 2.5}, "blocks_to_swap is 2.5; expected a whole number"),
+    ({"blocks_to_swap": "3"}, "blocks_to_swap is '3'; expected a whole number"),
+    ({"blocks_to_swap": True}, "blocks_to_swap is True; expected a whole number"),
+    ({"gradient_checkpointing": "yes"}, "memory's gradient_checkpointing is 'yes'; expected true or false"),
+    ({"block_swap": 2}, "job/job.json's memory has unknown 'block_swap'; expected only gradient_checkpointing, "
+                        "blocks_to_swap"),
+    (4, "job/job.json's memory is 4; expected an object such as"),
+])
+def test_hand_edited_memory_settings_are_refused_by_name(tmp_path, memory, message):
+    folder = export(tmp_path / "job", make_samples(2))
+    data = json.loads((folder / JOB_FILE).read_text())
+    data["memory"] = memory
+    (folder / JOB_FILE).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message):
+        read_job(folder)
+
+
+def test_export_refuses_a_bad_blocks_to_swap_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="blocks_to_swap is 201; expected a whole number from 0 to 200"):
+        export(tmp_path / "job", make_samples(2), {"blocks_to_swap": 201})
+    assert not (tmp_path / "job").exists()
+
+
+def test_runner_trains_inside_the_callers_memory_contexts_with_the_same_result(tmp_path):
+    from atelier.trainers.memory import block_swap, gradient_checkpointing
+
+    plain, saver = export(tmp_path / "plain", max_steps=2), export(tmp_path / "saver", max_steps=2)
+    run_job(plain, tiny_job_model())
+    model, loads = tiny_job_model(), []
+    unet = model.roots["lora_unet"]
+
+    @contextmanager
+    def swapped():
+        with block_swap([unet.input_blocks[1][0]], "cpu", "cpu", measure=unet) as swap:
+            yield
+        loads.append(swap.loads)  # how often the swapped block was brought in: forward and recomputation
+
+    run_job(saver, model, contexts=[swapped(), gradient_checkpointing([unet.out])])
+    a, b = state_weights(plain), state_weights(saver)
+    assert loads and loads[0] >= 4  # 2 steps, each a forward and a recomputed forward in backward
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < TOLERANCE
