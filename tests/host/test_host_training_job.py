@@ -103,3 +103,18 @@ def test_job_exported_with_block_swap_trains_the_same_lora_headless(comfy, comfy
     assert bad.returncode == 2 and "--blocks-to-swap: expected a whole number from 0 to 200" in bad.stderr
     too_many = run_job_cli(comfy_server, job, "--out", str(job / "many"), "--blocks-to-swap", "200")
     assert too_many.returncode != 0 and "blocks_to_swap is 200 but this model has" in too_many.stderr
+
+
+def test_job_training_the_text_encoder_runs_headless_with_te_keys(comfy, comfy_server):
+    write_elf_folder(comfy_server.input_dir / "job_te" / "10_elf", 2, seed=6)
+    prompt = export_prompt("host_job_te", train_text_encoder=True, te_lr=1e-3)
+    prompt["2"] = load_dataset_node("input/job_te", repeats=0, subset_name="elf")
+    report = json.loads(comfy.run(prompt, timeout=600)["4"]["text"][0])
+    job = comfy_server.file(report["job"])
+    assert "text.safetensors" not in {p.name for p in job.iterdir()}  # the encoder trains: captions encoded live
+    done = run_job_cli(comfy_server, job)
+    assert done.returncode == 0, done.stderr[-3000:]
+    keys = keys_of(job / "host_job_te.safetensors")
+    assert any(k.startswith("lora_te_") for k in keys) and any(k.startswith("lora_unet_") for k in keys)
+    up = load_file(str(job / "host_job_te.safetensors"))
+    assert any(float(v.abs().sum()) > 0 for k, v in up.items() if k.startswith("lora_te_") and "lora_up" in k)
