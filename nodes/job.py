@@ -63,10 +63,14 @@ def comfy_job_model(job: Job, path: Path) -> JobModel:
     import comfy.model_management
     import comfy.sd
 
+    from .compat import resident_clip, resident_patcher
     from .train_adapter import ComfyDenoiser, make_encoder, text_encoder_roots, thaw
 
     text = needs_text_encoder(job.config)
     model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=False, output_clip=text)
+    # a ComfyUI that loads weights dynamically (dynamic VRAM) hands out patchers that refuse full loads and thaw
+    model = resident_patcher(model, "Training a job")
+    clip = resident_clip(clip, "Training a job's text encoder") if job.config.train_text_encoder else clip
     comfy.model_management.load_models_gpu([model], force_full_load=True)
     thaw(model.model.diffusion_model)
     roots = {"lora_unet": model.model.diffusion_model}
