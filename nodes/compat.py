@@ -67,15 +67,6 @@ def is_dynamic(patcher) -> bool:
     return bool(test()) if callable(test) else False
 
 
-def require_resident(what: str, *patchers) -> None:
-    """Refuses work that needs every weight loaded and patched in place (training thaws weights, a merge bakes
-    patches into them) on dynamic-VRAM patchers, whose load() refuses full loads and forced patches."""
-    dynamic = [p for p in patchers if p is not None and is_dynamic(p)]
-    if dynamic:
-        raise RuntimeError(f"{what} needs the model's weights loaded in memory, but this ComfyUI loads "
-                           f"{type(dynamic[0]).__name__} weights dynamically (dynamic VRAM). {DYNAMIC_VRAM_FIX}")
-
-
 def resident_patcher(patcher, what: str):
     """A clone of `patcher` whose weights can be loaded whole and patched in place (training thaws them, a merge bakes
     patches into them): a plain patcher's own clone, or for a dynamic-VRAM patcher upstream's non-dynamic delegate

@@ -125,21 +125,24 @@ def train_full(model, clip, vae, dataset, output_name: str, config: TrainConfig,
     base = base_model(model, prompt, node_id)
     te = te_roots(clip) if config.train_text_encoder else {}  # refused before any loading; thaw keeps the modules
     with torch.inference_mode(False):
-        host = trainable_host(model, clip, config.train_text_encoder)
-        clip.load_model()  # CLIP patches (a LoRA upstream) are in its weights before any checkpoint is written
+        # the checkpoint holds the CLIP's weights: a dynamic-VRAM CLIP is read from (and trains on) a resident copy
+        host = trainable_host(model, clip, config.train_text_encoder, clip_weights=True)
+        te = te_roots(host.clip) if te else {}  # the modules that train: the resident copy's where one was made
+        host.clip.load_model()  # CLIP patches (a LoRA upstream) are in its weights before any checkpoint is written
         tune = FullFineTune({"unet": host.patcher.model.diffusion_model, **{k: m for k, (m, _) in te.items()}},
                             rules).to(host.device)
         host.denoise.dtype = torch.float32  # the private master weights are float32 whatever the model loaded as
         samples, skipped, cache = encoded_dataset(dataset, vae, host, config, True, node_id)
-        events = TrainingEvents(node_id, path.stem, host, clip, vae, None)
+        events = TrainingEvents(node_id, path.stem, host, host.clip, vae, None)
         trainer = Trainer(config, tune, host.denoise, host.denoise.model_sampling, samples,
-                          make_encoder(clip, pooled=host.denoise.needs_pooled), events.callbacks(), device=host.device)
+                          make_encoder(host.clip, pooled=host.denoise.needs_pooled), events.callbacks(),
+                          device=host.device)
         run = TrainingRun(trainer, RunFiles(path, state_root() / f"{path.stem}-finetune", 0, shown),
                           finetune_metadata(config, block_lrs, dataset, path, base, trainer),
                           run_environment(trainer, str(host.patcher.model.get_dtype())), export_dtype=None,
-                          write=checkpoint_writer(tune, host, clip, vae, base))
+                          write=checkpoint_writer(tune, host, host.clip, vae, base))
         blocks = checkpoint_blocks(host.patcher.model.diffusion_model) if gradient_checkpointing else []
-        contexts = [autograd_friendly_clip(clip.cond_stage_model) if te else nullcontext(), checkpointed(blocks)]
+        contexts = [autograd_friendly_clip(host.clip.cond_stage_model) if te else nullcontext(), checkpointed(blocks)]
         try:
             result = run.train(resume_dir, contexts)
         finally:

@@ -124,9 +124,10 @@ def train_hypernetwork(model, clip, vae, dataset, output_name: str, config: Trai
         host = trainable_host(model, clip, train_text_encoder=False)
         samples, skipped, cache = encoded_dataset(dataset, vae, host, config, True, node_id)
         network = Hypernetwork(host.patcher.model.diffusion_model, hn, seed=config.seed).to(host.device)
-        events = TrainingEvents(node_id, path.stem, host, clip, vae, sampling)  # previews run with the hooks on
+        events = TrainingEvents(node_id, path.stem, host, host.clip, vae, sampling)  # previews run with the hooks on
         trainer = Trainer(config, network, host.denoise, host.denoise.model_sampling, samples,
-                          make_encoder(clip, pooled=host.denoise.needs_pooled), events.callbacks(), device=host.device)
+                          make_encoder(host.clip, pooled=host.denoise.needs_pooled), events.callbacks(),
+                          device=host.device)
         run = TrainingRun(trainer, RunFiles(path, state_folder(path), 0, shown), file_fields(path, base, trainer,
                                                                                              identity),
                           run_environment(trainer, str(host.patcher.model.get_dtype())),

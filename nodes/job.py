@@ -60,16 +60,21 @@ def checkpoint_path(job: Job, given: Path | None) -> Path:
     return given
 
 
-def comfy_job_model(job: Job, path: Path) -> tuple[JobModel, object]:
+def comfy_job_model(job: Job, path: Path) -> tuple[JobModel, object, list]:
     """The job's base model loaded through ComfyUI: the UNet (and text encoders when they train) as LoRA roots,
-    ComfyDenoiser, and the caption encoder when the job carries no frozen embeddings; with its ModelPatcher."""
+    ComfyDenoiser, and the caption encoder when the job carries no frozen embeddings; with its ModelPatcher and the
+    contexts training needs around it (the text encoders' out-of-place residuals when they train, as the node)."""
     import comfy.model_management
     import comfy.sd
 
-    from .train_adapter import ComfyDenoiser, make_encoder, text_encoder_roots, thaw
+    from .compat import resident_clip, resident_patcher
+    from .train_adapter import ComfyDenoiser, autograd_friendly_clip, make_encoder, text_encoder_roots, thaw
 
     text = needs_text_encoder(job.config)
     model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=False, output_clip=text)
+    # a ComfyUI that loads weights dynamically (dynamic VRAM) hands out patchers that refuse full loads and thaw
+    model = resident_patcher(model, "Training a job")
+    clip = resident_clip(clip, "Training a job's text encoder") if job.config.train_text_encoder else clip
     comfy.model_management.load_models_gpu([model], force_full_load=True)
     thaw(model.model.diffusion_model)
     roots = {"lora_unet": model.model.diffusion_model}
@@ -80,7 +85,8 @@ def comfy_job_model(job: Job, path: Path) -> tuple[JobModel, object]:
     denoise = ComfyDenoiser(model)
     return JobModel(roots, denoise, denoise.model_sampling, next(model.model.diffusion_model.parameters()).device,
                     make_encoder(clip, pooled=denoise.needs_pooled) if text else None,
-                    str(model.model.get_dtype())), model
+                    str(model.model.get_dtype())), model, \
+        [autograd_friendly_clip(clip.cond_stage_model)] if job.config.train_text_encoder else []
 
 
 def memory_contexts(job: Job, model: JobModel, patcher, stream) -> list:
@@ -144,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         progress = TerminalProgress(a.log or out / f"{job.name}.steps.jsonl", sys.stderr)
     try:
         with torch.inference_mode(False):
-            model, patcher = comfy_job_model(job, checkpoint_path(job, a.checkpoint))
+            model, patcher, contexts = comfy_job_model(job, checkpoint_path(job, a.checkpoint))
             try:
-                contexts = memory_contexts(job, model, patcher, sys.stderr if progress is not None else None)
+                contexts += memory_contexts(job, model, patcher, sys.stderr if progress is not None else None)
             except ValueError as e:  # more blocks to swap than the model has: one clear line, no traceback
                 raise SystemExit(f"{e} It comes from {job.folder.name}/job.json's memory or --blocks-to-swap.")
             result = run_job(a.job, model, out=out, resume=a.resume, on_step=progress, distributed=distributed,

@@ -45,7 +45,7 @@ def export_job(model, clip, vae, dataset, name: str, config, net: NetworkConfig,
         net = default_targets(host, net)  # the layers the training node would adapt, fixed in the job
         swap_blocks(host, memory.get("blocks_to_swap", 0))  # a count above the model's blocks: refused now, not later
         samples, skipped, _ = encoded_dataset(dataset, vae, host, config, True, node_id)
-        encode = make_encoder(clip, pooled=host.denoise.needs_pooled)
+        encode = make_encoder(host.clip, pooled=host.denoise.needs_pooled)
         metadata = kohya_metadata(config=config, network_config=net, dataset=dataset, output_name=name, steps=0,
                                   epoch=0, started=0.0, finished=0.0, base=base)
         write_job(folder, name=name, config=config, network=net, base=base.record(), metadata=metadata,

@@ -73,10 +73,10 @@ def train_text_slider(model, clip, output_name: str, job: SliderJob, config: Tra
     with torch.inference_mode(False):
         host = trainable_host(model, clip, False)  # UNet only, as both reference implementations
         network, net = lora_network(host, net_config, config.seed, STATE_NONE)
-        events = TrainingEvents(node_id, path.stem, host, clip, None, None)
+        events = TrainingEvents(node_id, path.stem, host, host.clip, None, None)
         channels = host.patcher.model.latent_format.latent_channels
         objective = TextSliderLoss(job.sets, job.denoise_steps, CFG, job.bidirectional)
-        encode = make_encoder(clip, pooled=host.denoise.needs_pooled)
+        encode = make_encoder(host.clip, pooled=host.denoise.needs_pooled)
         trainer = Trainer(config, network, host.denoise, host.denoise.model_sampling,
                           prompt_samples(list(job.sets), channels), encode, events.callbacks(), device=host.device,
                           objective=objective)

@@ -36,7 +36,7 @@ from ..trainers.run import RunFiles, TrainingRun, run_loras
 from ..trainers.objectives import LOSSES
 from ..trainers.optim import OPTIMIZERS, SCHEDULERS
 from ..trainers.network import LoRANetwork, NetworkConfig, family_default_targets, parse_rank_overrides
-from .compat import require_resident, resident_patcher, show_stop_message
+from .compat import is_dynamic, resident_clip, resident_patcher, show_stop_message
 from .dataset import dataset_in
 from .host import forget_model_list, model_output_path, output_subdir
 from .live import HISTORY, run_id
@@ -113,30 +113,36 @@ def resume_hint(state_dir: Path, advanced: bool) -> str:
 @dataclass
 class HostModel:
     """The MODEL (and CLIP) made trainable for one run: a clone with ordinary frozen weights, the LoRA roots, the
-    denoiser and the device."""
+    denoiser, the device, and the CLIP to encode with (the input CLIP, or its resident copy whose text encoders
+    train when the input streams its weights)."""
 
     patcher: object
     roots: dict
     denoise: ComfyDenoiser
     device: torch.device
+    clip: object = None
 
 
-def trainable_host(model, clip, train_text_encoder: bool, train_t5: bool = False) -> HostModel:
+def trainable_host(model, clip, train_text_encoder: bool, train_t5: bool = False,
+                   clip_weights: bool = False) -> HostModel:
     """Loads and thaws a clone of MODEL (and CLIP's text encoders when they train, the T5-XXL too with `train_t5`),
-    never changing the inputs."""
+    never changing the inputs; `clip_weights`: the run also reads the CLIP's weights (a checkpoint holds them)."""
     te_roots = text_encoder_roots(clip, t5=train_t5) if train_text_encoder else {}  # refused before any loading
-    # thaw needs loaded weights: a dynamic-VRAM MODEL trains on upstream's resident delegate; the text encoders still
-    # train in place on CLIP, so a dynamic CLIP patcher is refused (with the fix) when they train
-    require_resident("Training the text encoder", clip.patcher if train_text_encoder else None)
+    # thaw needs loaded weights: a dynamic-VRAM MODEL / CLIP trains on upstream's resident delegate (the input CLIP
+    # encodes elsewhere in the graph, so its streamed weights are never thawed or wrapped)
+    te_clip = clip
+    if clip is not None and (train_text_encoder or clip_weights) and is_dynamic(clip.patcher):
+        te_clip = resident_clip(clip, "Training the text encoder" if train_text_encoder else "Training")
+        te_roots = text_encoder_roots(te_clip, t5=train_t5) if train_text_encoder else {}  # the resident modules
     mp = resident_patcher(model, "Training")
     comfy.model_management.load_models_gpu([mp], force_full_load=True)
     thaw(mp.model.diffusion_model)
     roots = {"lora_unet": mp.model.diffusion_model}
     if train_text_encoder:
-        clip.load_model()
-        thaw(clip.cond_stage_model)  # in place: the encoder modules in te_roots stay the same objects
+        te_clip.load_model()
+        thaw(te_clip.cond_stage_model)  # in place: the encoder modules in te_roots stay the same objects
         roots.update(te_roots)
-    return HostModel(mp, roots, ComfyDenoiser(mp), next(mp.model.diffusion_model.parameters()).device)
+    return HostModel(mp, roots, ComfyDenoiser(mp), next(mp.model.diffusion_model.parameters()).device, te_clip)
 
 
 def refuse_pairs(dataset) -> None:
@@ -253,16 +259,16 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         samples, skipped, cache = encoded_dataset(dataset, vae, host, config, cache_latents, node_id,
                                                   pairs_ok=objective is not None)
         network, net = lora_network(host, net_config, config.seed, continue_from)
-        events = TrainingEvents(node_id, path.stem, host, clip, vae, sampling)
+        events = TrainingEvents(node_id, path.stem, host, host.clip, vae, sampling)  # previews see the TE LoRA
         trainer = Trainer(config, network, host.denoise, host.denoise.model_sampling, samples,
-                          make_encoder(clip, pooled=host.denoise.needs_pooled), events.callbacks(),
+                          make_encoder(host.clip, pooled=host.denoise.needs_pooled), events.callbacks(),
                           device=host.device, objective=objective)
         metadata = lora_metadata(config, net, dataset, path, base, trainer, identity, extra_metadata)
         run = TrainingRun(trainer, RunFiles(path, state_root() / path.stem, keep_last, shown), metadata,
                           run_environment(trainer, str(host.patcher.model.get_dtype())),
                           state_extra={IDENTITY_KEY: identity.parts()})
         savers, swap_note = memory_savers(host, gradient_checkpointing, blocks_to_swap)
-        clip_ok = autograd_friendly_clip(clip.cond_stage_model) if config.train_text_encoder else nullcontext()
+        clip_ok = autograd_friendly_clip(host.clip.cond_stage_model) if config.train_text_encoder else nullcontext()
         try:
             result = run.train(resume_dir, [clip_ok, *savers])
         finally:

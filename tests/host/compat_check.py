@@ -4,7 +4,7 @@ Where 0.3.64 cannot show upstream's behaviour, a test double replaces ONLY that 
 a ModelPatcher that answers is_dynamic() True, refuses full loads and hands out a non-dynamic delegate (upstream's
 ModelPatcherDynamic), a ProgressBar whose hook never runs (upstream throttles updates), and a pre-registered
 `datasets` folder type as upstream's folder_paths.py registers it. Everything else is the real host.
-Prints one JSON line. usage: python compat_check.py ATELIER_CHECKOUT   (cwd = the ComfyUI checkout)
+Prints one JSON line. usage: python compat_check.py ATELIER_CHECKOUT FIXTURE_CHECKPOINT   (cwd: the ComfyUI checkout)
 """
 
 import copy
@@ -208,6 +208,104 @@ try:
     out["no_delegate_refused"] = ""
 except RuntimeError as error:
     out["no_delegate_refused"] = str(error)
+
+# 4b. A dynamic CLIP (the fixture checkpoint's CLIP-L, its patcher swapped for the dynamic double over the same
+#     text-encoder model): text-encoder LoRA training makes a resident copy (trainable_host's host.clip), encodes and
+#     trains there, and gives the LoRA the plain CLIP gives, te keys included; the input CLIP is kept as it was.
+import comfy.sd  # noqa: E402
+
+from atelier.nodes import cells, provenance  # noqa: E402
+from atelier.nodes.lora_files import fit_lora  # noqa: E402
+from atelier.nodes.train_adapter import autograd_friendly_clip, make_encoder  # noqa: E402
+from atelier.core.provenance import BaseModel  # noqa: E402
+from atelier.core.forward_lora import ForwardLoRA  # noqa: E402
+
+_, plain_clip, _, _ = comfy.sd.load_checkpoint_guess_config(sys.argv[2], output_vae=False, output_clip=True)
+
+
+def dynamic_clip(clip):
+    """A clone of CLIP whose patcher is the dynamic double over the same text-encoder model."""
+    out = clip.clone()
+    out.patcher.__class__ = UpstreamDynamicPatcher
+    return out
+
+
+def train_te_lora(clip) -> dict:
+    """Two LoRA steps with the text encoder training, wired as train_lora wires them (host.clip encodes)."""
+    g = torch.Generator().manual_seed(1)
+    samples = [TrainSample(latent=torch.randn(4, 8, 8, generator=g), caption=f"a photo of thing {i}") for i in range(2)]
+    with torch.inference_mode(False):
+        host = training.trainable_host(sd15(comfy.model_patcher.ModelPatcher), clip, True)
+        network, _ = training.lora_network(host, NetworkConfig(rank=4, alpha=4.0), seed=0, continue_from="(none)")
+        config = TrainConfig(max_steps=2, batch_size=2, unet_lr=1e-2, te_lr=1e-2, train_text_encoder=True,
+                             save_every_epochs=0)
+        trainer = Trainer(config, network, host.denoise, host.denoise.model_sampling, samples,
+                          make_encoder(host.clip, pooled=host.denoise.needs_pooled))
+        with autograd_friendly_clip(host.clip.cond_stage_model):
+            state = trainer.run()
+        network.remove()
+    return {"steps": state.step, "lora": network.kohya_state_dict(torch.float32), "host": host}
+
+
+def clip_snapshot(clip):
+    """Every weight's bytes (hashed), the requires_grad flags and the patches of a CLIP."""
+    h = __import__("hashlib").sha256()
+    for k, v in clip.cond_stage_model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().float().contiguous().numpy().tobytes())
+    return (h.hexdigest(), [p.requires_grad for p in clip.cond_stage_model.parameters()], sorted(clip.patcher.patches),
+            clip.patcher.model is clip.cond_stage_model)
+
+
+dyn_clip = dynamic_clip(plain_clip)
+out["dynamic_clip"] = compat.is_dynamic(dyn_clip.patcher) and dyn_clip.cond_stage_model is plain_clip.cond_stage_model
+before = clip_snapshot(dyn_clip)
+te_dynamic = train_te_lora(dyn_clip)  # first: the plain run below thaws and trains on the shared model in place
+after = clip_snapshot(dyn_clip)
+te_plain = train_te_lora(plain_clip)
+resident = te_dynamic["host"].clip
+out["te_resident_copy"] = (resident is not dyn_clip and not compat.is_dynamic(resident.patcher)
+                           and resident.cond_stage_model is not dyn_clip.cond_stage_model
+                           and te_plain["host"].clip is plain_clip)  # a plain CLIP is used as it is
+out["te_steps"] = te_dynamic["steps"]
+out["te_keys"] = sum(k.startswith("lora_te_") for k in te_dynamic["lora"])
+out["te_same_lora"] = sorted(te_plain["lora"]) == sorted(te_dynamic["lora"]) and all(
+    torch.equal(te_plain["lora"][k], te_dynamic["lora"][k]) for k in te_plain["lora"])
+out["te_lora_changed"] = any(float(v.abs().sum()) > 0 for k, v in te_dynamic["lora"].items()
+                             if k.startswith("lora_te_") and "lora_up" in k)
+out["te_input_unchanged"] = [before[i] == after[i] for i in range(4)]  # weights, requires_grad, patches, model
+
+# 4c. What reads weights without loading them, on the dynamic double and on the plain patcher: the run identity's
+#     fingerprints (provenance) and the XY grid's forward-time LoRA hooks (cells.forward_layers + ForwardLoRA).
+lora = te_plain["lora"]
+patches = comfy.lora.load_lora(lora, comfy.lora.model_lora_keys_unet(real.model, {}))
+fingerprints = {}
+for name, model, clip in (("plain", sd15(comfy.model_patcher.ModelPatcher), plain_clip),
+                          ("dynamic", sd15(UpstreamDynamicPatcher), dynamic_clip(plain_clip))):
+    model.add_patches(patches, 0.5)
+    base = BaseModel(model_class="BaseModel", fingerprint=provenance.unpatched_fingerprint(model))
+    identity = provenance.base_identity(model, clip, None, base)  # the weights and patches a run identity hashes
+    fingerprints[name] = [base.fingerprint, identity["model_patches"], identity["clip"], identity]
+    fit = fit_lora(lora, "te", model, clip)
+    resolved, problem = cells.forward_layers(fit, {"unet": model.model, "text": clip.cond_stage_model})
+    unet_hooks, text_hooks = ForwardLoRA(), ForwardLoRA()
+    slots = unet_hooks.add_slot("te"), text_hooks.add_slot("te")
+    for part, module, down, up, alpha, key in resolved:
+        (unet_hooks if part == "unet" else text_hooks).add(slots[part != "unet"], module, down, up, alpha, where=key)
+    unet_hooks.set_strengths([[0.8]])
+    text_hooks.set_strengths([[0.8]])
+    g = torch.Generator().manual_seed(3)
+    x, context = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 768, generator=g)
+    tokens = clip.tokenize("a photo of thing 0")
+    with torch.no_grad(), unet_hooks.attached(), text_hooks.attached():
+        denoised = model.model.apply_model(x, torch.tensor([5.0]), c_crossattn=context)
+        text, _ = clip.cond_stage_model.encode_token_weights(tokens)  # the modules themselves (the double cannot load)
+    fingerprints[name] += [problem, sorted(k for *_, k in resolved), denoised, text]
+plain_f, dynamic_f = fingerprints["plain"], fingerprints["dynamic"]
+out["fingerprints_same"] = plain_f[:4] == dynamic_f[:4]
+out["hooks_layers"] = len(plain_f[5]) if plain_f[4] is None else plain_f[4]
+out["hooks_same_layers"] = plain_f[4:6] == dynamic_f[4:6]
+out["hooks_same_output"] = torch.equal(plain_f[6], dynamic_f[6]) and torch.equal(plain_f[7], dynamic_f[7])
 
 # 5. The `datasets` folder type: 0.3.64 has none, so Atelier adds models/datasets once (registering twice adds
 #    nothing); with upstream's built-in type (a double: registered as upstream's folder_paths.py does) the host's

@@ -5,7 +5,7 @@ test doubles of ONLY that behaviour, defined and named in tests/host/compat_chec
 """
 
 import pytest
-from comfy_host import ComfyError, combo_refusal
+from comfy_host import FIXTURE_CHECKPOINT_NAME, ComfyError, combo_refusal
 from test_host_objectives import host_script
 
 # Samplers whose old source-text answer was wrong on 0.3.64: the default-noise call sits in a helper the wrapper
@@ -19,7 +19,8 @@ SOURCE_TEXT_WRONG = {"ddpm": "per_sample", "res_multistep": "fixed", "res_multis
 
 @pytest.fixture(scope="module")
 def checked(comfy_server):
-    return host_script(comfy_server, "compat_check.py", 240)
+    checkpoint = comfy_server.models / "checkpoints" / FIXTURE_CHECKPOINT_NAME  # its CLIP-L trains in 4b
+    return host_script(comfy_server, "compat_check.py", 600, str(checkpoint))
 
 
 def test_every_sampler_is_probed_and_agrees_with_the_source_text_except_the_listed_ones(checked):
@@ -60,6 +61,20 @@ def test_a_merged_checkpoint_from_a_dynamic_patcher_equals_the_plain_one(checked
 def test_a_dynamic_patcher_without_a_resident_copy_is_refused_with_the_fix(checked):
     assert checked["no_delegate_refused"].startswith("Training needs the model's weights loaded")
     assert "--disable-dynamic-vram" in checked["no_delegate_refused"]
+
+
+def test_text_encoder_lora_on_a_dynamic_clip_trains_on_a_resident_copy(checked):
+    assert checked["dynamic_clip"]  # double: the fixture's CLIP-L model under a dynamic patcher
+    assert checked["te_resident_copy"]  # host.clip: a plain patcher over its own model; a plain CLIP used as it is
+    assert checked["te_steps"] == 2 and checked["te_keys"] > 0 and checked["te_lora_changed"]
+    assert checked["te_same_lora"]  # tensor for tensor (te and unet keys) what the plain CLIP trains
+    assert checked["te_input_unchanged"] == [True] * 4  # the dynamic CLIP input: weights, requires_grad, patches, model
+
+
+def test_fingerprints_and_forward_lora_hooks_agree_on_a_dynamic_patcher(checked):
+    assert checked["fingerprints_same"]  # run identity: unpatched weights, patches, the CLIP's weights and patches
+    assert isinstance(checked["hooks_layers"], int) and checked["hooks_layers"] > 0, checked["hooks_layers"]
+    assert checked["hooks_same_layers"] and checked["hooks_same_output"]  # XY grid's forward-time LoRA
 
 
 def test_datasets_folder_type_is_never_registered_twice(checked):

@@ -1,4 +1,5 @@
-"""SD1.5 (tiny: memory options), SD2.x 768-v, SDXL and SD3.5 end to end on tiny models built from ComfyUI's own classes (in the host's Python)."""
+"""SD1.5 (tiny: memory options), SD2.x 768-v, SDXL and SD3.5 end to end on tiny models built from ComfyUI's own
+classes (in the host's Python)."""
 
 import json
 import subprocess
