@@ -386,6 +386,8 @@ class CellRenderer:
             samples = comfy.sample.sample_custom(model, noise, first.cfg, sampler, sigmas, positive, negative, latent,
                                                  callback=check, disable_pbar=True, seed=first.seed)
         pixels = v.vae.decode(samples)
+        if pixels.ndim == 5:  # video VAEs (Wan) decode (B, T, H, W, C); a cell's latent holds one frame
+            pixels = pixels[:, 0]
         return image_tensor_to_pil(pixels)  # 8-bit as ComfyUI's SaveImage makes it, so cells match stock files
 
 

@@ -1,16 +1,19 @@
 """Run inside ComfyUI's Python: the XY Grid node's execute on one family's tiny model, CLIP and VAE.
 
-usage: python grid_family_check.py ATELIER_CHECKOUT FAMILY   (FAMILY: sd2v, sdxl, sd3, flux)
+usage: python grid_family_check.py ATELIER_CHECKOUT FAMILY   (FAMILY: sd2v, sdxl, sd3, flux, wan)
 
 The diffusion model and the comfy.sd.CLIP over the family's own text-encoder classes come from te_family_check.py's
 builders (imported, so both checks build the same tiny models). The VAE is comfy.sd.VAE detected from a random state
-dict of ComfyUI's own autoencoder (4 latent channels for SD2.x / SDXL, 16 for SD3.5 / Flux.1). A LoRA over the
-family's default UNet and text-encoder targets (the training node's lora_network, random up weights) is saved into a
-temporary loras folder. AtelierXYGrid.execute renders strengths 0, 0.5, 1 in one batch and 0 alone; each cell is
-compared with a stock CLIPTextEncode + KSampler + VAEDecode run (LoraLoader for strengths above 0), all 8-bit as
-SaveImage writes them. Prints one JSON line.
+dict of ComfyUI's own autoencoder (4 latent channels for SD2.x / SDXL, 16 for SD3.5 / Flux.1; Wan 2.1's own VAE,
+full size, from tiny_wan.py). Wan 2.1 uses the same builders with a tiny WAN21 model and a tiny umT5 CLIP whose
+SentencePiece model is trained here. A LoRA over the family's default UNet and text-encoder targets (the training
+node's lora_network, random up weights; UNet only for Wan, whose umT5 LoRA is refused) is saved into a temporary loras
+folder. AtelierXYGrid.execute renders strengths 0, 0.5, 1 in one batch and 0 alone; each cell is compared with a
+stock CLIPTextEncode + KSampler + VAEDecode run (LoraLoader for strengths above 0), all 8-bit as SaveImage writes
+them. Prints one JSON line.
 """
 
+import io
 import json
 import os
 import sys
@@ -24,8 +27,11 @@ import torch  # noqa: E402
 
 import comfy.ldm.models.autoencoder  # noqa: E402
 import comfy.sd  # noqa: E402
+import comfy.supported_models as sm  # noqa: E402
+import comfy.text_encoders.wan  # noqa: E402
 import folder_paths  # noqa: E402
 import nodes as comfy_nodes  # noqa: E402  ComfyUI's nodes.py (stock LoraLoader, KSampler, VAEDecode)
+import tiny_wan  # noqa: E402
 
 from atelier.core.grid import read_png_metadata  # noqa: E402
 from atelier.core.lora_io import save_lora  # noqa: E402
@@ -37,6 +43,23 @@ from atelier.trainers.network import NetworkConfig  # noqa: E402
 FAMILY = sys.argv[2]
 SIDE, STEPS, CFG, SEED, PROMPT = 64, 3, 4.0, 1, "x style"
 LORA = f"grid_{FAMILY}.safetensors"
+if FAMILY == "wan":  # te_family_check's builders with Wan 2.1's parts: a tiny WAN21 model and a tiny umT5 CLIP
+    te.config_class, te.unet_config, te.train_t5 = sm.WAN21_T2V, tiny_wan.WAN, False
+    te.clip_class, te.tokenizer_class = comfy.text_encoders.wan.WanT5Model, comfy.text_encoders.wan.WanT5Tokenizer
+    te.latent_shape = (16, 1, 8, 8)
+
+
+def spiece_model() -> bytes:
+    """A small SentencePiece model (umT5's tokenizer ships inside Wan text-encoder files, not with ComfyUI), with
+    umT5's special ids: pad 0, end 1."""
+    import sentencepiece
+
+    out = io.BytesIO()
+    text = ["x style", "a red fox in the snow", "a blue bird on a branch", "an old house by the sea"] * 20
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=out, vocab_size=40,
+                                             pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
+                                             minloglevel=2)
+    return out.getvalue()
 
 
 def random_vae(channels: int):
@@ -56,8 +79,8 @@ def random_vae(channels: int):
 
 def write_lora(patcher, clip, folder: str) -> int:
     """A LoRA over the family's default UNet and text-encoder targets with random up weights, saved as LORA."""
-    with torch.inference_mode(False):
-        host = trainable_host(patcher, clip, True, te.train_t5)
+    with torch.inference_mode(False):  # Wan's umT5 LoRA is refused (no kohya prefix in ComfyUI): UNet only there
+        host = trainable_host(patcher, clip, FAMILY != "wan", te.train_t5)
         network, _ = lora_network(host, NetworkConfig(rank=4, alpha=4.0), seed=0, continue_from="(none)")
         network.remove()
         tensors = network.kohya_state_dict(torch.float32)
@@ -101,8 +124,9 @@ def main() -> dict:
     os.makedirs(loras)
     folder_paths.add_model_folder_path("loras", loras, is_default=True)
     folder_paths.set_output_directory(output)
-    patcher, clip = te.build_model(), te.build_clip()
-    vae = random_vae(te.latent_shape[0])
+    patcher = te.build_model()
+    clip = te.build_clip({"spiece_model": spiece_model()} if FAMILY == "wan" else None)
+    vae = tiny_wan.wan_vae() if FAMILY == "wan" else random_vae(te.latent_shape[0])
     result = {"family": FAMILY, "model": type(patcher.model).__name__, "clip": type(clip.cond_stage_model).__name__,
               "vae_channels": vae.latent_channels, "lora_keys": write_lora(patcher, clip, loras)}
     shape, cells, files, text = grid(patcher, clip, vae, "0,0.5,1", 3)

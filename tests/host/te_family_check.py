@@ -119,9 +119,10 @@ class Target:
         self.clip, self.tokenizer, self.params = clip_class, tokenizer_class, {}
 
 
-def build_clip():
+def build_clip(tokenizer_data=None):
+    """The tiny CLIP (tokenizer_data: what a checkpoint carries for tokenizers not shipped with ComfyUI)."""
     with tiny_encoders():
-        clip = comfy.sd.CLIP(Target(), model_options={"dtype": torch.float32})
+        clip = comfy.sd.CLIP(Target(), tokenizer_data=tokenizer_data or {}, model_options={"dtype": torch.float32})
     torch.manual_seed(1)
     with torch.no_grad():
         for name, p in clip.cond_stage_model.named_parameters():

@@ -1,12 +1,14 @@
-"""The whole XY Grid node (sampler, text encoder, VAE, forward-time LoRA cells) on SD2.x, SDXL, SD3.5 and Flux.1:
-tiny models, CLIPs and VAEs built from ComfyUI's own classes, each cell against stock LoraLoader + KSampler runs."""
+"""The whole XY Grid node (sampler, text encoder, VAE, forward-time LoRA cells) on SD2.x, SDXL, SD3.5, Flux.1 and
+Wan 2.1: tiny models, CLIPs and VAEs built from ComfyUI's own classes, each cell against stock LoraLoader + KSampler
+runs."""
 
 import pytest
 from test_host_objectives import host_script
 
 # family -> (ComfyUI's model class, its text-encoder class, latent channels of its VAE)
 EXPECTED = {"sd2v": ("BaseModel", "SD2ClipModel", 4), "sdxl": ("SDXL", "SDXLClipModel", 4),
-            "sd3": ("SD3", "SD3ClipModel_", 16), "flux": ("Flux", "FluxClipModel_", 16)}
+            "sd3": ("SD3", "SD3ClipModel_", 16), "flux": ("Flux", "FluxClipModel_", 16),
+            "wan": ("WAN21", "WanT5Model", 16)}  # Wan 2.1: 5-D latents with one frame, its own VAE, UNet-only LoRA
 
 
 @pytest.mark.parametrize("family", sorted(EXPECTED))

@@ -24,10 +24,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import comfy.ldm.wan.vae  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 import comfy.sd  # noqa: E402
 import comfy.supported_models as sm  # noqa: E402
+
+from tiny_wan import CTX, WAN, wan_vae  # noqa: E402  the Wan config and VAE shared with grid_family_check
 
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 import conftest  # noqa: E402,F401  registers the Atelier checkout as the package `atelier`
@@ -39,20 +40,7 @@ from atelier.trainers.loop import Trainer, TrainConfig  # noqa: E402
 from atelier.trainers.network import LoRANetwork, NetworkConfig, family_default_targets  # noqa: E402
 from atelier.trainers.reuse import data_digest  # noqa: E402
 
-CTX = 32
-WAN = dict(model_type="t2v", patch_size=(1, 2, 2), text_len=16, in_dim=16, dim=64, ffn_dim=128, freq_dim=32,
-           text_dim=CTX, out_dim=16, num_heads=2, num_layers=2, image_model="wan2.1")
 SIDE = 32  # frame side: the Wan 2.1 VAE's 8x downscale gives 4x4 latents, 2x2 tokens after the 1x2x2 patches
-
-
-def wan_vae():
-    """ComfyUI's VAE for a Wan 2.1 VAE state dict (random weights: RMS gains 1, weights ~ 1/sqrt(fan-in))."""
-    shape = comfy.ldm.wan.vae.WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                                     temperal_downsample=[False, True, True]).state_dict()
-    g = torch.Generator().manual_seed(0)
-    sd = {k: torch.ones_like(v) if "gamma" in k else torch.randn(v.shape, generator=g) / v[0].numel() ** 0.5
-          if v.ndim > 1 else torch.zeros_like(v) for k, v in shape.items()}
-    return comfy.sd.VAE(sd=sd)
 
 
 def wan_model():
