@@ -365,7 +365,8 @@ class CellRenderer:
 
         channels = model.model.latent_format.latent_channels
         if first.init is None:
-            latent = torch.zeros(len(specs), channels, first.height // 8, first.width // 8)
+            scale = v.vae.spacial_compression_encode()  # 8 for most VAEs, 16 for Wan 2.2's
+            latent = torch.zeros(len(specs), channels, first.height // scale, first.width // scale)
         else:
             pixels = torch.cat([self.init_images[s.init] for s in specs])
             latent = v.vae.encode(pixels[:, :, :, :3])  # as VAEEncode: the sampler applies process_latent_in

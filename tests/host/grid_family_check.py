@@ -1,16 +1,17 @@
 """Run inside ComfyUI's Python: the XY Grid node's execute on one family's tiny model, CLIP and VAE.
 
-usage: python grid_family_check.py ATELIER_CHECKOUT FAMILY   (FAMILY: sd2v, sdxl, sd3, flux, wan)
+usage: python grid_family_check.py ATELIER_CHECKOUT FAMILY   (sd2v, sdxl, sd3, flux, chroma, wan, wan22)
 
 The diffusion model and the comfy.sd.CLIP over the family's own text-encoder classes come from te_family_check.py's
-builders (imported, so both checks build the same tiny models). The VAE is comfy.sd.VAE detected from a random state
-dict of ComfyUI's own autoencoder (4 latent channels for SD2.x / SDXL, 16 for SD3.5 / Flux.1; Wan 2.1's own VAE,
-full size, from tiny_wan.py). Wan 2.1 uses the same builders with a tiny WAN21 model and a tiny umT5 CLIP whose
-SentencePiece model is trained here. A LoRA over the family's default UNet and text-encoder targets (the training
-node's lora_network, random up weights; UNet only for Wan, whose umT5 LoRA is refused) is saved into a temporary loras
-folder. AtelierXYGrid.execute renders strengths 0, 0.5, 1 in one batch and 0 alone; each cell is compared with a
-stock CLIPTextEncode + KSampler + VAEDecode run (LoraLoader for strengths above 0), all 8-bit as SaveImage writes
-them. Prints one JSON line.
+builders (imported, so both checks build the same tiny models); for Chroma, Wan 2.1 and Wan 2.2 those builders take
+the tiny model configs of tiny_dit.py and the family's own T5-XXL / umT5 classes (umT5's SentencePiece model ships
+inside Wan text-encoder files, so a small one is trained here). The VAE is comfy.sd.VAE detected from a random state
+dict of ComfyUI's own autoencoders: the 4-channel SD VAE (SD2.x, SDXL), the 16-channel Flux / SD3 VAE, the Wan 2.1
+and Wan 2.2 VAEs (full size: ComfyUI fixes their widths). A LoRA over the family's default targets (the training
+node's lora_network, random up weights; text encoders too where te_family_check trains them) is saved into a
+temporary loras folder. AtelierXYGrid.execute renders strengths 0, 0.5, 1 in one batch and 0 alone; each cell is
+compared with a stock CLIPTextEncode + KSampler + VAEDecode run (LoraLoader for strengths above 0), all 8-bit as
+SaveImage writes them. Prints one JSON line.
 """
 
 import io
@@ -27,11 +28,11 @@ import torch  # noqa: E402
 
 import comfy.ldm.models.autoencoder  # noqa: E402
 import comfy.sd  # noqa: E402
-import comfy.supported_models as sm  # noqa: E402
+import comfy.text_encoders.pixart_t5  # noqa: E402
 import comfy.text_encoders.wan  # noqa: E402
 import folder_paths  # noqa: E402
 import nodes as comfy_nodes  # noqa: E402  ComfyUI's nodes.py (stock LoraLoader, KSampler, VAEDecode)
-import tiny_wan  # noqa: E402
+import tiny_dit  # noqa: E402
 
 from atelier.core.grid import read_png_metadata  # noqa: E402
 from atelier.core.lora_io import save_lora  # noqa: E402
@@ -43,10 +44,16 @@ from atelier.trainers.network import NetworkConfig  # noqa: E402
 FAMILY = sys.argv[2]
 SIDE, STEPS, CFG, SEED, PROMPT = 64, 3, 4.0, 1, "x style"
 LORA = f"grid_{FAMILY}.safetensors"
-if FAMILY == "wan":  # te_family_check's builders with Wan 2.1's parts: a tiny WAN21 model and a tiny umT5 CLIP
-    te.config_class, te.unet_config, te.train_t5 = sm.WAN21_T2V, tiny_wan.WAN, False
-    te.clip_class, te.tokenizer_class = comfy.text_encoders.wan.WanT5Model, comfy.text_encoders.wan.WanT5Tokenizer
-    te.latent_shape = (16, 1, 8, 8)
+# families te_family_check has no CLIP for -> (tiny_dit family, CLIP class, tokenizer class, VAE builder); their
+# LoRA is UNet only (ComfyUI maps no kohya prefix for umT5; Chroma's lone T5 LoRA is not part of this check)
+DIT = {"chroma": ("Chroma", comfy.text_encoders.pixart_t5.pixart_te(), comfy.text_encoders.pixart_t5.PixArtTokenizer,
+                  lambda: random_vae(16)),
+       "wan": ("WAN21", comfy.text_encoders.wan.WanT5Model, comfy.text_encoders.wan.WanT5Tokenizer, tiny_dit.wan_vae),
+       "wan22": ("WAN22", comfy.text_encoders.wan.WanT5Model, comfy.text_encoders.wan.WanT5Tokenizer,
+                 tiny_dit.wan22_vae)}
+if FAMILY in DIT:  # te_family_check's builders with the family's tiny model and tiny text encoder
+    te.config_class, te.unet_config, _, _ = tiny_dit.FAMILIES[DIT[FAMILY][0]]
+    te.clip_class, te.tokenizer_class, te.train_t5 = DIT[FAMILY][1], DIT[FAMILY][2], False
 
 
 def spiece_model() -> bytes:
@@ -79,8 +86,8 @@ def random_vae(channels: int):
 
 def write_lora(patcher, clip, folder: str) -> int:
     """A LoRA over the family's default UNet and text-encoder targets with random up weights, saved as LORA."""
-    with torch.inference_mode(False):  # Wan's umT5 LoRA is refused (no kohya prefix in ComfyUI): UNet only there
-        host = trainable_host(patcher, clip, FAMILY != "wan", te.train_t5)
+    with torch.inference_mode(False):
+        host = trainable_host(patcher, clip, FAMILY not in DIT, te.train_t5)
         network, _ = lora_network(host, NetworkConfig(rank=4, alpha=4.0), seed=0, continue_from="(none)")
         network.remove()
         tensors = network.kohya_state_dict(torch.float32)
@@ -98,7 +105,8 @@ def stock(patcher, clip, vae, strength: float) -> np.ndarray:
         model, clip = comfy_nodes.LoraLoader().load_lora(patcher, clip, LORA, strength, strength)
     positive = comfy_nodes.CLIPTextEncode().encode(clip, PROMPT)[0]
     negative = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
-    latent = comfy_nodes.EmptyLatentImage().generate(SIDE, SIDE, 1)[0]
+    side = SIDE // vae.spacial_compression_encode()  # EmptyLatentImage's zeros, at the VAE's scale (Wan 2.2: 16)
+    latent = {"samples": torch.zeros(1, 4, side, side)}
     samples = comfy_nodes.common_ksampler(model, SEED, STEPS, CFG, "euler", "normal", positive, negative, latent)[0]
     pixels = comfy_nodes.VAEDecode().decode(vae, samples)[0]
     return eight_bit(pixels)[0]
@@ -125,8 +133,8 @@ def main() -> dict:
     folder_paths.add_model_folder_path("loras", loras, is_default=True)
     folder_paths.set_output_directory(output)
     patcher = te.build_model()
-    clip = te.build_clip({"spiece_model": spiece_model()} if FAMILY == "wan" else None)
-    vae = tiny_wan.wan_vae() if FAMILY == "wan" else random_vae(te.latent_shape[0])
+    clip = te.build_clip({"spiece_model": spiece_model()} if FAMILY.startswith("wan") else None)
+    vae = DIT[FAMILY][3]() if FAMILY in DIT else random_vae(te.latent_shape[0])
     result = {"family": FAMILY, "model": type(patcher.model).__name__, "clip": type(clip.cond_stage_model).__name__,
               "vae_channels": vae.latent_channels, "lora_keys": write_lora(patcher, clip, loras)}
     shape, cells, files, text = grid(patcher, clip, vae, "0,0.5,1", 3)

@@ -28,7 +28,7 @@ import comfy.model_patcher  # noqa: E402
 import comfy.sd  # noqa: E402
 import comfy.supported_models as sm  # noqa: E402
 
-from tiny_wan import CTX, WAN, wan_vae  # noqa: E402  the Wan config and VAE shared with grid_family_check
+from tiny_dit import CTX, FAMILIES, wan_vae  # noqa: E402  the Wan config and VAE shared with the other checks
 
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 import conftest  # noqa: E402,F401  registers the Atelier checkout as the package `atelier`
@@ -46,7 +46,7 @@ SIDE = 32  # frame side: the Wan 2.1 VAE's 8x downscale gives 4x4 latents, 2x2 t
 def wan_model():
     """A tiny WAN21 text-to-video model from ComfyUI's classes, wrapped in a ModelPatcher."""
     torch.manual_seed(0)
-    model = sm.WAN21_T2V(dict(WAN)).get_model({})
+    model = sm.WAN21_T2V(dict(FAMILIES["WAN21"][1])).get_model({})
     with torch.no_grad():
         for p in model.diffusion_model.parameters():
             p.copy_((torch.randn(p.shape) * 0.05).to(p.dtype))
