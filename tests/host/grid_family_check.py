@@ -1,19 +1,22 @@
 """Run inside ComfyUI's Python: the XY Grid node's execute on one family's tiny model, CLIP and VAE.
 
-usage: python grid_family_check.py ATELIER_CHECKOUT FAMILY   (sd2v, sdxl, sd3, flux, chroma, wan, wan22)
+usage: python grid_family_check.py ATELIER_CHECKOUT FAMILY   (sd2v, sdxl, sd3, flux, chroma, qwen_image, wan,
+wan22)
 
 The diffusion model and the comfy.sd.CLIP over the family's own text-encoder classes come from te_family_check.py's
-builders (imported, so both checks build the same tiny models); for Chroma, Wan 2.1 and Wan 2.2 those builders take
-the tiny model configs of tiny_dit.py and the family's own T5-XXL / umT5 classes (umT5's SentencePiece model ships
-inside Wan text-encoder files, so a small one is trained here). The VAE is comfy.sd.VAE detected from a random state
-dict of ComfyUI's own autoencoders: the 4-channel SD VAE (SD2.x, SDXL), the 16-channel Flux / SD3 VAE, the Wan 2.1
-and Wan 2.2 VAEs (full size: ComfyUI fixes their widths). A LoRA over the family's default targets (the training
-node's lora_network, random up weights; text encoders too where te_family_check trains them) is saved into a
+builders (imported, so both checks build the same tiny models); for Chroma, Qwen-Image, Wan 2.1 and Wan 2.2 those
+builders take the tiny model configs of tiny_dit.py and the family's own T5-XXL / Qwen2.5-VL / umT5 classes (umT5's
+SentencePiece model ships inside Wan text-encoder files, so a small one is trained here; Qwen2.5-VL's config is built in
+code, so its config class is narrowed while the CLIP is built). The VAE is comfy.sd.VAE detected from a random state
+dict of ComfyUI's own autoencoders: the 4-channel SD VAE (SD2.x, SDXL), the 16-channel Flux / SD3 VAE, the Wan 2.1 (also
+Qwen-Image's) and Wan 2.2 VAEs (full size: ComfyUI fixes their widths). A LoRA over the family's default targets (the
+training node's lora_network, random up weights; text encoders too where te_family_check trains them) is saved into a
 temporary loras folder. AtelierXYGrid.execute renders strengths 0, 0.5, 1 in one batch and 0 alone; each cell is
 compared with a stock CLIPTextEncode + KSampler + VAEDecode run (LoraLoader for strengths above 0), all 8-bit as
 SaveImage writes them. Prints one JSON line.
 """
 
+import functools
 import io
 import json
 import os
@@ -28,7 +31,10 @@ import torch  # noqa: E402
 
 import comfy.ldm.models.autoencoder  # noqa: E402
 import comfy.sd  # noqa: E402
+import comfy.text_encoders.llama  # noqa: E402
 import comfy.text_encoders.pixart_t5  # noqa: E402
+import comfy.text_encoders.qwen_image  # noqa: E402
+import comfy.text_encoders.qwen_vl  # noqa: E402
 import comfy.text_encoders.wan  # noqa: E402
 import folder_paths  # noqa: E402
 import nodes as comfy_nodes  # noqa: E402  ComfyUI's nodes.py (stock LoraLoader, KSampler, VAEDecode)
@@ -48,12 +54,20 @@ LORA = f"grid_{FAMILY}.safetensors"
 # LoRA is UNet only (ComfyUI maps no kohya prefix for umT5; Chroma's lone T5 LoRA is not part of this check)
 DIT = {"chroma": ("Chroma", comfy.text_encoders.pixart_t5.pixart_te(), comfy.text_encoders.pixart_t5.PixArtTokenizer,
                   lambda: random_vae(16)),
+       "qwen_image": ("QwenImage", comfy.text_encoders.qwen_image.QwenImageTEModel,
+                      comfy.text_encoders.qwen_image.QwenImageTokenizer, tiny_dit.wan_vae),  # Qwen-Image: Wan 2.1 VAE
        "wan": ("WAN21", comfy.text_encoders.wan.WanT5Model, comfy.text_encoders.wan.WanT5Tokenizer, tiny_dit.wan_vae),
        "wan22": ("WAN22", comfy.text_encoders.wan.WanT5Model, comfy.text_encoders.wan.WanT5Tokenizer,
                  tiny_dit.wan22_vae)}
 if FAMILY in DIT:  # te_family_check's builders with the family's tiny model and tiny text encoder
     te.config_class, te.unet_config, _, _ = tiny_dit.FAMILIES[DIT[FAMILY][0]]
     te.clip_class, te.tokenizer_class, te.train_t5 = DIT[FAMILY][1], DIT[FAMILY][2], False
+if FAMILY == "qwen_image":  # Qwen2.5-VL's config is built in code: a tiny language model and a one-layer vision tower
+    comfy.text_encoders.llama.Qwen25_7BVLI_Config = functools.partial(
+        comfy.text_encoders.llama.Qwen25_7BVLI_Config, hidden_size=tiny_dit.CTX, intermediate_size=2 * tiny_dit.CTX,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
+    comfy.text_encoders.qwen_vl.Qwen2VLVisionTransformer = functools.partial(
+        comfy.text_encoders.qwen_vl.Qwen2VLVisionTransformer, intermediate_size=64, num_layers=1)
 
 
 def spiece_model() -> bytes:
@@ -92,7 +106,8 @@ def write_lora(patcher, clip, folder: str) -> int:
         network.remove()
         tensors = network.kohya_state_dict(torch.float32)
     g = torch.Generator().manual_seed(3)
-    tensors = {k: torch.randn(v.shape, generator=g) * 0.5 if "lora_up" in k else v for k, v in tensors.items()}
+    scale = 2.0 if FAMILY == "qwen_image" else 0.5  # its tiny model's output moves less per unit of LoRA
+    tensors = {k: torch.randn(v.shape, generator=g) * scale if "lora_up" in k else v for k, v in tensors.items()}
     family = HOST_FAMILIES.get(type(patcher.model.model_config).__name__, "unknown")
     save_lora(os.path.join(folder, LORA), tensors, minimum_metadata(family=family, dim=4, alpha=4.0))
     return len(tensors)

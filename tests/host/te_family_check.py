@@ -100,6 +100,8 @@ def tiny_encoders():
     original = comfy.sd1_clip.SDClipModel.__init__
 
     def init(self, *args, textmodel_json_config=None, **kwargs):
+        if isinstance(textmodel_json_config, dict):  # a config built in code (Qwen2.5-VL's): left to the caller
+            return original(self, *args, textmodel_json_config=textmodel_json_config, **kwargs)
         path = textmodel_json_config or os.path.join(os.path.dirname(comfy.sd1_clip.__file__), "sd1_clip_config.json")
         with open(path) as f:
             config = json.load(f)
