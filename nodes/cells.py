@@ -365,7 +365,8 @@ class CellRenderer:
 
         channels = model.model.latent_format.latent_channels
         if first.init is None:
-            latent = torch.zeros(len(specs), channels, first.height // 8, first.width // 8)
+            scale = v.vae.spacial_compression_encode()  # 8 for most VAEs, 16 for Wan 2.2's
+            latent = torch.zeros(len(specs), channels, first.height // scale, first.width // scale)
         else:
             pixels = torch.cat([self.init_images[s.init] for s in specs])
             latent = v.vae.encode(pixels[:, :, :, :3])  # as VAEEncode: the sampler applies process_latent_in
@@ -386,6 +387,8 @@ class CellRenderer:
             samples = comfy.sample.sample_custom(model, noise, first.cfg, sampler, sigmas, positive, negative, latent,
                                                  callback=check, disable_pbar=True, seed=first.seed)
         pixels = v.vae.decode(samples)
+        if pixels.ndim == 5:  # video VAEs (Wan) decode (B, T, H, W, C); a cell's latent holds one frame
+            pixels = pixels[:, 0]
         return image_tensor_to_pil(pixels)  # 8-bit as ComfyUI's SaveImage makes it, so cells match stock files
 
 

@@ -24,12 +24,12 @@ import torch  # noqa: E402
 
 import comfy.model_patcher  # noqa: E402
 import comfy.sd  # noqa: E402
-import comfy.supported_models as sm  # noqa: E402
 
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 import conftest  # noqa: E402,F401  registers the Atelier checkout as the package `atelier` (as the test suite does)
 from atelier.nodes.train_adapter import ComfyDenoiser, thaw  # noqa: E402
 from family_check import extraction, forward_time, tools  # noqa: E402  same checks as the SD families
+from tiny_dit import CTX, FAMILIES  # noqa: E402  the tiny DiT configs shared with grid_family_check
 from atelier.trainers import objectives as ob  # noqa: E402
 from atelier.trainers.loop import Trainer, TrainConfig, TrainSample  # noqa: E402
 from atelier.trainers.memory import gradient_checkpointing  # noqa: E402
@@ -37,25 +37,6 @@ from memory_check import memory_report  # noqa: E402
 from atelier.trainers.network import LoRANetwork, NetworkConfig, family_default_targets  # noqa: E402
 
 FAMILY = sys.argv[2]
-CTX = 32  # text width of the tiny models
-FLUX = dict(in_channels=16, out_channels=16, context_in_dim=CTX, hidden_size=64, mlp_ratio=2.0,
-            num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[8, 12, 12], theta=10000, patch_size=2,
-            qkv_bias=True)
-WAN = dict(model_type="t2v", patch_size=(1, 2, 2), text_len=16, in_dim=16, dim=64, ffn_dim=128, freq_dim=32,
-           text_dim=CTX, out_dim=16, num_heads=2, num_layers=2)
-# family -> (supported_models config, unet_config, latent shape of one sample, pooled width or 0)
-FAMILIES = {
-    "Flux": (sm.Flux, dict(FLUX, image_model="flux", guidance_embed=True, vec_in_dim=CTX), (16, 8, 8), CTX),
-    # Chroma's img_in and final layer work on 2x2-patched tokens (16·4 = 64 channels each way, as ComfyUI detects
-    # a real Chroma); its approximator takes 16 + 16 + 32 timestep/guidance/index features to hidden_size
-    "Chroma": (sm.Chroma, dict(FLUX, image_model="chroma", in_channels=64, out_channels=64, in_dim=64, out_dim=64,
-                               hidden_dim=32, n_layers=1), (16, 8, 8), 0),
-    "QwenImage": (sm.QwenImage, dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16,
-                                     num_layers=2, attention_head_dim=32, num_attention_heads=2,
-                                     joint_attention_dim=CTX, axes_dims_rope=(8, 12, 12)), (16, 1, 8, 8), 0),
-    "WAN21": (sm.WAN21_T2V, dict(WAN, image_model="wan2.1"), (16, 1, 8, 8), 0),
-    "WAN22": (sm.WAN22_T2V, dict(WAN, image_model="wan2.1", in_dim=48, out_dim=48), (48, 1, 8, 8), 0),
-}
 config_class, unet_config, latent_shape, pooled_width = FAMILIES[FAMILY]
 
 

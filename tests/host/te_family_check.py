@@ -132,7 +132,7 @@ def tiny_encoders():
     vision = comfy.text_encoders.qwen_vl.Qwen2VLVisionTransformer.__init__
 
     def init(self, *args, textmodel_json_config=None, **kwargs):
-        if isinstance(textmodel_json_config, dict):
+        if isinstance(textmodel_json_config, dict):  # Qwen2.5-VL: {} (its config class holds the sizes)
             config = textmodel_json_config
         else:
             path = textmodel_json_config or os.path.join(os.path.dirname(comfy.sd1_clip.__file__),
@@ -160,9 +160,11 @@ class Target:
         self.clip, self.tokenizer, self.params = clip_class, tokenizer_class, {}
 
 
-def build_clip():
+def build_clip(tokenizer_data=None):
+    """The tiny CLIP (tokenizer_data: what a checkpoint carries for tokenizers not shipped with ComfyUI)."""
     with tiny_encoders():
-        clip = comfy.sd.CLIP(Target(), tokenizer_data=TOKENIZER_DATA, model_options={"dtype": torch.float32})
+        clip = comfy.sd.CLIP(Target(), tokenizer_data=TOKENIZER_DATA if tokenizer_data is None else tokenizer_data,
+                             model_options={"dtype": torch.float32})
     torch.manual_seed(1)
     with torch.no_grad():
         for name, p in clip.cond_stage_model.named_parameters():

@@ -26,11 +26,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import comfy.ldm.wan.vae  # noqa: E402
-import comfy.ldm.wan.vae2_2  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 import comfy.sd  # noqa: E402
-import comfy.supported_models as sm  # noqa: E402
+
+from tiny_dit import CTX, FAMILIES, wan22_vae, wan_vae  # noqa: E402  the Wan config and VAE shared with the other checks
 
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 import conftest  # noqa: E402,F401  registers the Atelier checkout as the package `atelier`
@@ -42,31 +41,17 @@ from atelier.trainers.loop import Trainer, TrainConfig  # noqa: E402
 from atelier.trainers.network import LoRANetwork, NetworkConfig, family_default_targets  # noqa: E402
 from atelier.trainers.reuse import data_digest  # noqa: E402
 
-CTX = 32
-WAN = dict(model_type="t2v", patch_size=(1, 2, 2), text_len=16, in_dim=16, dim=64, ffn_dim=128, freq_dim=32,
-           text_dim=CTX, out_dim=16, num_heads=2, num_layers=2, image_model="wan2.1")
 VERSION = sys.argv[2] if len(sys.argv) > 2 else "WAN21"
-# version -> (model config, latent channels, VAE class and width as comfy.sd.VAE detects them, frame side); the side
-# gives 4x4 latents (2x2 tokens after the 1x2x2 patches) under the VAE's 8x (2.1) or 16x (2.2) downscale
-VERSIONS = {"WAN21": (sm.WAN21_T2V, 16, comfy.ldm.wan.vae.WanVAE, 96, 32),
-            "WAN22": (sm.WAN22_T2V, 48, comfy.ldm.wan.vae2_2.WanVAE, 160, 64)}
-config_class, CHANNELS, vae_class, vae_dim, SIDE = VERSIONS[VERSION]
-
-
-def wan_vae():
-    """ComfyUI's VAE for a Wan 2.x VAE state dict (random weights: RMS gains 1, weights ~ 1/sqrt(fan-in))."""
-    shape = vae_class(dim=vae_dim, z_dim=CHANNELS, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                      temperal_downsample=[False, True, True]).state_dict()
-    g = torch.Generator().manual_seed(0)
-    sd = {k: torch.ones_like(v) if "gamma" in k else torch.randn(v.shape, generator=g) / v[0].numel() ** 0.5
-          if v.ndim > 1 else torch.zeros_like(v) for k, v in shape.items()}
-    return comfy.sd.VAE(sd=sd)
+# version -> (tiny_dit family, latent channels, its VAE as comfy.sd.VAE detects it, frame side); the side gives 4x4
+# latents (2x2 tokens after the 1x2x2 patches) under the VAE's 8x (2.1) or 16x (2.2) downscale
+VERSIONS = {"WAN21": ("WAN21", 16, wan_vae, 32), "WAN22": ("WAN22", 48, wan22_vae, 64)}
+FAMILY, CHANNELS, version_vae, SIDE = VERSIONS[VERSION]
 
 
 def wan_model():
     """A tiny WAN21 / WAN22 text-to-video model from ComfyUI's classes, wrapped in a ModelPatcher."""
     torch.manual_seed(0)
-    model = config_class(dict(WAN, in_dim=CHANNELS, out_dim=CHANNELS)).get_model({})
+    model = FAMILIES[FAMILY][0](dict(FAMILIES[FAMILY][1])).get_model({})
     with torch.no_grad():
         for p in model.diffusion_model.parameters():
             p.copy_((torch.randn(p.shape) * 0.05).to(p.dtype))
@@ -97,7 +82,7 @@ result = {}
 tmp = Path(tempfile.mkdtemp(prefix="atelier-wanclip-"))
 write_clips(tmp / "clips")
 dataset = with_preparation(scan_clips(tmp / "clips", frames=5), Preparation(mode="crop", width=SIDE, height=SIDE))
-patcher, vae = wan_model(), wan_vae()
+patcher, vae = wan_model(), version_vae()
 result.update(vae=type(vae.first_stage_model).__module__, vae_channels=vae.latent_channels)  # what ComfyUI detected
 encode_clip = clip_encoder(vae, patcher)
 cache = LatentCache(tmp / "cache", "wan-test")
