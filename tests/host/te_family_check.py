@@ -107,7 +107,8 @@ FAMILIES = {
     "qwen_image": (sm.QwenImage, QWEN, comfy.text_encoders.qwen_image.QwenImageTEModel,
                    comfy.text_encoders.qwen_image.QwenImageTokenizer, False, (16, 1, 8, 8)),
 }
-config_class, unet_config, clip_class, tokenizer_class, train_t5, latent_shape = FAMILIES[FAMILY]
+if FAMILY in FAMILIES:  # grid_family_check imports this module for other families and sets these itself
+    config_class, unet_config, clip_class, tokenizer_class, train_t5, latent_shape = FAMILIES[FAMILY]
 TOKENIZER_DATA = {"spiece_model": T5_SPIECE} if FAMILY == "wan" else {}
 # the Advanced node's training widgets this check sets (the rest keep their defaults)
 WIDGETS = dict(max_steps=3, batch_size=2, unet_lr=1e-2, te_lr=1e-2, train_text_encoder=True, save_every_epochs=0)
