@@ -6,20 +6,33 @@ from pathlib import Path
 import pytest
 
 import numpy as np
-from comfy_host import (FIXTURE_CHECKPOINT_NAME, ComfyServer, find_checkout, find_python, fixture_checkpoint,
+import script_pool
+from comfy_host import (FIXTURE_CHECKPOINT_NAME, ROOT, ComfyServer, find_checkout, find_python, fixture_checkpoint,
                         load_dataset_node, prepare_dataset_node, random_lora)
 from PIL import Image
 
 CHECKOUT, WHY_NOT = find_checkout()
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection: only the selected tests' checks are queued
 def pytest_collection_modifyitems(config, items):
     here = str(Path(__file__).parent)
+    jobs = []
     for item in items:
         if str(item.fspath).startswith(here):
             item.add_marker(pytest.mark.host)
             if CHECKOUT is None:
                 item.add_marker(pytest.mark.skip(reason=f"host tier: {WHY_NOT}"))
+            job = getattr(item.module, "SCRIPT_JOB", None)
+            if job is not None and hasattr(item, "callspec"):
+                name, timeout, *args = job(item.callspec.params)  # (script, timeout, its arguments...)
+                jobs.append((name, timeout, tuple(args)))
+    if CHECKOUT is not None and jobs:  # the server-free family checks start now, on the other core (script_pool)
+        script_pool.start(find_python(CHECKOUT), CHECKOUT, ROOT, jobs)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    script_pool.stop()
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,15 @@ from test_host_families import assert_memory_options
 from test_host_objectives import host_script
 
 
+def SCRIPT_JOB(params):  # noqa: N802  the check each test runs, queued at collection (script_pool.py)
+    return "dit_family_check.py", 120, params["family"]
+
+
 @pytest.mark.parametrize("family, latent", [("Flux", [1, 16, 8, 8]), ("Chroma", [1, 16, 8, 8]),
                                             ("QwenImage", [1, 16, 1, 8, 8]),
                                             ("WAN21", [1, 16, 1, 8, 8]), ("WAN22", [1, 48, 1, 8, 8])])
 def test_dit_family_trains_ships_and_loads_in_stock_comfyui(comfy_server, family, latent):
-    r = host_script(comfy_server, "dit_family_check.py", 120, family)
+    r = host_script(comfy_server, *SCRIPT_JOB({"family": family}))
     assert r["detected"] == ("WAN21" if family == "WAN22" else family)  # WAN22 is a WAN21 subclass in ComfyUI
     assert r["steps"] == 3 and r["losses_finite"] and r["lora_modules"] > 0 and r["out_shape"] == latent
     assert r["lora_keys"] == 3 * r["lora_modules"] and all(n.startswith("lora_unet_") for n in r["names"])

@@ -1,13 +1,8 @@
 """SD1.5 (tiny: memory options), SD2.x 768-v, SDXL and SD3.5 end to end on tiny models built from ComfyUI's own
 classes (in the host's Python)."""
 
-import json
-import subprocess
-from pathlib import Path
-
 import pytest
-
-from comfy_host import ROOT
+from test_host_objectives import host_script
 
 # family -> (ComfyUI config class, model type, latent channels, kohya ss_base_model_version, a default target)
 EXPECTED = {
@@ -18,18 +13,14 @@ EXPECTED = {
 }
 
 
-def family_check(comfy_server, family: str) -> dict:
-    """Runs tests/host/family_check.py for one family in the host's Python; its JSON result."""
-    proc = subprocess.run([comfy_server.python, str(Path(__file__).with_name("family_check.py")), str(ROOT), family],
-                          cwd=comfy_server.checkout, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def SCRIPT_JOB(params):  # noqa: N802  the check each test runs, queued at collection (script_pool.py)
+    return "family_check.py", 180, params["family"]
 
 
 @pytest.mark.parametrize("family", sorted(EXPECTED))
 def test_family_trains_ships_loads_and_tools(comfy_server, family):
     config, model_type, channels, version, target = EXPECTED[family]
-    r = family_check(comfy_server, family)
+    r = host_script(comfy_server, *SCRIPT_JOB({"family": family}))
     assert (r["config"], r["model_type"], r["out_shape"]) == (config, model_type, [2, channels, 8, 8])
     assert r["target_error"] < 1e-4  # the objective's target is the family's ε / v / flow
     assert r["steps"] == 3 and r["losses_finite"] and r["lora_changed"]

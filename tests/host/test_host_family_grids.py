@@ -15,10 +15,14 @@ EXPECTED = {"sd2v": ("BaseModel", "SD2ClipModel", 4), "sdxl": ("SDXL", "SDXLClip
             "wan": ("WAN21", "WanT5Model", 16), "wan22": ("WAN22", "WanT5Model", 48)}
 
 
+def SCRIPT_JOB(params):  # noqa: N802  the check each test runs, queued at collection (script_pool.py)
+    return "grid_family_check.py", 400, params["family"]
+
+
 @pytest.mark.parametrize("family", sorted(EXPECTED))
 def test_xy_grid_node_runs_on_the_family_and_matches_stock_runs(comfy_server, family):
     model, clip, channels = EXPECTED[family]
-    r = host_script(comfy_server, "grid_family_check.py", 400, family)
+    r = host_script(comfy_server, *SCRIPT_JOB({"family": family}))
     assert (r["model"], r["clip"], r["vae_channels"]) == (model, clip, channels)
     # one page: strengths 0, 0.5, 1 as three 64² cells in one sampler batch, every LoRA key on a layer, none merged
     assert r["report"] == "3 cells rendered, 0 reused from an interrupted run; 1 sampler batches.", r["report"]

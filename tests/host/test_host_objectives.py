@@ -1,18 +1,13 @@
 """The trainer's objectives against ComfyUI's own model_sampling objects (run in the host's Python)."""
 
-import json
-import subprocess
-from pathlib import Path
-
+import script_pool
 from comfy_host import ROOT
 
 
 def host_script(comfy_server, name: str, timeout: int, *args: str) -> dict:
-    """Runs tests/host/<name> in the host's Python from its checkout; the JSON object on its last output line."""
-    proc = subprocess.run([comfy_server.python, str(Path(__file__).with_name(name)), str(ROOT), *args],
-                          cwd=comfy_server.checkout, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """The JSON object on the last output line of tests/host/<name> run in the host's Python from its checkout
+    (started in the background at collection when its test module announces it: tests/host/script_pool.py)."""
+    return script_pool.result(comfy_server.python, comfy_server.checkout, ROOT, name, timeout, args)
 
 
 def test_targets_from_comfyui_model_sampling(comfy_server):

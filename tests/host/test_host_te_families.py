@@ -36,10 +36,14 @@ LAYERS = {"wan": ["k", "o", "q", "v", "wi_0", "wi_1", "wo"],
           "qwen_image": ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]}
 
 
+def SCRIPT_JOB(params):  # noqa: N802  the check each test runs, queued at collection (script_pool.py)
+    return "te_family_check.py", 120, params["family"]
+
+
 @pytest.mark.parametrize("family", sorted(EXPECTED))
 def test_text_encoder_lora_trains_and_loads_in_stock_comfyui(comfy_server, family):
     clip_class, prefixes = EXPECTED[family]
-    r = host_script(comfy_server, "te_family_check.py", 120, family)
+    r = host_script(comfy_server, *SCRIPT_JOB({"family": family}))
     assert r["clip"] == clip_class and r["roots"] == sorted([*prefixes, "lora_unet"])
     assert r["steps"] == 3 and r["losses_finite"]
     for prefix, key in prefixes.items():

@@ -9,10 +9,14 @@ from test_host_objectives import host_script
 VERSIONS = {"WAN21": ("WAN21", "comfy.ldm.wan.vae", 16), "WAN22": ("WAN22", "comfy.ldm.wan.vae2_2", 48)}
 
 
+def SCRIPT_JOB(params):  # noqa: N802  the check each test runs, queued at collection (script_pool.py)
+    return "wan_clip_check.py", 300, params["version"]
+
+
 @pytest.mark.parametrize("version", sorted(VERSIONS))
 def test_wan_clip_trains_through_the_data_path_and_loads_in_stock_comfyui(comfy_server, version):
     model, vae, channels = VERSIONS[version]
-    r = host_script(comfy_server, "wan_clip_check.py", 300, version)
+    r = host_script(comfy_server, *SCRIPT_JOB({"version": version}))
     assert r["vae"] == vae and r["vae_channels"] == channels  # ComfyUI's own VAE detection picked the version's VAE
     # two clips, captions from '<clip>.txt' beside each; 5 frames -> 2 latent frames (1 + 4k rule)
     assert r["clips"] == 2 and r["skipped"] == 0 and r["captions"] == ["a turn clip", "a walk clip"]
