@@ -4,7 +4,6 @@ copy, saved as a whole checkpoint that CheckpointLoaderSimple loads. The maths i
 from __future__ import annotations
 
 import json
-import logging
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -19,20 +18,18 @@ from ..core.draw import line_chart, pil_to_image_tensor
 from ..core.lora_format import GENERIC_TE_PREFIX
 from ..core.lora_io import write_safetensors
 from ..core.lora_meta import subsets_record
-from ..trainers.checkpoint import run_environment
 from ..trainers.finetune import FullFineTune, parse_block_lrs
-from ..trainers.loop import PRECISIONS, Trainer, TrainConfig, TrainingStopped
+from ..trainers.loop import PRECISIONS, Trainer, TrainConfig
 from ..trainers.memory import gradient_checkpointing as checkpointed
 from ..trainers.optim import OPTIMIZERS
-from ..trainers.run import RunFiles, TrainingRun
-from .host import forget_model_list, model_file, model_output_path
-from .live import HISTORY
+from ..trainers.run import RunFiles
+from .host import model_file, model_output_path
 from .lora_tools import extract_lora
 from .provenance import base_model
-from .train_adapter import CLIP_ENCODERS, autograd_friendly_clip, make_encoder, text_encoder_roots
-from .training import (STATE_NONE, TrainingEvents, checkpoint_blocks, common_inputs, encoded_dataset,
-                       lora_output_path, resume_folder, resume_hint, resume_options, send_event, shown, state_root,
-                       trainable_host)
+from .train_adapter import CLIP_ENCODERS, autograd_friendly_clip, text_encoder_roots
+from .training import (STATE_NONE, TrainingEvents, checkpoint_blocks, common_inputs, encoded_dataset, host_run,
+                       host_trainer, lora_output_path, resume_folder, resume_hint, resume_options, run_in_host, shown,
+                       state_root, trainable_host)
 from .validate import check_choice, check_names
 
 UNET_PREFIX = "diffusion_model."  # the UNet's keys in the MODEL patcher's state dict (BaseModel.diffusion_model)
@@ -134,25 +131,14 @@ def train_full(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         host.denoise.dtype = torch.float32  # the private master weights are float32 whatever the model loaded as
         samples, skipped, cache = encoded_dataset(dataset, vae, host, config, True, node_id)
         events = TrainingEvents(node_id, path.stem, host, host.clip, vae, None)
-        trainer = Trainer(config, tune, host.denoise, host.denoise.model_sampling, samples,
-                          make_encoder(host.clip, pooled=host.denoise.needs_pooled), events.callbacks(),
-                          device=host.device)
-        run = TrainingRun(trainer, RunFiles(path, state_root() / f"{path.stem}-finetune", 0, shown),
-                          finetune_metadata(config, block_lrs, dataset, path, base, trainer),
-                          run_environment(trainer, str(host.patcher.model.get_dtype())), export_dtype=None,
-                          write=checkpoint_writer(tune, host, host.clip, vae, base))
+        trainer = host_trainer(config, tune, host, samples, events)
+        run = host_run(trainer, host, RunFiles(path, state_root() / f"{path.stem}-finetune", 0, shown),
+                       finetune_metadata(config, block_lrs, dataset, path, base, trainer), export_dtype=None,
+                       write=checkpoint_writer(tune, host, host.clip, vae, base))
         blocks = checkpoint_blocks(host.patcher.model.diffusion_model) if gradient_checkpointing else []
         contexts = [autograd_friendly_clip(host.clip.cond_stage_model) if te else nullcontext(), checkpointed(blocks)]
-        try:
-            result = run.train(resume_dir, contexts)
-        finally:
-            HISTORY.finish(events.run)
-        forget_model_list("checkpoints")
-        if result.stopped:
-            message = run.stopped_message(result, resume_hint(result.state_dir, True).replace("resume_state",
-                                                                                              "resume"))
-            send_event("atelier.train.stopped", {"node": node_id, "step": result.state.step, "message": message})
-            raise TrainingStopped(message)
+        result = run_in_host(run, events, lambda state_dir: resume_hint(state_dir, True, "resume"), "checkpoints",
+                             resume_dir, contexts)
         model_out, clip_out = patched_outputs(model, clip, result.shipped, te)
     report = {"checkpoint": shown(path), "saved": [shown(p) for p in result.saved], "state": shown(result.state_dir),
               "steps": result.state.step, "epochs": result.state.epoch, "base": base.record(),
@@ -160,8 +146,6 @@ def train_full(model, clip, vae, dataset, output_name: str, config: TrainConfig,
               "config": config.to_dict(), "block_lrs": [list(r) for r in rules],
               "skipped": [f"{s.path}: {s.reason}" for s in skipped], "losses": result.state.losses,
               "warnings": result.warnings}
-    for warning in result.warnings:
-        logging.warning("[Atelier] %s", warning)
     if extract_rank:
         name = f"{path.stem}_extracted"
         text, _ = extract_lora(model_out, model, clip_out if te else None, clip if te else None, rank=extract_rank,

@@ -16,20 +16,17 @@ from comfy_extras.nodes_hypernetwork import load_hypernetwork_patch
 from ..core.draw import line_chart, pil_to_image_tensor
 from ..core.paths import Root, safe_name
 from ..core.paths import shown as shown_in
-from ..trainers.checkpoint import run_environment
 from ..trainers.hypernetwork import (ACTIVATIONS, SUFFIX, WEIGHT_INITS, Hypernetwork, HypernetworkConfig,
                                      parse_layer_structure, read_hypernetwork, save_hypernetwork)
-from ..trainers.loop import Trainer, TrainConfig, TrainingStopped
+from ..trainers.loop import Trainer, TrainConfig
 from ..trainers.reuse import FINISHED_KEY, IDENTITY_KEY, RunIdentity, differences, saved_losses
-from ..trainers.run import RunFiles, TrainingRun
+from ..trainers.run import RunFiles
 from .dataset import dataset_in
-from .host import forget_model_list, model_roots
+from .host import model_roots
 from .provenance import base_model
 from .reuse import run_identity
-from .train_adapter import make_encoder
-from .live import HISTORY
-from .training import (STATE_NONE, TrainingEvents, encoded_dataset, resume_folder, resume_options, reuse_input,
-                       send_event, state_root, trainable_host)
+from .training import (STATE_NONE, TrainingEvents, encoded_dataset, host_run, host_trainer, resume_folder, resume_hint,
+                       resume_options, reuse_input, run_in_host, state_root, trainable_host)
 from .validate import check_choice, check_names
 
 FOLDER = "hypernetworks"
@@ -125,26 +122,13 @@ def train_hypernetwork(model, clip, vae, dataset, output_name: str, config: Trai
         samples, skipped, cache = encoded_dataset(dataset, vae, host, config, True, node_id)
         network = Hypernetwork(host.patcher.model.diffusion_model, hn, seed=config.seed).to(host.device)
         events = TrainingEvents(node_id, path.stem, host, host.clip, vae, sampling)  # previews run with the hooks on
-        trainer = Trainer(config, network, host.denoise, host.denoise.model_sampling, samples,
-                          make_encoder(host.clip, pooled=host.denoise.needs_pooled), events.callbacks(),
-                          device=host.device)
-        run = TrainingRun(trainer, RunFiles(path, state_folder(path), 0, shown), file_fields(path, base, trainer,
-                                                                                             identity),
-                          run_environment(trainer, str(host.patcher.model.get_dtype())),
-                          export_dtype=torch.float32, write=save_hypernetwork,  # A1111 saves float32
-                          state_extra={IDENTITY_KEY: identity.parts()})  # a reused run's chart shows its losses
-        try:
-            result = run.train(resume_dir)
-        finally:
-            HISTORY.finish(events.run)
-    forget_model_list(FOLDER)  # the new file is listed for HypernetworkLoader and the dropdowns
-    for warning in result.warnings:
-        logging.warning("[Atelier] %s", warning)
-    if result.stopped:
-        message = run.stopped_message(result, f"set resume to '{result.state_dir.name}' (same settings; press R if "
-                                              "the list does not show it yet) and run again")
-        send_event("atelier.train.stopped", {"node": node_id, "step": result.state.step, "message": message})
-        raise TrainingStopped(message)
+        trainer = host_trainer(config, network, host, samples, events)
+        run = host_run(trainer, host, RunFiles(path, state_folder(path), 0, shown),
+                       file_fields(path, base, trainer, identity),
+                       export_dtype=torch.float32, write=save_hypernetwork,  # A1111 saves float32
+                       state_extra={IDENTITY_KEY: identity.parts()})  # a reused run's chart shows its losses
+        result = run_in_host(run, events, lambda state_dir: resume_hint(state_dir, True, "resume"), FOLDER,
+                             resume_dir)  # FOLDER: the new file is listed for HypernetworkLoader and the dropdowns
     state = result.state
     report = {"reuse": f"trained ({why}); run identity {identity.short()}", "hypernetwork": shown(path),
               "saved": [shown(p) for p in result.saved], "state": shown(result.state_dir), "steps": state.step,

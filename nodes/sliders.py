@@ -5,29 +5,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 
 import torch
-from .compat import io, show_stop_message
+from .compat import io
 
 import comfy.sd
 
 from ..core.dataset import Dataset
-from ..trainers.checkpoint import run_environment
-from ..trainers.loop import Trainer, TrainConfig, TrainingStopped
+from ..trainers.loop import TrainConfig
 from ..trainers.network import NetworkConfig
 from ..trainers.objectives import SLIDER_ACTIONS, TextSliderLoss
 from ..trainers.reuse import IDENTITY_KEY, RunIdentity, digest
-from ..trainers.run import RunFiles, TrainingRun, run_loras
+from ..trainers.run import RunFiles, run_loras
 from ..trainers.slider import SliderPrompts, objective_record, parse_prompts, prompt_samples
-from .host import forget_model_list
-from .live import HISTORY
 from .provenance import base_identity, base_model
 from .reuse import earlier_run
-from .train_adapter import make_encoder
-from .training import (STATE_NONE, TrainingEvents, lora_metadata, lora_network, lora_output_path, reuse_input,
-                       reused_outputs, state_root, shown, trainable_host, training_outputs,
-                       training_report, training_result)
+from .training import (STATE_NONE, TrainingEvents, host_run, host_trainer, lora_metadata, lora_network,
+                       lora_output_path, reuse_input, reused_outputs, run_in_host, state_root, shown, trainable_host,
+                       training_outputs, training_report, training_result)
 from .validate import check_choice, check_names
 
 CFG = 3.0  # guidance of the partial denoise, as in LECO and the sliders' scripts
@@ -76,26 +71,11 @@ def train_text_slider(model, clip, output_name: str, job: SliderJob, config: Tra
         events = TrainingEvents(node_id, path.stem, host, host.clip, None, None)
         channels = host.patcher.model.latent_format.latent_channels
         objective = TextSliderLoss(job.sets, job.denoise_steps, CFG, job.bidirectional)
-        encode = make_encoder(host.clip, pooled=host.denoise.needs_pooled)
-        trainer = Trainer(config, network, host.denoise, host.denoise.model_sampling,
-                          prompt_samples(list(job.sets), channels), encode, events.callbacks(), device=host.device,
-                          objective=objective)
+        trainer = host_trainer(config, network, host, prompt_samples(list(job.sets), channels), events, objective)
         metadata = slider_metadata(job, lora_metadata(config, net, Dataset(), path, base, trainer, identity))
-        run = TrainingRun(trainer, RunFiles(path, state_root() / path.stem, 0, shown), metadata,
-                          run_environment(trainer, str(host.patcher.model.get_dtype())),
-                          state_extra={IDENTITY_KEY: identity.parts()})
-        try:
-            result = run.train(None, [])
-        finally:
-            HISTORY.finish(events.run)
-        forget_model_list("loras")
-        for warning in result.warnings:
-            logging.warning("[Atelier] %s", warning)
-        if result.stopped:  # cancelled: the file so far is saved; say so (a RuntimeError reaches the dialog)
-            message = run.stopped_message(result, "run the node again (it trains from the start)")
-            show_stop_message(node_id, message, "atelier.train.stopped",
-                              {"node": node_id, "step": result.state.step, "message": message})
-            raise TrainingStopped(message)
+        run = host_run(trainer, host, RunFiles(path, state_root() / path.stem, 0, shown), metadata,
+                       state_extra={IDENTITY_KEY: identity.parts()})
+        result = run_in_host(run, events, lambda _: "run the node again (it trains from the start)", "loras")
         loaded = {k: v.float() for k, v in result.shipped.items()}
         model_out, clip_out = comfy.sd.load_lora_for_models(model, clip, loaded, 1.0, 1.0)
     report = training_report(result, path, config, net, events, None, [])

@@ -102,10 +102,10 @@ def shown(path: Path) -> str:
     return shown_in(path, roots)
 
 
-def resume_hint(state_dir: Path, advanced: bool) -> str:
-    """How to continue a stopped run, in the words of the node the user is looking at."""
+def resume_hint(state_dir: Path, advanced: bool, widget: str = "resume_state") -> str:
+    """How to continue a stopped run, in the words of the node the user is looking at (its resume widget's name)."""
     if advanced:
-        return (f"set resume_state to '{state_dir.name}' (same settings; press R if the list does not show it yet) "
+        return (f"set {widget} to '{state_dir.name}' (same settings; press R if the list does not show it yet) "
                 "and run again")
     return f"use Train LoRA Advanced with resume_state '{state_dir.name}' and the same settings"
 
@@ -233,6 +233,44 @@ class TrainingEvents:
         return Callbacks(on_step=self.on_step, should_stop=self.should_stop, on_sample=self.on_sample)
 
 
+def host_trainer(config: TrainConfig, trainable, host: HostModel, samples, events: TrainingEvents,
+                 objective=None) -> Trainer:
+    """A Trainer on the host's denoiser and model sampling, encoding with its CLIP (pooled where the family needs it)
+    and reporting to `events`; `objective` replaces the standard loss."""
+    return Trainer(config, trainable, host.denoise, host.denoise.model_sampling, samples,
+                   make_encoder(host.clip, pooled=host.denoise.needs_pooled), events.callbacks(), device=host.device,
+                   objective=objective)
+
+
+def host_run(trainer: Trainer, host: HostModel, files: RunFiles, fields, **options) -> TrainingRun:
+    """A training node's TrainingRun: its files, the fields of each saved file, and the environment a resume checks
+    (the MODEL's dtype); `options` are TrainingRun's (export_dtype, write, state_extra)."""
+    return TrainingRun(trainer, files, fields, run_environment(trainer, str(host.patcher.model.get_dtype())), **options)
+
+
+def run_in_host(run: TrainingRun, events: TrainingEvents, hint, folder_type: str, resume_dir: Path | None = None,
+                contexts=()):
+    """Trains `run` inside `contexts` (resuming from `resume_dir` when given), then what every training node does:
+    closes the live view, refreshes the `folder_type` list, logs the warnings, and on a Cancel shows where it stopped
+    and raises TrainingStopped; `hint(state_dir)` says how to continue, in the node's words."""
+    try:
+        result = run.train(resume_dir, list(contexts))
+    finally:
+        HISTORY.finish(events.run)
+    forget_model_list(folder_type)  # the new files are in the list for nodes downstream and the dropdowns
+    for warning in result.warnings:
+        logging.warning("[Atelier] %s", warning)
+    if result.stopped:  # cancelled from ComfyUI: everything is saved, then say so
+        message = run.stopped_message(result, hint(result.state_dir))
+        show_stop_message(events.node_id, message, "atelier.train.stopped",
+                          {"node": events.node_id, "step": result.state.step, "message": message})
+        # ComfyUI (0.3.64 and upstream) shows an InterruptProcessingException only as "Processing interrupted",
+        # dropping its text; a RuntimeError's message reaches the error dialog and /history (execution_error),
+        # and the failure still stops every node downstream.
+        raise TrainingStopped(message)
+    return result
+
+
 def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig, net_config: NetworkConfig,
                node_id=None, resume_state: str = STATE_NONE, continue_from: str = STATE_NONE, keep_last: int = 0,
                sampling: dict | None = None, cache_latents: bool = True, gradient_checkpointing: bool = False,
@@ -260,30 +298,14 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
                                                   pairs_ok=objective is not None)
         network, net = lora_network(host, net_config, config.seed, continue_from)
         events = TrainingEvents(node_id, path.stem, host, host.clip, vae, sampling)  # previews see the TE LoRA
-        trainer = Trainer(config, network, host.denoise, host.denoise.model_sampling, samples,
-                          make_encoder(host.clip, pooled=host.denoise.needs_pooled), events.callbacks(),
-                          device=host.device, objective=objective)
+        trainer = host_trainer(config, network, host, samples, events, objective)
         metadata = lora_metadata(config, net, dataset, path, base, trainer, identity, extra_metadata)
-        run = TrainingRun(trainer, RunFiles(path, state_root() / path.stem, keep_last, shown), metadata,
-                          run_environment(trainer, str(host.patcher.model.get_dtype())),
-                          state_extra={IDENTITY_KEY: identity.parts()})
+        run = host_run(trainer, host, RunFiles(path, state_root() / path.stem, keep_last, shown), metadata,
+                       state_extra={IDENTITY_KEY: identity.parts()})
         savers, swap_note = memory_savers(host, gradient_checkpointing, blocks_to_swap)
         clip_ok = autograd_friendly_clip(host.clip.cond_stage_model) if config.train_text_encoder else nullcontext()
-        try:
-            result = run.train(resume_dir, [clip_ok, *savers])
-        finally:
-            HISTORY.finish(events.run)
-        forget_model_list("loras")  # the new files are in the loras list for nodes downstream and the dropdowns
-        for warning in result.warnings:
-            logging.warning("[Atelier] %s", warning)
-        if result.stopped:  # cancelled from ComfyUI: everything is saved, then say so
-            message = run.stopped_message(result, resume_hint(result.state_dir, advanced))
-            show_stop_message(node_id, message, "atelier.train.stopped",
-                              {"node": node_id, "step": result.state.step, "message": message})
-            # ComfyUI (0.3.64 and upstream) shows an InterruptProcessingException only as "Processing interrupted",
-            # dropping its text; a RuntimeError's message reaches the error dialog and /history (execution_error),
-            # and the failure still stops every node downstream.
-            raise TrainingStopped(message)
+        result = run_in_host(run, events, lambda state_dir: resume_hint(state_dir, advanced), "loras", resume_dir,
+                             [clip_ok, *savers])
         loaded = {k: v.float() for k, v in result.shipped.items()}
         model_out, clip_out = comfy.sd.load_lora_for_models(model, clip, loaded, 1.0, 1.0)
     report = training_report(result, path, config, net, events, cache, skipped)

@@ -1,6 +1,7 @@
 """Hypernetwork training through a real ComfyUI server: the file loads in stock HypernetworkLoader (weights-only)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -122,6 +123,20 @@ def test_stopping_at_n_steps_and_resuming_to_2n_equals_an_uninterrupted_2n_run_b
     assert all(torch.equal(a[768][i][k], b[768][i][k]) for i in (0, 1) for k in b[768][i]), \
         "a resumed run must equal the uninterrupted one bit for bit"
     assert a["atelier_run_identity"] == b["atelier_run_identity"]  # the same run, so either file stands for it
+
+
+def test_a_cancel_says_where_it_stopped_and_how_to_resume_in_this_nodes_words(trained, comfy, comfy_server):
+    """The shared stop path (nodes/training.run_in_host): the message names the saved file and the 'resume' widget."""
+    prompt_id = comfy.queue(train_prompt({**WIDGETS, "output_name": "host_hyper_cancel", "max_steps": 400}))
+    comfy.wait_for_event("atelier.train.step", timeout=180, predicate=lambda d: d.get("step", 0) >= 2)
+    comfy.interrupt()
+    entry = comfy.wait(prompt_id, timeout=300)
+    err = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"][0]["exception_message"]
+    assert re.search(r"Training stopped at step \d+ of 400 because it was cancelled", err), err
+    assert "saved as models/hypernetworks/atelier/host_hyper_cancel.pt" in err, err
+    assert "set resume to 'host_hyper_cancel-hypernetwork' (same settings" in err, err
+    assert (comfy_server.output_dir / "atelier" / "train_state" / "host_hyper_cancel-hypernetwork" / "state.json"
+            ).is_file()
 
 
 def test_preview_samples_are_drawn_with_the_hypernetwork_on(trained, comfy, comfy_server):
