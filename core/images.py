@@ -235,13 +235,15 @@ def animation_frames(path, count: int, max_pixels: int = DEFAULT_MAX_PIXELS, roo
         for index in range(count):
             try:
                 img.seek(index)  # sequential seeks: each frame is composited onto the one before it
+                if img.size != size:  # checked before decoding: a GIF frame can grow the canvas past the caps
+                    raise ImageRejected(path, f"frame {index + 1} is {img.size[0]}×{img.size[1]} but frame 1 is "
+                                              f"{size[0]}×{size[1]}; re-export the animation at one size")
                 img.load()
-            except _DECODE_ERRORS as e:
-                raise ImageRejected(path, f"frame {index + 1} is truncated or corrupt ({type(e).__name__}: {e}); "
-                                          "re-export the file or remove it") from None
-            if img.size != size:
-                raise ImageRejected(path, f"frame {index + 1} is {img.size[0]}×{img.size[1]} but frame 1 is "
-                                          f"{size[0]}×{size[1]}; re-export the animation at one size")
+            except ImageRejected:
+                raise
+            except (*_DECODE_ERRORS, Image.DecompressionBombError) as e:
+                raise ImageRejected(path, f"frame {index + 1} is truncated, corrupt or too large "
+                                          f"({type(e).__name__}: {e}); re-export the file or remove it") from None
             frame = img.copy()  # detached from the file, palette and transparency kept for to_rgb
             yield frame.transpose(turn) if turn is not None else frame
 

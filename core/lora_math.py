@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .lora_format import ALPHA, DOWN, UP, LoraModule, shapes_fit
+from .lora_format import ALPHA, DOWN, GENERIC_TE_PREFIX, UP, LoraModule, shapes_fit
 from .lora_io import non_finite_count
 from .report import listing
 
@@ -485,8 +485,9 @@ def parse_block_weights(text: str, what: str = "Block weights") -> list[float] |
 
 
 def block_of(base_name: str) -> str | None:
-    """The A1111 block a kohya module belongs to: BASE for text encoders, IN/MID/OUT by LDM index, else None."""
-    if base_name.startswith("lora_te"):
+    """The A1111 block a kohya module belongs to: BASE for text encoders (kohya's lora_te* and ComfyUI's generic
+    text_encoders.* names), IN/MID/OUT by LDM index, else None."""
+    if base_name.startswith(("lora_te", GENERIC_TE_PREFIX)):
         return "BASE"
     m = re.match(r"lora_unet_(input|output)_blocks_(\d+)_", base_name)
     if m:

@@ -29,7 +29,7 @@ from ..trainers.checkpoint import run_environment
 from ..trainers.data import LatentCache, build_samples, kohya_metadata
 from ..trainers.loop import CONFIG_RANGES, PRECISIONS, Callbacks, Trainer, TrainConfig, TrainingStopped
 from ..trainers.kohya_config import export_kohya, import_kohya, is_toml, looks_like_kohya
-from ..trainers.memory import MAX_SWAP, block_swap
+from ..trainers.memory import MAX_SWAP, block_swap, outside_parameters
 from ..trainers.memory import gradient_checkpointing as checkpointed
 from ..trainers.reuse import IDENTITY_KEY
 from ..trainers.run import RunFiles, TrainingRun, run_loras
@@ -294,6 +294,7 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         return reused_outputs(model, clip, earlier, path, config, net_config, identity)
     with torch.inference_mode(False):
         host = trainable_host(model, clip, config.train_text_encoder, config.train_t5)
+        savers, swap_note = memory_savers(host, gradient_checkpointing, blocks_to_swap)  # refused before encoding
         samples, skipped, cache = encoded_dataset(dataset, vae, host, config, cache_latents, node_id,
                                                   pairs_ok=objective is not None)
         network, net = lora_network(host, net_config, config.seed, continue_from)
@@ -302,7 +303,6 @@ def train_lora(model, clip, vae, dataset, output_name: str, config: TrainConfig,
         metadata = lora_metadata(config, net, dataset, path, base, trainer, identity, extra_metadata)
         run = host_run(trainer, host, RunFiles(path, state_root() / path.stem, keep_last, shown), metadata,
                        state_extra={IDENTITY_KEY: identity.parts()})
-        savers, swap_note = memory_savers(host, gradient_checkpointing, blocks_to_swap)
         clip_ok = autograd_friendly_clip(host.clip.cond_stage_model) if config.train_text_encoder else nullcontext()
         result = run_in_host(run, events, lambda state_dir: resume_hint(state_dir, advanced), "loras", resume_dir,
                              [clip_ok, *savers])
@@ -385,7 +385,9 @@ def swap_blocks(host: HostModel, count: int) -> tuple[list[torch.nn.Module], dic
                          f"blocks_to_swap to at most {len(blocks)} (0 turns block swap off).")
     chosen = blocks[len(blocks) - count:]
     offload = torch.device(getattr(host.patcher, "offload_device", "cpu"))
-    size = sum(p.nbytes for b in chosen for p in b.parameters() if not p.requires_grad)
+    kept = outside_parameters(host.patcher.model.diffusion_model, chosen)  # tied to other layers: not swapped
+    size = sum({id(p): p.nbytes for b in chosen if "forward" not in b.__dict__ for p in b.parameters()
+                if not p.requires_grad and id(p) not in kept}.values())
     note = {"blocks": count, "of": len(blocks), "offloaded_mib": round(size / 2**20, 1), "to": str(offload)}
     if offload == host.device:  # --cpu, or a host whose offload device is the compute device
         note["note"] = f"the model already runs on {host.device}: block swap saves no memory there"
@@ -397,7 +399,8 @@ def memory_savers(host: HostModel, gradient_checkpointing: bool, blocks_to_swap:
     and the report's block_swap note (empty when off); the training nodes and the job runner (nodes/job.py) share it."""
     blocks = checkpoint_blocks(host.patcher.model.diffusion_model) if gradient_checkpointing else []
     swapped, note = swap_blocks(host, blocks_to_swap)
-    return [block_swap(swapped, host.device, note.get("to", host.device)),  # first: it checkpoints its blocks too
+    return [block_swap(swapped, host.device, note.get("to", host.device),  # first: it checkpoints its blocks too
+                       root=host.patcher.model.diffusion_model),
             checkpointed(blocks)], note
 
 
@@ -569,10 +572,11 @@ def checkpointing_input(optional: bool = False):
 def swap_input():
     """The blocks_to_swap widget: appended after workflows were saved, so optional on every node that has it."""
     return io.Int.Input("blocks_to_swap", default=0, min=0, max=MAX_SWAP, optional=True,
-                        tooltip="Block swap for large models on small GPUs: the frozen weights of this many "
+                        tooltip="Block swap, to free GPU memory during training: the frozen weights of this many "
                                 "transformer / UNet blocks (the last ones) stay in CPU memory and are copied to the "
                                 "GPU only while their block runs; those blocks are also checkpointed. Same result, "
-                                "slower steps. 0 = off (kohya's blocks_to_swap).")
+                                "slower steps. The model is still loaded whole once before training starts. 0 = off "
+                                "(kohya's blocks_to_swap).")
 
 
 def widgets_for(cls, tooltips: dict, skip=()) -> list:

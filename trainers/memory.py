@@ -66,13 +66,15 @@ class BlockSwap:
     every weight a forward used until backward, and the checkpoint's recomputation loads the block again. The
     optional `measure` root is summed after every load: `peak_bytes` is the most parameter memory it held at once."""
 
-    def __init__(self, blocks: list[torch.nn.Module], device, offload_device, measure: torch.nn.Module | None = None):
+    def __init__(self, blocks: list[torch.nn.Module], device, offload_device, measure: torch.nn.Module | None = None,
+                 root: torch.nn.Module | None = None):
         self.blocks = [b for b in blocks if "forward" not in b.__dict__]  # one already wrapped is left alone
         self.device, self.offload_device = torch.device(device), torch.device(offload_device)
         self.pin = self.device.type == "cuda" and self.offload_device.type == "cpu"  # pinned: async host->device
         self.stores: dict[int, list] = {}
         self.measure, self.peak_bytes, self.loads = measure, 0, 0
         self.swapped_bytes = 0
+        self.kept = outside_parameters(root, self.blocks) if root is not None else set()
 
     @staticmethod
     def frozen(block: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.nn.Parameter]]:
@@ -81,24 +83,28 @@ class BlockSwap:
 
     def offload(self) -> None:
         """Moves every chosen block's frozen weights to the offload device; the modules keep their own parameters,
-        emptied, until a load puts a device copy in their place."""
+        emptied, until a load puts a device copy in their place. A weight also used outside the chosen blocks (the
+        `root`'s other layers) stays where it is. Each block's entries are recorded before any is emptied, so
+        restore() puts back whatever an interrupted offload had moved."""
         stores: dict[int, torch.Tensor] = {}  # a weight shared by two layers is stored once
         for block in self.blocks:
             entries = []
+            self.stores[id(block)] = entries
             for module, name, p in self.frozen(block):
+                if id(p) in self.kept:
+                    continue
                 if id(p) not in stores:
                     store = p.data.to(self.offload_device)
                     stores[id(p)] = store.pin_memory() if self.pin else store
                     self.swapped_bytes += store.nbytes
-                entries.append((module, name, p, stores[id(p)]))
-            for module, name, p, _ in entries:
+                entries.append((module, name, p, stores[id(p)], p.device))
+            for module, name, p, _, _ in entries:
                 p.data = torch.empty(0, dtype=p.dtype, device=self.device)
-            self.stores[id(block)] = entries
 
     def load(self, block: torch.nn.Module) -> None:
         # a new parameter object per load: autograd (and the checkpoint's recomputation) may keep the loaded tensor
         # until backward has used it, so it must never be emptied in place
-        for module, name, _, store in self.stores[id(block)]:
+        for module, name, _, store, _ in self.stores[id(block)]:
             module._parameters[name] = torch.nn.Parameter(store.to(self.device, non_blocking=self.pin),
                                                           requires_grad=False)
         self.loads += 1
@@ -106,16 +112,24 @@ class BlockSwap:
             self.peak_bytes = max(self.peak_bytes, resident_bytes(self.measure))
 
     def unload(self, block: torch.nn.Module) -> None:
-        for module, name, p, _ in self.stores[id(block)]:
+        for module, name, p, _, _ in self.stores[id(block)]:
             module._parameters[name] = p  # the emptied original
 
     def restore(self) -> None:
-        """Every swapped weight back on the device in its original parameter object, as before offload()."""
+        """Every swapped weight back in its original parameter object on the device it came from, as before
+        offload(); one that cannot be restored (out of memory) does not stop the others, and the first error is
+        raised after all were tried."""
+        failed = None
         for block in self.blocks:
-            for module, name, p, store in self.stores.pop(id(block), []):
-                if p.numel() == 0 and store.numel() != 0:  # a shared weight is restored once
-                    p.data = store.to(self.device)
+            for module, name, p, store, where in self.stores.pop(id(block), []):
                 module._parameters[name] = p
+                if p.numel() == 0 and store.numel() != 0:  # a shared weight is restored once
+                    try:
+                        p.data = store.to(where)
+                    except (RuntimeError, MemoryError) as e:  # torch's out-of-memory errors are RuntimeErrors
+                        failed = failed or e
+        if failed is not None:
+            raise failed
 
     def make_forward(self, block: torch.nn.Module):
         original = block.forward
@@ -134,22 +148,30 @@ class BlockSwap:
         return forward
 
 
+def outside_parameters(root: torch.nn.Module, blocks: list[torch.nn.Module]) -> set[int]:
+    """ids of the parameters that a module of `root` outside `blocks` holds (tied weights must stay resident)."""
+    inside = {id(m) for b in blocks for m in b.modules()}
+    return {id(p) for m in root.modules() if id(m) not in inside for p in m._parameters.values() if p is not None}
+
+
 def resident_bytes(module: torch.nn.Module) -> int:
     """Bytes of parameter data the module holds right now (a swapped-out weight holds none)."""
     return sum(p.data.nbytes for p in module.parameters())
 
 
 @contextmanager
-def block_swap(blocks: list[torch.nn.Module], device, offload_device, measure: torch.nn.Module | None = None):
+def block_swap(blocks: list[torch.nn.Module], device, offload_device, measure: torch.nn.Module | None = None,
+               root: torch.nn.Module | None = None):
     """While active, `blocks` are swapped (see BlockSwap) and checkpointed; yields the BlockSwap. Use it before
-    gradient_checkpointing, which then leaves these blocks alone. Nothing is swapped for an empty list."""
-    swap = BlockSwap(blocks, device, offload_device, measure)
+    gradient_checkpointing, which then leaves these blocks alone. Nothing is swapped for an empty list. `root` (the
+    whole model) lets weights tied to layers outside the blocks stay resident."""
+    swap = BlockSwap(blocks, device, offload_device, measure, root)
     if not swap.blocks:
         yield swap
         return
     with instance_forwards(swap.blocks, swap.make_forward):
-        swap.offload()
         try:
+            swap.offload()  # inside the try: a failure halfway still puts back what was moved
             yield swap
         finally:
             swap.restore()

@@ -193,3 +193,20 @@ def test_the_cache_and_run_identity_key_on_the_animation_file_bytes(tmp_path):
     (changed,), _ = build_samples(ds, None, cache=edited, encode_clip=fake_clip_encoder(calls))
     assert (edited.hits, edited.misses) == (0, 1) and data_digest(ds) != identity
     assert not np.allclose(changed.latent.numpy(), sample.latent.numpy())
+
+
+def test_a_gif_frame_larger_than_its_canvas_is_refused_before_it_is_decoded(tmp_path):
+    from atelier.core.images import ImageRejected, animation_frames
+
+    frames = [Image.new("RGB", (16, 16), (10 * i, 0, 0)) for i in range(3)]
+    path = tmp_path / "grow.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=40)
+    data = bytearray(path.read_bytes())
+    # the third image descriptor (0x2C, left, top, width, height little-endian): claim 14000 x 14000 pixels
+    starts = [i for i in range(len(data) - 9) if data[i] == 0x2C and data[i + 5:i + 9] == bytes([16, 0, 16, 0])]
+    assert len(starts) == 3
+    data[starts[2] + 5:starts[2] + 9] = (14000).to_bytes(2, "little") * 2
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageRejected) as e:
+        list(animation_frames(path, 3))
+    assert "frame 3" in str(e.value) and ("re-export" in str(e.value))

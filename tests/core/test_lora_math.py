@@ -387,6 +387,7 @@ def test_block_weights_follow_a1111_layouts():
     from atelier.core.lora_math import apply_block_weights, block_of, parse_block_weights
 
     assert block_of("lora_te_text_model_encoder_layers_0_mlp_fc1") == "BASE"
+    assert block_of("text_encoders.qwen25_7b.transformer.model.layers.0.mlp.up_proj") == "BASE"  # generic TE keys
     assert block_of("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q") == "IN04"
     assert block_of("lora_unet_middle_block_1_proj_in") == "MID"
     assert block_of("lora_unet_output_blocks_11_1_proj_out") == "OUT11"

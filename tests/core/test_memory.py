@@ -1,5 +1,6 @@
 """Gradient checkpointing changes memory, not maths."""
 
+import pytest
 import torch
 
 from tiny_models import TinyUNet
@@ -94,3 +95,40 @@ def test_block_swap_of_nothing_is_nothing():
     unet = TinyUNet()
     with block_swap([], "cpu", "cpu") as swap:
         assert swap.blocks == [] and resident_bytes(unet) == sum(p.nbytes for p in unet.parameters())
+
+
+def test_a_failure_halfway_through_the_offload_puts_every_moved_weight_back():
+    from atelier.trainers.memory import BlockSwap, block_swap
+
+    unet = TinyUNet().requires_grad_(False)
+    before = {n: p.clone() for n, p in unet.named_parameters()}
+    real, calls = BlockSwap.frozen, []
+
+    def failing(block):
+        calls.append(block)
+        if len(calls) == 2:  # the second block fails after the first was emptied (e.g. pinning runs out)
+            raise RuntimeError("pinned memory exhausted")
+        return real(block)
+    BlockSwap.frozen = staticmethod(failing)
+    try:
+        with pytest.raises(RuntimeError, match="pinned memory exhausted"):
+            with block_swap([unet.input_blocks[1][0], unet.out], "cpu", "cpu"):
+                pass
+    finally:
+        BlockSwap.frozen = staticmethod(real)
+    assert all(torch.equal(p, before[n]) for n, p in unet.named_parameters())  # nothing left emptied
+
+
+def test_a_weight_tied_to_a_layer_outside_the_swapped_blocks_stays_resident():
+    from atelier.trainers.memory import block_swap
+
+    unet = TinyUNet().requires_grad_(False)
+    inner = unet.out[2]
+    unet.tied = torch.nn.Conv2d(16, 4, 3, padding=1).requires_grad_(False)
+    unet.tied.weight = inner.weight  # the same Parameter in a layer the swap does not cover
+    x = torch.randn(1, 16, 4, 4)
+    expected = unet.tied(x)
+    others = sum(p.nbytes for n, p in unet.out.named_parameters() if n != "2.weight")
+    with torch.no_grad(), block_swap([unet.out], "cpu", "cpu", root=unet) as swap:
+        assert torch.equal(unet.tied(x), expected)  # still usable while the block is swapped out
+        assert inner.weight.numel() > 0 and swap.swapped_bytes == others > 0
