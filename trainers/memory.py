@@ -128,6 +128,9 @@ class BlockSwap:
                         p.data = store.to(where)
                     except (RuntimeError, MemoryError) as e:  # torch's out-of-memory errors are RuntimeErrors
                         failed = failed or e
+        release = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
+        if self.pin and callable(release):  # hand the pinned host buffers back (torch keeps them cached otherwise)
+            release()
         if failed is not None:
             raise failed
 
