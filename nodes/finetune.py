@@ -39,13 +39,14 @@ def te_roots(clip) -> dict[str, tuple[torch.nn.Module, str]]:
     """Short prefix ("te", "te1", "te2") -> (text encoder module, its key prefix in the CLIP patcher's state dict)."""
     names = {id(m): n for n, m in clip.cond_stage_model.named_modules()}
     csm = clip.cond_stage_model
-    if getattr(csm, "t5xxl", None) is not None and not any(getattr(csm, n, None) is not None for n in CLIP_ENCODERS):
-        generic = ["text_encoders.t5xxl"]  # a lone T5-XXL (Chroma): a LoRA trains it (train_t5), a fine-tune not yet
-    else:
-        roots = text_encoder_roots(clip)
-        generic = [p for p in roots if p.startswith(GENERIC_TE_PREFIX)]
-    if generic:  # LoRA for them is written under ComfyUI's generic keys; a full fine-tune of them is not built yet
-        raise ValueError(f"Full fine-tune trains CLIP text encoders only; this CLIP's is {generic[0].split('.')[1]} "
+    # a lone T5-XXL (Chroma) trains as a LoRA (train_t5); Qwen2.5-VL / umT5 LoRAs use ComfyUI's generic keys; a full
+    # fine-tune of either is not built yet
+    lone_t5 = getattr(csm, "t5xxl", None) is not None and not any(getattr(csm, n, None) is not None
+                                                                   for n in CLIP_ENCODERS)
+    roots = {} if lone_t5 else text_encoder_roots(clip)
+    other = "t5xxl" if lone_t5 else next((p.split(".")[1] for p in roots if p.startswith(GENERIC_TE_PREFIX)), None)
+    if other:
+        raise ValueError(f"Full fine-tune trains CLIP text encoders only; this CLIP's is {other} "
                          f"({type(clip.cond_stage_model).__name__}). Turn train_text_encoder off to fine-tune the "
                          "diffusion model only, or train a LoRA (Train LoRA Advanced trains this text encoder).")
     return {prefix.removeprefix("lora_"): (module, names[id(module)] + ".")

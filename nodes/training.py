@@ -29,7 +29,7 @@ from ..trainers.checkpoint import run_environment
 from ..trainers.data import LatentCache, build_samples, kohya_metadata
 from ..trainers.loop import CONFIG_RANGES, PRECISIONS, Callbacks, Trainer, TrainConfig, TrainingStopped
 from ..trainers.kohya_config import export_kohya, import_kohya, is_toml, looks_like_kohya
-from ..trainers.memory import MAX_SWAP, block_swap, outside_parameters
+from ..trainers.memory import MAX_SWAP, block_swap, planned_bytes
 from ..trainers.memory import gradient_checkpointing as checkpointed
 from ..trainers.reuse import IDENTITY_KEY
 from ..trainers.run import RunFiles, TrainingRun, run_loras
@@ -385,9 +385,7 @@ def swap_blocks(host: HostModel, count: int) -> tuple[list[torch.nn.Module], dic
                          f"blocks_to_swap to at most {len(blocks)} (0 turns block swap off).")
     chosen = blocks[len(blocks) - count:]
     offload = torch.device(getattr(host.patcher, "offload_device", "cpu"))
-    kept = outside_parameters(host.patcher.model.diffusion_model, chosen)  # tied to other layers: not swapped
-    size = sum({id(p): p.nbytes for b in chosen if "forward" not in b.__dict__ for p in b.parameters()
-                if not p.requires_grad and id(p) not in kept}.values())
+    size = planned_bytes(chosen, host.patcher.model.diffusion_model)  # what BlockSwap will move, as it chooses
     note = {"blocks": count, "of": len(blocks), "offloaded_mib": round(size / 2**20, 1), "to": str(offload)}
     if offload == host.device:  # --cpu, or a host whose offload device is the compute device
         note["note"] = f"the model already runs on {host.device}: block swap saves no memory there"

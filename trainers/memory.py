@@ -68,7 +68,7 @@ class BlockSwap:
 
     def __init__(self, blocks: list[torch.nn.Module], device, offload_device, measure: torch.nn.Module | None = None,
                  root: torch.nn.Module | None = None):
-        self.blocks = [b for b in blocks if "forward" not in b.__dict__]  # one already wrapped is left alone
+        self.blocks = swappable(blocks)
         self.device, self.offload_device = torch.device(device), torch.device(offload_device)
         self.pin = self.device.type == "cuda" and self.offload_device.type == "cpu"  # pinned: async host->device
         self.stores: dict[int, list] = {}
@@ -87,12 +87,10 @@ class BlockSwap:
         `root`'s other layers) stays where it is. Each block's entries are recorded before any is emptied, so
         restore() puts back whatever an interrupted offload had moved."""
         stores: dict[int, torch.Tensor] = {}  # a weight shared by two layers is stored once
-        for block in self.blocks:
+        for block, weights in swap_plan(self.blocks, self.kept):
             entries = []
             self.stores[id(block)] = entries
-            for module, name, p in self.frozen(block):
-                if id(p) in self.kept:
-                    continue
+            for module, name, p in weights:
                 if id(p) not in stores:
                     store = p.data.to(self.offload_device)
                     stores[id(p)] = store.pin_memory() if self.pin else store
@@ -149,6 +147,25 @@ class BlockSwap:
                 return run(*args, **kwargs)
             return checkpoint(on_copies(run), *args, use_reentrant=False, **kwargs)
         return forward
+
+
+def swappable(blocks: list[torch.nn.Module]) -> list[torch.nn.Module]:
+    """The blocks block swap takes: one already wrapped (an instance forward of its own) is left alone."""
+    return [b for b in blocks if "forward" not in b.__dict__]
+
+
+def swap_plan(blocks: list[torch.nn.Module], kept: set[int]):
+    """Yields (block, its frozen weights as (module, name, parameter)) block by block, leaving out the weights whose
+    ids are in `kept`; lazy, so an offload that fails halfway has emptied only the blocks before."""
+    for block in blocks:
+        yield block, [(m, name, p) for m, name, p in BlockSwap.frozen(block) if id(p) not in kept]
+
+
+def planned_bytes(blocks: list[torch.nn.Module], root: torch.nn.Module | None = None) -> int:
+    """Bytes block swap of `blocks` (in the model `root`) would move off the device, each shared weight once."""
+    chosen = swappable(blocks)
+    kept = outside_parameters(root, chosen) if root is not None else set()
+    return sum({id(p): p.nbytes for _, weights in swap_plan(chosen, kept) for _, _, p in weights}.values())
 
 
 def outside_parameters(root: torch.nn.Module, blocks: list[torch.nn.Module]) -> set[int]:

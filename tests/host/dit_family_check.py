@@ -28,7 +28,7 @@ import comfy.sd  # noqa: E402
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 import conftest  # noqa: E402,F401  registers the Atelier checkout as the package `atelier` (as the test suite does)
 from atelier.nodes.train_adapter import ComfyDenoiser, thaw  # noqa: E402
-from family_check import extraction, forward_time, tools  # noqa: E402  same checks as the SD families
+from family_check import NotLoaded, extraction, forward_time, tools  # noqa: E402  same checks as the SD families
 from tiny_dit import CTX, FAMILIES  # noqa: E402  the tiny DiT configs shared with grid_family_check
 from atelier.trainers import objectives as ob  # noqa: E402
 from atelier.trainers.loop import Trainer, TrainConfig, TrainSample  # noqa: E402
@@ -91,16 +91,8 @@ result["names"] = sorted(k for k in lora if k.endswith(".alpha"))[:3]
 x_t = torch.randn((1,) + latent_shape, generator=g)
 sigma = torch.tensor([0.7])
 cond, extra = encode(["caption 0"])
-unloaded = []
-
-
-class Catch(logging.Handler):
-    def emit(self, record):
-        if "lora key not loaded" in record.getMessage():
-            unloaded.append(record.getMessage())
-
-
-logging.getLogger().addHandler(Catch())
+unloaded = NotLoaded()  # ComfyUI's 'lora key not loaded' warnings
+logging.getLogger().addHandler(unloaded)
 
 
 def run(p):
@@ -116,7 +108,7 @@ base = run(patcher)
 zero, _ = comfy.sd.load_lora_for_models(patcher, None, lora, 0.0, 0.0)
 one, _ = comfy.sd.load_lora_for_models(patcher, None, lora, 1.0, 0.0)
 lora_out = run(one)
-result.update(unloaded=unloaded[:5], patched=len(one.patches), zero_equal=bool(torch.equal(run(zero), base)),
+result.update(unloaded=unloaded.keys[:5], patched=len(one.patches), zero_equal=bool(torch.equal(run(zero), base)),
               lora_change=float((lora_out - base).abs().max()), out_shape=list(base.shape))
 
 # the LoRA tools and the XY grid's forward-time LoRA on the family's file (a batch of two samples for the grid)

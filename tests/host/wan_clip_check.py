@@ -40,6 +40,7 @@ from atelier.trainers.data import LatentCache, build_samples  # noqa: E402
 from atelier.trainers.loop import Trainer, TrainConfig  # noqa: E402
 from atelier.trainers.network import LoRANetwork, NetworkConfig, family_default_targets  # noqa: E402
 from atelier.trainers.reuse import data_digest  # noqa: E402
+from family_check import NotLoaded  # noqa: E402  collects ComfyUI's "lora key not loaded" warnings
 
 VERSION = sys.argv[2] if len(sys.argv) > 2 else "WAN21"
 # version -> (tiny_dit family, latent channels, its VAE as comfy.sd.VAE detects it, frame side); the side gives 4x4
@@ -143,16 +144,8 @@ network.remove()
 result.update(family=denoise.family, model=type(patcher.model).__name__, steps=state.step,
               losses_finite=all(abs(v) < 1e9 for v in state.losses), lora_modules=len(network.modules_by_key),
               lora_keys=len(lora))
-unloaded = []
-
-
-class Catch(logging.Handler):
-    def emit(self, record):
-        if "lora key not loaded" in record.getMessage():
-            unloaded.append(record.getMessage())
-
-
-logging.getLogger().addHandler(Catch())
+unloaded = NotLoaded()  # ComfyUI's 'lora key not loaded' warnings
+logging.getLogger().addHandler(unloaded)
 x_t, sigma, cond = torch.randn((1, CHANNELS, 2, 4, 4), generator=g), torch.tensor([0.7]), texts["a walk clip"]
 
 
@@ -168,6 +161,6 @@ def run(p):
 base = run(patcher)
 zero, _ = comfy.sd.load_lora_for_models(patcher, None, lora, 0.0, 0.0)
 one, _ = comfy.sd.load_lora_for_models(patcher, None, lora, 1.0, 0.0)
-result.update(unloaded=unloaded[:5], patched=len(one.patches), zero_equal=bool(torch.equal(run(zero), base)),
+result.update(unloaded=unloaded.keys[:5], patched=len(one.patches), zero_equal=bool(torch.equal(run(zero), base)),
               lora_change=float((run(one) - base).abs().max()), out_shape=list(base.shape))
 print(json.dumps(result))
